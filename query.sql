@@ -1,0 +1,234 @@
+-- ICU mortality cohort and its event table (CONTRACT.md §1), for MIMIC-IV 2.2 / 3.1.
+--
+-- Written once, in BigQuery Standard SQL (the dialect of MIT-LCP mimic-code); extract_cohort.py
+-- runs it on BigQuery as is and translates it with sqlglot for DuckDB. Do not edit it to choose
+-- tables or the window: those are parameters that extract_cohort.py applies.
+--   Tables:  mimiciv_hosp.<table>, mimiciv_icu.<table>  (datasets renamed by --hosp-dataset/--icu-dataset)
+--   @observation_hours FLOAT64  prediction time = intime + this many hours (default 48)
+--   @lookback_hours    FLOAT64  also keep hadm-level events this long before intime (default 0)
+--   @whole_stay        BOOL     the old whole-stay design: events until ICU discharge or death and
+--                               times relative to that end. It LEAKS THE OUTCOME (retrospective only).
+--
+-- Leakage rules: every event is timestamped when its information became available (lab and
+-- microbiology results: storetime, charttime only where storetime is null) and kept only in
+-- [intime - lookback, prediction time). The cohort is adults still in the ICU and alive at the
+-- prediction time, so the label (in-hospital death) always lies after it.
+
+-- A number at three significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
+CREATE TEMP FUNCTION fmt_num(x FLOAT64) AS (
+  CASE
+    WHEN x IS NULL OR IS_NAN(x) OR IS_INF(x) THEN NULL
+    WHEN x = 0 THEN '0'
+    ELSE REGEXP_REPLACE(
+      CAST(ROUND(x, 2 - CAST(FLOOR(LOG10(ABS(x))) AS INT64)) AS STRING), r'\.0$', '')
+  END
+);
+
+WITH stays AS (
+  SELECT
+    ie.subject_id,
+    ie.hadm_id,
+    ie.stay_id,
+    ie.intime,
+    ie.outtime,
+    ie.first_careunit,
+    pat.gender,
+    adm.race,
+    adm.marital_status,
+    adm.admission_type,
+    adm.admission_location,
+    adm.insurance,
+    adm.deathtime,
+    pat.dod,
+    adm.hospital_expire_flag,
+    -- age at admission as mimic-code's age concept computes it
+    CAST(pat.anchor_age + EXTRACT(YEAR FROM adm.admittime) - pat.anchor_year AS FLOAT64) AS patient_age,
+    CASE
+      WHEN @whole_stay THEN LEAST(ie.outtime, COALESCE(adm.deathtime, ie.outtime))
+      ELSE DATETIME_ADD(ie.intime, INTERVAL CAST(ROUND(@observation_hours * 60) AS INT64) MINUTE)
+    END AS prediction_time,
+    DATETIME_SUB(ie.intime, INTERVAL CAST(ROUND(@lookback_hours * 60) AS INT64) MINUTE) AS window_start
+  FROM mimiciv_icu.icustays AS ie
+  INNER JOIN mimiciv_hosp.admissions AS adm ON adm.hadm_id = ie.hadm_id
+  INNER JOIN mimiciv_hosp.patients AS pat ON pat.subject_id = ie.subject_id
+),
+
+cohort AS (
+  SELECT *
+  FROM stays
+  WHERE patient_age >= 18
+    AND prediction_time > intime
+    AND (
+      @whole_stay
+      OR (
+        outtime > prediction_time                                   -- still in the ICU
+        AND (deathtime IS NULL OR deathtime > prediction_time)      -- and alive
+        AND (dod IS NULL OR dod >= DATE(prediction_time))
+      )
+    )
+),
+
+prescription_events AS (
+  SELECT
+    c.stay_id,
+    rx.starttime AS event_time,
+    'prescription' AS event_type,
+    CONCAT('Prescription: ', ARRAY_TO_STRING([
+      NULLIF(TRIM(rx.drug), ''),
+      COALESCE(fmt_num(SAFE_CAST(rx.dose_val_rx AS FLOAT64)), NULLIF(TRIM(rx.dose_val_rx), '')),
+      NULLIF(TRIM(rx.dose_unit_rx), ''),
+      NULLIF(TRIM(rx.route), '')
+    ], ' ')) AS event_text,
+    'prescriptions' AS source_table,
+    CAST(rx.pharmacy_id AS STRING) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_hosp.prescriptions AS rx ON rx.hadm_id = c.hadm_id
+  WHERE rx.starttime >= c.window_start AND rx.starttime < c.prediction_time
+    AND NULLIF(TRIM(rx.drug), '') IS NOT NULL
+),
+
+lab_events AS (
+  SELECT
+    c.stay_id,
+    COALESCE(le.storetime, le.charttime) AS event_time,
+    'lab' AS event_type,
+    CONCAT('Lab: ', ARRAY_TO_STRING([
+      CASE
+        WHEN dl.fluid IS NULL OR dl.fluid = 'Blood' OR STRPOS(LOWER(dl.label), LOWER(dl.fluid)) > 0
+          THEN NULLIF(TRIM(dl.label), '')
+        ELSE CONCAT(TRIM(dl.fluid), ' ', TRIM(dl.label))
+      END,
+      COALESCE(fmt_num(le.valuenum), NULLIF(TRIM(le.value), '')),
+      NULLIF(TRIM(le.valueuom), ''),
+      CASE
+        WHEN le.ref_range_lower IS NOT NULL AND le.ref_range_upper IS NOT NULL
+          THEN CONCAT('(ref ', fmt_num(le.ref_range_lower), '-', fmt_num(le.ref_range_upper), ')')
+      END,
+      NULLIF(TRIM(le.flag), '')
+    ], ' ')) AS event_text,
+    'labevents' AS source_table,
+    CAST(le.labevent_id AS STRING) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_hosp.labevents AS le ON le.hadm_id = c.hadm_id
+  LEFT JOIN mimiciv_hosp.d_labitems AS dl ON dl.itemid = le.itemid
+  WHERE COALESCE(le.storetime, le.charttime) >= c.window_start
+    AND COALESCE(le.storetime, le.charttime) < c.prediction_time
+),
+
+microbiology_events AS (
+  SELECT
+    c.stay_id,
+    COALESCE(mb.storetime, mb.charttime) AS event_time,
+    'microbiology' AS event_type,
+    CONCAT('Microbiology: ', ARRAY_TO_STRING([
+      NULLIF(TRIM(mb.spec_type_desc), ''),
+      '-',
+      CASE
+        WHEN NULLIF(TRIM(mb.org_name), '') IS NOT NULL THEN TRIM(mb.org_name)
+        ELSE CONCAT(COALESCE(NULLIF(TRIM(mb.test_name), ''), 'test'), ', no organism isolated')
+      END
+    ], ' '),
+    CASE
+      WHEN NULLIF(TRIM(mb.ab_name), '') IS NOT NULL
+        THEN CONCAT(', ', ARRAY_TO_STRING([TRIM(mb.ab_name), NULLIF(TRIM(mb.interpretation), '')], ' '))
+      ELSE ''
+    END) AS event_text,
+    'microbiologyevents' AS source_table,
+    CAST(mb.microevent_id AS STRING) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_hosp.microbiologyevents AS mb ON mb.hadm_id = c.hadm_id
+  WHERE COALESCE(mb.storetime, mb.charttime) >= c.window_start
+    AND COALESCE(mb.storetime, mb.charttime) < c.prediction_time
+),
+
+procedure_events AS (
+  -- A procedure is known when it starts; its duration (value) only at its end, so it is left out.
+  SELECT
+    c.stay_id,
+    pe.starttime AS event_time,
+    'procedure' AS event_type,
+    CONCAT('Procedure: ', COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(pe.itemid AS STRING)))) AS event_text,
+    'procedureevents' AS source_table,
+    CONCAT(CAST(pe.orderid AS STRING), ':', CAST(pe.itemid AS STRING)) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_icu.procedureevents AS pe ON pe.stay_id = c.stay_id
+  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = pe.itemid
+  WHERE pe.starttime >= c.window_start AND pe.starttime < c.prediction_time
+    AND COALESCE(pe.statusdescription, '') != 'Rewritten'
+),
+
+ingredient_events AS (
+  -- An infusion is known when it starts. Its amount covers [starttime, endtime]; where that runs past
+  -- the prediction time only the share given before it is shown (the full amount would reveal survival).
+  SELECT
+    c.stay_id,
+    ig.starttime AS event_time,
+    'ingredient' AS event_type,
+    CONCAT('Ingredient: ', ARRAY_TO_STRING([
+      COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ig.itemid AS STRING))),
+      fmt_num(CASE
+        WHEN ig.endtime > c.prediction_time AND ig.endtime > ig.starttime
+          THEN ig.amount * DATETIME_DIFF(c.prediction_time, ig.starttime, SECOND)
+                         / DATETIME_DIFF(ig.endtime, ig.starttime, SECOND)
+        ELSE ig.amount
+      END),
+      NULLIF(TRIM(ig.amountuom), '')
+    ], ' ')) AS event_text,
+    'ingredientevents' AS source_table,
+    CONCAT(CAST(ig.orderid AS STRING), ':', CAST(ig.itemid AS STRING)) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_icu.ingredientevents AS ig ON ig.stay_id = c.stay_id
+  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = ig.itemid
+  WHERE ig.starttime >= c.window_start AND ig.starttime < c.prediction_time
+    AND COALESCE(ig.statusdescription, '') != 'Rewritten'
+),
+
+all_events AS (
+  SELECT * FROM prescription_events
+  UNION ALL SELECT * FROM lab_events
+  UNION ALL SELECT * FROM microbiology_events
+  UNION ALL SELECT * FROM procedure_events
+  UNION ALL SELECT * FROM ingredient_events
+),
+
+events AS (
+  -- The same statement twice at the same moment (e.g. two pharmacy rows of one order) tells the
+  -- model nothing new: keep one, the lowest source row.
+  SELECT
+    stay_id,
+    event_time,
+    event_type,
+    TRIM(REGEXP_REPLACE(event_text, r'\s+', ' ')) AS event_text,
+    source_table,
+    source_id
+  FROM all_events
+  WHERE event_time IS NOT NULL
+  QUALIFY ROW_NUMBER() OVER (
+    PARTITION BY stay_id, event_time, event_type, TRIM(REGEXP_REPLACE(event_text, r'\s+', ' '))
+    ORDER BY source_table, source_id
+  ) = 1
+)
+
+SELECT
+  c.subject_id,
+  c.hadm_id,
+  c.stay_id,
+  e.event_time,
+  e.event_type,
+  e.event_text,
+  DATETIME_DIFF(c.prediction_time, e.event_time, SECOND) / 60.0 AS relative_time_to_final_event,
+  c.gender,
+  c.race,
+  c.marital_status,
+  c.admission_type,
+  c.admission_location,
+  c.insurance,
+  c.first_careunit,
+  c.patient_age,
+  c.hospital_expire_flag AS mortality,
+  c.prediction_time,
+  e.source_table,
+  e.source_id
+FROM cohort AS c
+LEFT JOIN events AS e ON e.stay_id = c.stay_id
+ORDER BY c.stay_id, e.event_time, e.event_type, e.event_text, e.source_table, e.source_id
