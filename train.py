@@ -311,7 +311,7 @@ class EventPreprocessor:
     def transform_events(self, rows):
         """(type_ids int64, times float32) for event rows (rows with an empty event_type are rejected)."""
         etype = rows["event_type"].astype("string")
-        ids = pd.Categorical(etype, categories=list(EVENT_TYPES)).codes.astype(np.int64)
+        ids = pd.Index(list(EVENT_TYPES)).get_indexer(etype.fillna("")).astype(np.int64)
         if (ids < 0).any():
             bad = sorted(set(etype[ids < 0].fillna("<empty>").tolist()))
             raise EventTableError(f"unknown event_type(s) {bad}; expected one of {list(EVENT_TYPES)}")

@@ -1,0 +1,126 @@
+"""train.py: text encoder (local folders only) and the MD5-keyed embedding cache."""
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import train
+
+TEXTS = ["Lab: Lactate 4.2 mmol/L (ref 0.5-2.0) abnormal", "Procedure: Arterial Line",
+         "Prescription: Vancomycin 1000 mg IV", "Lab: Lactate 4.2 mmol/L (ref 0.5-2.0) abnormal",
+         "Microbiology: URINE - NO GROWTH and a somewhat longer free-text comment about the specimen"]
+
+
+def reference_vectors(folder, texts, pooling="cls"):
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:  # one text at a time: no padding at all
+            enc = tok([t], return_tensors="pt", truncation=True, max_length=train.encoder_max_length(folder))
+            h = model(**enc).last_hidden_state
+            out.append(h[0, 0] if pooling == "cls" else h[0].mean(0))
+    return torch.stack(out).numpy()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_bert_encoder_matches_unbatched_reference(tiny_bert_dir, pooling):
+    enc = train.TextEncoder(tiny_bert_dir, "cpu", pooling=pooling, batch_size=2)
+    got = enc.encode(TEXTS)
+    assert got.shape == (len(TEXTS), 24) and enc.dim == 24
+    np.testing.assert_allclose(got, reference_vectors(tiny_bert_dir, TEXTS, pooling), atol=1e-5)
+
+
+def test_longformer_path_matches_longformer_model(tiny_longformer_dir):
+    enc = train.TextEncoder(tiny_longformer_dir, "cpu", batch_size=3)
+    assert enc.is_longformer and enc.max_length == 1024
+    long_text = "Lab: Lactate 4.2 mmol/L abnormal " * 12  # longer than half the window: the fallback path
+    texts = TEXTS + [long_text]
+    np.testing.assert_allclose(enc.encode(texts), reference_vectors(tiny_longformer_dir, texts), atol=1e-4)
+
+
+def test_very_long_text_is_truncated_not_a_crash(tiny_bert_dir):
+    enc = train.TextEncoder(tiny_bert_dir, "cpu", max_length=64)
+    vec = enc.encode(["x" * 100_000, "Lab: Lactate"])
+    assert vec.shape == (2, 24) and np.isfinite(vec).all()
+
+
+def test_identity_is_stable_and_separates_encoders(tiny_bert_dir, tiny_longformer_dir, tmp_path):
+    a = train.encoder_identity(tiny_bert_dir)
+    assert a == train.encoder_identity(tiny_bert_dir) and a.startswith("bert-h24-cls-len512-")
+    assert a != train.encoder_identity(tiny_bert_dir, pooling="mean")
+    assert a != train.encoder_identity(tiny_bert_dir, max_length=128)
+    assert a != train.encoder_identity(tiny_longformer_dir)
+    import shutil
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "elsewhere")
+    assert train.encoder_identity(copy) == a  # content, not path
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(train.TextEncoderError, match="not a Hugging Face model folder"):
+        train.resolve_text_encoder(tmp_path)
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(train.TextEncoderError, match="not valid JSON"):
+        train.encoder_identity(tmp_path)
+
+
+def test_default_encoder_is_the_packaged_minilm(caplog):
+    with caplog.at_level("INFO", logger="train"):
+        folder = train.resolve_text_encoder(None)
+    if (train.REPO_DIR / "hf_cache" / "clinical_longformer" / "config.json").is_file():
+        assert folder.name == "clinical_longformer"
+    else:
+        assert (folder / "config.json").is_file() and "all-MiniLM-L6-v2" in caplog.text
+
+
+def test_cache_miss_then_hit_and_texts_mapped(tiny_bert_dir, tmp_path):
+    stats = {}
+    matrix, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    assert stats["embedded"] == 4 and stats["from_cache"] == 0 and matrix.shape == (4, 24)
+    assert rows.tolist() == [0, 1, 2, 0, 3]
+    ref = reference_vectors(tiny_bert_dir, TEXTS)
+    np.testing.assert_allclose(matrix[rows].numpy(), ref, atol=2e-3)  # float16 storage
+    stats2 = {}
+    matrix2, rows2 = train.embed_texts(TEXTS + ["Procedure: Invasive Ventilation"], tiny_bert_dir, tmp_path, stats=stats2)
+    assert stats2["embedded"] == 1 and stats2["from_cache"] == 4
+    assert torch.equal(matrix2[:4], matrix)  # cached vectors are exactly what was used before
+    stats3 = {}
+    train.embed_texts(TEXTS, None, tmp_path, identity=stats["identity"], dim=24, stats=stats3)
+    assert stats3["embedded"] == 0  # all cached: no encoder folder needed
+    with pytest.raises(train.TextEncoderError, match=stats["identity"]):
+        train.embed_texts(["never seen"], None, tmp_path, identity=stats["identity"], dim=24)
+
+
+def test_two_encoders_never_share_vectors(tiny_bert_dir, tiny_longformer_dir, tmp_path):
+    s1, s2 = {}, {}
+    m1, _ = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=s1)
+    m2, _ = train.embed_texts(TEXTS, tiny_longformer_dir, tmp_path, stats=s2)
+    assert s2["embedded"] == 4 and s1["identity"] != s2["identity"]
+    assert m1.shape[1] == 24 and m2.shape[1] == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([s1["identity"], s2["identity"]])
+
+
+def test_truncated_or_corrupted_shard_is_detected_and_rebuilt(tiny_bert_dir, tmp_path):
+    stats = {}
+    m1, _ = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])  # truncated
+    again = {}
+    with pytest.warns(UserWarning, match="truncated or corrupted"):
+        m2, _ = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=again)
+    assert again["embedded"] == 4 and not shard.exists()
+    torch.testing.assert_close(m1, m2)
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    flipped = bytearray(shard.read_bytes())
+    flipped[-3] ^= 0xFF  # same size, one corrupted byte
+    shard.write_bytes(bytes(flipped))
+    with pytest.warns(UserWarning, match="checksum"):
+        assert train.EmbeddingCache(tmp_path, stats["identity"], 24).load().lookup([train.text_md5(TEXTS[0])])[0].sum() == 0
+
+
+def test_hidden_size_mismatch_is_a_clear_error(tmp_path):
+    train.EmbeddingCache(tmp_path, "some-encoder", 24).append([train.text_md5("a")], np.ones((1, 24)))
+    with pytest.raises(train.TextEncoderError, match="size 24 .* hidden size 32"):
+        train.EmbeddingCache(tmp_path, "some-encoder", 32).lookup([train.text_md5("a")])

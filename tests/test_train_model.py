@@ -1,0 +1,172 @@
+"""train.py: dataset, batching and the attention-pooling transformer."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import train
+
+
+def random_stays(n, dim=8, n_static=5, max_len=12, seed=0, n_texts=20):
+    g = torch.Generator().manual_seed(seed)
+    stays = []
+    for i in range(n):
+        L = int(torch.randint(0, max_len + 1, (1,), generator=g)) if i % 4 else (0 if i == 0 else max_len)
+        stays.append(train.Stay(stay_id=i, subject_id=100 + i, text_rows=torch.randint(0, n_texts, (L,), generator=g),
+                                 type_ids=torch.randint(0, 5, (L,), generator=g), times=torch.randn(L, generator=g),
+                                 static=torch.randn(n_static, generator=g), label=float(i % 2),
+                                 event_row_index=torch.arange(L)))
+    matrix = torch.randn(n_texts, dim, generator=g)
+    return stays, matrix
+
+
+def small_model(dim=8, n_static=5, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = train.ModelConfig(text_dim=dim, n_static=n_static, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                            pool_heads=4, **kw)
+    return train.MortalityTransformer(cfg).eval()
+
+
+def test_collate_pads_and_masks():
+    stays, _ = random_stays(6)
+    batch = train.collate_stays(stays)
+    L = max(len(s.type_ids) for s in stays)
+    assert batch["mask"].shape == (6, L) and batch["mask"].dtype == torch.bool
+    assert batch["mask"].sum(1).tolist() == [len(s.type_ids) for s in stays]
+    assert (batch["type_ids"][~batch["mask"]] == -1).all()
+    empty = train.collate_stays([stays[0], stays[0]])
+    assert empty["mask"].shape == (2, 1) and not empty["mask"].any()
+
+
+def test_event_features_zero_on_padding():
+    stays, matrix = random_stays(6)
+    model = small_model()
+    batch = train.collate_stays(stays)
+    feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["times"])
+    assert feats.shape == (6, batch["mask"].shape[1], 5 + 8 + 1)
+    assert (feats[~batch["mask"]] == 0).all()
+    real = feats[batch["mask"]]
+    assert (real[:, :5].sum(1) == 1).all()
+    torch.testing.assert_close(real[:, -1], batch["times"][batch["mask"]])
+
+
+def test_padding_invariance():
+    """A stay's logit alone equals its logit inside a padded batch (to 1e-5)."""
+    stays, matrix = random_stays(10, max_len=30)
+    model = small_model()
+    with torch.no_grad():
+        together = model.forward_batch(train.collate_stays(stays), matrix)
+        for i, s in enumerate(stays):
+            alone = model.forward_batch(train.collate_stays([s]), matrix)
+            assert abs(float(alone[0]) - float(together[i])) < 1e-5
+
+
+def test_attention_return_parity_and_shapes():
+    stays, matrix = random_stays(7, max_len=15)
+    model = small_model()
+    batch = train.collate_stays(stays)
+    with torch.no_grad():
+        plain = model.forward_batch(batch, matrix)
+        logits, att = model.forward_batch(batch, matrix, return_attention=True)
+    assert torch.equal(plain, logits)  # same computation, identical logits
+    B, L = batch["mask"].shape
+    assert att["layer_attention"].shape == (2, B, 4, L, L)
+    assert att["pooling_attention"].shape == (B, 4, 1, L)
+    assert att["transformer_output"].shape == (B, L, 32) and att["query"].shape == (32,)
+    assert att["pooled"].shape == (B, 32)
+    has = batch["mask"].any(1)
+    # padded keys get zero weight, real rows sum to one
+    pool = att["pooling_attention"][:, :, 0, :]
+    assert (pool[~batch["mask"][:, None, :].expand_as(pool)] == 0).all()
+    torch.testing.assert_close(pool[has].sum(-1), torch.ones(int(has.sum()), 4))
+    layer = att["layer_attention"]
+    key_pad = ~batch["mask"][has][None, :, None, None, :].expand_as(layer[:, has])
+    assert (layer[:, has][key_pad] == 0).all()
+    # the returned weights reproduce what SDPA computed: pooling output from weights
+    for name in ("layer_attention", "pooling_attention", "transformer_output", "pooled"):
+        assert torch.isfinite(att[name]).all()
+
+
+def test_empty_stays_predicted_from_static_without_nan():
+    stays, matrix = random_stays(4)
+    empty = [train.Stay(i, i, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                        torch.randn(5), 0.0, torch.zeros(0, dtype=torch.long)) for i in range(3)]
+    model = small_model()
+    model.train()  # dropout on: gradients must stay finite too
+    logits, att = model.forward_batch(train.collate_stays(empty), matrix, return_attention=True)
+    assert torch.isfinite(logits).all() and (att["pooled"] == 0).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        mixed = model.forward_batch(train.collate_stays(empty + stays), matrix)
+        static_only = model.classifier(torch.cat([torch.zeros(3, 32), torch.stack([s.static for s in empty])], 1))
+    torch.testing.assert_close(mixed[:3], static_only.squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_sinusoidal_positions_any_length():
+    pe = train.sinusoidal_positions(5000, 32)
+    assert pe.shape == (5000, 32) and torch.isfinite(pe).all()
+    torch.testing.assert_close(pe[:100], train.sinusoidal_positions(100, 32))
+
+
+def test_temporal_loss_prefers_recent_attention():
+    mask = torch.tensor([[True, True, True, False]])
+    hours = torch.tensor([[48.0, 12.0, 0.0, 0.0]])  # oldest first, last is padding
+    recent = torch.tensor([[0.05, 0.15, 0.8, 0.0]]).view(1, 1, 1, 4).expand(1, 4, 1, 4)
+    old = torch.tensor([[0.8, 0.15, 0.05, 0.0]]).view(1, 1, 1, 4).expand(1, 4, 1, 4)
+    l_recent = train.temporal_aware_loss(recent, hours, mask, 12.0)
+    l_old = train.temporal_aware_loss(old, hours, mask, 12.0)
+    assert 0 <= float(l_recent) < float(l_old)
+    prior = torch.tensor([2.0 ** -4, 2.0 ** -1, 1.0])
+    prior = torch.cat([prior / prior.sum(), torch.zeros(1)]).view(1, 1, 1, 4).expand(1, 4, 1, 4)
+    assert abs(float(train.temporal_aware_loss(prior, hours, mask, 12.0))) < 1e-6  # zero at the prior
+    none = train.temporal_aware_loss(torch.zeros(2, 4, 1, 1), torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.bool), 12.0)
+    assert float(none) == 0.0
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_length_bucket_sampler(replicas):
+    lengths = np.random.default_rng(0).integers(0, 100, 103)
+    per_rank = [train.LengthBucketSampler(lengths, 8, shuffle=True, seed=1, num_replicas=replicas, rank=r)
+                for r in range(replicas)]
+    for s in per_rank:
+        s.set_epoch(3)
+    batches = [b for s in per_rank for b in s.batches()]
+    assert len({len(s) for s in per_rank}) == 1
+    covered = [i for b in batches for i in b]
+    assert set(covered) == set(range(103))
+    if replicas == 1:
+        assert sorted(covered) == list(range(103))  # each stay exactly once
+    again = train.LengthBucketSampler(lengths, 8, shuffle=True, seed=1, num_replicas=replicas, rank=0)
+    again.set_epoch(3)
+    assert again.batches() == per_rank[0].batches()
+    again.set_epoch(4)
+    assert again.batches() != per_rank[0].batches()
+    # bucketing: padding is far below a random batching
+    pad = sum(max(lengths[b]) * len(b) - lengths[b].sum() for b in batches)
+    rand = np.random.default_rng(0).permutation(103)
+    rand_pad = sum(max(lengths[rand[i:i + 8]]) * len(rand[i:i + 8]) - lengths[rand[i:i + 8]].sum() for i in range(0, 103, 8))
+    assert pad < rand_pad / 2
+    evals = train.LengthBucketSampler(lengths, 8, shuffle=False).batches()
+    assert [lengths[i] for b in evals for i in b] == sorted(lengths)
+
+
+def test_build_stays_keeps_most_recent_and_reports_cut(caplog, tmp_path):
+    from train_tables import make_event_table
+    df = make_event_table(n_patients=10, seed=2, max_events=20)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    table = train.read_event_table(tmp_path / "t.csv")
+    pre = train.EventPreprocessor().fit(table)
+    text_rows = np.arange(len(table))
+    with caplog.at_level("WARNING", logger="train"):
+        stays = train.build_stays(table, pre, text_rows, max_events=5)
+    n_long = int((table.groupby("stay_id")["event_type"].count() > 5).sum())
+    assert n_long > 0 and f"{n_long} of {len(stays)} stays have more than --max-events=5" in caplog.text
+    assert [s.stay_id for s in stays] == list(table.stay_id.unique())
+    for s in stays:
+        rows = table.index[(table.stay_id == s.stay_id) & table.event_type.notna()].to_numpy()
+        np.testing.assert_array_equal(s.event_row_index.numpy(), rows[-5:])  # the most recent events
+        np.testing.assert_array_equal(s.text_rows.numpy(), rows[-5:])
+        assert s.label == table.loc[table.stay_id == s.stay_id, "mortality"].iloc[0]
