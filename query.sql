@@ -216,7 +216,7 @@ SELECT
   e.event_time,
   e.event_type,
   e.event_text,
-  DATETIME_DIFF(c.prediction_time, e.event_time, SECOND) / 60.0 AS relative_time_to_final_event,
+  ROUND(DATETIME_DIFF(c.prediction_time, e.event_time, SECOND) / 60.0, 2) AS relative_time_to_final_event,
   c.gender,
   c.race,
   c.marital_status,

@@ -1,0 +1,683 @@
+"""
+Synthetic MIMIC-IV: tables with the demo's file names, columns and types, for any number of ICU stays,
+with planted, clinically plausible mortality risk whose truth is written beside them.
+
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --seed 0   # hosp/, icu/, truth/
+    python synthetic_mimic.py --make-sample                                   # remakes sample_train.csv
+
+Each stay gets background events drawn with Zipf-like frequencies from small embedded dictionaries
+(real MIMIC-IV item ids and labels; nothing is read from MIMIC at run time) and, depending on a
+latent severity, some of five planted risk factors, all placed inside the default 48-hour
+observation window [intime, intime + 48 h):
+    lactate    Lab: Lactate > 4 mmol/L, abnormal
+    pressor    Prescription: Norepinephrine / Vasopressin IV DRIP
+    ventilated Procedure: Intubation, Invasive Ventilation
+    bacteremia Microbiology: BLOOD CULTURE positive (S. aureus, E. coli, K. pneumoniae) with susceptibilities
+    renal      Lab: Creatinine > 3 mg/dL, abnormal, and often Procedure: Dialysis - CRRT
+The true probability of in-hospital death is logistic in these factors and age, and the label is
+drawn from it, so the AUROC of the true probability against the labels is the ceiling any model can
+reach. truth/stays.csv.gz holds each stay's true probability and factors; truth/planted_rows.csv.gz
+names every source row that carries planted risk by (source_table, source_id) exactly as query.sql
+reports them, so extracted events can be joined to the truth.
+
+Everything is vectorised with numpy and written with pyarrow: 50,000 stays take well under a minute.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+REPO_ROOT = Path(__file__).resolve().parent
+SAMPLE_PATH = REPO_ROOT / "sample_train.csv"
+# The shipped sample: remade exactly by `python synthetic_mimic.py --make-sample`.
+SAMPLE_STAYS, SAMPLE_SEED = 1350, 2024
+SAMPLE_DROP_COLUMNS = ("prediction_time", "source_table", "source_id")  # keeps the file under 10 MB
+
+# ----------------------------------------------------------------------------- the truth model
+# log-odds of in-hospital death = INTERCEPT + sum(coef * factor) + AGE_PER_YEAR * (age - 65)
+INTERCEPT = -4.0
+AGE_PER_YEAR = 0.035
+# factor: (prevalence log-odds at severity 0, severity slope, log-odds ratio for death)
+RISK_FACTORS = {
+    "lactate": (-1.6, 1.0, 2.0),
+    "pressor": (-1.8, 1.0, 1.8),
+    "ventilated": (-1.2, 0.9, 1.5),
+    "bacteremia": (-2.4, 0.8, 1.8),
+    "renal": (-2.0, 0.8, 1.4),
+}
+OBSERVATION_HOURS = 48.0
+
+# ----------------------------------------------------------------------------- embedded dictionaries
+# (itemid, label, fluid, category, unit, ref_lower, ref_upper, mean, sd, decimals, weight, min, max)
+LAB_ITEMS = [
+    (50971, "Potassium", "Blood", "Chemistry", "mEq/L", 3.3, 5.1, 4.1, 0.5, 1, 10, 2.5, 6.5),
+    (50983, "Sodium", "Blood", "Chemistry", "mEq/L", 135, 147, 139, 4, 0, 10, 120, 160),
+    (50912, "Creatinine", "Blood", "Chemistry", "mg/dL", 0.5, 1.2, 1.0, 0.4, 1, 10, 0.3, 2.5),
+    (50902, "Chloride", "Blood", "Chemistry", "mEq/L", 96, 108, 103, 5, 0, 9, 85, 120),
+    (51006, "Urea Nitrogen", "Blood", "Chemistry", "mg/dL", 6, 20, 20, 10, 0, 9, 3, 80),
+    (51221, "Hematocrit", "Blood", "Hematology", "%", 40, 51, 31, 5, 1, 9, 18, 50),
+    (50882, "Bicarbonate", "Blood", "Chemistry", "mEq/L", 22, 32, 24, 3, 0, 9, 12, 36),
+    (50868, "Anion Gap", "Blood", "Chemistry", "mEq/L", 10, 18, 14, 3, 0, 9, 6, 26),
+    (51265, "Platelet Count", "Blood", "Hematology", "K/uL", 150, 400, 210, 80, 0, 8, 20, 600),
+    (51222, "Hemoglobin", "Blood", "Hematology", "g/dL", 13.7, 17.5, 10.2, 1.8, 1, 8, 6, 16),
+    (51301, "White Blood Cells", "Blood", "Hematology", "K/uL", 4, 10, 10, 4, 1, 8, 1, 30),
+    (50931, "Glucose", "Blood", "Chemistry", "mg/dL", 70, 100, 130, 35, 0, 8, 50, 350),
+    (50960, "Magnesium", "Blood", "Chemistry", "mg/dL", 1.6, 2.6, 2.0, 0.3, 1, 7, 1.1, 3.2),
+    (50893, "Calcium, Total", "Blood", "Chemistry", "mg/dL", 8.4, 10.3, 8.6, 0.6, 1, 6, 6.5, 11),
+    (50970, "Phosphate", "Blood", "Chemistry", "mg/dL", 2.7, 4.5, 3.5, 1.0, 1, 6, 1.0, 7.5),
+    (51275, "PTT", "Blood", "Hematology", "sec", 25, 36.5, 33, 8, 1, 4, 22, 90),
+    (51237, "INR(PT)", "Blood", "Hematology", None, 0.9, 1.1, 1.3, 0.3, 1, 4, 0.9, 3.5),
+    (51274, "PT", "Blood", "Hematology", "sec", 9.4, 12.5, 14, 3, 1, 4, 10, 35),
+    (50820, "pH", "Blood", "Blood Gas", "units", 7.35, 7.45, 7.38, 0.06, 2, 3, 7.1, 7.6),
+    (50818, "pCO2", "Blood", "Blood Gas", "mm Hg", 35, 45, 41, 8, 0, 3, 22, 80),
+    (50821, "pO2", "Blood", "Blood Gas", "mm Hg", 85, 105, 110, 40, 0, 3, 40, 400),
+    (50813, "Lactate", "Blood", "Blood Gas", "mmol/L", 0.5, 2.0, 1.4, 0.4, 1, 3, 0.5, 2.4),
+    (50885, "Bilirubin, Total", "Blood", "Chemistry", "mg/dL", 0, 1.5, 0.8, 0.5, 1, 2, 0.1, 4),
+    (50861, "Alanine Aminotransferase (ALT)", "Blood", "Chemistry", "IU/L", 0, 40, 30, 20, 0, 2, 5, 200),
+    (50878, "Asparate Aminotransferase (AST)", "Blood", "Chemistry", "IU/L", 0, 40, 35, 25, 0, 2, 8, 250),
+    (51491, "pH", "Urine", "Hematology", "units", 5, 8, 6, 0.7, 1, 1, 5, 8),
+    (51498, "Specific Gravity", "Urine", "Hematology", None, 1.001, 1.035, 1.015, 0.007, 3, 1, 1.002, 1.04),
+]
+LAB_TEXT_ITEM = (51463, "Bacteria", "Urine", "Hematology", ("NONE", "FEW", "MOD", "MANY"), 1)
+LACTATE, CREATININE = 50813, 50912
+
+# (drug, dose values, unit, route, weight); a dose value with a dash is a range, as in MIMIC
+PRESCRIPTIONS = [
+    ("Insulin", ("0", "2", "4", "6", "8", "10"), "UNIT", "SC", 12),
+    ("Sodium Chloride 0.9%  Flush", ("3", "10"), "mL", "IV", 9),
+    ("0.9% Sodium Chloride", ("250", "500", "1000"), "mL", "IV", 7),
+    ("Magnesium Sulfate", ("1", "2", "4"), "gm", "IV", 6),
+    ("Furosemide", ("20", "40", "80"), "mg", "IV", 6),
+    ("5% Dextrose", ("50", "100", "250"), "mL", "IV", 5),
+    ("Potassium Chloride", ("20", "40"), "mEq", "PO", 5),
+    ("Calcium Gluconate", ("1", "2"), "g", "IV", 4),
+    ("Vancomycin", ("750", "1000", "1250", "1500"), "mg", "IV", 4),
+    ("Acetaminophen", ("325", "650", "1000"), "mg", "PO/NG", 4),
+    ("Heparin", ("5000",), "UNIT", "SC", 3),
+    ("Metoprolol Tartrate", ("12.5", "25", "50"), "mg", "PO/NG", 3),
+    ("Lactated Ringers", ("500", "1000"), "mL", "IV", 3),
+    ("HYDROmorphone (Dilaudid)", ("0.25", "0.5", "1"), "mg", "IV", 3),
+    ("Docusate Sodium", ("100",), "mg", "PO/NG", 3),
+    ("Ondansetron", ("4",), "mg", "IV", 2),
+    ("Senna", ("8.6", "17.2"), "mg", "PO/NG", 2),
+    ("Pantoprazole", ("40",), "mg", "IV", 2),
+    ("CefePIME", ("1", "2"), "g", "IV", 2),
+    ("Piperacillin-Tazobactam", ("2.25", "4.5"), "g", "IV", 2),
+    ("Propofol", ("100", "1000"), "mg", "IV DRIP", 2),
+    ("Fentanyl Citrate", ("25", "50", "100"), "mcg", "IV", 2),
+    ("Lorazepam", ("0.5", "1"), "mg", "IV", 1),
+    ("Aspirin", ("81", "325"), "mg", "PO/NG", 1),
+    ("Atorvastatin", ("10", "40", "80"), "mg", "PO/NG", 1),
+    ("Heparin Flush (1000 units/mL)", ("2000-8000",), "UNIT", "DWELL", 1),
+    ("Bag", ("1",), "BAG", None, 1),
+]
+PRESSORS = [("Norepinephrine", ("4", "8", "16"), "mg", "IV DRIP"), ("Vasopressin", ("20", "40"), "UNIT", "IV DRIP")]
+
+# d_items rows: (itemid, label, abbreviation, linksto, category, unitname, param_type)
+PROCEDURE_ITEMS = [  # background procedures, with weights
+    ((224275, "20 Gauge", "20 Gauge", "procedureevents", "Access Lines - Peripheral", "None", "Processes"), 10),
+    ((225459, "Chest X-Ray", "Chest X-Ray", "procedureevents", "5-Imaging", "None", "Processes"), 10),
+    ((224277, "18 Gauge", "18 Gauge", "procedureevents", "Access Lines - Peripheral", "None", "Processes"), 6),
+    ((225752, "Arterial Line", "Arterial Line", "procedureevents", "Access Lines - Invasive", "None", "Processes"), 5),
+    ((225402, "EKG", "EKG", "procedureevents", "4-Procedures", "None", "Processes"), 4),
+    ((221214, "CT scan", "CT scan", "procedureevents", "5-Imaging", "None", "Processes"), 3),
+    ((224263, "Multi Lumen", "Multi Lumen", "procedureevents", "Access Lines - Invasive", "None", "Processes"), 3),
+    ((228129, "Family updated by RN", "Family updated by RN", "procedureevents", "7-Communication", "None", "Processes"), 3),
+    ((225401, "Blood Cultured", "Blood Cultured", "procedureevents", "6-Cultures", "None", "Processes"), 2),
+    ((224264, "PICC Line", "PICC Line", "procedureevents", "Access Lines - Invasive", "None", "Processes"), 2),
+    ((229351, "Foley Catheter", "Foley Catheter", "procedureevents", "GI/GU", "None", "Processes"), 2),
+    ((225454, "Urine Culture", "Urine Culture", "procedureevents", "6-Cultures", "None", "Processes"), 2),
+    ((225432, "Transthoracic Echo", "Transthoracic Echo", "procedureevents", "5-Imaging", "None", "Processes"), 1),
+    ((221217, "Ultrasound", "Ultrasound", "procedureevents", "5-Imaging", "None", "Processes"), 1),
+]
+INTUBATION, VENTILATION, CRRT = 224385, 225792, 225802
+PLANTED_PROCEDURE_ITEMS = [
+    (INTUBATION, "Intubation", "Intubation", "procedureevents", "1-Intubation/Extubation", "None", "Processes"),
+    (VENTILATION, "Invasive Ventilation", "Invasive Ventilation", "procedureevents", "2-Ventilation", "None", "Processes"),
+    (CRRT, "Dialysis - CRRT", "Dialysis - CRRT", "procedureevents", "Dialysis", "None", "Processes"),
+]
+# (d_items row, amountuom, weight, fixed amounts, continuous rate mL/h or 0)
+INGREDIENT_ITEMS = [
+    ((220490, "Water", "H2O", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 10, (50, 100, 250), 60),
+    ((227074, "IVF ingredient", "IVF ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 8, (100, 250, 500, 1000), 75),
+    ((226060, "Calories", "Calories", "ingredientevents", "Ingredients", "Kcal", "Ingredient"), "Kcal", 4, (17, 50), 20),
+    ((227075, "Oral/Gastric Ingredient", "Oral/Gastric Ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 3, (30, 60, 120), 0),
+    ((220454, "Protein", "Protein", "ingredientevents", "Ingredients", "grams", "Ingredient"), "grams", 1, (5, 11), 3),
+    ((226221, "Enteral Nutrition Ingredient", "Enteral Nutrition Ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 1, (), 40),
+    ((226509, "Blood Ingredient", "Blood Ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 1, (250, 300, 350), 0),
+]
+# microbiology background: (spec_itemid, spec_type_desc, test_itemid, test_name, organism or None, weight)
+MICRO_BACKGROUND = [
+    (70012, "BLOOD CULTURE", 90201, "Blood Culture, Routine", None, 6),
+    (70079, "URINE", 90039, "URINE CULTURE", None, 3),
+    (70091, "MRSA SCREEN", 90083, "MRSA SCREEN", None, 2),
+    (70079, "URINE", 90039, "URINE CULTURE", (80002, "ESCHERICHIA COLI"), 1),
+    (70062, "SPUTUM", 90042, "GRAM STAIN", None, 1),
+]
+BACTEREMIA_ORGANISMS = [(80023, "STAPH AUREUS COAG +"), (80002, "ESCHERICHIA COLI"), (80004, "KLEBSIELLA PNEUMONIAE")]
+ANTIBIOTICS = [(90016, "OXACILLIN"), (90015, "VANCOMYCIN"), (90004, "CEFTRIAXONE"), (90025, "GENTAMICIN"),
+               (90012, "MEROPENEM"), (90026, "TRIMETHOPRIM/SULFA")]
+
+STATIC_CHOICES = {
+    "gender": (("M", "F"), (0.56, 0.44)),
+    "race": (("WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC/LATINO - PUERTO RICAN", "ASIAN", "OTHER",
+              "UNKNOWN", "WHITE - OTHER EUROPEAN"), (0.62, 0.11, 0.04, 0.04, 0.06, 0.09, 0.04)),
+    "marital_status": (("MARRIED", "SINGLE", "WIDOWED", "DIVORCED", None), (0.42, 0.3, 0.12, 0.08, 0.08)),
+    "admission_type": (("EW EMER.", "URGENT", "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION",
+                        "ELECTIVE", "DIRECT EMER."), (0.45, 0.18, 0.12, 0.12, 0.08, 0.05)),
+    "admission_location": (("EMERGENCY ROOM", "TRANSFER FROM HOSPITAL", "PHYSICIAN REFERRAL",
+                            "CLINIC REFERRAL", "PROCEDURE SITE"), (0.55, 0.2, 0.15, 0.05, 0.05)),
+    "insurance": (("Medicare", "Other", "Medicaid"), (0.45, 0.4, 0.15)),
+    "first_careunit": (("Medical Intensive Care Unit (MICU)", "Surgical Intensive Care Unit (SICU)",
+                        "Cardiac Vascular Intensive Care Unit (CVICU)", "Coronary Care Unit (CCU)",
+                        "Trauma SICU (TSICU)", "Neuro Surgical Intensive Care Unit (Neuro SICU)",
+                        "Medical/Surgical Intensive Care Unit (MICU/SICU)"),
+                       (0.25, 0.15, 0.17, 0.12, 0.11, 0.05, 0.15)),
+}
+
+# The demo's columns, in order, per table.
+COLUMNS = {
+    "hosp/patients": "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
+    "hosp/admissions": "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,"
+                       "admission_location,discharge_location,insurance,language,marital_status,race,edregtime,"
+                       "edouttime,hospital_expire_flag",
+    "icu/icustays": "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los",
+    "hosp/prescriptions": "subject_id,hadm_id,pharmacy_id,poe_id,poe_seq,order_provider_id,starttime,stoptime,"
+                          "drug_type,drug,formulary_drug_cd,gsn,ndc,prod_strength,form_rx,dose_val_rx,"
+                          "dose_unit_rx,form_val_disp,form_unit_disp,doses_per_24_hrs,route",
+    "hosp/labevents": "labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,storetime,"
+                      "value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,comments",
+    "hosp/microbiologyevents": "microevent_id,subject_id,hadm_id,micro_specimen_id,order_provider_id,chartdate,"
+                               "charttime,spec_itemid,spec_type_desc,test_seq,storedate,storetime,test_itemid,"
+                               "test_name,org_itemid,org_name,isolate_num,quantity,ab_itemid,ab_name,dilution_text,"
+                               "dilution_comparison,dilution_value,interpretation,comments",
+    "icu/procedureevents": "subject_id,hadm_id,stay_id,caregiver_id,starttime,endtime,storetime,itemid,value,"
+                           "valueuom,location,locationcategory,orderid,linkorderid,ordercategoryname,"
+                           "ordercategorydescription,patientweight,isopenbag,continueinnextdept,statusdescription,"
+                           "ORIGINALAMOUNT,ORIGINALRATE",
+    "icu/ingredientevents": "subject_id,hadm_id,stay_id,caregiver_id,starttime,endtime,storetime,itemid,amount,"
+                            "amountuom,rate,rateuom,orderid,linkorderid,statusdescription,originalamount,originalrate",
+    "hosp/d_labitems": "itemid,label,fluid,category",
+    "icu/d_items": "itemid,label,abbreviation,linksto,category,unitname,param_type,lownormalvalue,highnormalvalue",
+}
+
+HOUR = 3600
+EPOCH_2100 = 4102444800  # 2100-01-01 in Unix seconds: MIMIC's shifted dates lie in 2100-2210
+
+
+def zipf_weights(weights) -> np.ndarray:
+    w = np.asarray(weights, dtype=float)
+    return w / w.sum()
+
+
+def pick(rng, n, choices, p=None) -> np.ndarray:
+    """n indices into choices (a weighted categorical draw)."""
+    return rng.choice(len(choices), size=n, p=p)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class TableWriter:
+    """Accumulates column dicts per table and writes each as csv.gz with the demo's column order."""
+
+    def __init__(self):
+        self.parts = {name: [] for name in COLUMNS}
+
+    def add(self, table, n, **columns):
+        if n:
+            self.parts[table].append((n, columns))
+
+    def write(self, out_dir: Path):
+        for table, parts in self.parts.items():
+            names = COLUMNS[table].split(",")
+            chunks = []
+            for n, columns in parts:
+                arrays = {}
+                for name in names:
+                    value = columns.get(name)
+                    arrays[name] = to_arrow(value, n)
+                chunks.append(pa.table(arrays))
+            path = out_dir / f"{table}.csv.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table_data = pa.concat_tables(chunks, promote_options="permissive") if chunks else \
+                pa.table({name: pa.nulls(0) for name in names})
+            with pa.CompressedOutputStream(str(path), "gzip") as sink:
+                pacsv.write_csv(table_data, sink, pacsv.WriteOptions(quoting_style="needed"))
+
+
+def to_arrow(value, n) -> pa.Array:
+    if value is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(value, pa.Array):
+        return value
+    if np.isscalar(value):
+        return pa.array(np.full(n, value)) if not isinstance(value, str) else pa.array([value] * n)
+    value = np.asarray(value)
+    if value.dtype.kind == "M":
+        return pa.array(value.astype("datetime64[s]"))
+    return pa.array(value)
+
+
+def strings(vocab, index, mask=None) -> pa.Array:
+    """vocab[index] as an arrow string array (dictionary-decoded: fast for millions of rows); None -> null."""
+    vocab = list(vocab)
+    arr = pa.DictionaryArray.from_arrays(pa.array(np.asarray(index, dtype=np.int32), mask=mask),
+                                         pa.array(vocab, pa.string()))
+    return arr.dictionary_decode()
+
+
+def stamp(seconds) -> np.ndarray:
+    return np.asarray(seconds, dtype="int64").astype("datetime64[s]")
+
+
+def events_per_stay(rng, counts, start_h, end_h):
+    """Stay index and uniform time offsets (hours from intime) of counts[i] events in [start_h, end_h)."""
+    idx = np.repeat(np.arange(len(counts)), counts)
+    offset = start_h[idx] + rng.random(len(idx)) * np.maximum(end_h[idx] - start_h[idx], 0)
+    return idx, offset
+
+
+def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float = 62.0) -> dict:
+    """Write synthetic MIMIC-IV tables (hosp/, icu/) and the truth (truth/) under out_dir."""
+    if n_stays < 1:
+        raise ValueError(f"--n-stays must be >= 1, got {n_stays}")
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    w = TableWriter()
+
+    # --- patients, admissions, ICU stays (one admission per stay; ~1/6 of patients have several)
+    n_patients = max(1, int(round(n_stays / 1.2)))
+    patient_of_stay = np.concatenate([np.arange(min(n_patients, n_stays)),
+                                      rng.integers(0, n_patients, max(0, n_stays - n_patients))])
+    rng.shuffle(patient_of_stay)
+    subject_id = 10_000_000 + np.arange(n_patients) * 7 + rng.integers(0, 7, n_patients)
+    anchor_year = rng.integers(2110, 2200, n_patients)
+    anchor_age = np.clip(rng.normal(64, 16, n_patients), 18, 91).astype(int)
+    minors = rng.random(n_patients) < 0.02  # a few under-18s, to be excluded by the cohort
+    anchor_age[minors] = rng.integers(15, 18, minors.sum())
+    gender = pick(rng, n_patients, *STATIC_CHOICES["gender"])
+
+    # admissions within three years of the anchor year; age as mimic-code computes it
+    admittime = (EPOCH_2100 + ((anchor_year[patient_of_stay] - 2100) + rng.random(n_stays) * 3)
+                 * 365.2425 * 86400).astype(np.int64)
+    admittime -= admittime % 60
+    admit_year = stamp(admittime).astype("datetime64[Y]").astype(int) + 1970
+    age = anchor_age[patient_of_stay] + (admit_year - anchor_year[patient_of_stay])
+
+    # --- planted risk and the label, drawn from the true probability
+    severity = rng.normal(0, 1, n_stays)
+    factors = {name: rng.random(n_stays) < sigmoid(a + b * severity) for name, (a, b, _) in RISK_FACTORS.items()}
+    logit = INTERCEPT + AGE_PER_YEAR * (age - 65) + sum(RISK_FACTORS[f][2] * factors[f] for f in factors)
+    true_probability = sigmoid(logit)
+    died = rng.random(n_stays) < true_probability
+    # Nobody is admitted after dying: drop the admissions that follow a patient's first death. Whether
+    # a stay is kept depends on other stays' outcomes only, so every kept label stays Bernoulli(p).
+    first_death = np.full(n_patients, np.iinfo(np.int64).max)
+    np.minimum.at(first_death, patient_of_stay[died], admittime[died])
+    keep = admittime <= first_death[patient_of_stay]
+    patient_of_stay, admittime, age, severity, true_probability, died = (
+        a[keep] for a in (patient_of_stay, admittime, age, severity, true_probability, died))
+    factors = {name: present[keep] for name, present in factors.items()}
+    n_stays = int(keep.sum())
+
+    stay_subject = subject_id[patient_of_stay]
+    intime = admittime + (rng.random(n_stays) * 30 * HOUR).astype(np.int64)
+    los_h = np.exp(rng.normal(np.log(80), 0.7, n_stays)).clip(4, 40 * 24)  # ~75% stay past 48 h
+    stay_id = 30_000_000 + np.arange(n_stays) * 13 + rng.integers(0, 13, n_stays)
+    hadm_id = 20_000_000 + np.arange(n_stays) * 11 + rng.integers(0, 11, n_stays)
+    outtime = intime + (los_h * HOUR).astype(np.int64)
+    # deaths: most in the ICU at outtime, some later on the ward; survivors leave hospital days later
+    in_icu_death = rng.random(n_stays) < 0.7
+    deathtime = np.where(in_icu_death, outtime, outtime + (rng.random(n_stays) * 6 * 24 * HOUR).astype(np.int64))
+    dischtime = np.where(died, deathtime, outtime + (rng.random(n_stays) * 8 * 24 * HOUR).astype(np.int64) + HOUR)
+    dod_by_patient = np.full(n_patients, np.iinfo(np.int64).min)
+    np.maximum.at(dod_by_patient, patient_of_stay[died], deathtime[died])
+
+    w.add("hosp/patients", n_patients, subject_id=subject_id, gender=strings(*[STATIC_CHOICES["gender"][0]], gender),
+          anchor_age=anchor_age, anchor_year=anchor_year,
+          anchor_year_group=strings(("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019"),
+                                    rng.integers(0, 4, n_patients)),
+          dod=pa.array(stamp(dod_by_patient).astype("datetime64[D]"), mask=dod_by_patient == np.iinfo(np.int64).min))
+    static = {k: pick(rng, n_stays, v[0], v[1]) for k, v in STATIC_CHOICES.items() if k != "gender"}
+    edreg = admittime - (rng.random(n_stays) * 6 * HOUR).astype(np.int64)
+    w.add("hosp/admissions", n_stays, subject_id=stay_subject, hadm_id=hadm_id, admittime=stamp(admittime),
+          dischtime=stamp(dischtime), deathtime=pa.array(stamp(deathtime), mask=~died),
+          admission_type=strings(STATIC_CHOICES["admission_type"][0], static["admission_type"]),
+          admit_provider_id=strings(("P03YMR", "P41R5N", "P2D4KL"), rng.integers(0, 3, n_stays)),
+          admission_location=strings(STATIC_CHOICES["admission_location"][0], static["admission_location"]),
+          discharge_location=strings(("DIED", "HOME", "SKILLED NURSING FACILITY", "HOME HEALTH CARE"),
+                                     np.where(died, 0, rng.integers(1, 4, n_stays))),
+          insurance=strings(STATIC_CHOICES["insurance"][0], static["insurance"]),
+          language=strings(("ENGLISH", "?"), (rng.random(n_stays) < 0.1).astype(int)),
+          marital_status=strings(STATIC_CHOICES["marital_status"][0], static["marital_status"],
+                                 mask=static["marital_status"] == len(STATIC_CHOICES["marital_status"][0]) - 1),
+          race=strings(STATIC_CHOICES["race"][0], static["race"]),
+          edregtime=stamp(edreg), edouttime=stamp(admittime), hospital_expire_flag=died.astype(np.int64))
+    careunit = strings(STATIC_CHOICES["first_careunit"][0], static["first_careunit"])
+    w.add("icu/icustays", n_stays, subject_id=stay_subject, hadm_id=hadm_id, stay_id=stay_id,
+          first_careunit=careunit, last_careunit=careunit, intime=stamp(intime), outtime=stamp(outtime),
+          los=(outtime - intime) / 86400.0)
+
+    planted = []  # (source_table, source_id array, factor)
+    ids = {"lab": 1, "micro": 1, "pharmacy": 1, "order": 1}
+
+    def next_ids(kind, n):
+        start = ids[kind]
+        ids[kind] += n
+        return np.arange(start, start + n, dtype=np.int64)
+
+    # Background events: uniform over [-12 h, min(los, 60 h)) for hospital tables (the look-back sees
+    # the part before intime) and over [0, min(los, 60 h)) for ICU tables; about 2/3 fall in the window.
+    n_total = rng.poisson(rng.gamma(4.0, events_per_stay_mean / 4.0, n_stays))
+    share = rng.dirichlet((50, 22, 15, 9, 4), n_stays)  # lab, ingredient, prescription, procedure, micro
+    counts = rng.multinomial(n_total, share).T
+    end_h = np.minimum(los_h, 60.0)
+    hosp_start, icu_start = np.full(n_stays, -12.0), np.zeros(n_stays)
+
+    # --- labs (background)
+    idx, off = events_per_stay(rng, counts[0], hosp_start, end_h - 2)
+    lab_table = list(LAB_ITEMS) + [None]
+    item = pick(rng, len(idx), lab_table, zipf_weights([r[10] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[5]]))
+    numeric = item < len(LAB_ITEMS)
+    params = np.array([r[5:10] + r[11:13] for r in LAB_ITEMS], dtype=float)  # lo, hi, mean, sd, dec, min, max
+    it = np.where(numeric, item, 0)
+    value = np.clip(rng.normal(params[it, 2], params[it, 3]), params[it, 5], params[it, 6])
+    value = np.round(value * 10 ** params[it, 4]) / 10 ** params[it, 4]
+    add_labs(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, item, value, numeric)
+
+    # --- labs (planted): lactate > 4 and creatinine > 3, 1-3 results each, all stored inside the window
+    for factor, itemid, low, high in (("lactate", LACTATE, 4.1, 9.5), ("renal", CREATININE, 3.0, 7.5)):
+        stays = np.flatnonzero(factors[factor])
+        k = rng.integers(1, 4, len(stays))
+        idx = np.repeat(stays, k)
+        off = rng.random(len(idx)) * (OBSERVATION_HOURS - 4)
+        item = np.full(len(idx), [r[0] for r in LAB_ITEMS].index(itemid))
+        value = np.round(rng.uniform(low, high, len(idx)), 1)
+        lab_ids = add_labs(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, item, value,
+                           np.ones(len(idx), bool), store_always=True)
+        planted.append(("labevents", lab_ids.astype(str), factor))
+
+    # --- prescriptions
+    idx, off = events_per_stay(rng, counts[2], hosp_start, end_h)
+    drug = pick(rng, len(idx), PRESCRIPTIONS, zipf_weights([p[4] for p in PRESCRIPTIONS]))
+    add_prescriptions(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, PRESCRIPTIONS, drug)
+    stays = np.flatnonzero(factors["pressor"])
+    idx = np.repeat(stays, rng.integers(1, 3, len(stays)))
+    off = rng.random(len(idx)) * (OBSERVATION_HOURS - 1)
+    pressors = [(d, v, u, r, 1) for d, v, u, r in PRESSORS]
+    ph_ids = add_prescriptions(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, pressors,
+                               pick(rng, len(idx), pressors, (0.75, 0.25)))
+    planted.append(("prescriptions", ph_ids.astype(str), "pressor"))
+
+    # --- procedures
+    idx, off = events_per_stay(rng, counts[3], icu_start, end_h)
+    item = pick(rng, len(idx), PROCEDURE_ITEMS, zipf_weights([p[1] for p in PROCEDURE_ITEMS]))
+    itemids = np.array([p[0][0] for p in PROCEDURE_ITEMS])[item]
+    add_procedures(w, rng, next_ids, stay_subject, hadm_id, stay_id, idx, off, intime, itemids)
+    for factor, itemid, prob in (("ventilated", INTUBATION, 0.8), ("ventilated", VENTILATION, 1.0),
+                                 ("renal", CRRT, 0.5)):
+        stays = np.flatnonzero(factors[factor] & (rng.random(n_stays) < prob))
+        off = rng.random(len(stays)) * (OBSERVATION_HOURS - 1)
+        order_ids = add_procedures(w, rng, next_ids, stay_subject, hadm_id, stay_id, stays, off, intime,
+                                   np.full(len(stays), itemid))
+        planted.append(("procedureevents", np.char.add(order_ids.astype(str), f":{itemid}"), factor))
+
+    # --- ingredients: several ingredients of one order share its orderid and times
+    idx, off = events_per_stay(rng, counts[1], icu_start, end_h)
+    add_ingredients(w, rng, next_ids, stay_subject, hadm_id, stay_id, idx, off, intime)
+
+    # --- microbiology: background specimens, then positive blood cultures with susceptibilities
+    idx, off = events_per_stay(rng, counts[4], hosp_start, end_h)
+    spec = pick(rng, len(idx), MICRO_BACKGROUND, zipf_weights([m[5] for m in MICRO_BACKGROUND]))
+    add_micro(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, spec)
+    stays = np.flatnonzero(factors["bacteremia"])
+    off = rng.random(len(stays)) * 18  # drawn early enough to be reported (+24-28 h) inside the window
+    micro_ids = add_micro(w, rng, next_ids, stay_subject, hadm_id, stays, off, intime, None,
+                          organism=pick(rng, len(stays), BACTEREMIA_ORGANISMS))
+    planted.append(("microbiologyevents", micro_ids.astype(str), "bacteremia"))
+
+    # --- dictionaries
+    w.add("hosp/d_labitems", len(LAB_ITEMS) + 1,
+          itemid=np.array([r[0] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[0]]),
+          label=pa.array([r[1] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[1]]),
+          fluid=pa.array([r[2] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[2]]),
+          category=pa.array([r[3] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[3]]))
+    d_items = [p[0] for p in PROCEDURE_ITEMS] + PLANTED_PROCEDURE_ITEMS + [i[0] for i in INGREDIENT_ITEMS]
+    w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
+                                          for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
+    w.write(out_dir)
+
+    # --- the truth
+    truth_dir = out_dir / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    stays_truth = pa.table({"subject_id": stay_subject, "hadm_id": hadm_id, "stay_id": stay_id,
+                            "patient_age": age.astype(float), "true_probability": true_probability,
+                            "died": died.astype(np.int64),
+                            **{f"factor_{name}": present.astype(np.int64) for name, present in factors.items()}})
+    with pa.CompressedOutputStream(str(truth_dir / "stays.csv.gz"), "gzip") as sink:
+        pacsv.write_csv(stays_truth, sink)
+    planted_table = pa.table({
+        "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, _ in planted]), pa.string()),
+        "source_id": pa.array(np.concatenate([np.asarray(i, dtype=object) for _, i, _ in planted]), pa.string()),
+        "factor": pa.array(np.concatenate([np.full(len(i), f, dtype=object) for _, i, f in planted]), pa.string()),
+    })
+    with pa.CompressedOutputStream(str(truth_dir / "planted_rows.csv.gz"), "gzip") as sink:
+        pacsv.write_csv(planted_table, sink)
+    return {"stays": n_stays, "patients": n_patients, "deaths": int(died.sum()),
+            "planted_rows": planted_table.num_rows}
+
+
+def add_labs(w, rng, next_ids, subject, hadm, idx, off, intime, item, value, numeric, store_always=False):
+    n = len(idx)
+    ids = next_ids("lab", n)
+    chart = intime[idx] + (off * HOUR).astype(np.int64)
+    chart -= chart % 60
+    store = chart + rng.integers(20, 180, n) * 60
+    store_missing = np.zeros(n, bool) if store_always else rng.random(n) < 0.03
+    it = np.where(numeric, item, 0)
+    lo = np.array([r[5] for r in LAB_ITEMS], float)[it]
+    hi = np.array([r[6] for r in LAB_ITEMS], float)[it]
+    text_value = rng.integers(0, len(LAB_TEXT_ITEM[4]), n)
+    value_str = pa.array(np.where(numeric, value, np.nan)).cast(pa.string())
+    value_str = pa.array(np.where(numeric, value_str.to_numpy(zero_copy_only=False),
+                                  np.asarray(LAB_TEXT_ITEM[4], dtype=object)[text_value]))
+    abnormal = numeric & ((value < lo) | (value > hi)) | (~numeric & (text_value >= 2))
+    units = [r[4] for r in LAB_ITEMS]
+    unit_index = np.where(numeric, it, len(units))
+    w.add("hosp/labevents", n, labevent_id=ids, subject_id=subject[idx], hadm_id=hadm[idx],
+          specimen_id=ids * 3 + 1_000_000, itemid=np.array([r[0] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[0]])[item],
+          charttime=stamp(chart), storetime=pa.array(stamp(store), mask=store_missing),
+          value=value_str, valuenum=pa.array(value, mask=~numeric),
+          valueuom=strings(units + [None], unit_index, mask=(unit_index == len(units)) |
+                           np.isin(unit_index, [k for k, u in enumerate(units) if u is None])),
+          ref_range_lower=pa.array(lo, mask=~numeric), ref_range_upper=pa.array(hi, mask=~numeric),
+          flag=strings(("abnormal",), np.zeros(n, int), mask=~abnormal),
+          priority=strings(("ROUTINE", "STAT"), (rng.random(n) < 0.3).astype(int)))
+    return ids
+
+
+def add_prescriptions(w, rng, next_ids, subject, hadm, idx, off, intime, vocab, drug):
+    n = len(idx)
+    ids = next_ids("pharmacy", n)
+    start = intime[idx] + (off * HOUR).astype(np.int64)
+    start -= start % 3600  # orders start on the hour, as MIMIC's mostly do
+    dose_choice = rng.random(n)
+    doses = np.array([vocab[d][1][int(u * len(vocab[d][1]))] for d, u in zip(drug, dose_choice)], dtype=object)
+    route_vocab = [p[3] for p in vocab]
+    w.add("hosp/prescriptions", n, subject_id=subject[idx], hadm_id=hadm[idx], pharmacy_id=ids,
+          starttime=stamp(start), stoptime=stamp(start + rng.integers(6, 96, n) * HOUR),
+          drug_type=strings(("MAIN",), np.zeros(n, int)), drug=strings([p[0] for p in vocab], drug),
+          dose_val_rx=pa.array(doses, pa.string()), dose_unit_rx=strings([p[2] for p in vocab], drug),
+          doses_per_24_hrs=rng.integers(1, 5, n),
+          route=strings([r or "" for r in route_vocab], drug, mask=np.array([r is None for r in route_vocab])[drug]))
+    return ids
+
+
+def add_procedures(w, rng, next_ids, subject, hadm, stay, idx, off, intime, itemids):
+    n = len(idx)
+    order_ids = next_ids("order", n)
+    start = intime[idx] + (off * HOUR).astype(np.int64)
+    start -= start % 60
+    end = start + rng.integers(1, 72 * 60, n) * 60
+    w.add("icu/procedureevents", n, subject_id=subject[idx], hadm_id=hadm[idx], stay_id=stay[idx],
+          caregiver_id=rng.integers(1000, 99999, n), starttime=stamp(start), endtime=stamp(end),
+          storetime=stamp(end + 60 * rng.integers(0, 30, n)), itemid=itemids,
+          value=((end - start) / 60).astype(float), valueuom=strings(("min",), np.zeros(n, int)),
+          orderid=order_ids, linkorderid=order_ids,
+          ordercategoryname=strings(("Procedures",), np.zeros(n, int)),
+          ordercategorydescription=strings(("ContinuousProcess", "Task"), rng.integers(0, 2, n)),
+          patientweight=np.round(rng.normal(80, 15, n), 1), isopenbag=np.zeros(n, np.int64),
+          continueinnextdept=np.zeros(n, np.int64),
+          statusdescription=strings(("FinishedRunning", "Rewritten"), (rng.random(n) < 0.01).astype(int)
+                                    * (itemids != INTUBATION) * (itemids != VENTILATION) * (itemids != CRRT)),
+          ORIGINALAMOUNT=((end - start) / 60).astype(float), ORIGINALRATE=np.ones(n, np.int64))
+    return order_ids
+
+
+def add_ingredients(w, rng, next_ids, subject, hadm, stay, idx, off, intime):
+    n = len(idx)
+    order_ids = next_ids("order", n)
+    item = pick(rng, n, INGREDIENT_ITEMS, zipf_weights([i[2] for i in INGREDIENT_ITEMS]))
+    start = intime[idx] + (off * HOUR).astype(np.int64)
+    start -= start % 60
+    rate = np.array([i[4] for i in INGREDIENT_ITEMS], float)[item]
+    n_fixed = np.array([len(i[3]) for i in INGREDIENT_ITEMS])[item]
+    continuous = (rate > 0) & ((n_fixed == 0) | (rng.random(n) < 0.45))
+    duration_min = np.where(continuous, rng.integers(10, 8 * 60, n), rng.integers(1, 60, n))
+    fixed = np.array([i[3][int(u * len(i[3]))] if i[3] else 0 for i, u in
+                      zip(np.array(INGREDIENT_ITEMS, dtype=object)[item], rng.random(n))], float)
+    # continuous infusions carry MIMIC's float noise (49.999998807907104, 54.32109...)
+    amount = np.where(continuous, rate * duration_min / 60 * (1 + rng.normal(0, 1e-7, n)), fixed)
+    end = start + duration_min * 60
+    w.add("icu/ingredientevents", n, subject_id=subject[idx], hadm_id=hadm[idx], stay_id=stay[idx],
+          caregiver_id=rng.integers(1000, 99999, n), starttime=stamp(start), endtime=stamp(end),
+          storetime=stamp(end + 60), itemid=np.array([i[0][0] for i in INGREDIENT_ITEMS])[item], amount=amount,
+          amountuom=strings([i[1] for i in INGREDIENT_ITEMS], item),
+          rate=pa.array(rate, mask=~continuous), rateuom=strings(("mL/hour",), np.zeros(n, int), mask=~continuous),
+          orderid=order_ids, linkorderid=order_ids,
+          statusdescription=strings(("FinishedRunning", "Stopped", "Rewritten"),
+                                    pick(rng, n, (0, 1, 2), (0.9, 0.08, 0.02))),
+          originalamount=np.zeros(n, np.int64), originalrate=pa.array(rate, mask=~continuous))
+
+
+def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=None):
+    """Background specimens (spec = index into MICRO_BACKGROUND) or positive blood cultures (organism)."""
+    n = len(idx)
+    if organism is None:
+        rows = np.array(MICRO_BACKGROUND, dtype=object)[spec]
+        has_org = np.array([r[4] is not None for r in rows], dtype=bool)
+        org = [r[4] if r[4] else (0, None) for r in rows]
+        spec_rows = rows
+    else:
+        has_org = np.ones(n, bool)
+        org = [BACTEREMIA_ORGANISMS[o] for o in organism]
+        spec_rows = np.array([MICRO_BACKGROUND[0]] * n, dtype=object)
+    # each positive specimen: one organism row plus 2-3 susceptibility rows
+    n_ab = np.where(has_org, rng.integers(2, 4, n), 0)
+    rows_per = 1 + n_ab
+    r = np.repeat(np.arange(n), rows_per)
+    k = np.arange(len(r)) - np.repeat(np.cumsum(rows_per) - rows_per, rows_per)  # 0 = organism row
+    ids = next_ids("micro", len(r))
+    chart = intime[idx] + (off * HOUR).astype(np.int64)
+    chart -= chart % 60
+    store = chart + rng.integers(24 * 60, 28 * 60, n) * 60 if organism is not None else \
+        chart + rng.integers(12 * 60, 72 * 60, n) * 60
+    no_hadm = (rng.random(n) < 0.05) if organism is None else np.zeros(n, bool)  # outpatient specimens
+    ab = rng.integers(0, len(ANTIBIOTICS), len(r))
+    is_ab = k > 0
+    interp = np.where(rng.random(len(r)) < 0.25, 1, 0)
+    w.add("hosp/microbiologyevents", len(r), microevent_id=ids, subject_id=subject[idx][r],
+          hadm_id=pa.array(hadm[idx][r], mask=no_hadm[r]), micro_specimen_id=1_000_000 + idx[r] * 100 + r % 100,
+          chartdate=stamp(chart[r] - chart[r] % 86400), charttime=stamp(chart[r]),
+          spec_itemid=np.array([s[0] for s in spec_rows], np.int64)[r],
+          spec_type_desc=pa.array([s[1] for s in spec_rows], pa.string()).take(pa.array(r)),
+          test_seq=np.ones(len(r), np.int64), storedate=stamp(store[r] - store[r] % 86400), storetime=stamp(store[r]),
+          test_itemid=np.array([s[2] for s in spec_rows], np.int64)[r],
+          test_name=pa.array([s[3] for s in spec_rows], pa.string()).take(pa.array(r)),
+          org_itemid=pa.array(np.array([o[0] for o in org], np.int64)[r], mask=~has_org[r]),
+          org_name=pa.array([o[1] for o in org], pa.string()).take(pa.array(r)),
+          isolate_num=pa.array(np.ones(len(r), np.int64), mask=~has_org[r]),
+          ab_itemid=pa.array(np.array([a[0] for a in ANTIBIOTICS])[ab], mask=~is_ab),
+          ab_name=strings([a[1] for a in ANTIBIOTICS], ab, mask=~is_ab),
+          dilution_text=strings(("<=0.5", "1", "2", ">=16"), rng.integers(0, 4, len(r)), mask=~is_ab),
+          interpretation=strings(("S", "R"), interp, mask=~is_ab),
+          comments=strings(("No growth.",), np.zeros(len(r), int), mask=has_org[r]))
+    return ids
+
+
+def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work_dir=None) -> dict:
+    """Synthetic MIMIC -> extract_cohort.py (the real query) -> + planted_risk, true_probability -> sample CSV."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    import extract_cohort
+
+    output = Path(output)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "mimic", n_stays, seed)
+        extracted = tmp / "events.csv"
+        extract_cohort.extract_cohort(extracted, tmp / "mimic", progress=False)
+        table = pd.read_csv(extracted, dtype={"source_id": str, "source_table": str}, keep_default_na=True)
+        truth = pd.read_csv(tmp / "mimic" / "truth" / "stays.csv.gz", usecols=["stay_id", "true_probability"])
+        planted = pd.read_csv(tmp / "mimic" / "truth" / "planted_rows.csv.gz", dtype=str)
+    key = table["source_table"].fillna("") + "|" + table["source_id"].fillna("")
+    planted_keys = set(planted["source_table"] + "|" + planted["source_id"])
+    table["planted_risk"] = np.where(table["event_type"].notna(), key.isin(planted_keys).astype(int), 0)
+    table = table.merge(truth, on="stay_id", how="left", validate="many_to_one")
+    if table["true_probability"].isna().any():
+        raise RuntimeError("an extracted stay has no truth row: generator and query disagree")
+    table["true_probability"] = table["true_probability"].round(4)
+    table = table.drop(columns=list(SAMPLE_DROP_COLUMNS))
+    tmp_out = output.parent / f".tmp-{os.getpid()}-{output.name}"
+    try:
+        table.to_csv(tmp_out, index=False)
+        with open(tmp_out, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_out, output)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+    stays = table.drop_duplicates("stay_id")
+    return {"stays": len(stays), "patients": stays["subject_id"].nunique(), "deaths": int(stays["mortality"].sum()),
+            "events": int(table["event_type"].notna().sum()),
+            "events_per_stay": table["event_type"].notna().sum() / len(stays),
+            "planted_event_rows": int(table["planted_risk"].sum()),
+            "ceiling_auroc": roc_auc_score(stays["mortality"], stays["true_probability"]),
+            "megabytes": output.stat().st_size / 1e6}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, help="where hosp/, icu/ and truth/ are written")
+    parser.add_argument("--n-stays", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--events-per-stay", type=float, default=62.0,
+                        help="mean background events per stay (about 2/3 fall in the 48 h window)")
+    parser.add_argument("--make-sample", action="store_true",
+                        help=f"remake {SAMPLE_PATH.name} ({SAMPLE_STAYS} stays, seed {SAMPLE_SEED}) exactly")
+    args = parser.parse_args(argv)
+    if args.make_sample:
+        stats = make_sample()
+        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+        return stats
+    if args.out_dir is None:
+        parser.error("give --out-dir DIR (or --make-sample)")
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        for sub in ("hosp", "icu", "truth"):
+            shutil.rmtree(args.out_dir / sub, ignore_errors=True)
+    stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay)
+    print(f"Wrote synthetic MIMIC-IV to {args.out_dir}: " + " ".join(f"{k}={v}" for k, v in stats.items()))
+    return stats
+
+
+if __name__ == "__main__":
+    sys.exit(None if main() else 0)
