@@ -36,7 +36,7 @@ import pyarrow.csv as pacsv
 REPO_ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = REPO_ROOT / "sample_train.csv"
 # The shipped sample: remade exactly by `python synthetic_mimic.py --make-sample`.
-SAMPLE_STAYS, SAMPLE_SEED = 1350, 2024
+SAMPLE_STAYS, SAMPLE_SEED = 1400, 2024
 SAMPLE_DROP_COLUMNS = ("prediction_time", "source_table", "source_id")  # keeps the file under 10 MB
 
 # ----------------------------------------------------------------------------- the truth model
@@ -315,6 +315,10 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     # --- planted risk and the label, drawn from the true probability
     severity = rng.normal(0, 1, n_stays)
     factors = {name: rng.random(n_stays) < sigmoid(a + b * severity) for name, (a, b, _) in RISK_FACTORS.items()}
+    # ~1% of stays have nothing charted in the window: the cohort must keep them as one empty row
+    quiet = rng.random(n_stays) < 0.01
+    for present in factors.values():
+        present &= ~quiet
     logit = INTERCEPT + AGE_PER_YEAR * (age - 65) + sum(RISK_FACTORS[f][2] * factors[f] for f in factors)
     true_probability = sigmoid(logit)
     died = rng.random(n_stays) < true_probability
@@ -323,8 +327,8 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     first_death = np.full(n_patients, np.iinfo(np.int64).max)
     np.minimum.at(first_death, patient_of_stay[died], admittime[died])
     keep = admittime <= first_death[patient_of_stay]
-    patient_of_stay, admittime, age, severity, true_probability, died = (
-        a[keep] for a in (patient_of_stay, admittime, age, severity, true_probability, died))
+    patient_of_stay, admittime, age, severity, true_probability, died, quiet = (
+        a[keep] for a in (patient_of_stay, admittime, age, severity, true_probability, died, quiet))
     factors = {name: present[keep] for name, present in factors.items()}
     n_stays = int(keep.sum())
 
@@ -377,6 +381,7 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     # Background events: uniform over [-12 h, min(los, 60 h)) for hospital tables (the look-back sees
     # the part before intime) and over [0, min(los, 60 h)) for ICU tables; about 2/3 fall in the window.
     n_total = rng.poisson(rng.gamma(4.0, events_per_stay_mean / 4.0, n_stays))
+    n_total[quiet] = 0
     share = rng.dirichlet((50, 22, 15, 9, 4), n_stays)  # lab, ingredient, prescription, procedure, micro
     counts = rng.multinomial(n_total, share).T
     end_h = np.minimum(los_h, 60.0)
