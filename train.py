@@ -1112,6 +1112,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
 
     # --- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -1253,17 +1255,21 @@ def main(argv=None):
             if epoch == start_epoch and b < start_batch:
                 continue  # already done before the resume
             batch = collate_stays([train_stays[i] for i in idx])
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, pool_weights = model.forward_batch(batch, embedding_matrix, return_pooling=True) if not ddp \
-                    else model(*_batch_inputs(raw_model, batch, embedding_matrix), return_pooling=True)
-            label = batch["label"].to(device)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=pos_weight_t)
-            if args.temporal_loss_weight > 0:
-                hours = preprocessor.hours_from_times(batch["times"].to(device))
-                loss = loss + args.temporal_loss_weight * temporal_aware_loss(
-                    pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits, pool_weights = model(*_batch_inputs(raw_model, batch, embedding_matrix), return_pooling=True)
+                label = batch["label"].to(device)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=pos_weight_t)
+                if args.temporal_loss_weight > 0:
+                    hours = preprocessor.hours_from_times(batch["times"].to(device))
+                    loss = loss + args.temporal_loss_weight * temporal_aware_loss(
+                        pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            except torch.OutOfMemoryError:
+                raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
+                                 f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
+                                 "--max-events or --batch-size; resume with --resume.") from None
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
             scaler.step(optimizer)
@@ -1386,4 +1392,9 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    try:
+        main()
+    except (EventTableError, TextEncoderError, CheckpointError) as e:  # user mistakes: one clear line, no traceback
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

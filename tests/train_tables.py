@@ -45,3 +45,20 @@ def make_event_table(n_patients=60, seed=0, max_events=20, empty_every=9):
 def write_event_table(path, **kwargs):
     make_event_table(**kwargs).to_csv(path, index=False)
     return path
+
+
+SMALL_MODEL_ARGS = ["--d-model", "32", "--n-layers", "2", "--n-heads", "4", "--d-ff", "64", "--pool-heads", "4",
+                    "--batch-size", "16", "--bootstrap", "50", "--attention-every", "5", "--checkpoint-every", "4"]
+
+
+def run_train(args, env_extra=None, timeout=300, launcher=None):
+    """Run train.py as a user would (a fresh process, from the repository root)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
+    cmd = [sys.executable, *(launcher or []), str(repo / "train.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,125 @@
+"""train.py end to end as a command: outputs of CONTRACT.md section 3, DDP, degenerate data."""
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train
+from train_tables import SMALL_MODEL_ARGS, make_event_table, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "events.csv"
+    make_event_table(n_patients=60, seed=0).to_csv(data, index=False)
+    out = root / "out"
+    result = run_train(["--data", data, "--output-dir", out, "--cache-dir", root / "cache", "--text-encoder",
+                        tiny_bert_dir, "--epochs", "3", "--seed", "5", *SMALL_MODEL_ARGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, out, root / "cache", result
+
+
+def test_help_lists_every_option():
+    result = run_train(["--help"])
+    assert result.returncode == 0
+    for option in ("--data", "--output-dir", "--epochs", "--seed", "--text-encoder", "--resume", "--max-events",
+                   "--temporal-loss-weight", "--cache-dir", "--batch-size", "--lr", "--patience"):
+        assert option in result.stdout
+
+
+def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
+    data, out, cache, result = small_run
+    table = train.read_event_table(data)
+    best = train.load_checkpoint(out / "checkpoints" / "best_model.pth")
+    latest = torch.load(out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
+    assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest
+    assert best["args"]["seed"] == 5 and best["text_encoder"]["dim"] == 24
+    assert best["best_val_auroc"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
+
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "mortality"]
+    assert sorted(pred.stay_id) == sorted(table.stay_id.unique())
+    split = train.split_stays_by_patient(table, 5)
+    assert (pred.set_index("stay_id")["split"] == split.reindex(pred.stay_id)).all()
+    assert pred.probability.between(0, 1).all()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("train", "val", "test"):
+        m = metrics[name]
+        assert {"auroc", "auprc", "brier", "ece", "n_stays", "n_deaths"} <= set(m)
+        assert m["n_stays"] == int((pred.split == name).sum()) and m["n_deaths"] == int(pred.mortality[pred.split == name].sum())
+    lo, hi = metrics["test"]["auroc_ci95"]
+    assert lo <= metrics["test"]["auroc"] <= hi
+    from sklearn.metrics import roc_auc_score
+    test = pred[pred.split == "test"]
+    assert metrics["test"]["auroc"] == pytest.approx(roc_auc_score(test.mortality, test.probability))
+
+    for png in ("loss_curves", "auroc_curve", "roc_curve", "precision_recall_curve", "calibration_curve",
+                "attention_heatmap"):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    npz = sorted((out / "attention_weights").glob("*.npz"))
+    assert npz and all(re.fullmatch(r"attention_epoch_\d+_batch_\d+\.npz", p.name) for p in npz)
+    a = np.load(npz[0])
+    assert a["layer_attention"].shape[0] == 2 and a["layer_attention"].shape[2] == 4
+    assert a["pooling_attention"].shape[1:3] == (4, 1)
+
+    # The probabilities are those of the best model, rebuilt the way explain_clinicalLF.py does.
+    model, pre, ckpt = train.model_from_checkpoint(best)
+    stays, matrix = train.prepare_stays(table, ckpt, cache, text_encoder=tiny_bert_dir)
+    probs, _ = train.predict(model, stays, matrix, 16, "cpu")
+    np.testing.assert_allclose(probs, pred.set_index("stay_id").loc[[s.stay_id for s in stays], "probability"],
+                               atol=1e-6)
+
+
+def test_second_run_embeds_nothing(small_run, tiny_bert_dir, tmp_path):
+    data, out, cache, _ = small_run
+    result = run_train(["--data", data, "--output-dir", tmp_path, "--cache-dir", cache, "--text-encoder",
+                        tiny_bert_dir, "--epochs", "1", *SMALL_MODEL_ARGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["data"]["embedded"] == 0
+    assert "found in the embedding cache" in result.stderr
+
+
+def test_ddp_two_gloo_processes(small_run, tiny_bert_dir, tmp_path):
+    data, single_out, cache, _ = small_run
+    result = run_train(["--data", data, "--output-dir", tmp_path, "--cache-dir", cache, "--text-encoder",
+                        tiny_bert_dir, "--epochs", "2", "--seed", "5", *SMALL_MODEL_ARGS],
+                       launcher=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    latest = torch.load(tmp_path / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
+    single = torch.load(single_out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
+    # each rank took half of the batches: 2 epochs x ceil(batches / 2) steps per rank
+    steps_single_epoch = single["global_step"] // 3
+    assert latest["global_step"] == 2 * -(-steps_single_epoch // 2)
+    assert len(latest["history"]["val_auroc"]) == 2
+    assert (tmp_path / "predictions.csv").is_file() and (tmp_path / "metrics.json").is_file()
+
+
+def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
+    df = make_event_table(n_patients=24, seed=4).assign(mortality=0)
+    df.to_csv(tmp_path / "alive.csv", index=False)
+    result = run_train(["--data", tmp_path / "alive.csv", "--output-dir", tmp_path / "out", "--cache-dir",
+                        tmp_path / "cache", "--text-encoder", tiny_bert_dir, "--epochs", "1", "--max-events", "3",
+                        *SMALL_MODEL_ARGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "single class" in result.stderr and "AUROC" in result.stderr
+    assert re.search(r"\d+ of \d+ stays have more than --max-events=3 events", result.stderr)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["test"]["auroc"] is None and metrics["test"]["brier"] is not None
+    assert metrics["data"]["n_stays_cut_to_max_events"] > 0
+
+
+def test_bad_table_is_one_clear_line_not_a_crash_dump(tmp_path, tiny_bert_dir):
+    df = make_event_table(n_patients=10, seed=4)
+    df.loc[df.event_type.notna().idxmax(), "event_type"] = "radiology"
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    result = run_train(["--data", tmp_path / "bad.csv", "--output-dir", tmp_path / "out",
+                        "--text-encoder", tiny_bert_dir])
+    assert result.returncode != 0
+    assert "radiology" in result.stderr and "bad.csv" in result.stderr and "Traceback" not in result.stderr
