@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
 DEFAULT_CHECKPOINT = "trained_models/clinical_LF/checkpoints/best_model.pth"
 DEFAULT_DATA = "sample_train.csv"
 DEFAULT_SAVE_DIR = "trained_models/clinical_LF/explainability"
-DEFAULT_CACHE_DIR = "trained_models/clinical_LF/embedding_cache"
+DEFAULT_CACHE_DIR = "clinical_LF_precomp_emb"  # train.py's default cache (shipped vectors of the default encoder)
 METHODS = ("integrated_gradients", "layer_integrated_gradients", "feature_ablation", "attention_pooling")
 SIGNED_METHODS = METHODS[:3]  # attention weights are >= 0 and say nothing about direction
 ERASER_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
@@ -186,7 +186,7 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
 @torch.no_grad()
 def attention_outputs(model, events, mask, static):
     logits, attn = model(events, mask, static, return_attention=True)
-    return logits, attn
+    return logits, {k: v.detach() for k, v in attn.items()}
 
 
 def pooling_weights(attn):
@@ -503,14 +503,18 @@ def _train_module():
 def check_checkpoint_compatible(ckpt, train, encoder_identity_now=None, embedding_dim=None):
     """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
     problems = []
-    config = ckpt["model_config"]
-    groups = list(ckpt["preprocessor"].get("static_feature_groups", {}) or {})
-    expected = list(train.STATIC_CATEGORICAL) + list(train.STATIC_NUMERIC)
-    if groups and sorted(groups) != sorted(expected):
-        problems.append(f"static features: checkpoint has {sorted(groups)}, this train.py uses {sorted(expected)}")
+    config, state = ckpt["model_config"], ckpt["preprocessor"]
+    for key, ours in (("event_types", train.EVENT_TYPES), ("static_categorical", train.STATIC_CATEGORICAL),
+                      ("static_numeric", train.STATIC_NUMERIC)):
+        theirs = state.get(key)
+        if theirs is not None and list(theirs) != list(ours):
+            problems.append(f"{key}: checkpoint has {list(theirs)}, this train.py uses {list(ours)}")
     if config.get("n_event_types", len(train.EVENT_TYPES)) != len(train.EVENT_TYPES):
-        problems.append(f"event types: checkpoint has {config['n_event_types']}, this train.py has "
+        problems.append(f"event types: the model has {config['n_event_types']}, this train.py has "
                         f"{len(train.EVENT_TYPES)} {train.EVENT_TYPES}")
+    names = ckpt.get("static_feature_names")
+    if names is not None and len(names) != config.get("n_static"):
+        problems.append(f"the model takes {config.get('n_static')} static features, the preprocessor makes {len(names)}")
     enc = ckpt.get("text_encoder", {})
     if enc.get("dim") is not None and config.get("text_dim") != enc.get("dim"):
         problems.append(f"text_dim {config.get('text_dim')} of the model differs from the encoder dim {enc.get('dim')}")
@@ -553,3 +557,624 @@ def attribution_rows(stay_ids, event_meta, event_attr, static_attr, static_names
     columns = ["stay_id", *EVENT_COLUMNS, "method", "attribution"]
     events = pd.concat(event_parts, ignore_index=True) if event_parts else pd.DataFrame(columns=columns)
     return events[columns], pd.DataFrame(static_rows, columns=["stay_id", "feature", "method", "attribution"])
+
+
+# -----------------------------------------------------------------------------
+# The whole analysis: load, explain in batches, measure faithfulness, write outputs.
+
+def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
+    """Checkpoint (weights_only), model + preprocessor rebuilt from it, and the event table, with errors
+    that say which file is wrong and what to do."""
+    train = _train_module()
+    checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
+    if not checkpoint_path.is_file():
+        raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
+                           "pass --checkpoint FILE.")
+    if not data_path.is_file():
+        raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, CONTRACT §1).")
+    ckpt = train.load_checkpoint(checkpoint_path)  # CheckpointError names the file and what is wrong
+    identity_now = None
+    if text_encoder is not None:
+        enc = ckpt.get("text_encoder", {})
+        folder = train.resolve_text_encoder(text_encoder)
+        identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"))
+    try:
+        check_checkpoint_compatible(ckpt, train, identity_now)
+    except ExplainError as e:
+        raise ExplainError(f"{checkpoint_path}: {e}") from None
+    model, preprocessor, ckpt = train.model_from_checkpoint(ckpt)
+    model.eval()
+    table = train.read_event_table(data_path)
+    return train, model, preprocessor, ckpt, table
+
+
+def choose_stays(table, split_of_stay, split, max_stays, stay_ids, data_path):
+    """The stays to explain: the first max_stays stays (by id) of the split, plus every --stay-ids stay."""
+    known = set(table["stay_id"].unique().tolist())
+    unknown = [s for s in (stay_ids or []) if s not in known]
+    if unknown:
+        raise ExplainError(f"unknown stay id(s) {unknown}: not in {data_path} (it has {len(known)} stays, "
+                           f"e.g. {sorted(known)[:3]})")
+    pool = sorted(known) if split == "all" else sorted(split_of_stay.index[split_of_stay == split].tolist())
+    if not pool and not stay_ids:
+        raise ExplainError(f"the {split} split of {data_path} has no stays")
+    chosen = pool[:max_stays] if max_stays else pool
+    return sorted(set(chosen) | set(stay_ids or []))
+
+
+def mean_training_baselines(train, model, table, split_of_stay, preprocessor, prepare, batch_size):
+    """Training-mean event vector [F] and static vector [S] (the "mean" baseline option)."""
+    rows = table[table["stay_id"].isin(split_of_stay.index[split_of_stay == "train"])].reset_index(drop=True)
+    stays, embedding_matrix = prepare(rows)
+    total_events, n_events, statics = 0.0, 0, []
+    for i in range(0, len(stays), batch_size):
+        batch = train.collate_stays(stays[i:i + batch_size])
+        events = event_features_for_batch(model, batch, embedding_matrix)
+        total_events = total_events + events.sum((0, 1))
+        n_events += int(batch["mask"].sum())
+        statics.append(batch["static"])
+    return total_events / max(n_events, 1), torch.cat(statics).mean(0)
+
+
+def _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder):
+    """rows -> (stays, embedding_matrix) through train.py, with the checkpoint's preprocessor and encoder
+    (texts missing from the cache are embedded; without the encoder folder a clear error names it)."""
+    def prepare(rows):
+        return train.prepare_stays(rows, ckpt, cache_dir, device=device, max_events=max_events,
+                                   text_encoder=text_encoder)
+    return prepare
+
+
+def _default_cache_dir(args):
+    saved = args.get("cache_dir")
+    return saved if saved and Path(saved).is_dir() else DEFAULT_CACHE_DIR
+
+
+def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
+                                save_dir=DEFAULT_SAVE_DIR, split="test", max_stays=100, stay_ids=None,
+                                batch_size=16, n_steps=50, internal_batch_size=512, baseline="zero",
+                                perturbations_per_eval=8, curve_points=11, random_orders=3,
+                                randomisation_stays=20, cache_dir=None, text_encoder=None, device="cpu",
+                                max_events=None, seed=0, make_figures=True, show_progress=True):
+    """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
+    Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
+    static_attributions=DataFrame, predictions=DataFrame)."""
+    if baseline not in ("zero", "mean"):
+        raise ExplainError(f"--baseline must be 'zero' or 'mean', not {baseline!r}")
+    torch.manual_seed(seed)
+    settings = ExplainSettings(n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=baseline,
+                               perturbations_per_eval=perturbations_per_eval, curve_points=curve_points,
+                               random_orders=random_orders, seed=seed)
+    train, model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, text_encoder)
+    args = ckpt.get("args", {})
+    max_events = max_events or args.get("max_events")
+    cache_dir = cache_dir or _default_cache_dir(args)
+    split_of_stay = train.split_stays_by_patient(table, seed=args.get("seed", 0))
+    chosen = choose_stays(table, split_of_stay, split, max_stays, stay_ids, test_data_path)
+    prepare = _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder)
+
+    rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
+    is_event = rows["event_type"].notna()
+    rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
+    stays, embedding_matrix = prepare(rows)
+    check_checkpoint_compatible(ckpt, train, embedding_dim=int(embedding_matrix.shape[1]))
+    event_baseline = static_baseline = None
+    if baseline == "mean":
+        event_baseline, static_baseline = mean_training_baselines(
+            train, model, table, split_of_stay, preprocessor, prepare, batch_size)
+    static_groups = preprocessor.static_feature_groups
+    static_names = list(static_groups)
+    has_planted = "planted_risk" in rows.columns
+
+    # length-sorted batches: little padding, so little wasted compute
+    stays = sorted(stays, key=lambda s: (len(s.type_ids), s.stay_id))
+    random_model = reinitialised_copy(model, seed=seed + 1) if randomisation_stays else None
+    collected = Collected(static_names=static_names)
+    rng = np.random.default_rng(seed)
+    n_random_done = 0
+    for i in tqdm(range(0, len(stays), batch_size), desc="explaining", unit="batch", disable=not show_progress):
+        chunk = stays[i:i + batch_size]
+        batch = train.collate_stays(chunk)
+        mask, static = batch["mask"].bool(), batch["static"].float()
+        events = event_features_for_batch(model, batch, embedding_matrix)
+        out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
+        meta = []
+        for b, stay in enumerate(chunk):
+            n = len(stay.type_ids)
+            if int(mask[b].sum()) != n or (n and not bool(mask[b, :n].all())):
+                raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
+            meta.append(rows.iloc[stay.event_row_index.numpy()])
+        event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
+                                                   static_names, mask)
+        faith = faithfulness_for_batch(model, events, mask, static,
+                                       {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
+        randomised = None
+        if random_model is not None and n_random_done < randomisation_stays:
+            randomised = explain_batch(random_model, events, mask, static, static_groups, settings,
+                                       event_baseline, static_baseline)
+            n_random_done += len(chunk)
+        collected.add(chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted)
+
+    faithfulness = collected.faithfulness(settings, has_planted)
+    faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,
+                                n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)))
+    save_dir = Path(save_dir)
+    paths = {"event_attributions.csv": write_csv(collected.event_frame(), save_dir / "event_attributions.csv"),
+             "static_attributions.csv": write_csv(collected.static_frame(), save_dir / "static_attributions.csv"),
+             "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
+    if make_figures:
+        paths.update(make_all_figures(collected, save_dir, faithfulness, stay_ids or []))
+    return dict(paths=paths, faithfulness=faithfulness, event_attributions=collected.event_frame(),
+                static_attributions=collected.static_frame(), predictions=collected.prediction_frame())
+
+
+class Collected:
+    """Everything the batches produce that the outputs, faithfulness figures and plots need."""
+
+    def __init__(self, static_names):
+        self.static_names = static_names
+        self.event_parts, self.static_parts, self.predictions, self.stays = [], [], [], []
+        self.scores = {m: [] for m in METHODS}
+        self.random_scores = {m: ([], []) for m in METHODS}  # (original, re-initialised model) per stay
+        self.planted, self.faith = [], {}
+        self.ig_relative_delta, self.layer_patterns = [], []
+        self.pool_by_type, self.count_by_type = {}, {}
+        self.query_rows = []
+
+    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted):
+        self.event_parts.append(event_rows)
+        self.static_parts.append(static_rows)
+        attn = out["attention"]
+        hours = torch.zeros(mask.shape)
+        for b, (stay, m) in enumerate(zip(chunk, meta)):
+            n = len(m)
+            hours[b, :n] = torch.as_tensor(m["relative_time_to_final_event"].to_numpy(dtype=float) / 60.0)
+            logit = float(out["logits"][b])
+            self.predictions.append(dict(stay_id=int(stay.stay_id), logit=logit, probability=1 / (1 + math.exp(-logit)),
+                                         mortality=int(stay.label), n_events=n))
+            for method in METHODS:
+                self.scores[method].append(out["event"][method][b, :n].double().numpy())
+                if randomised is not None:
+                    self.random_scores[method][0].append(out["event"][method][b, :n].double().numpy())
+                    self.random_scores[method][1].append(randomised["event"][method][b, :n].double().numpy())
+            if has_planted:
+                self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=int))
+            change = float(out["ig_change"][b])
+            if abs(change) > 1e-6:
+                self.ig_relative_delta.append(abs(float(out["ig_delta"][b])) / abs(change))
+            received = attn["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
+            self.stays.append(dict(stay_id=int(stay.stay_id), meta=m.reset_index(drop=True), label=int(stay.label),
+                                   probability=1 / (1 + math.exp(-logit)),
+                                   layer_received=received.mean(1).numpy() if n else np.zeros((received.shape[0], 0)),
+                                   attributions={k: out["event"][k][b, :n].numpy() for k in METHODS},
+                                   static={k: out["static"][k][b].numpy() for k in out["static"]}))
+            pool = attn["pooling_attention"][b, :, 0, :n]  # [heads, n]
+            for j, event_type in enumerate(m["event_type"].astype(str)):
+                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy()
+                self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + 1
+            if n:
+                outputs = attn["transformer_output"][b, :n]
+                cos = torch.nn.functional.cosine_similarity(outputs, attn["query"].view(1, -1).to(outputs), dim=-1)
+                self.query_rows.append(pd.DataFrame(dict(event_type=m["event_type"].astype(str).to_numpy(),
+                                                         hours_before=hours[b, :n].numpy(), cosine=cos.numpy(),
+                                                         pooling_weight=pool.mean(0).numpy())))
+        patterns = analyze_layer_attention_patterns(attn["layer_attention"], mask, hours)
+        patterns["n_stays"] = int((mask.sum(1) > 0).sum())
+        self.layer_patterns.append(patterns)
+        for name, records in faith.items():
+            self.faith.setdefault(name, []).extend(records)
+
+    def event_frame(self):
+        if not self.event_parts:
+            return pd.DataFrame(columns=["stay_id", *EVENT_COLUMNS, "method", "attribution"])
+        frame = pd.concat(self.event_parts, ignore_index=True)
+        return frame.sort_values(["stay_id", "method", "event_index"], kind="stable", ignore_index=True)
+
+    def static_frame(self):
+        if not self.static_parts:
+            return pd.DataFrame(columns=["stay_id", "feature", "method", "attribution"])
+        frame = pd.concat(self.static_parts, ignore_index=True)
+        return frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)
+
+    def prediction_frame(self):
+        return pd.DataFrame(self.predictions)
+
+    def layer_pattern_frame(self):
+        frame = pd.concat(self.layer_patterns, ignore_index=True)
+        value_columns = [c for c in frame.columns if c not in ("layer", "head", "n_stays")]
+        weighted = frame[value_columns].mul(frame["n_stays"], axis=0)
+        weighted[["layer", "head", "n_stays"]] = frame[["layer", "head", "n_stays"]]
+        sums = weighted.groupby(["layer", "head"]).sum()
+        return sums[value_columns].div(sums["n_stays"].clip(lower=1), axis=0).reset_index()
+
+    def faithfulness(self, settings, has_planted):
+        result = {"methods": {}, "random": summarise_faithfulness(self.faith.get("random", []))}
+        for method in METHODS:
+            entry = summarise_faithfulness(self.faith.get(method, []))
+            rho, n = mean_rank_correlation(*self.random_scores[method])
+            entry["randomisation_spearman"] = rho  # low = attributions depend on the learned weights
+            entry["randomisation_n_stays"] = n
+            if has_planted:
+                auprc, floor, n_planted = planted_recovery(self.scores[method], self.planted)
+                entry["planted_auprc"] = auprc
+                entry["planted_n_stays"] = n_planted
+                result["random"]["planted_auprc"] = floor
+            result["methods"][method] = entry
+        agreement = {}
+        for i, a in enumerate(METHODS):
+            for b in METHODS[i + 1:]:
+                agreement[f"{a} vs {b}"] = mean_rank_correlation(self.scores[a], self.scores[b])[0]
+        result["rank_agreement_spearman"] = agreement
+        deltas = np.asarray(self.ig_relative_delta)
+        result["integrated_gradients_convergence"] = dict(
+            relative_delta_median=float(np.median(deltas)) if len(deltas) else None,
+            relative_delta_p95=float(np.quantile(deltas, 0.95)) if len(deltas) else None,
+            relative_delta_max=float(deltas.max()) if len(deltas) else None,
+            note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+        result["settings"] = dict(n_steps=settings.n_steps, baseline=settings.baseline,
+                                  curve_points=settings.curve_points, random_orders=settings.random_orders,
+                                  eraser_fractions=list(ERASER_FRACTIONS),
+                                  curves="predicted-class probability as events are removed (deletion) or added "
+                                         "(insertion) in attribution order towards the predicted class; area "
+                                         "over the fraction of events; deletion lower = better, insertion higher "
+                                         "= better; comprehensiveness higher = better, sufficiency lower = better")
+        if not has_planted:
+            result["planted_note"] = "no planted_risk column in the data: planted-event recovery not measured"
+        return result
+
+
+# -----------------------------------------------------------------------------
+# Figures. x axes are hours before the prediction time (0 = prediction time, on the right); the top
+# events are named by their text.
+
+METHOD_LABELS = {"integrated_gradients": "Integrated Gradients", "layer_integrated_gradients": "Layer IG (input proj.)",
+                 "feature_ablation": "Feature ablation (event removed)", "attention_pooling": "Attention pooling"}
+
+
+def _short(text, n=48):
+    text = str(text)
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _example_stay(collected):
+    """The stay the single-stay figures show: the highest predicted risk among stays with >= 3 events."""
+    candidates = [s for s in collected.stays if len(s["meta"]) >= 3] or collected.stays
+    return max(candidates, key=lambda s: s["probability"])
+
+
+def _label_top(ax, hours, values, texts, k=5, signed=True):
+    order = np.argsort(-(np.abs(values) if signed else values))[:k]
+    for rank, j in enumerate(order):
+        ax.annotate(_short(texts[j], 40), (hours[j], values[j]), xytext=(4, 10 + 9 * (rank % 3)),
+                    textcoords="offset points", fontsize=7, arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"))
+
+
+def fig_layer_attention(collected, path):
+    plt = _plt()
+    stay = _example_stay(collected)
+    meta, received = stay["meta"], stay["layer_received"]
+    hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    order = np.argsort(-hours)  # oldest left, prediction time right
+    patterns = collected.layer_pattern_frame()
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw=dict(width_ratios=[3, 1.2]))
+    ax = axes[0]
+    image = np.vstack([received, stay["attributions"]["attention_pooling"][None]])[:, order]
+    im = ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(image.shape[0]), [f"layer {i}" for i in range(received.shape[0])] + ["pooling"])
+    ticks = np.linspace(0, len(order) - 1, min(8, len(order))).astype(int)
+    ax.set_xticks(ticks, [f"{hours[order][t]:.1f}" for t in ticks])
+    ax.set_xlabel("event, labelled by hours before the prediction time")
+    top = np.argsort(-image[-1])[:5]
+    ax.set_title(f"Stay {stay['stay_id']} (P(death)={stay['probability']:.2f}, died={stay['label']}): attention each "
+                 f"event receives, mean over heads and queries\nmost pooled: " +
+                 "; ".join(_short(meta['event_text'].iloc[order[j]], 30) for j in top[:3]), fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.025)
+    ax = axes[1]
+    pivot = patterns.pivot(index="layer", columns="head", values="entropy")
+    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r")
+    ax.set_xticks(range(pivot.shape[1]), pivot.columns)
+    ax.set_yticks(range(pivot.shape[0]), pivot.index)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("Mean attention entropy over explained stays\n(low = focused on few events)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return save_figure(fig, path)
+
+
+def fig_sequence_importance(collected, path):
+    plt = _plt()
+    frame = collected.event_frame()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    edges = (0, 1, 2, 4, 8, 12, 24, 48, np.inf)
+    for method in METHODS:
+        rows = frame[frame.method == method]
+        if rows.empty:
+            continue
+        hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+        table = analyze_critical_time_periods(rows["attribution"].to_numpy()[None], hours[None],
+                                              np.ones((1, len(rows)), bool), edges)
+        ax.plot(range(len(table)), table["share_of_weight"], marker="o", label=METHOD_LABELS[method])
+    ax.set_xticks(range(len(edges) - 1), [f"{a:g}-{b:g}h" for a, b in zip(edges[:-1], edges[1:])])
+    ax.invert_xaxis()  # the prediction time on the right
+    ax.set_xlabel("window of hours before the prediction time")
+    ax.set_ylabel("share of total |attribution|")
+    ax.set_title("When do the events that drive predictions happen? (all explained stays)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def fig_sequence_importance_combined(collected, path):
+    plt = _plt()
+    stay = _example_stay(collected)
+    meta = stay["meta"]
+    hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    texts = meta["event_text"].astype(str).to_numpy()
+    fig, axes = plt.subplots(len(METHODS), 1, figsize=(12, 2.6 * len(METHODS)), sharex=True)
+    for ax, method in zip(axes, METHODS):
+        values = stay["attributions"][method]
+        colors = np.where(values >= 0, "tab:red", "tab:blue") if method in SIGNED_METHODS else "tab:gray"
+        ax.vlines(hours, 0, values, colors=colors, lw=1.2)
+        ax.scatter(hours, values, c=colors, s=10)
+        ax.axhline(0, color="0.5", lw=0.5)
+        _label_top(ax, hours, values, texts, k=4, signed=method in SIGNED_METHODS)
+        ax.set_ylabel(METHOD_LABELS[method].split(" (")[0], fontsize=8)
+    axes[-1].invert_xaxis()
+    axes[-1].set_xlabel("hours before the prediction time")
+    fig.suptitle(f"Stay {stay['stay_id']}: every method on the same events (P(death)={stay['probability']:.2f}, "
+                 f"died={stay['label']}; red = towards death; the 4 largest named)", y=1.01)
+    return save_figure(fig, path)
+
+
+def fig_head_specialization(collected, path):
+    plt = _plt()
+    types = sorted(collected.pool_by_type)
+    if not types:
+        fig, ax = plt.subplots()
+        ax.text(0.5, 0.5, "no events", ha="center")
+        return save_figure(fig, path)
+    mean_weight = np.stack([collected.pool_by_type[t] / collected.count_by_type[t] for t in types], 1)  # heads x types
+    n_per_stay = np.mean([len(s["meta"]) for s in collected.stays if len(s["meta"])])
+    lift = mean_weight * n_per_stay  # 1 = the weight a uniform head gives an event
+    fig, ax = plt.subplots(figsize=(8, 3 + 0.3 * lift.shape[0]))
+    im = ax.imshow(lift, cmap="RdBu_r", vmin=0, vmax=max(2.0, float(lift.max())), aspect="auto")
+    for (h, t), v in np.ndenumerate(lift):
+        ax.text(t, h, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(types)), [f"{t}\n(n={collected.count_by_type[t]})" for t in types], fontsize=8)
+    ax.set_yticks(range(lift.shape[0]), [f"pool head {h}" for h in range(lift.shape[0])])
+    ax.set_title("Do pooling heads specialise in kinds of events?\nmean pooling weight per event / uniform weight "
+                 "(1 = no preference)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return save_figure(fig, path)
+
+
+def fig_feature_importance(collected, path):
+    plt = _plt()
+    frame = collected.event_frame()
+    static = collected.static_frame()
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw=dict(width_ratios=[2, 1]))
+    ax = axes[0]
+    ig = frame[frame.method == "integrated_gradients"]
+    if not ig.empty:
+        by_text = ig.groupby("event_text")["attribution"].agg(["mean", "count"])
+        by_text = by_text[by_text["count"] >= min(3, int(by_text["count"].max()))]
+        top = pd.concat([by_text.nlargest(10, "mean"), by_text.nsmallest(10, "mean")]).drop_duplicates()
+        top = top.sort_values("mean")
+        ax.barh([f"{_short(t, 55)} (n={c})" for t, c in zip(top.index, top["count"])], top["mean"],
+                color=np.where(top["mean"] >= 0, "tab:red", "tab:blue"))
+        ax.tick_params(axis="y", labelsize=7)
+    ax.axvline(0, color="0.4", lw=0.5)
+    ax.set_xlabel("mean Integrated Gradients attribution to the logit (red = towards death)")
+    ax.set_title("Which events push predictions, across explained stays?", fontsize=10)
+    ax = axes[1]
+    if not static.empty:
+        table = static.assign(abs_attr=static["attribution"].abs()).pivot_table(
+            index="feature", columns="method", values="abs_attr", aggfunc="mean")
+        table.sort_values(table.columns[0]).plot.barh(ax=ax)
+    ax.set_xlabel("mean |attribution| to the logit")
+    ax.set_title("Static features (all one-hot columns of a\nvariable together)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def fig_query_vector(collected, path):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    if collected.query_rows:
+        q = pd.concat(collected.query_rows, ignore_index=True)
+        types = sorted(q.event_type.unique())
+        axes[0].boxplot([q.loc[q.event_type == t, "cosine"] for t in types], tick_labels=types)
+        axes[0].set_ylabel("cosine(pooling query, transformer output)")
+        axes[0].set_title("What does the pooling query look for? By event type", fontsize=10)
+        rho = spearmanr(q["cosine"], q["pooling_weight"]).statistic if len(q) > 2 else float("nan")
+        sc = axes[1].scatter(q["hours_before"], q["cosine"], c=q["pooling_weight"], s=6, cmap="viridis")
+        axes[1].invert_xaxis()
+        axes[1].set_xlabel("hours before the prediction time")
+        axes[1].set_ylabel("cosine(query, output)")
+        axes[1].set_title(f"Similarity to the query over time (colour = pooling weight;\nSpearman(cosine, weight) = "
+                          f"{rho:.2f})", fontsize=10)
+        fig.colorbar(sc, ax=axes[1], fraction=0.04)
+    return save_figure(fig, path)
+
+
+def _by_type_and_top(ax_box, ax_top, frame, method):
+    rows = frame[frame.method == method]
+    types = sorted(rows.event_type.astype(str).unique())
+    ax_box.boxplot([rows.loc[rows.event_type == t, "attribution"] for t in types], tick_labels=types, showfliers=False)
+    ax_box.axhline(0, color="0.5", lw=0.5)
+    ax_box.set_ylabel("attribution to the logit")
+    ax_box.set_title(f"{METHOD_LABELS[method]}: by event type", fontsize=10)
+    top = rows.reindex(rows["attribution"].abs().sort_values(ascending=False).index).head(12).iloc[::-1]
+    ax_top.barh([f"{_short(t, 45)} [{s}, {h / 60:.1f}h]" for t, s, h in
+                 zip(top.event_text, top.stay_id, top.relative_time_to_final_event)], top["attribution"],
+                color=np.where(top["attribution"] >= 0, "tab:red", "tab:blue"))
+    ax_top.tick_params(axis="y", labelsize=7)
+    ax_top.set_title("largest single-event attributions [stay, hours before prediction]", fontsize=10)
+
+
+def _method_scatter(ax, frame, method, other="integrated_gradients"):
+    a = frame[frame.method == method].reset_index(drop=True)
+    b = frame[frame.method == other].reset_index(drop=True)
+    ax.scatter(b["attribution"], a["attribution"], s=5, alpha=0.5)
+    rho = spearmanr(a["attribution"], b["attribution"]).statistic if len(a) > 2 else float("nan")
+    ax.set_xlabel(METHOD_LABELS[other])
+    ax.set_ylabel(METHOD_LABELS[method])
+    ax.set_title(f"per event, all stays (Spearman {rho:.2f})", fontsize=10)
+
+
+def fig_captum(collected, path, method, faithfulness):
+    plt = _plt()
+    frame = collected.event_frame()
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]))
+    _by_type_and_top(axes[0], axes[1], frame, method)
+    if method == "integrated_gradients":
+        deltas = np.asarray(collected.ig_relative_delta)
+        axes[2].hist(deltas, bins=30)
+        conv = faithfulness["integrated_gradients_convergence"]
+        axes[2].set_title(f"completeness: |delta| / |logit change|\nmedian {conv['relative_delta_median'] or 0:.3g}, "
+                          f"max {conv['relative_delta_max'] or 0:.3g} ({faithfulness['settings']['n_steps']} steps)",
+                          fontsize=10)
+        axes[2].set_xlabel("relative convergence delta per stay")
+    elif method == "feature_ablation":
+        static = collected.static_frame()
+        rows = static[static.method == "feature_ablation"].groupby("feature")["attribution"].mean().sort_values()
+        axes[2].barh(rows.index, rows.to_numpy(), color=np.where(rows >= 0, "tab:red", "tab:blue"))
+        axes[2].set_title("static column removed: mean logit change", fontsize=10)
+    else:
+        _method_scatter(axes[2], frame, method)
+    return save_figure(fig, path)
+
+
+def fig_stay_timeline(stay, path):
+    """Every event of one stay on a time axis, coloured by its IG attribution, the top events named."""
+    plt = _plt()
+    meta = stay["meta"]
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    title = f"Stay {stay['stay_id']}: predicted P(death) = {stay['probability']:.2f}, outcome: " + \
+        ("died" if stay["label"] else "survived")
+    if len(meta):
+        hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+        types = list(dict.fromkeys(sorted(meta.event_type.astype(str))))
+        y = np.array([types.index(t) for t in meta.event_type.astype(str)])
+        values = stay["attributions"]["integrated_gradients"]
+        limit = max(float(np.abs(values).max()), 1e-9)
+        sc = ax.scatter(hours, y, c=values, cmap="RdBu_r", vmin=-limit, vmax=limit, s=40, edgecolors="0.3", lw=0.3)
+        for rank, j in enumerate(np.argsort(-np.abs(values))[:6]):
+            ax.annotate(f"{_short(meta.event_text.iloc[j], 40)} ({values[j]:+.2f})", (hours[j], y[j]),
+                        xytext=(5, 8 + 8 * (rank % 3)), textcoords="offset points", fontsize=7,
+                        arrowprops=dict(arrowstyle="-", lw=0.5))
+        ax.set_yticks(range(len(types)), types)
+        ax.invert_xaxis()
+        fig.colorbar(sc, ax=ax, fraction=0.03, label="IG attribution (red = towards death)")
+    else:
+        title += " — no events: predicted from static features alone"
+    ax.set_xlabel("hours before the prediction time")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def make_all_figures(collected, save_dir, faithfulness, stay_ids):
+    save_dir = Path(save_dir)
+    if not collected.stays:
+        return {}
+    paths = {
+        "layer_attention_weights.png": fig_layer_attention(collected, save_dir / "layer_attention_weights.png"),
+        "sequence_importance.png": fig_sequence_importance(collected, save_dir / "sequence_importance.png"),
+        "sequence_importance_combined.png": fig_sequence_importance_combined(
+            collected, save_dir / "sequence_importance_combined.png"),
+        "head_specialization.png": fig_head_specialization(collected, save_dir / "head_specialization.png"),
+        "feature_importance.png": fig_feature_importance(collected, save_dir / "feature_importance.png"),
+        "query_vector_analysis.png": fig_query_vector(collected, save_dir / "query_vector_analysis.png"),
+        "captum_attributions.png": fig_captum(collected, save_dir / "captum_attributions.png",
+                                              "integrated_gradients", faithfulness),
+        "captum_layer_attributions.png": fig_captum(collected, save_dir / "captum_layer_attributions.png",
+                                                    "layer_integrated_gradients", faithfulness),
+        "captum_ablation_attributions.png": fig_captum(collected, save_dir / "captum_ablation_attributions.png",
+                                                       "feature_ablation", faithfulness),
+    }
+    by_id = {s["stay_id"]: s for s in collected.stays}
+    for stay_id in stay_ids:
+        name = f"timeline_stay_{stay_id}.png"
+        paths[name] = fig_stay_timeline(by_id[int(stay_id)], save_dir / name)
+    return paths
+
+
+# -----------------------------------------------------------------------------
+# CLI (CONTRACT §2)
+
+def build_arg_parser():
+    p = argparse.ArgumentParser(description="Explain a trained mortality model: Captum attributions, attention "
+                                "analysis and measured faithfulness.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint written by train.py")
+    p.add_argument("--data", default=DEFAULT_DATA, help="event table (.csv, .csv.gz, .parquet)")
+    p.add_argument("--save-dir", default=DEFAULT_SAVE_DIR, help="where the figures, CSVs and faithfulness.json go")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                   help="which stays to explain (the checkpoint's patient-level split and seed)")
+    p.add_argument("--max-stays", type=int, default=100, help="explain the first N stays of the split (0 = all)")
+    p.add_argument("--stay-ids", type=int, nargs="*", default=[],
+                   help="also explain these stays and draw a timeline for each")
+    p.add_argument("--batch-size", type=int, default=16, help="stays per explanation batch")
+    p.add_argument("--n-steps", type=int, default=50, help="integration steps of (Layer) Integrated Gradients")
+    p.add_argument("--internal-batch-size", type=int, default=512,
+                   help="rows (stays x steps) per IG forward/backward chunk; lower it to save memory")
+    p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
+                   help="IG baseline of a real event and of the static features: zeros, or the training mean")
+    p.add_argument("--perturbations-per-eval", type=int, default=8, help="FeatureAblation: groups per forward")
+    p.add_argument("--curve-points", type=int, default=11, help="points of the deletion/insertion curves")
+    p.add_argument("--random-orders", type=int, default=3, help="random orders averaged for the random reference")
+    p.add_argument("--randomisation-stays", type=int, default=20,
+                   help="stays explained again with a re-initialised model (sanity check; 0 = skip)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: the checkpoint's, else "
+                   f"{DEFAULT_CACHE_DIR})")
+    p.add_argument("--text-encoder", default=None,
+                   help="encoder folder, needed only for texts missing from the cache (default: the checkpoint's)")
+    p.add_argument("--max-events", type=int, default=None, help="most recent events per stay (default: the "
+                   "checkpoint's --max-events)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-figures", action="store_true", help="write the CSVs and faithfulness.json only")
+    return p
+
+
+def main(argv=None):
+    args = build_arg_parser().parse_args(argv)
+    try:
+        result = run_explainability_analysis(
+            checkpoint_path=args.checkpoint, test_data_path=args.data, save_dir=args.save_dir, split=args.split,
+            max_stays=args.max_stays, stay_ids=args.stay_ids, batch_size=args.batch_size, n_steps=args.n_steps,
+            internal_batch_size=args.internal_batch_size, baseline=args.baseline,
+            perturbations_per_eval=args.perturbations_per_eval, curve_points=args.curve_points,
+            random_orders=args.random_orders, randomisation_stays=args.randomisation_stays,
+            cache_dir=args.cache_dir, text_encoder=args.text_encoder, device=args.device,
+            max_events=args.max_events, seed=args.seed, make_figures=not args.no_figures)
+    except (ExplainError, ValueError, FileNotFoundError) as e:
+        # EventTableError, CheckpointError and TextEncoderError are ValueErrors with a message for the user
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    f = result["faithfulness"]
+    print(format_summary(f))
+    for name, path in result["paths"].items():
+        print(f"wrote {path}")
+    return 0
+
+
+def format_summary(f):
+    lines = [f"{'method':<28}{'deletion':>9}{'insertion':>10}{'comp@20%':>9}{'suff@20%':>9}{'planted':>9}"]
+    for name, entry in list(f["methods"].items()) + [("random", f["random"])]:
+        planted = entry.get("planted_auprc")
+        lines.append(f"{name:<28}{entry.get('deletion_auc', float('nan')):>9.3f}"
+                     f"{entry.get('insertion_auc', float('nan')):>10.3f}"
+                     f"{entry.get('comprehensiveness', {}).get('20%', float('nan')):>9.3f}"
+                     f"{entry.get('sufficiency', {}).get('20%', float('nan')):>9.3f}"
+                     f"{planted if planted is not None else float('nan'):>9.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

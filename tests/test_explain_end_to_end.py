@@ -1,0 +1,145 @@
+"""explain_clinicalLF.py through a tiny checkpoint trained by train.py, and its user-facing errors."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import explain_clinicalLF as ex
+import train
+from train_tables import RISKY, make_event_table
+
+FIGURES = set(ex.FIGURES)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("explain_e2e")
+    table = make_event_table(n_patients=40, seed=3, max_events=14)
+    table["planted_risk"] = table["event_text"].isin(RISKY).astype(int)  # extra column, as in sample_train.csv
+    data = root / "events.csv"
+    table.to_csv(data, index=False)
+    out = root / "run"
+    train.main(["--data", str(data), "--output-dir", str(out), "--epochs", "2", "--text-encoder", str(tiny_bert_dir),
+                "--cache-dir", str(root / "cache"), "--d-model", "32", "--n-layers", "2", "--n-heads", "4",
+                "--d-ff", "64", "--pool-heads", "2", "--bootstrap", "0", "--max-events", "10", "--device", "cpu"])
+    return dict(root=root, data=data, checkpoint=out / "checkpoints" / "best_model.pth", cache=root / "cache",
+                table=train.read_event_table(data))
+
+
+@pytest.fixture(scope="module")
+def explained(trained):
+    table = trained["table"]
+    counts = table.groupby("stay_id")["event_type"].count()
+    empty_stay, long_stay = int(counts.index[counts == 0][0]), int(counts.idxmax())
+    result = ex.run_explainability_analysis(
+        checkpoint_path=trained["checkpoint"], test_data_path=trained["data"], save_dir=trained["root"] / "explain",
+        split="test", max_stays=8, stay_ids=[empty_stay, long_stay], batch_size=4, n_steps=24,
+        randomisation_stays=4, cache_dir=trained["cache"], show_progress=False)
+    return dict(result=result, empty_stay=empty_stay, long_stay=long_stay, **trained)
+
+
+def test_writes_every_output_of_contract_section_4(explained):
+    paths = explained["result"]["paths"]
+    names = {p.name for p in map(lambda p: p, paths.values())}
+    assert FIGURES <= names
+    assert {"event_attributions.csv", "static_attributions.csv", "faithfulness.json",
+            f"timeline_stay_{explained['empty_stay']}.png", f"timeline_stay_{explained['long_stay']}.png"} <= names
+    for path in paths.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert not list((explained["root"] / "explain").glob(".*tmp"))  # atomic writes leave no temporary file
+
+
+def test_event_rows_are_the_stays_real_events_per_method(explained):
+    rows = pd.read_csv(explained["root"] / "explain" / "event_attributions.csv")
+    assert list(rows.columns) == ["stay_id", "event_index", "event_time", "event_type", "event_text",
+                                  "relative_time_to_final_event", "method", "attribution"]
+    assert set(rows.method) == set(ex.METHODS)
+    table = explained["table"]
+    events = table[table.event_type.notna()].copy()
+    events["event_index"] = events.groupby("stay_id").cumcount()
+    n_events = events.groupby("stay_id").size()
+    for (stay, method), part in rows.groupby(["stay_id", "method"]):
+        kept = min(int(n_events[stay]), 10)  # --max-events 10 keeps the most recent 10
+        assert len(part) == kept, (stay, method)
+        assert part.event_index.tolist() == list(range(n_events[stay] - kept, n_events[stay]))
+        truth = events[events.stay_id == stay].set_index("event_index").loc[part.event_index]
+        assert part.event_text.tolist() == truth.event_text.tolist()
+        assert np.allclose(part.relative_time_to_final_event, truth.relative_time_to_final_event)
+    assert explained["empty_stay"] not in set(rows.stay_id)
+    static = pd.read_csv(explained["root"] / "explain" / "static_attributions.csv")
+    empty = static[static.stay_id == explained["empty_stay"]]
+    assert set(empty.feature) == set(train.STATIC_CATEGORICAL + train.STATIC_NUMERIC)
+    assert set(empty.method) == {"integrated_gradients", "feature_ablation"}
+
+
+def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(explained):
+    rows = explained["result"]["event_attributions"]
+    stay_id = explained["long_stay"]
+    model, _, ckpt = train.model_from_checkpoint(train.load_checkpoint(explained["checkpoint"]))
+    table = explained["table"]
+    stay_rows = table[table.stay_id == stay_id].reset_index(drop=True)
+    (stay,), matrix = train.prepare_stays(stay_rows, ckpt, explained["cache"])
+    fa = rows[(rows.stay_id == stay_id) & (rows.method == "feature_ablation")].attribution.to_numpy()
+    with torch.no_grad():
+        full = model.forward_batch(train.collate_stays([stay]), matrix)[0]
+        for j in (0, len(stay.type_ids) // 2, len(stay.type_ids) - 1):
+            keep = [i for i in range(len(stay.type_ids)) if i != j]
+            without = train.Stay(stay.stay_id, stay.subject_id, stay.text_rows[keep], stay.type_ids[keep],
+                                 stay.times[keep], stay.static, stay.label, stay.event_row_index[keep])
+            rerun = model.forward_batch(train.collate_stays([without]), matrix)[0]
+            assert fa[j] == pytest.approx(float(full - rerun), abs=1e-5)
+
+
+def test_faithfulness_json_reports_every_method_and_ig_converges(explained):
+    f = json.loads((explained["root"] / "explain" / "faithfulness.json").read_text())
+    assert set(f["methods"]) == set(ex.METHODS)
+    for method, entry in f["methods"].items():
+        assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["insertion_auc"] <= 1
+        assert set(entry["comprehensiveness"]) == {"1%", "5%", "10%", "20%"}
+        assert entry["planted_auprc"] is not None and 0 < entry["planted_auprc"] <= 1
+        assert entry["randomisation_n_stays"] >= 1
+    assert 0 < f["random"]["planted_auprc"] < 1
+    assert f["integrated_gradients_convergence"]["relative_delta_max"] < 0.05
+    seed = train.load_checkpoint(explained["checkpoint"])["args"]["seed"]
+    split = train.split_stays_by_patient(explained["table"], seed=seed)
+    expected = set(sorted(split.index[split == "test"])[:8]) | {explained["empty_stay"], explained["long_stay"]}
+    assert f["data"]["n_stays"] == len(expected)
+    assert set(explained["result"]["static_attributions"].stay_id) == expected
+
+
+def test_unknown_stay_missing_file_and_not_a_checkpoint_are_clear_errors(trained, tmp_path):
+    with pytest.raises(ex.ExplainError, match="unknown stay id.*123"):
+        ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, stay_ids=[123],
+                                       cache_dir=trained["cache"], show_progress=False)
+    with pytest.raises(ex.ExplainError, match="data file not found: .*nope.csv"):
+        ex.run_explainability_analysis(trained["checkpoint"], tmp_path / "nope.csv", tmp_path)
+    with pytest.raises(ex.ExplainError, match="checkpoint not found"):
+        ex.run_explainability_analysis(tmp_path / "none.pth", trained["data"], tmp_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(train.CheckpointError, match="junk.pth"):
+        ex.run_explainability_analysis(junk, trained["data"], tmp_path)
+    assert ex.main(["--checkpoint", str(junk), "--data", str(trained["data"]), "--save-dir", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob("*.csv"))  # nothing half-written
+
+
+def test_checkpoint_from_another_encoder_or_feature_set_says_what_differs(trained, tmp_path, tiny_longformer_dir):
+    with pytest.raises(ex.ExplainError, match="text encoder: checkpoint was trained with encoder identity"):
+        ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path,
+                                       text_encoder=tiny_longformer_dir, cache_dir=trained["cache"])
+    ckpt = torch.load(trained["checkpoint"], weights_only=True)
+    ckpt["preprocessor"]["static_categorical"] = ckpt["preprocessor"]["static_categorical"][:-1]
+    other = tmp_path / "other_features.pth"
+    torch.save(ckpt, other)
+    with pytest.raises(ex.ExplainError, match="static_categorical: checkpoint has .* this train.py uses"):
+        ex.run_explainability_analysis(other, trained["data"], tmp_path, cache_dir=trained["cache"])
+
+
+def test_help_lists_every_option_with_its_default():
+    text = ex.build_arg_parser().format_help()
+    for option in ("--checkpoint", "--data", "--save-dir", "--split", "--max-stays", "--stay-ids", "--n-steps",
+                   "--internal-batch-size", "--baseline", "--batch-size"):
+        assert option in text
+    assert ex.DEFAULT_CHECKPOINT in text and "(default: test)" in text
