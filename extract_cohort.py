@@ -274,8 +274,12 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
         for table, path in tables.items():
             module, name = table.split("/")
             types = ", ".join(f"'{col}': '{typ}'" for col, typ in MIMIC_TABLES[table].items())
-            con.execute(f"""CREATE VIEW {QUERY_DATASETS[module]}.{name} AS SELECT * FROM read_csv(
-                '{sql_string(path)}', header = true, types = {{{types}}}, timestampformat = '%Y-%m-%d %H:%M:%S')""")
+            try:
+                con.execute(f"""CREATE VIEW {QUERY_DATASETS[module]}.{name} AS SELECT * FROM read_csv(
+                    '{sql_string(path)}', header = true, types = {{{types}}}, timestampformat = '%Y-%m-%d %H:%M:%S')""")
+            except duckdb.Error as err:
+                raise ExtractionError(f"Cannot read MIMIC-IV table {path}: {err}. Is the file complete "
+                                      "(re-download it) and a MIMIC-IV csv?") from err
         for statement in setup:
             con.execute(statement)
         try:

@@ -80,7 +80,8 @@ prescription_events AS (
       NULLIF(TRIM(rx.route), '')
     ], ' ')) AS event_text,
     'prescriptions' AS source_table,
-    CAST(rx.pharmacy_id AS STRING) AS source_id
+    -- one pharmacy order can list several drugs (e.g. a drug and its diluent)
+    CONCAT(CAST(rx.pharmacy_id AS STRING), ':', COALESCE(rx.drug, '')) AS source_id
   FROM cohort AS c
   INNER JOIN mimiciv_hosp.prescriptions AS rx ON rx.hadm_id = c.hadm_id
   WHERE rx.starttime >= c.window_start AND rx.starttime < c.prediction_time

@@ -420,7 +420,7 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     pressors = [(d, v, u, r, 1) for d, v, u, r in PRESSORS]
     ph_ids = add_prescriptions(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, pressors,
                                pick(rng, len(idx), pressors, (0.75, 0.25)))
-    planted.append(("prescriptions", ph_ids.astype(str), "pressor"))
+    planted.append(("prescriptions", ph_ids, "pressor"))
 
     # --- procedures
     idx, off = events_per_stay(rng, counts[3], icu_start, end_h)
@@ -523,7 +523,8 @@ def add_prescriptions(w, rng, next_ids, subject, hadm, idx, off, intime, vocab, 
           dose_val_rx=pa.array(doses, pa.string()), dose_unit_rx=strings([p[2] for p in vocab], drug),
           doses_per_24_hrs=rng.integers(1, 5, n),
           route=strings([r or "" for r in route_vocab], drug, mask=np.array([r is None for r in route_vocab])[drug]))
-    return ids
+    # query.sql's source_id of a prescription: "pharmacy_id:drug"
+    return np.char.add(np.char.add(ids.astype(str), ":"), np.array([p[0] for p in vocab])[drug])
 
 
 def add_procedures(w, rng, next_ids, subject, hadm, stay, idx, off, intime, itemids):

@@ -1,0 +1,333 @@
+"""query.sql + extract_cohort.py on the real MIMIC-IV demo, checked against counts computed here
+independently from the raw tables (pandas), plus the BigQuery translation and bad-input handling."""
+import gzip
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import sqlglot
+from sqlglot import exp
+
+import extract_cohort
+from extract_cohort import ExtractionError, extract_cohort as run_extraction
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_type", "event_text",
+                    "relative_time_to_final_event", "gender", "race", "marital_status", "admission_type",
+                    "admission_location", "insurance", "first_careunit", "patient_age", "mortality"]
+STATIC = ["gender", "race", "marital_status", "admission_type", "admission_location", "insurance",
+          "first_careunit", "patient_age", "mortality"]
+EVENT_FIELDS = ["event_time", "event_type", "event_text", "relative_time_to_final_event"]
+PREFIX = {"prescription": "Prescription: ", "procedure": "Procedure: ", "lab": "Lab: ",
+          "microbiology": "Microbiology: ", "ingredient": "Ingredient: "}
+
+
+def read_mimic(mimic_dir, table, **kwargs):
+    return pd.read_csv(Path(mimic_dir) / f"{table}.csv.gz", **kwargs)
+
+
+def expected_cohort(mimic_dir, hours=48.0) -> pd.DataFrame:
+    """The cohort computed independently of query.sql, with pandas, from the raw tables."""
+    stays = read_mimic(mimic_dir, "icu/icustays", parse_dates=["intime", "outtime"])
+    adm = read_mimic(mimic_dir, "hosp/admissions", parse_dates=["admittime", "deathtime"])
+    pat = read_mimic(mimic_dir, "hosp/patients", parse_dates=["dod"])
+    df = stays.merge(adm, on=["subject_id", "hadm_id"]).merge(pat, on="subject_id")
+    df["age"] = df["anchor_age"] + df["admittime"].dt.year - df["anchor_year"]
+    df["prediction_time"] = df["intime"] + pd.Timedelta(hours=hours)
+    alive = (df["deathtime"].isna() | (df["deathtime"] > df["prediction_time"])) & \
+            (df["dod"].isna() | (df["dod"] >= df["prediction_time"].dt.normalize()))
+    keep = (df["age"] >= 18) & (df["outtime"] > df["prediction_time"]) & alive
+    return df[keep].set_index("stay_id")
+
+
+@pytest.fixture(scope="module")
+def demo_table(mimic_demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("extract") / "demo.parquet"
+    counts = run_extraction(out, mimic_demo_dir, progress=False)
+    return pd.read_parquet(out), counts
+
+
+def test_cohort_counts_match_independent_count(demo_table, mimic_demo_dir):
+    table, counts = demo_table
+    expected = expected_cohort(mimic_demo_dir)
+    stays = table.drop_duplicates("stay_id").set_index("stay_id")
+    assert sorted(stays.index) == sorted(expected.index)
+    assert counts["stays"] == len(expected) > 0
+    assert counts["deaths"] == int(expected["hospital_expire_flag"].sum()) > 0
+    assert counts["patients"] == expected["subject_id"].nunique()
+    assert counts["events"] == table["event_type"].notna().sum()
+    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+
+
+def test_events_lie_in_observation_window(demo_table, mimic_demo_dir):
+    table, _ = demo_table
+    cohort = expected_cohort(mimic_demo_dir)
+    events = table.dropna(subset=["event_type"]).drop(columns=["prediction_time"]).join(
+        cohort[["intime", "outtime", "deathtime", "prediction_time"]], on="stay_id")
+    stays = table.drop_duplicates("stay_id").set_index("stay_id")
+    assert (pd.to_datetime(stays["prediction_time"]) == cohort.loc[stays.index, "prediction_time"]).all()
+    t = pd.to_datetime(events["event_time"])
+    assert (t >= events["intime"]).all()
+    assert (t < events["prediction_time"]).all()
+    assert (t < events["outtime"]).all()
+    assert (events["deathtime"].isna() | (t < events["deathtime"])).all()
+    minutes = (events["prediction_time"] - t).dt.total_seconds() / 60
+    assert (events["relative_time_to_final_event"] >= 0).all()
+    np.testing.assert_allclose(events["relative_time_to_final_event"], minutes, atol=0.01)
+
+
+def test_lab_and_micro_times_are_storetime(demo_table, mimic_demo_dir):
+    """A result counts when it was stored; a specimen drawn in the window but reported after it is left out."""
+    table, _ = demo_table
+    cohort = expected_cohort(mimic_demo_dir)
+    labs = read_mimic(mimic_demo_dir, "hosp/labevents", parse_dates=["charttime", "storetime"],
+                      usecols=["labevent_id", "hadm_id", "charttime", "storetime"])
+    got = table[table["source_table"] == "labevents"].copy()
+    got["labevent_id"] = got["source_id"].astype(int)
+    merged = got.merge(labs, on="labevent_id")
+    assert len(merged) == len(got) > 0
+    assert (pd.to_datetime(merged["event_time"]) == merged["storetime"].fillna(merged["charttime"])).all()
+    # specimens drawn before the prediction time whose result came after it
+    late = labs.merge(cohort.reset_index()[["stay_id", "hadm_id", "intime", "prediction_time"]], on="hadm_id")
+    late = late[(late["charttime"] >= late["intime"]) & (late["charttime"] < late["prediction_time"])
+                & (late["storetime"] >= late["prediction_time"])]
+    assert len(late) > 0, "the demo has results reported after the prediction time"
+    assert not set(late["labevent_id"]) & set(got["labevent_id"])
+    micro = table[table["event_type"] == "microbiology"]
+    assert len(micro) > 0
+
+
+def test_labels_agree_with_admissions(demo_table, mimic_demo_dir):
+    table, _ = demo_table
+    adm = read_mimic(mimic_demo_dir, "hosp/admissions").set_index("hadm_id")
+    stays = table.drop_duplicates("stay_id")
+    assert set(stays["mortality"]) <= {0, 1}
+    assert (stays["mortality"].to_numpy() == adm.loc[stays["hadm_id"], "hospital_expire_flag"].to_numpy()).all()
+
+
+def test_static_values_constant_within_stay(demo_table):
+    table, _ = demo_table
+    assert (table.groupby("stay_id")[STATIC].nunique(dropna=False) == 1).all().all()
+    assert table["patient_age"].min() >= 18
+
+
+def test_no_duplicate_events(demo_table):
+    table, _ = demo_table
+    events = table.dropna(subset=["event_type"])
+    assert not events.duplicated(["stay_id", "source_table", "source_id"]).any()
+    assert not events.duplicated(["stay_id", "event_time", "event_type", "event_text"]).any()
+    # sorted by stay, then time
+    assert (table[["stay_id"]].diff().fillna(0) >= 0).all().all()
+    for _, stay in events.groupby("stay_id"):
+        assert pd.to_datetime(stay["event_time"]).is_monotonic_increasing
+
+
+def test_event_texts_are_clean(demo_table):
+    table, _ = demo_table
+    events = table.dropna(subset=["event_type"])
+    assert set(events["event_type"]) == set(PREFIX)
+    texts = events["event_text"]
+    assert not texts.str.contains(r"\bNone\b|\bnan\b|\bNaN\b|\bnull\b", regex=True).any()
+    assert not texts.str.contains("  ").any()
+    assert (texts == texts.str.strip()).all()
+    for kind, prefix in PREFIX.items():
+        of_kind = texts[events["event_type"] == kind]
+        assert of_kind.str.startswith(prefix).all()
+        assert (of_kind.str.len() > len(prefix)).all()
+    # numbers we format carry at most three significant figures: no float noise, no trailing ".0"
+    formatted = pd.concat([texts[events["event_type"] == "ingredient"].str.extract(r" (-?[\d.]+) \S+$")[0],
+                           texts[events["event_type"] == "lab"].str.extract(r"\(ref ([\d.]+)-")[0]]).dropna()
+    assert len(formatted) > 1000
+    significant = formatted.str.replace(".", "", regex=False).str.lstrip("0-").str.rstrip("0").str.len()
+    assert significant.max() <= 3, formatted[significant > 3].head()
+    assert not texts.str.contains(r"\d\.0\b(?!\.)", regex=True).any()
+    assert texts.str.contains(r"^Lab: .+ \(ref [-\d.]+-[-\d.]+\)", regex=True).any()
+
+
+@pytest.mark.parametrize("value, expected", [
+    (54.32109, "54.3"), (1000.0, "1000"), (4.2, "4.2"), (0.0, "0"), (0.012345, "0.0123"),
+    (-2.456, "-2.46"), (123456.0, "123000"), (49.999998807907104, "50"), (7.0, "7"), (None, None)])
+def test_number_format(value, expected):
+    setup, _ = extract_cohort.duckdb_statements(extract_cohort.query_parameters())
+    con = duckdb.connect()
+    for statement in setup:
+        con.execute(statement)
+    assert con.execute("SELECT fmt_num(CAST(? AS DOUBLE))", [value]).fetchone()[0] == expected
+
+
+def test_stays_without_events_appear_once_with_empty_fields(mimic_demo_dir, tmp_path):
+    out = tmp_path / "short.csv"
+    counts = run_extraction(out, mimic_demo_dir, observation_hours=1, progress=False)
+    table = pd.read_csv(out)
+    per_stay = table.groupby("stay_id")
+    empty = table[table["event_type"].isna()]
+    assert counts["stays_without_events"] == len(empty) > 0
+    assert (per_stay.size()[empty["stay_id"]] == 1).all()
+    assert empty[EVENT_FIELDS].isna().all().all()
+    assert empty[["gender", "first_careunit", "patient_age", "mortality"]].notna().all().all()
+    assert counts["stays"] == len(expected_cohort(mimic_demo_dir, hours=1))
+
+
+def test_output_formats_hold_the_same_table(demo_table, mimic_demo_dir, tmp_path):
+    table, _ = demo_table
+    for name in ("demo.csv", "demo.csv.gz"):
+        run_extraction(tmp_path / name, mimic_demo_dir, progress=False)
+        other = pd.read_csv(tmp_path / name, dtype={"source_id": str})
+        assert len(other) == len(table)
+        assert (other["event_text"].fillna("") == table["event_text"].fillna("")).all()
+        assert (other["stay_id"] == table["stay_id"]).all()
+    with gzip.open(tmp_path / "demo.csv.gz", "rt") as f:
+        assert f.readline().startswith("subject_id,hadm_id,stay_id,event_time")
+
+
+def test_lookback_and_whole_stay_options(mimic_demo_dir, tmp_path, capsys, demo_table):
+    table, counts = demo_table
+    cohort = expected_cohort(mimic_demo_dir)
+    back = tmp_path / "lookback.parquet"
+    back_counts = run_extraction(back, mimic_demo_dir, lookback_hours=24, progress=False)
+    back_table = pd.read_parquet(back).join(cohort[["intime"]], on="stay_id")
+    before = pd.to_datetime(back_table["event_time"]) < back_table["intime"]
+    assert before.any() and back_counts["stays"] == counts["stays"]
+    assert back_counts["events"] > counts["events"]
+    assert (pd.to_datetime(back_table["event_time"][before]) >= back_table["intime"][before] - pd.Timedelta(hours=24)).all()
+
+    whole = tmp_path / "whole.parquet"
+    whole_counts = run_extraction(whole, mimic_demo_dir, whole_stay=True, progress=False)
+    assert "LEAKS THE OUTCOME" in capsys.readouterr().err
+    whole_table = pd.read_parquet(whole)
+    assert whole_counts["stays"] > counts["stays"]  # no "alive and in the ICU at 48 h" condition
+    stays = read_mimic(mimic_demo_dir, "icu/icustays", parse_dates=["intime", "outtime"]).set_index("stay_id")
+    t = pd.to_datetime(whole_table["event_time"])
+    assert (t < stays.loc[whole_table["stay_id"], "outtime"].to_numpy()).all()
+    assert (t - stays.loc[whole_table["stay_id"], "intime"].to_numpy() > pd.Timedelta(hours=48)).any()
+
+
+def test_bigquery_translation_names_only_mimic_tables():
+    sql = extract_cohort.bigquery_sql()
+    statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
+    assert isinstance(statements[0], exp.Create) and isinstance(statements[-1], exp.Select)
+    tables = {".".join(p for p in (t.catalog, t.db, t.name) if p)
+              for s in statements for t in s.find_all(exp.Table)}
+    ctes = {cte.alias for s in statements for cte in s.find_all(exp.CTE)}
+    expected = {f"physionet-data.mimiciv_3_1_hosp.{t}" for t in
+                ("patients", "admissions", "prescriptions", "labevents", "d_labitems", "microbiologyevents")} | \
+               {f"physionet-data.mimiciv_3_1_icu.{t}" for t in
+                ("icustays", "procedureevents", "ingredientevents", "d_items")}
+    assert tables - ctes - {"fmt_num"} == expected  # sqlglot files the UDF's name as a table
+    params = {p.name for s in statements for p in s.find_all(exp.Parameter)}
+    assert params == {"observation_hours", "lookback_hours", "whole_stay"}
+    # dataset names are parameters too
+    custom = extract_cohort.bigquery_sql("my-project.mimic_hosp", "my-project.mimic_icu")
+    assert "`my-project`.mimic_hosp.labevents" in custom or "my-project.mimic_hosp.labevents" in custom
+    assert "physionet-data" not in custom
+
+
+def test_duckdb_translation_binds_every_parameter():
+    setup, select = extract_cohort.duckdb_statements(extract_cohort.query_parameters(24, 6, False))
+    tree = sqlglot.parse_one(select, read="duckdb")
+    assert not list(tree.find_all(exp.Parameter)) and not list(tree.find_all(exp.Placeholder))
+    assert "1440" in select.replace(" ", "") or "24.0" in select
+    assert setup and setup[0].startswith("CREATE OR REPLACE TEMP MACRO fmt_num(x)")
+
+
+def test_cli_prints_cohort_counts(mimic_demo_dir, tmp_path, demo_table):
+    _, counts = demo_table
+    out = tmp_path / "cli.csv"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "extract_cohort.py"), "--mimic-dir", str(mimic_demo_dir),
+                             "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"stays={counts['stays']} patients={counts['patients']} deaths={counts['deaths']}" in result.stdout
+    assert f"events={counts['events']}" in result.stdout
+    assert out.is_file()
+
+
+# ----------------------------------------------------------------------------- reliability (issue 6)
+
+def mimic_copy(mimic_demo_dir, dest: Path, skip=()) -> Path:
+    """A MIMIC directory of symlinks to the demo, without the tables in `skip`."""
+    for module in ("hosp", "icu"):
+        (dest / module).mkdir(parents=True)
+        for f in (Path(mimic_demo_dir) / module).iterdir():
+            if f"{module}/{f.name.split('.')[0]}" not in skip:
+                (dest / module / f.name).symlink_to(f.resolve())
+    return dest
+
+
+def assert_nothing_written(folder: Path, keep=()):
+    left = sorted(p.name for p in folder.iterdir() if p.name not in keep)
+    assert left == [], f"left behind: {left}"
+
+
+def test_reliability_missing_table(mimic_demo_dir, tmp_path):
+    mimic = mimic_copy(mimic_demo_dir, tmp_path / "mimic", skip={"hosp/labevents"})
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ExtractionError, match=r"hosp/labevents.*missing"):
+        run_extraction(out_dir / "x.csv", mimic, progress=False)
+    assert_nothing_written(out_dir)
+
+
+def test_reliability_missing_column(mimic_demo_dir, tmp_path):
+    mimic = mimic_copy(mimic_demo_dir, tmp_path / "mimic", skip={"icu/icustays"})
+    stays = read_mimic(mimic_demo_dir, "icu/icustays").drop(columns=["outtime"])
+    stays.to_csv(mimic / "icu" / "icustays.csv.gz", index=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ExtractionError, match=r"icustays\.csv\.gz lacks column\(s\) outtime"):
+        run_extraction(out_dir / "x.parquet", mimic, progress=False)
+    assert_nothing_written(out_dir)
+
+
+def test_reliability_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExtractionError, match=r"empty.*neither hosp/ nor icu/"):
+        run_extraction(tmp_path / "x.csv", tmp_path / "empty", progress=False)
+    with pytest.raises(ExtractionError, match="does not exist"):
+        run_extraction(tmp_path / "x.csv", tmp_path / "nowhere", progress=False)
+    assert_nothing_written(tmp_path, keep={"empty"})
+
+
+@pytest.mark.parametrize("hours", [0, -6, float("nan")])
+def test_reliability_bad_observation_hours(mimic_demo_dir, tmp_path, hours):
+    with pytest.raises(ExtractionError, match="observation"):
+        run_extraction(tmp_path / "x.csv", mimic_demo_dir, observation_hours=hours, progress=False)
+    with pytest.raises(ExtractionError, match="lookback"):
+        run_extraction(tmp_path / "x.csv", mimic_demo_dir, lookback_hours=-1, progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_reliability_output_folder_missing_or_bad_suffix(mimic_demo_dir, tmp_path):
+    with pytest.raises(ExtractionError, match=r"output folder .*no_such_dir does not exist"):
+        run_extraction(tmp_path / "no_such_dir" / "x.csv", mimic_demo_dir, progress=False)
+    with pytest.raises(ExtractionError, match=r"\.csv, \.csv\.gz, \.parquet"):
+        run_extraction(tmp_path / "x.xlsx", mimic_demo_dir, progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_reliability_failed_run_keeps_previous_output(mimic_demo_dir, tmp_path):
+    """A run that fails half-way (a truncated table) leaves the previous output intact and no temporary file."""
+    mimic = mimic_copy(mimic_demo_dir, tmp_path / "mimic", skip={"hosp/labevents"})
+    raw = (Path(mimic_demo_dir) / "hosp" / "labevents.csv.gz").read_bytes()
+    (mimic / "hosp" / "labevents.csv.gz").write_bytes(raw[: len(raw) // 2])  # cut mid-stream
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    previous = out_dir / "cohort.csv"
+    previous.write_text("previous run\n")
+    with pytest.raises(ExtractionError, match="labevents|query failed"):
+        run_extraction(previous, mimic, progress=False)
+    assert previous.read_text() == "previous run\n"
+    assert_nothing_written(out_dir, keep={"cohort.csv"})
+
+
+def test_reliability_cli_error_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "extract_cohort.py"), "--mimic-dir", str(tmp_path),
+                             "--output", str(tmp_path / "x.csv"), "--observation-hours", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert re.search(r"error: .*--observation-hours must be > 0", result.stderr)
