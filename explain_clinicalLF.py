@@ -229,7 +229,7 @@ def probabilities_with_masks(model, events, static, masks, max_rows=256):
     flat = masks.reshape(B * K, L)
     for i in range(0, B * K, max_rows):
         chunk_events, chunk_mask = without_absent_events(ev[i:i + max_rows], flat[i:i + max_rows])
-        out[i:i + max_rows] = torch.sigmoid(model(chunk_events, chunk_mask, st[i:i + max_rows]))
+        out[i:i + max_rows] = torch.sigmoid(model(chunk_events, chunk_mask, st[i:i + max_rows])).float().cpu()
     return out.view(B, K)
 
 
@@ -267,6 +267,7 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
     rng = rng or np.random.default_rng(0)
     B, L = mask.shape
     full = probabilities_with_masks(model, events, static, mask.unsqueeze(1))[:, 0]
+    mask, scores = mask.cpu(), {name: s.cpu() for name, s in scores.items()}  # orderings are built on the CPU
     predicted_death = full >= 0.5
     results = {name: [] for name in list(scores) + ["random"]}
     for b in range(B):
@@ -285,7 +286,7 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
             d, i = curve_masks(order, n, L, n_points)
             w, o = eraser_masks(order, n, L)
             stacked.append(torch.cat([d, i, w, o]))
-        masks = torch.stack(stacked).view(1, -1, L)
+        masks = torch.stack(stacked).view(1, -1, L).to(events.device)
         p = probabilities_with_masks(model, events[b:b + 1], static[b:b + 1], masks)[0]
         p_class = p if predicted_death[b] else 1 - p
         p_full = full[b] if predicted_death[b] else 1 - full[b]
@@ -477,8 +478,9 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
     event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
                   "feature_ablation": fa_events, "attention_pooling": pooling_weights(attn) * mask}
     static_attr = {"integrated_gradients": group_static(ig_static, static_groups), "feature_ablation": fa_static}
-    return dict(event=event_attr, static=static_attr, logits=logits, ig_change=ig_change, ig_delta=ig_delta,
-                attention=attn)
+    cpu = lambda d: {k: v.detach().float().cpu() for k, v in d.items()}  # noqa: E731
+    return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(),
+                ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), attention=cpu(attn))
 
 
 def event_features_for_batch(model, batch, embedding_matrix):
@@ -608,7 +610,7 @@ def mean_training_baselines(train, model, table, split_of_stay, preprocessor, pr
     stays, embedding_matrix = prepare(rows)
     total_events, n_events, statics = 0.0, 0, []
     for i in range(0, len(stays), batch_size):
-        batch = train.collate_stays(stays[i:i + batch_size])
+        batch = {k: v.to(embedding_matrix.device) for k, v in train.collate_stays(stays[i:i + batch_size]).items()}
         events = event_features_for_batch(model, batch, embedding_matrix)
         total_events = total_events + events.sum((0, 1))
         n_events += int(batch["mask"].sum())
@@ -658,6 +660,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
     check_checkpoint_compatible(ckpt, train, embedding_dim=int(embedding_matrix.shape[1]))
+    model, embedding_matrix = model.to(device), embedding_matrix.to(device)
     event_baseline = static_baseline = None
     if baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(
@@ -674,7 +677,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     n_random_done = 0
     for i in tqdm(range(0, len(stays), batch_size), desc="explaining", unit="batch", disable=not show_progress):
         chunk = stays[i:i + batch_size]
-        batch = train.collate_stays(chunk)
+        batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
         mask, static = batch["mask"].bool(), batch["static"].float()
         events = event_features_for_batch(model, batch, embedding_matrix)
         out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
@@ -685,7 +688,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                 raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
             meta.append(rows.iloc[stay.event_row_index.numpy()])
         event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
-                                                   static_names, mask)
+                                                   static_names, mask.cpu())
         faith = faithfulness_for_batch(model, events, mask, static,
                                        {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
         randomised = None
@@ -693,7 +696,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
             randomised = explain_batch(random_model, events, mask, static, static_groups, settings,
                                        event_baseline, static_baseline)
             n_random_done += len(chunk)
-        collected.add(chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted)
+        collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted)
 
     faithfulness = collected.faithfulness(settings, has_planted)
     faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,

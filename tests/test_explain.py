@@ -240,3 +240,17 @@ def test_attention_analyses_on_model_outputs():
                          "relative_time_to_final_event": [30.0, 600.0, 30.0], "attribution": [1.0, 3.0, -2.0]})
     table = ex.analyze_feature_importance_over_time(rows)
     assert table.loc["lab", "[0.0, 1.0)"] == 1.0 and table.loc["procedure", "[0.0, 1.0)"] == -2.0
+
+
+def test_mean_baseline_keeps_padding_at_zero_and_completeness():
+    model = HandBuiltModel(scale=1.0).eval()
+    events, mask, static = make_batch([3, 7])
+    event_mean, static_mean = events[mask].mean(0), static.mean(0) * 0.5
+    ev, st, change, delta = ex.integrated_gradients(model, events, mask, static, event_mean, static_mean, n_steps=64)
+    assert (ev[~mask] == 0).all()
+    torch.testing.assert_close(ev.sum(1) + st.sum(1) - change, delta, atol=1e-4, rtol=0)
+    assert (delta.abs() <= 0.01 * change.abs() + 1e-4).all()
+    # the linear part is exact: w . (x - mean)
+    linear = HandBuiltModel(scale=0.0).eval()
+    ev, _, _, _ = ex.integrated_gradients(linear, events, mask, static, event_mean, static_mean, n_steps=8)
+    torch.testing.assert_close(ev, ((events - event_mean) @ linear.event_weights) * mask, atol=1e-5, rtol=1e-4)

@@ -109,6 +109,15 @@ def test_faithfulness_json_reports_every_method_and_ig_converges(explained):
     assert set(explained["result"]["static_attributions"].stay_id) == expected
 
 
+def test_mean_baseline_run(trained, tmp_path):
+    result = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, max_stays=3,
+                                            n_steps=8, baseline="mean", randomisation_stays=0,
+                                            cache_dir=trained["cache"], make_figures=False, show_progress=False)
+    assert result["faithfulness"]["settings"]["baseline"] == "mean"
+    assert result["faithfulness"]["integrated_gradients_convergence"]["relative_delta_max"] < 0.05
+    assert (tmp_path / "event_attributions.csv").is_file()
+
+
 def test_unknown_stay_missing_file_and_not_a_checkpoint_are_clear_errors(trained, tmp_path):
     with pytest.raises(ex.ExplainError, match="unknown stay id.*123"):
         ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, stay_ids=[123],
