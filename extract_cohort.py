@@ -253,7 +253,9 @@ def sql_string(value) -> str:
 # ----------------------------------------------------------------------------- engines
 
 def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=None, temp_dir=None,
-                   progress=True, query_path=QUERY_PATH) -> dict:
+                   progress=True, query_path=QUERY_PATH, raw_numbers=False) -> dict:
+    """raw_numbers: write numbers as stored (54.32109, 49.999998807907104), as the prototype did; only
+    for measuring how many distinct texts the rounding saves (bench/extract.py)."""
     import duckdb
 
     output = check_output_path(output)
@@ -282,6 +284,8 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
                                       "(re-download it) and a MIMIC-IV csv?") from err
         for statement in setup:
             con.execute(statement)
+        if raw_numbers:
+            con.execute("CREATE OR REPLACE TEMP MACRO fmt_num(x, digits) AS CAST(x AS VARCHAR)")
         try:
             con.execute(f"COPY ({select}) TO '{sql_string(tmp)}' ({copy_options(output)})")
         except duckdb.Error as err:

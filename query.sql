@@ -14,13 +14,13 @@
 -- [intime - lookback, prediction time). The cohort is adults still in the ICU and alive at the
 -- prediction time, so the label (in-hospital death) always lies after it.
 
--- A number at three significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
-CREATE TEMP FUNCTION fmt_num(x FLOAT64) AS (
+-- A number at `digits` significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
+CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
   CASE
     WHEN x IS NULL OR IS_NAN(x) OR IS_INF(x) THEN NULL
     WHEN x = 0 THEN '0'
     ELSE REGEXP_REPLACE(
-      CAST(ROUND(x, 2 - CAST(FLOOR(LOG10(ABS(x))) AS INT64)) AS STRING), r'\.0$', '')
+      CAST(ROUND(x, digits - 1 - CAST(FLOOR(LOG10(ABS(x))) AS INT64)) AS STRING), r'\.0$', '')
   END
 );
 
@@ -75,7 +75,7 @@ prescription_events AS (
     'prescription' AS event_type,
     CONCAT('Prescription: ', ARRAY_TO_STRING([
       NULLIF(TRIM(rx.drug), ''),
-      COALESCE(fmt_num(SAFE_CAST(rx.dose_val_rx AS FLOAT64)), NULLIF(TRIM(rx.dose_val_rx), '')),
+      COALESCE(fmt_num(SAFE_CAST(rx.dose_val_rx AS FLOAT64), 3), NULLIF(TRIM(rx.dose_val_rx), '')),
       NULLIF(TRIM(rx.dose_unit_rx), ''),
       NULLIF(TRIM(rx.route), '')
     ], ' ')) AS event_text,
@@ -99,11 +99,11 @@ lab_events AS (
           THEN NULLIF(TRIM(dl.label), '')
         ELSE CONCAT(TRIM(dl.fluid), ' ', TRIM(dl.label))
       END,
-      COALESCE(fmt_num(le.valuenum), NULLIF(TRIM(le.value), '')),
+      COALESCE(fmt_num(le.valuenum, 3), NULLIF(TRIM(le.value), '')),
       NULLIF(TRIM(le.valueuom), ''),
       CASE
         WHEN le.ref_range_lower IS NOT NULL AND le.ref_range_upper IS NOT NULL
-          THEN CONCAT('(ref ', fmt_num(le.ref_range_lower), '-', fmt_num(le.ref_range_upper), ')')
+          THEN CONCAT('(ref ', fmt_num(le.ref_range_lower, 3), '-', fmt_num(le.ref_range_upper, 3), ')')
       END,
       NULLIF(TRIM(le.flag), '')
     ], ' ')) AS event_text,
@@ -161,6 +161,7 @@ procedure_events AS (
 ingredient_events AS (
   -- An infusion is known when it starts. Its amount covers [starttime, endtime]; where that runs past
   -- the prediction time only the share given before it is shown (the full amount would reveal survival).
+  -- Amounts are shown at two significant figures: a 54.32109 mL segment of an infusion is 54 mL.
   SELECT
     c.stay_id,
     ig.starttime AS event_time,
@@ -172,7 +173,7 @@ ingredient_events AS (
           THEN ig.amount * DATETIME_DIFF(c.prediction_time, ig.starttime, SECOND)
                          / DATETIME_DIFF(ig.endtime, ig.starttime, SECOND)
         ELSE ig.amount
-      END),
+      END, 2),
       NULLIF(TRIM(ig.amountuom), '')
     ], ' ')) AS event_text,
     'ingredientevents' AS source_table,

@@ -149,15 +149,16 @@ def test_event_texts_are_clean(demo_table):
     assert texts.str.contains(r"^Lab: .+ \(ref [-\d.]+-[-\d.]+\)", regex=True).any()
 
 
-@pytest.mark.parametrize("value, expected", [
-    (54.32109, "54.3"), (1000.0, "1000"), (4.2, "4.2"), (0.0, "0"), (0.012345, "0.0123"),
-    (-2.456, "-2.46"), (123456.0, "123000"), (49.999998807907104, "50"), (7.0, "7"), (None, None)])
-def test_number_format(value, expected):
+@pytest.mark.parametrize("value, digits, expected", [
+    (54.32109, 3, "54.3"), (1000.0, 3, "1000"), (4.2, 3, "4.2"), (0.0, 3, "0"), (0.012345, 3, "0.0123"),
+    (-2.456, 3, "-2.46"), (123456.0, 3, "123000"), (49.999998807907104, 3, "50"), (7.0, 3, "7"),
+    (None, 3, None), (54.32109, 2, "54"), (1234.5, 2, "1200"), (0.0456, 2, "0.046")])
+def test_number_format(value, digits, expected):
     setup, _ = extract_cohort.duckdb_statements(extract_cohort.query_parameters())
     con = duckdb.connect()
     for statement in setup:
         con.execute(statement)
-    assert con.execute("SELECT fmt_num(CAST(? AS DOUBLE))", [value]).fetchone()[0] == expected
+    assert con.execute("SELECT fmt_num(CAST(? AS DOUBLE), ?)", [value, digits]).fetchone()[0] == expected
 
 
 def test_stays_without_events_appear_once_with_empty_fields(mimic_demo_dir, tmp_path):
@@ -232,7 +233,7 @@ def test_duckdb_translation_binds_every_parameter():
     tree = sqlglot.parse_one(select, read="duckdb")
     assert not list(tree.find_all(exp.Parameter)) and not list(tree.find_all(exp.Placeholder))
     assert "1440" in select.replace(" ", "") or "24.0" in select
-    assert setup and setup[0].startswith("CREATE OR REPLACE TEMP MACRO fmt_num(x)")
+    assert setup and setup[0].startswith("CREATE OR REPLACE TEMP MACRO fmt_num(x, digits)")
 
 
 def test_cli_prints_cohort_counts(mimic_demo_dir, tmp_path, demo_table):
