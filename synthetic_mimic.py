@@ -23,6 +23,7 @@ reports them, so extracted events can be joined to the truth.
 Everything is vectorised with numpy and written with pyarrow: 50,000 stays take well under a minute.
 """
 import argparse
+import gzip
 import os
 import shutil
 import sys
@@ -249,8 +250,14 @@ class TableWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             table_data = pa.concat_tables(chunks, promote_options="permissive") if chunks else \
                 pa.table({name: pa.nulls(0) for name in names})
-            with pa.CompressedOutputStream(str(path), "gzip") as sink:
-                pacsv.write_csv(table_data, sink, pacsv.WriteOptions(quoting_style="needed"))
+            write_csv_gz(table_data, path)
+
+
+def write_csv_gz(table: pa.Table, path: Path) -> None:
+    """csv.gz at zlib level 1 (fast; gzip level 9 would dominate the run time), with a fixed mtime so the
+    bytes depend on the seed only."""
+    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as sink:
+        pacsv.write_csv(table, sink, pacsv.WriteOptions(quoting_style="needed"))
 
 
 def to_arrow(value, n) -> pa.Array:
@@ -467,15 +474,13 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
                             "patient_age": age.astype(float), "true_probability": true_probability,
                             "died": died.astype(np.int64),
                             **{f"factor_{name}": present.astype(np.int64) for name, present in factors.items()}})
-    with pa.CompressedOutputStream(str(truth_dir / "stays.csv.gz"), "gzip") as sink:
-        pacsv.write_csv(stays_truth, sink)
+    write_csv_gz(stays_truth, truth_dir / "stays.csv.gz")
     planted_table = pa.table({
         "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, _ in planted]), pa.string()),
         "source_id": pa.array(np.concatenate([np.asarray(i, dtype=object) for _, i, _ in planted]), pa.string()),
         "factor": pa.array(np.concatenate([np.full(len(i), f, dtype=object) for _, i, f in planted]), pa.string()),
     })
-    with pa.CompressedOutputStream(str(truth_dir / "planted_rows.csv.gz"), "gzip") as sink:
-        pacsv.write_csv(planted_table, sink)
+    write_csv_gz(planted_table, truth_dir / "planted_rows.csv.gz")
     return {"stays": n_stays, "patients": n_patients, "deaths": int(died.sum()),
             "planted_rows": planted_table.num_rows}
 
