@@ -227,9 +227,15 @@ def probabilities_with_masks(model, events, static, masks, max_rows=256):
     ev = events.unsqueeze(1).expand(B, K, *events.shape[1:]).reshape(B * K, *events.shape[1:])
     st = static.unsqueeze(1).expand(B, K, static.shape[-1]).reshape(B * K, -1)
     flat = masks.reshape(B * K, L)
+    # rows with few events together, each chunk cut to its longest row: the model is padding-invariant,
+    # so this only saves compute
+    rows = torch.argsort(flat.sum(1).cpu(), stable=True)
     for i in range(0, B * K, max_rows):
-        chunk_events, chunk_mask = without_absent_events(ev[i:i + max_rows], flat[i:i + max_rows])
-        out[i:i + max_rows] = torch.sigmoid(model(chunk_events, chunk_mask, st[i:i + max_rows])).float().cpu()
+        idx = rows[i:i + max_rows].to(flat.device)
+        chunk_events, chunk_mask = without_absent_events(ev[idx], flat[idx])
+        width = max(1, int(chunk_mask.sum(1).max()))
+        logits = model(chunk_events[:, :width], chunk_mask[:, :width], st[idx])
+        out[idx.cpu()] = torch.sigmoid(logits).float().cpu()
     return out.view(B, K)
 
 
@@ -286,8 +292,9 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
             d, i = curve_masks(order, n, L, n_points)
             w, o = eraser_masks(order, n, L)
             stacked.append(torch.cat([d, i, w, o]))
-        masks = torch.stack(stacked).view(1, -1, L).to(events.device)
-        p = probabilities_with_masks(model, events[b:b + 1], static[b:b + 1], masks)[0]
+        width = int(real.max()) + 1  # this stay's own length, not the batch's
+        masks = torch.stack(stacked)[..., :width].reshape(1, -1, width).to(events.device)
+        p = probabilities_with_masks(model, events[b:b + 1, :width], static[b:b + 1], masks)[0]
         p_class = p if predicted_death[b] else 1 - p
         p_full = full[b] if predicted_death[b] else 1 - full[b]
         per_order = p_class.view(len(all_orders), -1)

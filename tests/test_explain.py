@@ -254,3 +254,18 @@ def test_mean_baseline_keeps_padding_at_zero_and_completeness():
     linear = HandBuiltModel(scale=0.0).eval()
     ev, _, _, _ = ex.integrated_gradients(linear, events, mask, static, event_mean, static_mean, n_steps=8)
     torch.testing.assert_close(ev, ((events - event_mean) @ linear.event_weights) * mask, atol=1e-5, rtol=1e-4)
+
+
+def test_probabilities_with_masks_equal_running_the_stay_without_the_removed_events():
+    model = HandBuiltModel(scale=3.0).eval()
+    events, mask, static = make_batch([6, 9])
+    keep_sets = [[0, 2, 5], [1], [0, 1, 2, 3, 4, 5], [8, 3, 4]]
+    masks = torch.zeros(2, 2, 9, dtype=torch.bool)
+    masks[0, 0, keep_sets[0]] = masks[0, 1, keep_sets[1]] = masks[1, 0, keep_sets[2]] = masks[1, 1, keep_sets[3]] = True
+    p = ex.probabilities_with_masks(model, events, static, masks, max_rows=3)
+    for (b, k), keep in zip([(0, 0), (0, 1), (1, 0), (1, 1)], keep_sets):
+        keep = sorted(keep)
+        with torch.no_grad():
+            only_kept = torch.ones(1, len(keep), dtype=torch.bool)
+            direct = torch.sigmoid(model(events[b:b + 1, keep], only_kept, static[b:b + 1]))
+        assert float(p[b, k]) == pytest.approx(float(direct), abs=1e-6)
