@@ -1,0 +1,108 @@
+"""Scale: synthetic MIMIC-IV of growing size through the whole pipeline, time and peak memory per stage.
+
+For each size N (ICU stays), each stage runs the project's own command in its own process, so its peak
+resident memory (VmHWM of that process) is its own:
+
+    synthesize  python synthetic_mimic.py --out-dir D --n-stays N
+    extract     python extract_cohort.py --mimic-dir D --output events.parquet      (query.sql on DuckDB)
+    embed       train.embed_texts(event texts, default encoder, fresh cache)        (all-MiniLM-L6-v2)
+    train       python train.py --data events.parquet --epochs 1 --cache-dir C ...  (one epoch + outputs)
+
+The table shows how time and memory grow with N (close to linear is the goal) and the last line gives the
+largest size's figures.
+
+    python bench/scale.py                                 # 500, 1000, 2000 stays: a few minutes on 2 cores
+    python bench/scale.py --sizes 5000 20000 50000        # the issue's sizes (about an hour on 2 cores)
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import _common
+from _common import REPO_ROOT, print_headline, print_table
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000], help="numbers of ICU stays")
+parser.add_argument("--events-per-stay", type=float, default=62.0,
+                    help="synthetic_mimic.py's mean background events per stay (its default)")
+parser.add_argument("--epochs", type=int, default=1)
+parser.add_argument("--batch-size", type=int, default=32, help="train.py --batch-size")
+parser.add_argument("--embed-batch-size", type=int, default=64, help="train.py --embed-batch-size")
+parser.add_argument("--work-dir", default=None, help="keep everything here (default: a temp folder, removed)")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--stage-embed", nargs=3, metavar=("TABLE", "CACHE", "BATCH"), help=argparse.SUPPRESS)
+
+
+def embed_stage(table_path, cache_dir, batch_size):
+    """The embedding stage, in its own process: every event text of the table through train.embed_texts."""
+    import train
+    table = train.read_event_table(table_path)
+    texts = table.loc[table["event_type"].notna(), "event_text"].tolist()
+    stats = {}
+    matrix, rows = train.embed_texts(texts, _common.default_encoder_folder(), cache_dir, "cpu",
+                                     batch_size=int(batch_size), stats=stats)
+    print(json.dumps(dict(events=len(texts), unique_texts=stats["unique_texts"], embedded=stats["embedded"])))
+
+
+def last_json(log_path: Path) -> dict:
+    return json.loads(log_path.read_text().strip().splitlines()[-1])
+
+
+def one_size(n_stays, work: Path, args) -> list[dict]:
+    import pandas as pd
+    folder = work / f"n{n_stays}"
+    mimic, table, cache, out = folder / "mimic", folder / "events.parquet", folder / "cache", folder / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = str(_common.default_encoder_folder())
+    rows = []
+
+    def record(stage, result, **extra):
+        rows.append(dict(stays=n_stays, stage=stage, seconds=result["seconds"],
+                         ms_per_stay=1000 * result["seconds"] / n_stays, peak_rss_MiB=result["peak_rss_MiB"], **extra))
+        print(f"  {n_stays} stays, {stage}: {result['seconds']:.1f} s, peak {result['peak_rss_MiB']:.0f} MiB",
+              file=sys.stderr, flush=True)
+
+    record("synthesize", _common.run_measured(["synthetic_mimic.py", "--out-dir", str(mimic), "--n-stays", str(n_stays),
+                                    "--seed", str(args.seed), "--events-per-stay", str(args.events_per_stay)],
+                                   folder / "synthesize.log"))
+    result = _common.run_measured(["extract_cohort.py", "--mimic-dir", str(mimic), "--output", str(table), "--no-progress"],
+                       folder / "extract.log")
+    events = pd.read_parquet(table, columns=["stay_id", "event_type"])
+    record("extract", result, events=int(events["event_type"].notna().sum()))
+    result = _common.run_measured([str(Path(__file__).resolve()), "--stage-embed", str(table), str(cache),
+                        str(args.embed_batch_size)], folder / "embed.log")
+    embedded = last_json(folder / "embed.log")
+    record("embed", result, events=embedded["events"], unique_texts=embedded["unique_texts"])
+    result = _common.run_measured(["train.py", "--data", str(table), "--epochs", str(args.epochs), "--cache-dir", str(cache),
+                        "--output-dir", str(out), "--text-encoder", encoder, "--batch-size", str(args.batch_size),
+                        "--seed", str(args.seed), "--device", "cpu"], folder / "train.log")
+    metrics = json.loads((out / "metrics.json").read_text())
+    record("train (1 epoch + outputs)" if args.epochs == 1 else f"train ({args.epochs} epochs + outputs)", result,
+           events=embedded["events"], test_auroc=(metrics.get("test") or {}).get("auroc"))
+    return rows
+
+
+def main():
+    args = parser.parse_args()
+    if args.stage_embed:
+        return embed_stage(*args.stage_embed)
+    print(_common.machine_description())
+    rows = []
+    with _common.WorkDir(args.work_dir, "bench_scale_") as work:
+        for n_stays in args.sizes:
+            rows += one_size(n_stays, work, args)
+    columns = ["stays", "stage", "seconds", "ms_per_stay", "peak_rss_MiB", "events", "unique_texts", "test_auroc"]
+    rows = [{c: row.get(c, "") for c in columns} for row in rows]
+    print_table(rows, f"Scale: synthetic MIMIC-IV, {args.events_per_stay:g} background events per stay")
+    largest = [r for r in rows if r["stays"] == max(args.sizes)]
+    smallest = [r for r in rows if r["stays"] == min(args.sizes)]
+    total = sum(r["seconds"] for r in largest)
+    growth = total / sum(r["seconds"] for r in smallest) / (max(args.sizes) / min(args.sizes))
+    print_headline(stays=max(args.sizes), total_s=total, peak_rss_MiB=max(r["peak_rss_MiB"] for r in largest),
+                   time_growth_vs_linear=growth,
+                   **{f"{r['stage'].split()[0]}_s": r["seconds"] for r in largest})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Training throughput: the project's dataset and batching vs a prototype-style baseline, same model, same data.
+
+Both ways train train.py's MortalityTransformer (same config, same initial weights, same optimiser step:
+BCE with pos_weight, AdamW, gradient clipping) for whole epochs over the training split of an event table;
+only the data path differs:
+
+- project: train.build_stays (integer rows into one embedding matrix + type ids + scaled times),
+  train.LengthBucketSampler (shuffled batches of similar length), train.collate_stays (right padding to the
+  batch's longest stay) and MortalityTransformer.forward_batch (gathers the vectors on the device);
+- prototype-style baseline (written out here): a torch Dataset whose items are built by concatenating float
+  arrays per stay ([type one-hot | text vector | time] for every event, a copy of every vector), random
+  batches (DataLoader shuffle=True) padded to the longest stay of the batch.
+
+Each way runs in its own process, so its peak memory (ru_maxrss) is its own. Text vectors are random
+(their values do not change the speed); their width is the encoder's (--text-dim).
+
+    python bench/train.py                                  # sample_train.csv, 1 epoch each, ~2-4 minutes
+    python bench/train.py --data events.parquet --epochs 2 --text-dim 768
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import _common
+from _common import print_headline, print_table
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--data", default=str(_common.REPO_ROOT / "sample_train.csv"),
+                    help="event table (CONTRACT section 1); if it does not exist a synthetic one is made")
+parser.add_argument("--synthetic-stays", type=int, default=1000, help="stays of the synthetic table (no --data)")
+parser.add_argument("--epochs", type=int, default=1, help="timed epochs per way")
+parser.add_argument("--batch-size", type=int, default=32, help="train.py's default")
+parser.add_argument("--max-events", type=int, default=256, help="train.py's default; both ways keep the same events")
+parser.add_argument("--text-dim", type=int, default=384, help="text vector width (384: the default encoder)")
+parser.add_argument("--d-model", type=int, default=256)
+parser.add_argument("--n-layers", type=int, default=4)
+parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--worker", choices=["project", "prototype"], help=argparse.SUPPRESS)
+parser.add_argument("--table", help=argparse.SUPPRESS)
+
+
+# ----------------------------------------------------------------------------- data
+
+def synthetic_event_table(path: Path, n_stays: int, seed: int):
+    """A CONTRACT §1 table with demo-like stay lengths (median ~350 events in 48 h, long tail)."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(330), 0.55, n_stays).astype(int), 5, 2000)
+    texts = _common.event_texts(int(lengths.sum()), seed)
+    kinds = np.array([t.split(":", 1)[0].lower() for t in texts])
+    stay = np.repeat(np.arange(n_stays), lengths)
+    minutes = rng.uniform(0, 48 * 60, len(stay))
+    base = pd.Timestamp("2150-01-01")
+    static = dict(gender=rng.choice(["F", "M"], n_stays), race=rng.choice(["WHITE", "BLACK", "ASIAN", "OTHER"], n_stays),
+                  marital_status=rng.choice(["MARRIED", "SINGLE", "WIDOWED"], n_stays),
+                  admission_type=rng.choice(["EW EMER.", "URGENT", "ELECTIVE"], n_stays),
+                  admission_location=rng.choice(["EMERGENCY ROOM", "TRANSFER FROM HOSPITAL"], n_stays),
+                  insurance=rng.choice(["Medicare", "Private", "Medicaid"], n_stays),
+                  first_careunit=rng.choice(["MICU", "SICU", "CVICU"], n_stays),
+                  patient_age=rng.uniform(20, 90, n_stays).round(), mortality=(rng.random(n_stays) < 0.12).astype(int))
+    table = pd.DataFrame({"subject_id": stay // 2 + 10_000, "hadm_id": stay + 20_000, "stay_id": stay + 30_000,
+                          "event_time": base + pd.to_timedelta(48 * 60 - minutes, unit="min"),
+                          "event_type": kinds, "event_text": texts,
+                          "relative_time_to_final_event": minutes,
+                          **{k: v[stay] for k, v in static.items()}})
+    table.to_parquet(path, index=False)
+    return path
+
+
+def load_stays(table_path, args):
+    """Read, split by patient, fit the preprocessor on training rows, build the training stays (project code)."""
+    import train
+    table = train.read_event_table(table_path)
+    split = train.split_stays_by_patient(table, args.seed)
+    is_train = table["stay_id"].map(split).to_numpy() == "train"
+    table = table.loc[is_train].reset_index(drop=True)
+    preprocessor = train.EventPreprocessor().fit(table)
+    is_event = table["event_type"].notna().to_numpy()
+    text_rows = np.zeros(len(table), dtype=np.int64)
+    codes, uniques = train.pd.factorize(table.loc[is_event, "event_text"])
+    text_rows[is_event] = codes
+    stays = train.build_stays(table, preprocessor, text_rows, args.max_events)
+    generator = torch.Generator().manual_seed(args.seed)
+    embedding_matrix = torch.randn(max(1, len(uniques)), args.text_dim, generator=generator) * 0.5
+    return stays, embedding_matrix
+
+
+# ----------------------------------------------------------------------------- the two data paths
+
+class PrototypeDataset(torch.utils.data.Dataset):
+    """Prototype-style items: every stay's event features concatenated from float arrays on each access."""
+
+    def __init__(self, stays, embedding_matrix, n_types):
+        self.stays, self.vectors, self.n_types = stays, embedding_matrix.numpy(), n_types
+
+    def __len__(self):
+        return len(self.stays)
+
+    def __getitem__(self, i):
+        stay = self.stays[i]
+        onehot = np.eye(self.n_types, dtype=np.float32)[stay.type_ids.numpy()]
+        vectors = self.vectors[stay.text_rows.numpy()]
+        times = stay.times.numpy()[:, None]
+        return np.concatenate([onehot, vectors, times], axis=1), stay.static.numpy(), stay.label
+
+
+def prototype_collate(items):
+    """Pad to the longest stay of the (random) batch."""
+    longest = max(1, max(len(events) for events, _, _ in items))
+    width = items[0][0].shape[1]
+    events = np.zeros((len(items), longest, width), dtype=np.float32)
+    mask = np.zeros((len(items), longest), dtype=bool)
+    for i, (features, _, _) in enumerate(items):
+        events[i, :len(features)] = features
+        mask[i, :len(features)] = True
+    static = np.stack([s for _, s, _ in items])
+    labels = np.array([y for _, _, y in items], dtype=np.float32)
+    return torch.from_numpy(events), torch.from_numpy(mask), torch.from_numpy(static), torch.from_numpy(labels)
+
+
+def batches(way, stays, embedding_matrix, args, epoch, model):
+    """Yield (logits, labels, real positions, padded positions) for one epoch of one way."""
+    import train
+    if way == "project":
+        sampler = train.LengthBucketSampler([len(s.type_ids) for s in stays], args.batch_size, shuffle=True,
+                                            seed=args.seed)
+        sampler.set_epoch(epoch)
+        for idx in sampler:
+            batch = train.collate_stays([stays[i] for i in idx])
+            logits = model.forward_batch(batch, embedding_matrix)
+            yield logits, batch["label"], int(batch["mask"].sum()), batch["mask"].numel()
+    else:
+        loader = torch.utils.data.DataLoader(PrototypeDataset(stays, embedding_matrix, len(train.EVENT_TYPES)),
+                                             batch_size=args.batch_size, shuffle=True, collate_fn=prototype_collate,
+                                             generator=torch.Generator().manual_seed(args.seed + epoch))
+        for events, mask, static, labels in loader:
+            logits = model(events, mask, static)
+            yield logits, labels, int(mask.sum()), mask.numel()
+
+
+def worker(args):
+    """One way, in its own process: prints a JSON line."""
+    import train
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    stays, embedding_matrix = load_stays(args.table, args)
+    setup_s = time.perf_counter() - start
+    torch.manual_seed(args.seed)
+    config = train.ModelConfig(text_dim=args.text_dim, n_static=int(stays[0].static.numel()), d_model=args.d_model,
+                               n_layers=args.n_layers)
+    model = train.MortalityTransformer(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    labels = np.array([s.label for s in stays])
+    pos_weight = torch.tensor(float((labels == 0).sum() / max(1, labels.sum())))
+    real = total = 0
+    epoch_seconds = []
+    for epoch in range(args.epochs):
+        start = time.perf_counter()
+        for logits, y, n_real, n_total in batches(args.worker, stays, embedding_matrix, args, epoch, model):
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            real, total = real + n_real, total + n_total
+        epoch_seconds.append(time.perf_counter() - start)
+    seconds = float(np.mean(epoch_seconds))
+    print(json.dumps(dict(way=args.worker, stays=len(stays), events=int(sum(len(s.type_ids) for s in stays)),
+                          setup_s=setup_s, epoch_s=seconds, stays_per_s=len(stays) / seconds,
+                          padding=1 - real / total, peak_rss_MiB=_common.peak_rss_mib())))
+
+
+def main():
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    print(_common.machine_description())
+    with _common.WorkDir(None, "bench_train_") as work:
+        table = Path(args.data)
+        if not table.exists():
+            print(f"{table} not found: using a synthetic table of {args.synthetic_stays} stays", file=sys.stderr)
+            table = synthetic_event_table(work / "events.parquet", args.synthetic_stays, args.seed)
+        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                       if k not in ("worker", "table", "data", "synthetic_stays")]
+        results = {}
+        for way in ("prototype", "project"):
+            results[way] = _common.run_json_subprocess([__file__, f"--worker={way}", f"--table={table}",
+                                                        *passthrough])
+    base = results["prototype"]
+    rows = []
+    for way, r in results.items():
+        rows.append(dict(way="project (bucketed batches, index gather)" if way == "project"
+                         else "prototype-style (random batches, per-item concat)", stays=r["stays"],
+                         events=r["events"], epoch_s=r["epoch_s"], stays_per_s=r["stays_per_s"],
+                         speedup=r["stays_per_s"] / base["stays_per_s"], padding=r["padding"],
+                         peak_rss_MiB=r["peak_rss_MiB"], setup_s=r["setup_s"]))
+    print_table(rows, f"Training throughput ({args.epochs} epoch(s), batch {args.batch_size}, "
+                      f"max {args.max_events} events, text dim {args.text_dim})")
+    project = results["project"]
+    print_headline(speedup=project["stays_per_s"] / base["stays_per_s"], padding=project["padding"],
+                   baseline_padding=base["padding"], stays_per_s=project["stays_per_s"],
+                   peak_rss_MiB=project["peak_rss_MiB"], baseline_peak_rss_MiB=base["peak_rss_MiB"])
+
+
+if __name__ == "__main__":
+    main()
