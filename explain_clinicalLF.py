@@ -462,7 +462,7 @@ def _json_default(o):
 
 @dataclass
 class ExplainSettings:
-    n_steps: int = 50                   # IG / LayerIG integration steps (Gauss-Legendre)
+    n_steps: int = 32                   # IG / LayerIG integration steps (Gauss-Legendre)
     internal_batch_size: int | None = 512  # rows (stays x steps) per IG forward/backward chunk
     baseline: str = "zero"              # IG/LayerIG event baseline and static baseline: "zero" or "mean"
     perturbations_per_eval: int = 8     # FeatureAblation: ablated groups per forward
@@ -641,7 +641,7 @@ def _default_cache_dir(args):
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
                                 save_dir=DEFAULT_SAVE_DIR, split="test", max_stays=100, stay_ids=None,
-                                batch_size=16, n_steps=50, internal_batch_size=512, baseline="zero",
+                                batch_size=16, n_steps=32, internal_batch_size=512, baseline="zero",
                                 perturbations_per_eval=8, curve_points=11, random_orders=3,
                                 randomisation_stays=20, cache_dir=None, text_encoder=None, device="cpu",
                                 max_events=None, seed=0, make_figures=True, show_progress=True):
@@ -1130,7 +1130,9 @@ def build_arg_parser():
     p.add_argument("--stay-ids", type=int, nargs="*", default=[],
                    help="also explain these stays and draw a timeline for each")
     p.add_argument("--batch-size", type=int, default=16, help="stays per explanation batch")
-    p.add_argument("--n-steps", type=int, default=50, help="integration steps of (Layer) Integrated Gradients")
+    p.add_argument("--n-steps", type=int, default=32,
+                   help="integration steps of (Layer) Integrated Gradients (Gauss-Legendre; check the reported "
+                   "convergence delta)")
     p.add_argument("--internal-batch-size", type=int, default=512,
                    help="rows (stays x steps) per IG forward/backward chunk; lower it to save memory")
     p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
