@@ -264,24 +264,35 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
 
     tmp = output.parent / f".tmp-{os.getpid()}-{output.name}"  # keeps the suffix: format by extension
     spill_dir = Path(temp_dir) if temp_dir else output.parent / f".extract_cohort_spill.{os.getpid()}"
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    database = spill_dir / f"mimic-{os.getpid()}.duckdb"
     config = {"memory_limit": memory_limit, "temp_directory": str(spill_dir),
               "preserve_insertion_order": True}
     if threads:
         config["threads"] = int(threads)
-    con = duckdb.connect(":memory:", config=config)
+    # The needed columns are first copied into a DuckDB database file (not into memory): DuckDB's csv.gz
+    # reader holds its buffers while a multi-table query runs, which breaks the memory limit, and native
+    # tables give the optimizer real row counts for choosing join sides.
+    con = duckdb.connect(str(database), config=config)
     try:
         con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         for dataset in QUERY_DATASETS.values():
             con.execute(f"CREATE SCHEMA {dataset}")
         for table, path in tables.items():
             module, name = table.split("/")
-            types = ", ".join(f"'{col}': '{typ}'" for col, typ in MIMIC_TABLES[table].items())
+            columns = MIMIC_TABLES[table]
+            types = ", ".join(f"'{col}': '{typ}'" for col, typ in columns.items())
+            if progress:
+                print(f"Loading {table} from {path}", file=sys.stderr, flush=True)
             try:
-                con.execute(f"""CREATE VIEW {QUERY_DATASETS[module]}.{name} AS SELECT * FROM read_csv(
-                    '{sql_string(path)}', header = true, types = {{{types}}}, timestampformat = '%Y-%m-%d %H:%M:%S')""")
+                con.execute(f"""CREATE TABLE {QUERY_DATASETS[module]}.{name} AS SELECT {', '.join(columns)}
+                    FROM read_csv('{sql_string(path)}', header = true, types = {{{types}}},
+                                  timestampformat = '%Y-%m-%d %H:%M:%S')""")
             except duckdb.Error as err:
                 raise ExtractionError(f"Cannot read MIMIC-IV table {path}: {err}. Is the file complete "
                                       "(re-download it) and a MIMIC-IV csv?") from err
+        if progress:
+            print("Running query.sql", file=sys.stderr, flush=True)
         for statement in setup:
             con.execute(statement)
         if raw_numbers:
@@ -296,6 +307,8 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
     finally:
         con.close()
         tmp.unlink(missing_ok=True)
+        for leftover in (database, Path(f"{database}.wal")):
+            leftover.unlink(missing_ok=True)
         if not temp_dir:
             shutil.rmtree(spill_dir, ignore_errors=True)
 
