@@ -873,7 +873,7 @@ def fig_layer_attention(collected, path):
     hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
     order = np.argsort(-hours)  # oldest left, prediction time right
     patterns = collected.layer_pattern_frame()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw=dict(width_ratios=[3, 1.2]))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw=dict(width_ratios=[3, 1.2]), layout="constrained")
     ax = axes[0]
     image = np.vstack([received, stay["attributions"]["attention_pooling"][None]])[:, order]
     im = ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -901,8 +901,9 @@ def fig_layer_attention(collected, path):
 def fig_sequence_importance(collected, path):
     plt = _plt()
     frame = collected.event_frame()
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
     edges = (0, 1, 2, 4, 8, 12, 24, 48, np.inf)
+    labels = None
     for method in METHODS:
         rows = frame[frame.method == method]
         if rows.empty:
@@ -910,12 +911,18 @@ def fig_sequence_importance(collected, path):
         hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
         table = analyze_critical_time_periods(rows["attribution"].to_numpy()[None], hours[None],
                                               np.ones((1, len(rows)), bool), edges)
-        ax.plot(range(len(table)), table["share_of_weight"], marker="o", label=METHOD_LABELS[method])
-    ax.set_xticks(range(len(edges) - 1), [f"{a:g}-{b:g}h" for a, b in zip(edges[:-1], edges[1:])])
+        table = table[table.n_events > 0]
+        overall = np.abs(rows["attribution"].to_numpy()).mean()
+        # per-event importance relative to the method's average event: windows with many events do not win
+        ax.plot(range(len(table)), table["mean_weight"] / max(overall, 1e-12), marker="o", label=METHOD_LABELS[method])
+        labels = [f"{w}\n(n={n})" for w, n in zip(table["window"], table["n_events"])]
+    if labels:
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.axhline(1.0, color="0.5", lw=0.5, ls="--")
     ax.invert_xaxis()  # the prediction time on the right
-    ax.set_xlabel("window of hours before the prediction time")
-    ax.set_ylabel("share of total |attribution|")
-    ax.set_title("When do the events that drive predictions happen? (all explained stays)")
+    ax.set_xlabel("window of hours before the prediction time [from, to)")
+    ax.set_ylabel("mean |attribution| per event\n/ the method's mean over all events")
+    ax.set_title("When, before the prediction, are single events most decisive? (all explained stays; 1 = average event)")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -968,7 +975,7 @@ def fig_feature_importance(collected, path):
     plt = _plt()
     frame = collected.event_frame()
     static = collected.static_frame()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw=dict(width_ratios=[2, 1]))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw=dict(width_ratios=[2, 1]), layout="constrained")
     ax = axes[0]
     ig = frame[frame.method == "integrated_gradients"]
     if not ig.empty:
@@ -994,11 +1001,12 @@ def fig_feature_importance(collected, path):
 
 def fig_query_vector(collected, path):
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     if collected.query_rows:
         q = pd.concat(collected.query_rows, ignore_index=True)
         types = sorted(q.event_type.unique())
         axes[0].boxplot([q.loc[q.event_type == t, "cosine"] for t in types], tick_labels=types)
+        axes[0].tick_params(axis="x", labelrotation=30)
         axes[0].set_ylabel("cosine(pooling query, transformer output)")
         axes[0].set_title("What does the pooling query look for? By event type", fontsize=10)
         rho = spearmanr(q["cosine"], q["pooling_weight"]).statistic if len(q) > 2 else float("nan")
@@ -1016,6 +1024,7 @@ def _by_type_and_top(ax_box, ax_top, frame, method):
     rows = frame[frame.method == method]
     types = sorted(rows.event_type.astype(str).unique())
     ax_box.boxplot([rows.loc[rows.event_type == t, "attribution"] for t in types], tick_labels=types, showfliers=False)
+    ax_box.tick_params(axis="x", labelrotation=30)
     ax_box.axhline(0, color="0.5", lw=0.5)
     ax_box.set_ylabel("attribution to the logit")
     ax_box.set_title(f"{METHOD_LABELS[method]}: by event type", fontsize=10)
@@ -1040,7 +1049,7 @@ def _method_scatter(ax, frame, method, other="integrated_gradients"):
 def fig_captum(collected, path, method, faithfulness):
     plt = _plt()
     frame = collected.event_frame()
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]), layout="constrained")
     _by_type_and_top(axes[0], axes[1], frame, method)
     if method == "integrated_gradients":
         deltas = np.asarray(collected.ig_relative_delta)
@@ -1060,11 +1069,13 @@ def fig_captum(collected, path, method, faithfulness):
     return save_figure(fig, path)
 
 
-def fig_stay_timeline(stay, path):
-    """Every event of one stay on a time axis, coloured by its IG attribution, the top events named."""
+def fig_stay_timeline(stay, path, static_names=()):
+    """Every event of one stay on a time axis, coloured by its IG attribution, the top events named; the
+    static columns' IG attributions beside it."""
     plt = _plt()
     meta = stay["meta"]
-    fig, ax = plt.subplots(figsize=(13, 4.5))
+    fig, (ax, ax_static) = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw=dict(width_ratios=[4, 1]),
+                                        layout="constrained")
     title = f"Stay {stay['stay_id']}: predicted P(death) = {stay['probability']:.2f}, outcome: " + \
         ("died" if stay["label"] else "survived")
     if len(meta):
@@ -1074,17 +1085,28 @@ def fig_stay_timeline(stay, path):
         values = stay["attributions"]["integrated_gradients"]
         limit = max(float(np.abs(values).max()), 1e-9)
         sc = ax.scatter(hours, y, c=values, cmap="RdBu_r", vmin=-limit, vmax=limit, s=40, edgecolors="0.3", lw=0.3)
+        middle = (hours.max() + hours.min()) / 2
         for rank, j in enumerate(np.argsort(-np.abs(values))[:6]):
+            right_half = hours[j] < middle  # the axis is inverted: small hours are on the right
             ax.annotate(f"{_short(meta.event_text.iloc[j], 40)} ({values[j]:+.2f})", (hours[j], y[j]),
-                        xytext=(5, 8 + 8 * (rank % 3)), textcoords="offset points", fontsize=7,
+                        xytext=(-8 if right_half else 8, 10 + 9 * (rank % 3) if rank % 2 == 0 else -14 - 9 * (rank % 3)),
+                        textcoords="offset points", fontsize=7, ha="right" if right_half else "left",
                         arrowprops=dict(arrowstyle="-", lw=0.5))
         ax.set_yticks(range(len(types)), types)
+        ax.set_ylim(-0.8, len(types) - 0.2)
         ax.invert_xaxis()
-        fig.colorbar(sc, ax=ax, fraction=0.03, label="IG attribution (red = towards death)")
+        fig.colorbar(sc, ax=ax, fraction=0.03, label="IG attribution to the logit (red = towards death)")
     else:
-        title += " — no events: predicted from static features alone"
+        title += " — no events: predicted from its static features alone"
     ax.set_xlabel("hours before the prediction time")
     ax.set_title(title, fontsize=10)
+    static = stay["static"].get("integrated_gradients")
+    if static is not None and len(static_names) == len(static):
+        order = np.argsort(np.abs(static))
+        ax_static.barh(np.asarray(static_names)[order], static[order],
+                       color=np.where(static[order] >= 0, "tab:red", "tab:blue"))
+        ax_static.axvline(0, color="0.4", lw=0.5)
+    ax_static.set_title("static columns (IG)", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -1110,7 +1132,7 @@ def make_all_figures(collected, save_dir, faithfulness, stay_ids):
     by_id = {s["stay_id"]: s for s in collected.stays}
     for stay_id in stay_ids:
         name = f"timeline_stay_{stay_id}.png"
-        paths[name] = fig_stay_timeline(by_id[int(stay_id)], save_dir / name)
+        paths[name] = fig_stay_timeline(by_id[int(stay_id)], save_dir / name, collected.static_names)
     return paths
 
 
@@ -1156,6 +1178,8 @@ def build_arg_parser():
 
 def main(argv=None):
     args = build_arg_parser().parse_args(argv)
+    train = _train_module()
+    user_errors = (ExplainError, train.EventTableError, train.CheckpointError, train.TextEncoderError)
     try:
         result = run_explainability_analysis(
             checkpoint_path=args.checkpoint, test_data_path=args.data, save_dir=args.save_dir, split=args.split,
@@ -1165,8 +1189,7 @@ def main(argv=None):
             random_orders=args.random_orders, randomisation_stays=args.randomisation_stays,
             cache_dir=args.cache_dir, text_encoder=args.text_encoder, device=args.device,
             max_events=args.max_events, seed=args.seed, make_figures=not args.no_figures)
-    except (ExplainError, ValueError, FileNotFoundError) as e:
-        # EventTableError, CheckpointError and TextEncoderError are ValueErrors with a message for the user
+    except user_errors as e:  # a message for the user (it names the file, stay or setting); bugs keep their traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     f = result["faithfulness"]
