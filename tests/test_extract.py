@@ -332,3 +332,14 @@ def test_reliability_cli_error_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert re.search(r"error: .*--observation-hours must be > 0", result.stderr)
+
+
+def test_reliability_bigquery_engine_needs_project_and_package(tmp_path, monkeypatch):
+    with pytest.raises(ExtractionError, match="--project"):
+        run_extraction(tmp_path / "x.parquet", engine="bigquery", project=None)
+    monkeypatch.setitem(sys.modules, "google.cloud.bigquery", None)  # as if not installed
+    with pytest.raises(ExtractionError, match="pip install google-cloud-bigquery"):
+        run_extraction(tmp_path / "x.parquet", engine="bigquery", project="my-project")
+    with pytest.raises(ExtractionError, match="--mimic-dir"):
+        run_extraction(tmp_path / "x.parquet", engine="duckdb")
+    assert_nothing_written(tmp_path)
