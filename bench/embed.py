@@ -21,16 +21,20 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import _common
+import longformer_fast
 from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--encoders", nargs="+", default=["longformer", "minilm"], choices=["longformer", "minilm"])
-parser.add_argument("--longformer-texts", type=int, default=48, help="distinct texts for the Longformer run")
-parser.add_argument("--minilm-texts", type=int, default=300, help="distinct texts for the MiniLM run")
+parser.add_argument("--longformer-texts", type=int, default=128, help="distinct texts for the Longformer run")
+parser.add_argument("--minilm-texts", type=int, default=500, help="distinct texts for the MiniLM run")
 parser.add_argument("--batch-size", type=int, default=64, help="project's encoder batch size")
 parser.add_argument("--prototype-max-length", type=int, default=512,
                     help="the prototype padded every text to this many tokens")
 parser.add_argument("--bf16", action="store_true", help="also time the project's encoder with bfloat16 weights")
+parser.add_argument("--without-fast-path", action="store_true",
+                    help="also time the project's encoder with longformer_fast's full-attention path switched off "
+                         "(batched LongformerModel: shows what batching alone gives)")
 parser.add_argument("--repeats", type=int, default=3, help="project runs per setting (median is reported)")
 parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 parser.add_argument("--work-dir", default=None, help="where to build the Longformer-base folder (default: temp)")
@@ -83,14 +87,23 @@ def bench_encoder(name, folder, n_unique, args):
                      texts_per_s=len(unique) / prototype_s, speedup=1.0, max_abs_diff=0.0, min_cosine=1.0))
 
     results = {}
-    for dtype in [torch.float32] + ([torch.bfloat16] if args.bf16 else []):
+    settings = [(torch.float32, True)] + ([(torch.bfloat16, True)] if args.bf16 else [])
+    if args.without_fast_path and name == "longformer":
+        settings.append((torch.float32, False))
+    for dtype, fast_path in settings:
         encoder = make_project_encoder(folder, dtype, args.batch_size)
         encoder.encode(warm_texts)
         times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            texts, vectors = project_embed(encoder, stream)
-            times.append(time.perf_counter() - start)
+        original = longformer_fast.fits_fast_path
+        if not fast_path:
+            longformer_fast.fits_fast_path = lambda model, mask: False
+        try:
+            for _ in range(args.repeats if fast_path else 1):
+                start = time.perf_counter()
+                texts, vectors = project_embed(encoder, stream)
+                times.append(time.perf_counter() - start)
+        finally:
+            longformer_fast.fits_fast_path = original
         assert texts == unique
         seconds = float(np.median(times))
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -98,10 +111,12 @@ def bench_encoder(name, folder, n_unique, args):
         cosine = float((np.sum(vectors * reference, 1) / (np.linalg.norm(vectors, axis=1)
                                                           * np.linalg.norm(reference, axis=1))).min())
         dtype_name = str(dtype).replace("torch.", "")
-        rows.append(dict(encoder=name, way="project TextEncoder", dtype=dtype_name, events=len(stream),
+        way = "project TextEncoder" if fast_path else "project TextEncoder, fast path off"
+        rows.append(dict(encoder=name, way=way, dtype=dtype_name, events=len(stream),
                          unique_texts=len(unique), seconds=seconds, texts_per_s=len(unique) / seconds,
                          speedup=prototype_s / seconds, max_abs_diff=diff, min_cosine=cosine))
-        results[dtype_name] = rows[-1]
+        if fast_path:
+            results[dtype_name] = rows[-1]
     return rows, results
 
 
