@@ -340,20 +340,22 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
             raise ExtractionError(f"BigQuery query on project {project} failed: {err}. Authenticate with "
                                   "`gcloud auth application-default login` and make sure your account has "
                                   "PhysioNet credentialed access to MIMIC-IV on BigQuery.") from err
+        # stream the result pages to the temporary file (never the whole result in memory)
         writer = None
-        sink = open(tmp, "wb")
-        try:
-            if output.name.endswith(".csv.gz"):
-                sink = gzip.GzipFile(fileobj=sink, mode="wb")
-            for batch in rows.to_arrow_iterable():
-                if writer is None:
-                    writer = (pq.ParquetWriter(sink, batch.schema, compression="zstd")
-                              if output.name.endswith(".parquet") else pacsv.CSVWriter(sink, batch.schema))
-                writer.write_batch(batch) if hasattr(writer, "write_batch") else writer.write(batch)
-        finally:
-            if writer is not None:
-                writer.close()
-            sink.close()
+        with open(tmp, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb") if output.name.endswith(".gz")
+                                      else raw) as sink:
+            try:
+                for batch in rows.to_arrow_iterable():
+                    if writer is None:
+                        writer = (pq.ParquetWriter(sink, batch.schema, compression="zstd")
+                                  if output.name.endswith(".parquet") else pacsv.CSVWriter(sink, batch.schema))
+                    writer.write_batch(batch)
+            finally:
+                if writer is not None:
+                    writer.close()
+        if writer is None:
+            raise ExtractionError(f"BigQuery returned no rows for project {project}: is the dataset "
+                                  f"{hosp_dataset} / {icu_dataset} MIMIC-IV?")
         con = duckdb.connect(":memory:")
         counts = cohort_counts(con, tmp)
         con.close()

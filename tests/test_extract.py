@@ -343,3 +343,51 @@ def test_reliability_bigquery_engine_needs_project_and_package(tmp_path, monkeyp
     with pytest.raises(ExtractionError, match="--mimic-dir"):
         run_extraction(tmp_path / "x.parquet", engine="duckdb")
     assert_nothing_written(tmp_path)
+
+
+def test_bigquery_engine_streams_result_with_query_parameters(demo_table, tmp_path, monkeypatch):
+    """The BigQuery path with a stand-in client (no network here): the SQL it sends is the translated
+    query.sql with @parameters passed as typed query parameters, and the pages it receives are streamed
+    to the output like the DuckDB engine's."""
+    import types
+
+    import pyarrow as pa
+
+    table, counts = demo_table
+    sent = {}
+
+    class Job:
+        def result(self, page_size):
+            sent["page_size"] = page_size
+            return types.SimpleNamespace(to_arrow_iterable=lambda: iter(
+                pa.Table.from_pandas(table, preserve_index=False).to_batches(max_chunksize=5000)))
+
+    class Client:
+        def __init__(self, project):
+            sent["project"] = project
+
+        def query(self, sql, job_config):
+            sent["sql"], sent["params"] = sql, job_config.query_parameters
+            return Job()
+
+    fake = types.ModuleType("google.cloud.bigquery")
+    fake.Client = Client
+    fake.QueryJobConfig = lambda query_parameters: types.SimpleNamespace(query_parameters=query_parameters)
+    fake.ScalarQueryParameter = lambda name, kind, value: (name, kind, value)
+    google, cloud = types.ModuleType("google"), types.ModuleType("google.cloud")
+    google.cloud, cloud.bigquery = cloud, fake
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.cloud", cloud)
+    monkeypatch.setitem(sys.modules, "google.cloud.bigquery", fake)
+
+    out = tmp_path / "bq.csv.gz"
+    got = run_extraction(out, engine="bigquery", project="my-project", observation_hours=24,
+                         hosp_dataset="p.h", icu_dataset="p.i")
+    assert sent["project"] == "my-project"
+    assert sorted(sent["params"]) == [("lookback_hours", "FLOAT64", 0.0), ("observation_hours", "FLOAT64", 24.0),
+                                      ("whole_stay", "BOOL", False)]
+    assert "p.h.labevents" in sent["sql"] and "@observation_hours" in sent["sql"]
+    sqlglot.parse(sent["sql"], read="bigquery")
+    assert got == counts
+    assert len(pd.read_csv(out)) == len(table)
+    assert_nothing_written(tmp_path, keep={"bq.csv.gz"})
