@@ -26,7 +26,6 @@ import argparse
 import gzip
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -352,7 +351,7 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     dod_by_patient = np.full(n_patients, np.iinfo(np.int64).min)
     np.maximum.at(dod_by_patient, patient_of_stay[died], deathtime[died])
 
-    w.add("hosp/patients", n_patients, subject_id=subject_id, gender=strings(*[STATIC_CHOICES["gender"][0]], gender),
+    w.add("hosp/patients", n_patients, subject_id=subject_id, gender=strings(STATIC_CHOICES["gender"][0], gender),
           anchor_age=anchor_age, anchor_year=anchor_year,
           anchor_year_group=strings(("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019"),
                                     rng.integers(0, 4, n_patients)),
@@ -691,4 +690,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(None if main() else 0)
+    main()
