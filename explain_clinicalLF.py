@@ -647,7 +647,8 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                                 max_events=None, seed=0, make_figures=True, show_progress=True):
     """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
-    static_attributions=DataFrame, predictions=DataFrame)."""
+    static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
+    feature_importance_over_time, critical_time_periods: {method: DataFrame}})."""
     if baseline not in ("zero", "mean"):
         raise ExplainError(f"--baseline must be 'zero' or 'mean', not {baseline!r}")
     torch.manual_seed(seed)
@@ -714,8 +715,17 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
              "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
     if make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, stay_ids or []))
-    return dict(paths=paths, faithfulness=faithfulness, event_attributions=collected.event_frame(),
-                static_attributions=collected.static_frame(), predictions=collected.prediction_frame())
+    events_frame = collected.event_frame()
+    hours = events_frame["relative_time_to_final_event"].to_numpy(dtype=float)[None] / 60
+    analyses = dict(
+        layer_attention_patterns=collected.layer_pattern_frame(),
+        feature_importance_over_time=analyze_feature_importance_over_time(events_frame),
+        critical_time_periods={m: analyze_critical_time_periods(
+            events_frame["attribution"].to_numpy()[None] * (events_frame["method"] == m).to_numpy()[None], hours,
+            (events_frame["method"] == m).to_numpy()[None]) for m in METHODS})
+    return dict(paths=paths, faithfulness=faithfulness, event_attributions=events_frame,
+                static_attributions=collected.static_frame(), predictions=collected.prediction_frame(),
+                analyses=analyses)
 
 
 class Collected:

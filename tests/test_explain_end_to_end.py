@@ -48,6 +48,10 @@ def test_writes_every_output_of_contract_section_4(explained):
             f"timeline_stay_{explained['empty_stay']}.png", f"timeline_stay_{explained['long_stay']}.png"} <= names
     for path in paths.values():
         assert path.is_file() and path.stat().st_size > 0
+    analyses = explained["result"]["analyses"]
+    assert len(analyses["layer_attention_patterns"]) == 2 * 4  # layers x heads of the tiny model
+    for method, table in analyses["critical_time_periods"].items():
+        assert table["share_of_weight"].sum() == pytest.approx(1.0), method
     assert not list((explained["root"] / "explain").glob(".*tmp"))  # atomic writes leave no temporary file
 
 
@@ -144,6 +148,24 @@ def test_checkpoint_from_another_encoder_or_feature_set_says_what_differs(traine
     torch.save(ckpt, other)
     with pytest.raises(ex.ExplainError, match="static_categorical: checkpoint has .* this train.py uses"):
         ex.run_explainability_analysis(other, trained["data"], tmp_path, cache_dir=trained["cache"])
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # would create the marker file if unpickled
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused_and_nothing_runs(trained, tmp_path):
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"format_version": 1, "model_state": _RunsCodeWhenUnpickled(marker)}, crafted)
+    with pytest.raises(train.CheckpointError, match="crafted.pth"):
+        ex.run_explainability_analysis(crafted, trained["data"], tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_lists_every_option_with_its_default():
