@@ -103,7 +103,7 @@ class EventRemovalForward(LogitForward):
 # The attribution methods, each on one batch (events [B,L,F], mask Bool[B,L], static [B,S]).
 
 def integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
-                         n_steps=50, internal_batch_size=None):
+                         n_steps=32, internal_batch_size=None):
     """IG to the logit. Baselines (documented choice): every real event starts from `event_baseline`
     (a [F] vector: zeros or the training-mean event), every padded position from itself (so its
     attribution is exactly 0), static features from `static_baseline` ([S], zeros or training mean).
@@ -136,7 +136,7 @@ def find_input_projection(model):
                        "needs the layer that projects the event features.")
 
 
-def layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=50,
+def layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
                                internal_batch_size=None):
     """LayerIG on the input projection's output, summed over its d_model units per event. The layer
     baseline is the projection of the same input baseline as IG (padded positions: their own input, so
@@ -682,8 +682,11 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     random_model = reinitialised_copy(model, seed=seed + 1) if randomisation_stays else None
     collected = Collected(static_names=static_names)
     rng = np.random.default_rng(seed)
-    n_random_done = 0
-    for i in tqdm(range(0, len(stays), batch_size), desc="explaining", unit="batch", disable=not show_progress):
+    starts = list(range(0, len(stays), batch_size))
+    # the sanity check takes batches spread over the length-sorted stays, not only the shortest ones
+    n_check = min(len(starts), math.ceil(randomisation_stays / batch_size)) if randomisation_stays else 0
+    check_batches = set(np.linspace(0, len(starts) - 1, n_check).round().astype(int).tolist()) if n_check else set()
+    for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
         chunk = stays[i:i + batch_size]
         batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
         mask, static = batch["mask"].bool(), batch["static"].float()
@@ -700,10 +703,9 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         faith = faithfulness_for_batch(model, events, mask, static,
                                        {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
         randomised = None
-        if random_model is not None and n_random_done < randomisation_stays:
+        if random_model is not None and batch_number in check_batches:
             randomised = explain_batch(random_model, events, mask, static, static_groups, settings,
                                        event_baseline, static_baseline)
-            n_random_done += len(chunk)
         collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted)
 
     faithfulness = collected.faithfulness(settings, has_planted)
