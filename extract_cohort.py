@@ -5,11 +5,12 @@ Cohort extraction: runs query.sql on MIMIC-IV and writes the event table of CONT
     python extract_cohort.py --engine bigquery --project my-gcp-project --output cohort.parquet
 
 query.sql is written once in BigQuery SQL. For the embedded engine (DuckDB, the default) it is
-translated with sqlglot, its parameters are bound as literals in the syntax tree, and it runs over
-views of the MIMIC-IV csv(.gz) files; the result streams straight to a temporary file beside the
-output (COPY ... TO), which is fsynced and renamed when complete, so no table is ever loaded into
-pandas and a killed run leaves no half-written output. DuckDB spills to a temporary directory
-under a memory limit, so full MIMIC-IV runs on a 16 GB laptop.
+translated with sqlglot and its parameters are bound as literals in the syntax tree; the columns it
+needs are copied from the MIMIC-IV csv(.gz) files into a DuckDB database file in a temporary folder,
+and the result streams straight to a temporary file beside the output (COPY ... TO), which is
+fsynced and renamed when complete. No table is ever loaded into pandas, a killed run leaves no
+half-written output, and DuckDB spills to the temporary folder beyond its memory limit, so full
+MIMIC-IV fits a 16 GB laptop.
 """
 import argparse
 import gzip
