@@ -51,6 +51,7 @@ def build_arg_parser():
     p.add_argument("--text-max-length", type=int, default=None, help="tokens per text (default: the encoder's limit)")
     p.add_argument("--embed-batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=str(REPO_DIR / "clinical_LF_precomp_emb"))
+    p.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
     # data
     p.add_argument("--max-events", type=int, default=256, help="keep the most recent N events of each stay")
     # model
@@ -66,13 +67,13 @@ def build_arg_parser():
     p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
                    help="half-life of the recency prior of the temporal-aware term")
     # optimisation
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-frac", type=float, default=0.1, help="fraction of all steps spent in linear warm-up")
+    p.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--patience", type=int, default=6, help="early stopping: epochs without a better val AUROC")
+    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val AUROC")
     p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
     # bookkeeping
     p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
@@ -868,6 +869,10 @@ class MortalityTransformer(nn.Module):
         super().__init__()
         self.config = config
         n_in = config.n_event_types + config.text_dim + 1
+        # Sentence encoders' vectors are anisotropic (a few large shared dimensions); standardising them with
+        # training-set statistics (set_text_normalization, saved in the state dict) makes texts separable early.
+        self.register_buffer("text_mean", torch.zeros(config.text_dim))
+        self.register_buffer("text_scale", torch.ones(config.text_dim))
         self.input_proj = nn.Linear(n_in, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layers)])
@@ -877,11 +882,18 @@ class MortalityTransformer(nn.Module):
             nn.Linear(config.d_model + config.n_static, 256), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(256, 128), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(128, 1))
 
+    @torch.no_grad()
+    def set_text_normalization(self, training_vectors):
+        """Per-dimension mean and std of the text vectors of the training events."""
+        self.text_mean.copy_(training_vectors.mean(0))
+        self.text_scale.copy_(training_vectors.std(0).clamp_min(1e-3) if len(training_vectors) > 1 else 1.0)
+
     def event_features(self, text_vectors, type_ids, times):
-        """[type one-hot | text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
+        """[type one-hot | standardised text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
-        features = torch.cat([onehot, text_vectors, times.unsqueeze(-1).to(text_vectors.dtype)], dim=-1)
+        text = (text_vectors - self.text_mean) / self.text_scale
+        features = torch.cat([onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)], dim=-1)
         return features * real
 
     def forward(self, events, mask, static, return_attention=False, return_pooling=False):
@@ -1174,6 +1186,9 @@ def main(argv=None):
                                             args.embed_batch_size, embed_stats)
     if ddp and master:
         torch.distributed.barrier()
+    if getattr(args, "embed_only", False):
+        log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
+        return
     embedding_matrix = embedding_matrix.to(device)
     lengths = np.array([len(s.type_ids) for s in stays])
     n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
@@ -1192,7 +1207,10 @@ def main(argv=None):
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                          dropout=args.dropout, pool_heads=args.pool_heads)
     torch.manual_seed(args.seed)
-    model = MortalityTransformer(config).to(device)
+    model = MortalityTransformer(config)
+    train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
+    model.set_text_normalization(embedding_matrix[train_text_rows.to(embedding_matrix.device)].cpu())
+    model = model.to(device)
     raw_model = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
