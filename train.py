@@ -1119,8 +1119,22 @@ def _fault_kill_point():
     return int(value) if value else None
 
 
+def data_fingerprint(table) -> str:
+    """MD5 of the stays, labels and event texts: a resumed run must see the same data."""
+    digest = hashlib.md5()
+    for col in ("stay_id", "subject_id", "mortality", "event_text", "relative_time_to_final_event"):
+        digest.update(pd.util.hash_pandas_object(table[col], index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def main(argv=None):
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.d_model % args.n_heads or args.d_model % args.pool_heads:
+        parser.error("--d-model must be divisible by --n-heads and --pool-heads")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -1169,6 +1183,10 @@ def main(argv=None):
         if not (stay_split == name).any():
             raise EventTableError(f"{args.data}: the {name} split is empty; the table needs more patients")
     train_rows = table["stay_id"].map(split).to_numpy() == "train"
+    fingerprint = data_fingerprint(table)
+    if resume is not None and resume.get("data_fingerprint") != fingerprint:
+        raise CheckpointError(f"{latest_path}: was trained on other data than {args.data} (the table changed since); "
+                              "start a new run (without --resume) or restore the original table")
     if resume is not None:
         preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
         encoder_info = dict(resume["text_encoder"])
@@ -1252,7 +1270,7 @@ def main(argv=None):
         p = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(config),
              "model_state": raw_model.state_dict(), "preprocessor": preprocessor.state_dict(),
              "text_encoder": encoder_info, "args": vars(args), "epoch": epoch, "best_val_auroc": best_auroc,
-             "static_feature_names": preprocessor.static_feature_names}
+             "static_feature_names": preprocessor.static_feature_names, "data_fingerprint": fingerprint}
         if full:
             p.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                      rng=rng_state(), history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,

@@ -44,6 +44,11 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_model(tmp_path, tiny_bert_
         assert torch.equal(v, best_b["model_state"][k]), k
     assert (tmp_path / "full" / "predictions.csv").read_text() == (tmp_path / "killed" / "predictions.csv").read_text()
 
+    # Resuming against a table that changed since is refused with a clear message.
+    make_event_table(n_patients=61, seed=0).to_csv(data, index=False)
+    changed = run_train(["--resume", "--output-dir", tmp_path / "killed"])
+    assert changed.returncode == 2 and "other data" in changed.stderr and "Traceback" not in changed.stderr
+
 
 def _append_many(cache_dir, worker, n_shards, queue):
     cache = train.EmbeddingCache(cache_dir, "enc-x", 8)
