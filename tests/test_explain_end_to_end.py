@@ -148,6 +148,12 @@ def test_checkpoint_from_another_encoder_or_feature_set_says_what_differs(traine
     torch.save(ckpt, other)
     with pytest.raises(ex.ExplainError, match="static_categorical: checkpoint has .* this train.py uses"):
         ex.run_explainability_analysis(other, trained["data"], tmp_path, cache_dir=trained["cache"])
+    ckpt = torch.load(trained["checkpoint"], weights_only=True)
+    ckpt["model_state"].pop(next(iter(ckpt["model_state"])))  # weights of another model version
+    older = tmp_path / "older_model.pth"
+    torch.save(ckpt, older)
+    with pytest.raises(ex.ExplainError, match="older_model.pth: its weights do not fit .*Missing key"):
+        ex.run_explainability_analysis(older, trained["data"], tmp_path, cache_dir=trained["cache"])
 
 
 class _RunsCodeWhenUnpickled:
