@@ -179,13 +179,13 @@ def read_event_table(path) -> pd.DataFrame:
         fail("relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
              "must be a number of minutes")
     raw_time = df["event_time"]
-    if not pd.api.types.is_datetime64_any_dtype(raw_time):
+    if pd.api.types.is_datetime64_any_dtype(raw_time):  # Parquet
+        parsed_time = raw_time
+    else:
         raw_time = raw_time.astype("string").str.strip().replace("", pd.NA)
-    parsed_time = pd.to_datetime(raw_time, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(
-        raw_time) else raw_time
-    is_event = etype.notna() & (etype != "") | text.notna() | rel.notna() | raw_time.notna()
-    is_event = is_event.fillna(False).astype(bool)
-    ev = is_event
+        parsed_time = pd.to_datetime(raw_time, errors="coerce", format="mixed")
+    # An event row has any event field; a stay without events has all of them empty.
+    ev = ((etype.notna() & (etype != "")) | text.notna() | rel.notna() | raw_time.notna()).fillna(False).astype(bool)
     if (ev & raw_time.notna() & parsed_time.isna()).any():
         fail("event_time", ev & raw_time.notna() & parsed_time.isna(), "cannot be parsed as a timestamp")
     if (ev & parsed_time.isna()).any():
@@ -1057,7 +1057,8 @@ def plot_attention(path_npz, plots_dir):
     pool, mask = data["pooling_attention"].astype(np.float32), data["mask"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].imshow(pool.mean(1)[:, 0, :] * mask, aspect="auto", cmap="viridis")
-    axes[0].set(xlabel="event (time order)", ylabel="stay", title="Pooling attention (mean of heads)")
+    axes[0].set(xlabel="event (time order)", ylabel="stay", title="Pooling attention (mean of heads)",
+                yticks=range(len(pool)), yticklabels=[str(s) for s in data["stay_id"]])
     n = int(mask[0].sum()) or 1
     im = axes[1].imshow(data["layer_attention"][-1, 0].astype(np.float32).mean(0)[:n, :n], cmap="viridis")
     axes[1].set(xlabel="key event", ylabel="query event", title="Last layer self-attention, first stay")
