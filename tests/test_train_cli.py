@@ -123,3 +123,16 @@ def test_bad_table_is_one_clear_line_not_a_crash_dump(tmp_path, tiny_bert_dir):
                         "--text-encoder", tiny_bert_dir])
     assert result.returncode != 0
     assert "radiology" in result.stderr and "bad.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_out_of_memory_says_what_to_do(small_run, tiny_bert_dir, tmp_path, monkeypatch):
+    data, _, cache, _ = small_run
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(train.MortalityTransformer, "forward", oom)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(data), "--output-dir", str(tmp_path), "--cache-dir", str(cache),
+                    "--text-encoder", str(tiny_bert_dir), "--epochs", "1", *SMALL_MODEL_ARGS])
+    assert "out of memory" in str(e.value) and "--max-events" in str(e.value) and "--resume" in str(e.value)

@@ -170,3 +170,25 @@ def test_build_stays_keeps_most_recent_and_reports_cut(caplog, tmp_path):
         np.testing.assert_array_equal(s.event_row_index.numpy(), rows[-5:])  # the most recent events
         np.testing.assert_array_equal(s.text_rows.numpy(), rows[-5:])
         assert s.label == table.loc[table.stay_id == s.stay_id, "mortality"].iloc[0]
+
+
+def test_returned_attention_weights_are_the_ones_used():
+    """weights @ V reproduces each layer's SDPA output and the pooled vector."""
+    stays, matrix = random_stays(6, max_len=14)
+    model = small_model()
+    batch = train.collate_stays(stays)
+    captured = {}
+    hook = model.layers[1].attn.register_forward_hook(lambda m, inp, out: captured.update(x=inp[0], out=out[0]))
+    with torch.no_grad():
+        _, att = model.forward_batch(batch, matrix, return_attention=True)
+        hook.remove()
+        attn = model.layers[1].attn
+        B, L, D = captured["x"].shape
+        v = attn.qkv(captured["x"]).split(D, dim=2)[2].view(B, L, 4, D // 4).transpose(1, 2)
+        rebuilt = attn.proj((att["layer_attention"][1] @ v).transpose(1, 2).reshape(B, L, D))
+        has = batch["mask"].any(1)
+        torch.testing.assert_close(rebuilt[batch["mask"]], captured["out"][batch["mask"]], atol=1e-5, rtol=1e-5)
+        pool = model.pool
+        pv = pool.value(att["transformer_output"]).view(B, L, 4, D // 4).transpose(1, 2)
+        pooled = pool.proj((att["pooling_attention"] @ pv).reshape(B, D))
+        torch.testing.assert_close(pooled[has], att["pooled"][has], atol=1e-5, rtol=1e-5)
