@@ -1264,19 +1264,28 @@ def main(argv=None):
         history = resume["history"]
         start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
         best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
-        epoch_loss_sum, epoch_loss_n = resume["epoch_loss_sum"], resume["epoch_loss_n"]
-        set_rng_state(resume["rng"])
+        own = resume["ranks"][rank] if rank < len(resume["ranks"]) else resume["ranks"][0]
+        epoch_loss_sum, epoch_loss_n = own["epoch_loss_sum"], own["epoch_loss_n"]
+        set_rng_state(own["rng"])
 
-    def payload(epoch, batch_in_epoch, full):
+    def gather_rank_states():
+        """Each process's RNG state and running loss (collective: every rank calls it at the same point)."""
+        state = {"rng": rng_state(), "epoch_loss_sum": epoch_loss_sum, "epoch_loss_n": epoch_loss_n}
+        if not ddp:
+            return [state]
+        states = [None] * world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+
+    def payload(epoch, batch_in_epoch, full, ranks=None):
         p = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(config),
              "model_state": raw_model.state_dict(), "preprocessor": preprocessor.state_dict(),
              "text_encoder": encoder_info, "args": vars(args), "epoch": epoch, "best_val_auroc": best_auroc,
              "static_feature_names": preprocessor.static_feature_names, "data_fingerprint": fingerprint}
         if full:
             p.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                     rng=rng_state(), history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,
-                     bad_epochs=bad_epochs, finished=finished, epoch_loss_sum=epoch_loss_sum,
-                     epoch_loss_n=epoch_loss_n)
+                     ranks=ranks, history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,
+                     bad_epochs=bad_epochs, finished=finished)
         return p
 
     kill_after = _fault_kill_point()
@@ -1320,8 +1329,10 @@ def main(argv=None):
                 path = save_attention(raw_model, batch, embedding_matrix, args.attention_stays,
                                       attn_dir / f"attention_epoch_{epoch}_batch_{b}.npz")
                 plot_attention(path, plots_dir)
-            if master and args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
-                save_checkpoint(latest_path, payload(epoch, b + 1, full=True))
+            if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
+                ranks = gather_rank_states()
+                if master:
+                    save_checkpoint(latest_path, payload(epoch, b + 1, full=True, ranks=ranks))
             if kill_after is not None and batches_this_process >= kill_after:
                 import signal
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -1356,8 +1367,9 @@ def main(argv=None):
             finished = True
         if epoch + 1 == args.epochs:
             finished = True
+        ranks = gather_rank_states()
         if master:
-            save_checkpoint(latest_path, payload(epoch + 1, 0, full=True))
+            save_checkpoint(latest_path, payload(epoch + 1, 0, full=True, ranks=ranks))
             plot_curves(history, plots_dir)
         if ddp:
             torch.distributed.barrier()

@@ -38,7 +38,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     table = train.read_event_table(data)
     best = train.load_checkpoint(out / "checkpoints" / "best_model.pth")
     latest = torch.load(out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
-    assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest
+    assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest["ranks"][0]
     assert best["args"]["seed"] == 5 and best["text_encoder"]["dim"] == 24
     assert best["best_val_auroc"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
 
@@ -98,6 +98,7 @@ def test_ddp_two_gloo_processes(small_run, tiny_bert_dir, tmp_path):
     steps_single_epoch = single["global_step"] // 3
     assert latest["global_step"] == 2 * -(-steps_single_epoch // 2)
     assert len(latest["history"]["val_auroc"]) == 2
+    assert len(latest["ranks"]) == 2  # every rank's RNG state, for --resume
     assert (tmp_path / "predictions.csv").is_file() and (tmp_path / "metrics.json").is_file()
 
 
