@@ -12,6 +12,7 @@ Importing this module has no side effects: explain_clinicalLF.py reuses its prep
 embedding cache, dataset and model.
 """
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -426,7 +427,16 @@ def encoder_max_length(folder, requested=None) -> int:
 
 def encoder_identity(folder, pooling="cls", max_length=None) -> str:
     """Stable name of (weights, tokenizer, pooling, max length), from the folder's file contents."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
+    # Hashing Clinical-Longformer's ~600 MB of weights takes over a second, and main(), TextEncoder and
+    # embed_texts all ask: remember the answer while no file in the folder changes.
+    stamps = tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir() if p.is_file()
+                          for st in [p.stat()])) if folder.is_dir() else ()
+    return _encoder_identity(folder, pooling, max_length, stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _encoder_identity(folder, pooling, max_length, _file_stamps) -> str:
     config = encoder_config(folder)
     digest = hashlib.sha256()
     names = ["config.json", *TOKENIZER_FILES]
