@@ -31,6 +31,17 @@ def test_bert_encoder_matches_unbatched_reference(tiny_bert_dir, pooling):
     np.testing.assert_allclose(got, reference_vectors(tiny_bert_dir, TEXTS, pooling), atol=1e-5)
 
 
+
+def test_bfloat16_encoder_is_close_to_float32(tiny_bert_dir):
+    """--embed-dtype bfloat16 runs the encoder's weights in bf16: close to, not equal to, float32."""
+    exact = train.TextEncoder(tiny_bert_dir, "cpu", batch_size=2).encode(TEXTS)
+    enc = train.TextEncoder(tiny_bert_dir, "cpu", batch_size=2, dtype="bfloat16")
+    assert next(enc.model.parameters()).dtype == torch.bfloat16
+    fast = enc.encode(TEXTS)
+    assert fast.dtype == np.float32 and not np.array_equal(fast, exact)
+    cosine = (fast * exact).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.99
+
 def test_longformer_path_matches_longformer_model(tiny_longformer_dir):
     enc = train.TextEncoder(tiny_longformer_dir, "cpu", batch_size=3)
     assert enc.is_longformer and enc.max_length == 1024
