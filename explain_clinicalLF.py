@@ -127,6 +127,29 @@ def integrated_gradients(model, events, mask, static, event_baseline=None, stati
     return event_attr.detach(), attr_static.detach(), change.detach(), delta.detach()
 
 
+def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
+                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256):
+    """IG with `n_steps`, then, for the stays whose completeness error |delta| exceeds `tolerance` x |logit
+    change|, again with twice the steps, until they meet it or reach `max_n_steps`. Returns IG's outputs and
+    the steps used per stay [B]."""
+    ev, st, change, delta = integrated_gradients(model, events, mask, static, event_baseline, static_baseline,
+                                                 n_steps, internal_batch_size)
+    steps = torch.full((events.shape[0],), n_steps, dtype=torch.long)
+    n = n_steps
+    while tolerance and n * 2 <= max_n_steps:
+        bad = (delta.abs() > tolerance * change.abs() + 1e-4).cpu()
+        if not bad.any():
+            break
+        n *= 2
+        idx = bad.nonzero().flatten()
+        e2, s2, _, d2 = integrated_gradients(model, events[idx.to(events.device)], mask[idx.to(events.device)],
+                                             static[idx.to(events.device)], event_baseline, static_baseline, n,
+                                             internal_batch_size)
+        ev[idx.to(ev.device)], st[idx.to(st.device)], delta[idx.to(delta.device)] = e2, s2, d2
+        steps[idx] = n
+    return ev, st, change, delta, steps
+
+
 def find_input_projection(model):
     """The layer that maps an event's feature vector into the model (LayerIG target)."""
     for name in ("input_projection", "input_proj", "event_projection"):
@@ -469,6 +492,8 @@ class ExplainSettings:
     curve_points: int = 11              # deletion/insertion curves: 0%, 10%, ..., 100% of events
     random_orders: int = 3              # random orderings averaged for the random reference
     seed: int = 0
+    ig_tolerance: float = 0.05          # IG: stays whose completeness error exceeds this share of the logit
+    max_n_steps: int = 256              # change are re-integrated with 2x steps, up to max_n_steps
 
 
 def explain_batch(model, events, mask, static, static_groups, settings, event_baseline=None,
@@ -476,10 +501,16 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
     """Every method on one batch. Returns event attributions {method: [B,L]}, static attributions
     {method: [B,G]}, the logits, IG's logit change and convergence delta, and the attention outputs."""
     logits, attn = attention_outputs(model, events, mask, static)
-    ig_events, ig_static, ig_change, ig_delta = integrated_gradients(
-        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, settings.internal_batch_size)
+    ig_events, ig_static, ig_change, ig_delta, ig_steps = refined_integrated_gradients(
+        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, settings.internal_batch_size,
+        settings.ig_tolerance, settings.max_n_steps)
     lig_events = layer_integrated_gradients(model, events, mask, static, event_baseline, settings.n_steps,
                                             settings.internal_batch_size)
+    for n in ig_steps.unique().tolist():  # LayerIG with the steps IG needed for each stay
+        if n != settings.n_steps:
+            idx = (ig_steps == n).nonzero().flatten().to(events.device)
+            lig_events[idx] = layer_integrated_gradients(model, events[idx], mask[idx], static[idx], event_baseline,
+                                                         n, settings.internal_batch_size)
     fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline,
                                             settings.perturbations_per_eval)
     event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
@@ -487,7 +518,8 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
     static_attr = {"integrated_gradients": group_static(ig_static, static_groups), "feature_ablation": fa_static}
     cpu = lambda d: {k: v.detach().float().cpu() for k, v in d.items()}  # noqa: E731
     return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(),
-                ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), attention=cpu(attn))
+                ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), ig_steps=ig_steps,
+                attention=cpu(attn))
 
 
 def event_features_for_batch(model, batch, embedding_matrix):
@@ -649,7 +681,8 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                                 batch_size=16, n_steps=32, internal_batch_size=512, baseline="zero",
                                 perturbations_per_eval=8, curve_points=11, random_orders=3,
                                 randomisation_stays=20, cache_dir=None, text_encoder=None, device="cpu",
-                                max_events=None, seed=0, make_figures=True, show_progress=True):
+                                max_events=None, seed=0, make_figures=True, show_progress=True, ig_tolerance=0.05,
+                                max_n_steps=256):
     """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
     static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
@@ -659,7 +692,8 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     torch.manual_seed(seed)
     settings = ExplainSettings(n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=baseline,
                                perturbations_per_eval=perturbations_per_eval, curve_points=curve_points,
-                               random_orders=random_orders, seed=seed)
+                               random_orders=random_orders, seed=seed, ig_tolerance=ig_tolerance,
+                               max_n_steps=max_n_steps)
     train, model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, text_encoder)
     args = ckpt.get("args", {})
     max_events = max_events or args.get("max_events")
@@ -744,7 +778,7 @@ class Collected:
         self.scores = {m: [] for m in METHODS}
         self.random_scores = {m: ([], []) for m in METHODS}  # (original, re-initialised model) per stay
         self.planted, self.faith = [], {}
-        self.ig_relative_delta, self.layer_patterns = [], []
+        self.ig_relative_delta, self.ig_steps, self.layer_patterns = [], [], []
         self.pool_by_type, self.count_by_type = {}, {}
         self.query_rows = []
 
@@ -766,6 +800,7 @@ class Collected:
                     self.random_scores[method][1].append(randomised["event"][method][b, :n].double().numpy())
             if has_planted:
                 self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=int))
+            self.ig_steps.append(int(out["ig_steps"][b]))
             change = float(out["ig_change"][b])
             if abs(change) > 1e-6:
                 self.ig_relative_delta.append(abs(float(out["ig_delta"][b])) / abs(change))
@@ -837,6 +872,9 @@ class Collected:
             relative_delta_median=float(np.median(deltas)) if len(deltas) else None,
             relative_delta_p95=float(np.quantile(deltas, 0.95)) if len(deltas) else None,
             relative_delta_max=float(deltas.max()) if len(deltas) else None,
+            share_within_tolerance=float((deltas <= settings.ig_tolerance).mean()) if len(deltas) else None,
+            tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
+            steps_used={str(k): int(v) for k, v in zip(*np.unique(self.ig_steps, return_counts=True))},
             note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
         result["settings"] = dict(n_steps=settings.n_steps, baseline=settings.baseline,
                                   curve_points=settings.curve_points, random_orders=settings.random_orders,
@@ -1172,6 +1210,10 @@ def build_arg_parser():
     p.add_argument("--n-steps", type=int, default=32,
                    help="integration steps of (Layer) Integrated Gradients (Gauss-Legendre; check the reported "
                    "convergence delta)")
+    p.add_argument("--ig-tolerance", type=float, default=0.05,
+                   help="stays whose IG completeness error exceeds this share of their logit change are "
+                   "re-integrated with twice the steps (0 = never)")
+    p.add_argument("--max-n-steps", type=int, default=256, help="most IG steps the re-integration may use")
     p.add_argument("--internal-batch-size", type=int, default=512,
                    help="rows (stays x steps) per IG forward/backward chunk; lower it to save memory")
     p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
@@ -1205,7 +1247,8 @@ def main(argv=None):
             perturbations_per_eval=args.perturbations_per_eval, curve_points=args.curve_points,
             random_orders=args.random_orders, randomisation_stays=args.randomisation_stays,
             cache_dir=args.cache_dir, text_encoder=args.text_encoder, device=args.device,
-            max_events=args.max_events, seed=args.seed, make_figures=not args.no_figures)
+            max_events=args.max_events, seed=args.seed, make_figures=not args.no_figures,
+            ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
     except user_errors as e:  # a message for the user (it names the file, stay or setting); bugs keep their traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

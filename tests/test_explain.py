@@ -269,3 +269,20 @@ def test_probabilities_with_masks_equal_running_the_stay_without_the_removed_eve
             only_kept = torch.ones(1, len(keep), dtype=torch.bool)
             direct = torch.sigmoid(model(events[b:b + 1, keep], only_kept, static[b:b + 1]))
         assert float(p[b, k]) == pytest.approx(float(direct), abs=1e-6)
+
+
+def test_ig_re_integrates_stays_whose_completeness_error_is_too_large():
+    model = HandBuiltModel(scale=8.0).eval()
+    with torch.no_grad():  # sharp attention and head: a path along which few steps integrate badly
+        model.qkv.weight.mul_(6.0), model.pool_key.weight.mul_(6.0), model.head[0].weight.mul_(6.0)
+    events, mask, static = make_batch([5, 9, 4, 0])
+    _, _, change, delta = ex.integrated_gradients(model, events, mask, static, n_steps=2)
+    assert (delta.abs() > 0.002 * change.abs() + 1e-4).any()  # 2 steps are not enough for some stay
+    ev, st, change, delta, steps = ex.refined_integrated_gradients(model, events, mask, static, n_steps=2,
+                                                                   tolerance=0.002, max_n_steps=256)
+    assert steps.max() > 2 and steps.max() <= 256
+    assert (delta.abs() <= 0.002 * change.abs() + 1e-4).all()
+    torch.testing.assert_close(ev.sum(1) + st.sum(1) - change, delta, atol=1e-4, rtol=0)
+    # completeness does not pin each event's share; those are close to a 512-step integral all the same
+    exact, _, _, _ = ex.integrated_gradients(model, events, mask, static, n_steps=512)
+    assert (ev - exact).abs().max() < 0.1 * change.abs().max()
