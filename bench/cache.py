@@ -133,7 +133,7 @@ def float16_rounding(n_texts, seed):
     cosine = (exact * rounded).sum(1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(rounded, axis=1))
     return dict(texts=len(unique), max_abs_value=float(np.abs(exact).max()), max_abs_error=float(error.max()),
                 max_rel_error=float((error / np.maximum(np.abs(exact), 1e-3)).max()),
-                min_cosine=float(cosine.min()))
+                min_cosine=f"{float(cosine.min()):.7f}")
 
 
 def main():

@@ -114,7 +114,7 @@ def bench_encoder(name, folder, n_unique, args):
         way = "project TextEncoder" if fast_path else "project TextEncoder, fast path off"
         rows.append(dict(encoder=name, way=way, dtype=dtype_name, events=len(stream),
                          unique_texts=len(unique), seconds=seconds, texts_per_s=len(unique) / seconds,
-                         speedup=prototype_s / seconds, max_abs_diff=diff, min_cosine=cosine))
+                         speedup=prototype_s / seconds, max_abs_diff=diff, min_cosine=f"{cosine:.6f}"))
         if fast_path:
             results[dtype_name] = rows[-1]
     return rows, results
