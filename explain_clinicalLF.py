@@ -625,10 +625,8 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     try:
         model, preprocessor, ckpt = train.model_from_checkpoint(ckpt)
-    except RuntimeError as e:  # load_state_dict: weights of another model version
-        raise ExplainError(f"{checkpoint_path}: its weights do not fit this train.py's model "
-                           f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}); "
-                           "explain with the train.py version that wrote it, or retrain") from None
+    except train.CheckpointError as e:  # weights of another model version
+        raise ExplainError(f"{checkpoint_path}: {e}") from None
     model.eval()
     table = train.read_event_table(data_path)
     return train, model, preprocessor, ckpt, table

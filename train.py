@@ -94,7 +94,7 @@ STATIC_NUMERIC = ("patient_age",)
 EVENT_COLUMNS = ("event_time", "event_type", "event_text", "relative_time_to_final_event")
 REQUIRED_COLUMNS = ("subject_id", "hadm_id", "stay_id", *EVENT_COLUMNS, *STATIC_CATEGORICAL, *STATIC_NUMERIC,
                     "mortality")
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale)
 
 # -----------------------------------------------------------------------------
 # Event table
@@ -1001,7 +1001,12 @@ def model_from_checkpoint(ckpt, map_location="cpu"):
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt, map_location)
     model = MortalityTransformer(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model_state"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:  # missing/unexpected keys or shapes: written by another version of this model
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
+        raise CheckpointError(f"its weights do not fit this train.py's model ({detail}); retrain with this version, "
+                              "or use the train.py version that wrote it") from None
     return model.eval(), EventPreprocessor.from_state_dict(ckpt["preprocessor"]), ckpt
 
 # -----------------------------------------------------------------------------

@@ -136,3 +136,13 @@ def test_killed_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mon
         train.save_checkpoint(path, {**old, "model_state": {"w": torch.zeros(3)}})
     monkeypatch.undo()
     assert torch.equal(train.load_checkpoint(path)["model_state"]["w"], torch.ones(3))
+
+
+def test_reliability_weights_from_another_model_version_are_a_clear_error():
+    config = train.ModelConfig(text_dim=8, n_static=3, d_model=16, n_layers=1, n_heads=2, d_ff=16, pool_heads=2)
+    state = train.MortalityTransformer(config).state_dict()
+    state.pop("text_mean")  # as written before the text vectors were standardised inside the model
+    ckpt = {"format_version": train.CHECKPOINT_FORMAT_VERSION, "model_config": train.asdict(config),
+            "model_state": state, "preprocessor": {}, "text_encoder": {}, "args": {}}
+    with pytest.raises(train.CheckpointError, match="text_mean.*retrain with this version"):
+        train.model_from_checkpoint(ckpt)
