@@ -555,7 +555,8 @@ def check_checkpoint_compatible(ckpt, train, encoder_identity_now=None, embeddin
                         f"{len(train.EVENT_TYPES)} {train.EVENT_TYPES}")
     names = ckpt.get("static_feature_names")
     if names is not None and len(names) != config.get("n_static"):
-        problems.append(f"the model takes {config.get('n_static')} static features, the preprocessor makes {len(names)}")
+        problems.append(f"the model takes {config.get('n_static')} static features, "
+                        f"the preprocessor makes {len(names)}")
     enc = ckpt.get("text_encoder", {})
     if enc.get("dim") is not None and config.get("text_dim") != enc.get("dim"):
         problems.append(f"text_dim {config.get('text_dim')} of the model differs from the encoder dim {enc.get('dim')}")
@@ -975,7 +976,8 @@ def fig_sequence_importance(collected, path):
     ax.invert_xaxis()  # the prediction time on the right
     ax.set_xlabel("window of hours before the prediction time [from, to)")
     ax.set_ylabel("mean |attribution| per event\n/ the method's mean over all events")
-    ax.set_title("When, before the prediction, are single events most decisive? (all explained stays; 1 = average event)")
+    ax.set_title("When, before the prediction, are single events most decisive? "
+                 "(all explained stays; 1 = average event)")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -1141,8 +1143,9 @@ def fig_stay_timeline(stay, path, static_names=()):
         middle = (hours.max() + hours.min()) / 2
         for rank, j in enumerate(np.argsort(-np.abs(values))[:6]):
             right_half = hours[j] < middle  # the axis is inverted: small hours are on the right
+            dy = 10 + 9 * (rank % 3) if rank % 2 == 0 else -14 - 9 * (rank % 3)  # alternate above / below
             ax.annotate(f"{_short(meta.event_text.iloc[j], 40)} ({values[j]:+.2f})", (hours[j], y[j]),
-                        xytext=(-8 if right_half else 8, 10 + 9 * (rank % 3) if rank % 2 == 0 else -14 - 9 * (rank % 3)),
+                        xytext=(-8 if right_half else 8, dy),
                         textcoords="offset points", fontsize=7, ha="right" if right_half else "left",
                         arrowprops=dict(arrowstyle="-", lw=0.5))
         ax.set_yticks(range(len(types)), types)
