@@ -520,7 +520,11 @@ class EmbeddingCache:
     `shard-<time>-<pid>-<md5 of the file>.npy`, each a structured array (key = MD5 hex of the text,
     vec = float16). A shard is written to a temporary name, fsynced and renamed, so readers never see a
     half-written shard and concurrent writers never touch the same file; the MD5 in the name detects
-    truncated or corrupted shards, which are removed with a warning (their texts are re-embedded)."""
+    truncated or corrupted shards, which are removed with a warning (their texts are re-embedded).
+    Re-reading gigabytes for the MD5 on every load would dominate the load time, so a shard whose
+    (name, size, mtime) was verified before is trusted; those stamps live in VERIFIED_FILE."""
+
+    VERIFIED_FILE = "verified-shards.json"
 
     def __init__(self, cache_dir, identity, dim):
         self.folder = Path(cache_dir) / identity
@@ -539,13 +543,25 @@ class EmbeddingCache:
                 digest.update(block)
         return digest.hexdigest() == expected
 
+    def _read_verified(self):
+        try:
+            return set(json.loads((self.folder / self.VERIFIED_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return set()
+
     def load(self):
         """Memory-map every valid shard and index its keys (first occurrence wins)."""
         shards, keys = [], []
+        verified = self._read_verified()
+        verified_now = set()
         for path in self.shard_paths():
             try:
-                ok = self._verify(path)
+                st = path.stat()
+                stamp = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+                ok = stamp in verified or self._verify(path)
                 arr = np.load(path, mmap_mode="r") if ok else None
+                if ok:
+                    verified_now.add(stamp)
             except FileNotFoundError:
                 continue
             except ValueError:
@@ -562,6 +578,11 @@ class EmbeddingCache:
                     f"size {self.dim}; the folder was written by another model. Delete {self.folder} or use another --cache-dir.")
             shards.append(arr)
             keys.append(np.asarray(arr["key"]))
+        if verified_now != verified:
+            try:  # only a memo: a reader that cannot write it still works
+                atomic_write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(verified_now)).encode())
+            except OSError:
+                pass
         self._shards = shards
         all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S32")
         self._location = np.concatenate([np.stack([np.full(len(k), i), np.arange(len(k))], 1) for i, k in enumerate(keys)]) \

@@ -1,4 +1,6 @@
 """train.py: text encoder (local folders only) and the MD5-keyed embedding cache."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,25 @@ def test_truncated_or_corrupted_shard_is_detected_and_rebuilt(tiny_bert_dir, tmp
     with pytest.warns(UserWarning, match="checksum"):
         assert train.EmbeddingCache(tmp_path, stats["identity"], 24).load().lookup([train.text_md5(TEXTS[0])])[0].sum() == 0
 
+
+
+def test_verified_shard_is_not_checksummed_again_until_it_changes(tiny_bert_dir, tmp_path, monkeypatch):
+    stats = {}
+    train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    checked = []
+    real_verify = train.EmbeddingCache._verify
+    monkeypatch.setattr(train.EmbeddingCache, "_verify", lambda self, p: checked.append(p.name) or real_verify(self, p))
+    cache = lambda: train.EmbeddingCache(tmp_path, stats["identity"], 24).load()
+    assert len(cache()) == 4 and len(checked) == 1  # first load: full MD5
+    assert len(cache()) == 4 and len(checked) == 1  # unchanged: trusted from verified-shards.json
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    flipped = bytearray(shard.read_bytes())
+    flipped[-3] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # a rewrite changes mtime
+    with pytest.warns(UserWarning, match="checksum"):
+        assert len(cache()) == 0
+    assert len(checked) == 2
 
 def test_hidden_size_mismatch_is_a_clear_error(tmp_path):
     train.EmbeddingCache(tmp_path, "some-encoder", 24).append([train.text_md5("a")], np.ones((1, 24)))
