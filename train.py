@@ -549,6 +549,12 @@ class EmbeddingCache:
         except (OSError, ValueError, TypeError):
             return set()
 
+    def _remember_verified(self, stamps):
+        try:  # only a memo (a lost concurrent update costs one re-check); a read-only cache still works
+            atomic_write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(stamps)).encode())
+        except OSError:
+            pass
+
     def load(self):
         """Memory-map every valid shard and index its keys (first occurrence wins)."""
         shards, keys = [], []
@@ -579,10 +585,7 @@ class EmbeddingCache:
             shards.append(arr)
             keys.append(np.asarray(arr["key"]))
         if verified_now != verified:
-            try:  # only a memo: a reader that cannot write it still works
-                atomic_write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(verified_now)).encode())
-            except OSError:
-                pass
+            self._remember_verified(verified_now)
         self._shards = shards
         all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S32")
         self._location = np.concatenate([np.stack([np.full(len(k), i), np.arange(len(k))], 1) for i, k in enumerate(keys)]) \
@@ -630,6 +633,8 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.npy"
         atomic_write_bytes(final, data)
+        st = final.stat()  # the bytes just hashed are on disk: the shard counts as verified
+        self._remember_verified(self._read_verified() | {f"{final.name}:{st.st_size}:{st.st_mtime_ns}"})
         self._index = None  # re-read on next lookup
         return final
 

@@ -141,8 +141,10 @@ def test_verified_shard_is_not_checksummed_again_until_it_changes(tiny_bert_dir,
     real_verify = train.EmbeddingCache._verify
     monkeypatch.setattr(train.EmbeddingCache, "_verify", lambda self, p: checked.append(p.name) or real_verify(self, p))
     cache = lambda: train.EmbeddingCache(tmp_path, stats["identity"], 24).load()
-    assert len(cache()) == 4 and len(checked) == 1  # first load: full MD5
-    assert len(cache()) == 4 and len(checked) == 1  # unchanged: trusted from verified-shards.json
+    assert len(cache()) == 4 and checked == []  # its writer hashed it: trusted from verified-shards.json
+    (tmp_path / stats["identity"] / "verified-shards.json").unlink()
+    assert len(cache()) == 4 and len(checked) == 1  # memo lost: full MD5 once
+    assert len(cache()) == 4 and len(checked) == 1  # unchanged: trusted again
     shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
     flipped = bytearray(shard.read_bytes())
     flipped[-3] ^= 0xFF
