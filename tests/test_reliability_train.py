@@ -4,6 +4,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -146,3 +147,22 @@ def test_reliability_weights_from_another_model_version_are_a_clear_error():
             "model_state": state, "preprocessor": {}, "text_encoder": {}, "args": {}}
     with pytest.raises(train.CheckpointError, match="text_mean.*retrain with this version"):
         train.model_from_checkpoint(ckpt)
+
+
+def test_reliability_killed_while_appending_to_the_cache_leaves_a_usable_cache(tmp_path, monkeypatch):
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 8)
+    cache.append([train.text_md5("old")], np.full((1, 8), 0.5))
+
+    def die(*args):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(train.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        cache.append([train.text_md5("new")], np.ones((1, 8)))
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the half-written temporary file is not a shard, and nothing looks corrupted
+        found, vectors = train.EmbeddingCache(tmp_path, "some-encoder", 8).lookup(
+            [train.text_md5("old"), train.text_md5("new")])
+    assert found.tolist() == [True, False]  # the new text is simply embedded again next time
+    np.testing.assert_array_equal(vectors[0], np.full(8, 0.5, dtype=np.float32))
