@@ -28,18 +28,6 @@ parser.add_argument("--work-dir", default=None, help="scratch folder (default: a
 parser.add_argument("--worker", nargs=3, metavar=("MIMIC_DIR", "OUTPUT", "NUMBERS"), help=argparse.SUPPRESS)
 
 
-def peak_memory_mib() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
-    parent across fork+exec, so a worker started by a big parent would report the parent's size."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mib()
-
-
 def worker(mimic_dir, output, numbers, memory_limit, threads):
     """One extraction in this process; prints JSON: seconds, peak RSS, counts, distinct texts."""
     import duckdb
@@ -50,7 +38,7 @@ def worker(mimic_dir, output, numbers, memory_limit, threads):
     counts = extract_cohort.extract_duckdb(mimic_dir, Path(output), params, memory_limit=memory_limit,
                                            threads=threads, progress=False, raw_numbers=numbers == "raw")
     seconds = time.perf_counter() - start
-    peak = peak_memory_mib()
+    peak = peak_rss_mib()
     distinct = duckdb.connect().execute(f"SELECT count(DISTINCT event_text) FROM read_parquet('{output}')").fetchone()[0]
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "distinct_texts": distinct, **counts}))
 
