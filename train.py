@@ -1008,8 +1008,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle refusing a non-tensor object, a zip error, a truncated file ...
-        raise CheckpointError(f"{path}: not a loadable checkpoint of this project; refused by torch.load("
-                              f"weights_only=True): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint of this project; refused by torch.load "
+                              f"with weights_only=True: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_state)")
     version = ckpt.get("format_version")
