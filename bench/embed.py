@@ -65,10 +65,9 @@ def project_embed(encoder, event_texts):
 
 def make_project_encoder(folder, dtype, batch_size):
     import train
-    encoder = train.TextEncoder(folder, torch.device("cpu"), pooling="cls", batch_size=batch_size)
-    if dtype == torch.bfloat16:
-        encoder.model.to(torch.bfloat16)
-    return encoder
+    # the same switch as `train.py --embed-dtype`
+    return train.TextEncoder(folder, torch.device("cpu"), pooling="cls", batch_size=batch_size,
+                             dtype=str(dtype).removeprefix("torch."))
 
 
 def bench_encoder(name, folder, n_unique, args):
