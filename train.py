@@ -486,7 +486,8 @@ class TextEncoder:
             return longformer_fast.longformer_last_hidden_state(self.model, input_ids, attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def encode(self, texts) -> np.ndarray:
+    def encode(self, texts, progress=None) -> np.ndarray:
+        """float32 [len(texts), dim]. `progress`: a tqdm bar to advance by texts (else one of its own)."""
         from tqdm.auto import tqdm
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -494,9 +495,10 @@ class TextEncoder:
             return out
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: an OOM shows up at once
+        bar = progress if progress is not None else tqdm(total=len(texts), desc="embedding texts", unit="text",
+                                                          disable=len(texts) <= self.batch_size)
         with torch.inference_mode():
-            for start in tqdm(range(0, len(order), self.batch_size), desc="embedding texts", unit="batch",
-                              disable=len(order) <= self.batch_size):
+            for start in range(0, len(order), self.batch_size):
                 rows = order[start:start + self.batch_size]
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
                 input_ids = batch["input_ids"].to(self.device)
@@ -508,32 +510,48 @@ class TextEncoder:
                     m = mask.unsqueeze(-1).float()
                     vectors = (hidden * m).sum(1) / m.sum(1).clamp_min(1)
                 out[rows] = vectors.cpu().numpy()
+                bar.update(len(rows))
+        if progress is None:
+            bar.close()
         return out
 
 
-def text_md5(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+def text_keys(texts) -> np.ndarray:
+    """MD5 of each text (UTF-8) as uint64 [n, 2]: the 16 bytes of the digest, the embedding cache's key."""
+    md5 = hashlib.md5
+    digests = b"".join([md5(str(t).encode("utf-8", errors="surrogatepass")).digest() for t in texts])
+    return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
 
 
 class EmbeddingCache:
-    """Vectors of one encoder identity in CACHE_DIR/IDENTITY/: append-only shards
-    `shard-<time>-<pid>-<md5 of the file>.npy`, each a structured array (key = MD5 hex of the text,
-    vec = float16). A shard is written to a temporary name, fsynced and renamed, so readers never see a
-    half-written shard and concurrent writers never touch the same file; the MD5 in the name detects
-    truncated or corrupted shards, which are removed with a warning (their texts are re-embedded).
-    Re-reading gigabytes for the MD5 on every load would dominate the load time, so a shard whose
-    (name, size, mtime) was verified before is trusted; those stamps live in VERIFIED_FILE."""
+    """Vectors of one encoder identity in CACHE_DIR/IDENTITY/, as append-only shards
+    `shard-<time>-<pid>-<md5 of the file>.arrow`. A shard is an Arrow IPC file with one record batch of two
+    columns: `key`, the 16-byte MD5 of the text, and `vec`, float16[dim]. Being columnar, a shard's keys are
+    read without touching its vectors, and its vectors memory-map as one [n, dim] float16 array that rows are
+    copied from directly (no per-text file, no float32 copy of the whole cache).
+
+    A shard is written to a temporary name, fsynced and renamed, so readers never see a half-written shard and
+    concurrent writers never touch the same file; the MD5 in the name detects truncated or corrupted shards,
+    which are removed with a warning (their texts are embedded again). Re-reading gigabytes for the MD5 on every
+    load would dominate the load time, so a shard whose (name, size, mtime) was verified before is trusted;
+    those stamps live in VERIFIED_FILE."""
 
     VERIFIED_FILE = "verified-shards.json"
 
     def __init__(self, cache_dir, identity, dim):
         self.folder = Path(cache_dir) / identity
         self.identity, self.dim = identity, int(dim)
-        self.dtype = np.dtype([("key", "S32"), ("vec", "<f2", (self.dim,))])
-        self._keys, self._shards, self._index = None, [], None
+        self._keys = None       # uint64 [N, 2], the keys of all shards in order
+        self._vectors = []      # per shard: float16 [n, dim], memory-mapped
+        self._index = None      # pd.Index of the keys' first 8 bytes -> first row holding that prefix
 
     def shard_paths(self):
-        return sorted(self.folder.glob("shard-*.npy")) if self.folder.is_dir() else []
+        if not self.folder.is_dir():
+            return []
+        if any(self.folder.glob("shard-*.npy")):
+            warnings.warn(f"{self.folder} holds shard-*.npy files of an older train.py cache format; they are "
+                          "ignored (their texts are embedded again). Delete them to free the disk.")
+        return sorted(self.folder.glob("shard-*.arrow"))
 
     def _verify(self, path):
         expected = path.stem.rsplit("-", 1)[-1]
@@ -555,9 +573,24 @@ class EmbeddingCache:
         except OSError:
             pass
 
+    def _open_shard(self, path):
+        """(keys uint64 [n, 2], vectors float16 [n, dim]) of one shard, both views into its memory map."""
+        import pyarrow as pa
+        import pyarrow.ipc
+        batch = pa.ipc.open_file(pa.memory_map(str(path))).get_record_batch(0)
+        key, vec = batch.column("key"), batch.column("vec")
+        if vec.type.list_size != self.dim:
+            raise TextEncoderError(
+                f"embedding cache {path} holds vectors of size {vec.type.list_size} but the encoder '{self.identity}' "
+                f"has hidden size {self.dim}; the folder was written by another model. Delete {self.folder} or use "
+                "another --cache-dir.")
+        keys = np.frombuffer(key.buffers()[1], dtype=np.uint64, count=2 * len(key), offset=16 * key.offset)
+        vectors = vec.flatten().to_numpy(zero_copy_only=True).reshape(len(vec), self.dim)
+        return keys.reshape(-1, 2), vectors
+
     def load(self):
-        """Memory-map every valid shard and index its keys (first occurrence wins)."""
-        shards, keys = [], []
+        """Memory-map every valid shard and index its keys (the first occurrence of a key wins)."""
+        keys, vectors = [], []
         verified = self._read_verified()
         verified_now = set()
         for path in self.shard_paths():
@@ -565,73 +598,102 @@ class EmbeddingCache:
                 st = path.stat()
                 stamp = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
                 ok = stamp in verified or self._verify(path)
-                arr = np.load(path, mmap_mode="r") if ok else None
                 if ok:
+                    shard_keys, shard_vectors = self._open_shard(path)
                     verified_now.add(stamp)
             except FileNotFoundError:
                 continue
-            except ValueError:
-                ok, arr = False, None
+            except (OSError, ValueError, KeyError) as e:  # pyarrow's errors derive from these
+                if isinstance(e, TextEncoderError):
+                    raise
+                ok = False
             if not ok:
                 warnings.warn(f"embedding cache shard {path} is truncated or corrupted (checksum mismatch); "
                               "removing it, its texts will be embedded again")
                 path.unlink(missing_ok=True)
                 continue
-            if arr.dtype != self.dtype:
-                dim = arr.dtype["vec"].shape[0] if arr.dtype.names and "vec" in arr.dtype.names else "?"
-                raise TextEncoderError(
-                    f"embedding cache {path} holds vectors of size {dim} but the encoder '{self.identity}' has hidden "
-                    f"size {self.dim}; the folder was written by another model. Delete {self.folder} or use another --cache-dir.")
-            shards.append(arr)
-            keys.append(np.asarray(arr["key"]))
+            keys.append(shard_keys)
+            vectors.append(shard_vectors)
         if verified_now != verified:
             self._remember_verified(verified_now)
-        self._shards = shards
-        all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S32")
-        self._location = np.concatenate([np.stack([np.full(len(k), i), np.arange(len(k))], 1) for i, k in enumerate(keys)]) \
-            if keys else np.zeros((0, 2), dtype=np.int64)
-        index = pd.Index(all_keys)
-        first = ~index.duplicated()
-        self._index, self._location = index[first], self._location[first]
+        self._vectors = vectors
+        self._keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.uint64)
+        # A hash table on the first 8 bytes of the MD5 (uint64: fast to build and probe); locate() checks the
+        # other 8 bytes, so two texts whose digests share a prefix (odds ~1e-8 at a million texts) stay apart.
+        prefix = pd.Index(self._keys[:, 0])
+        first = ~prefix.duplicated()
+        self._index, self._first_row = prefix[first], np.flatnonzero(first)
+        repeated = np.flatnonzero(~first)  # the same text appended twice, or (rarely) only the prefix is shared
+        other = repeated[(self._keys[repeated] != self._keys[self._first_row[self._index.get_indexer(
+            prefix[repeated])]]).any(1)]
+        self._n_distinct = len(self._index) + len(np.unique(self._keys[other], axis=0))
         return self
 
     def __len__(self):
+        """Number of distinct texts in the cache."""
         if self._index is None:
             self.load()
-        return len(self._index)
+        return self._n_distinct
+
+    def locate(self, keys):
+        """Row of each key (uint64 [n, 2], see text_keys) among all shards' rows, -1 where absent."""
+        if self._index is None:
+            self.load()
+        keys = np.asarray(keys, dtype=np.uint64).reshape(-1, 2)
+        pos = self._index.get_indexer(keys[:, 0]) if len(self._index) else np.full(len(keys), -1)
+        rows = np.where(pos >= 0, self._first_row[np.maximum(pos, 0)] if len(self._first_row) else -1, -1)
+        hit = rows >= 0
+        for i in np.flatnonzero(hit)[(self._keys[rows[hit]] != keys[hit]).any(1)]:  # prefix shared, key differs
+            same = np.flatnonzero((self._keys == keys[i]).all(1))
+            rows[i] = same[0] if len(same) else -1
+        return rows
+
+    def gather(self, rows, out):
+        """Copy the vectors of `rows` (sorted, from locate) into the float16 tensor `out`: one contiguous read
+        per shard, straight from its memory map."""
+        bounds = np.cumsum([0] + [len(v) for v in self._vectors])
+        split = np.searchsorted(rows, bounds)
+        for shard, vectors in enumerate(self._vectors):
+            a, b = split[shard], split[shard + 1]
+            if b > a:
+                local = torch.from_numpy(np.asarray(rows[a:b] - bounds[shard], dtype=np.int64))
+                with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = torch.from_numpy(vectors)
+                torch.index_select(source, 0, local, out=out[a:b])
+        return out
 
     def lookup(self, keys):
-        """(found bool[n], vectors float32[n, dim]) for MD5 hex keys; missing rows are zeros."""
-        if self._index is None:
-            self.load()
-        keys = np.asarray(keys, dtype="S32")
-        pos = self._index.get_indexer(keys) if len(self._index) else np.full(len(keys), -1)
-        found = pos >= 0
-        vectors = np.zeros((len(keys), self.dim), dtype=np.float32)
-        if found.any():
-            loc = self._location[pos[found]]
-            out = np.empty((len(loc), self.dim), dtype=np.float32)
-            for shard in np.unique(loc[:, 0]):
-                sel = loc[:, 0] == shard
-                out[sel] = self._shards[shard]["vec"][loc[sel, 1]]
-            vectors[found] = out
-        return found, vectors
+        """(found bool[n], vectors float32[n, dim]) for keys (uint64 [n, 2]); missing rows are zeros."""
+        rows = self.locate(keys)
+        found = rows >= 0
+        order = np.flatnonzero(found)[np.argsort(rows[found], kind="stable")]
+        vectors = torch.zeros(len(rows), self.dim, dtype=torch.float16)
+        vectors[torch.from_numpy(order)] = self.gather(rows[order], torch.empty(len(order), self.dim, dtype=torch.float16))
+        return found, vectors.float().numpy()
 
     def append(self, keys, vectors):
-        """Write one new shard atomically (temp file, fsync, rename)."""
+        """Write one new shard atomically (temp file, fsync, rename); returns its path."""
+        import pyarrow as pa
+        import pyarrow.ipc
+        keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1, 2)
         if len(keys) == 0:
             return None
         vectors = np.asarray(vectors)
-        if vectors.shape[1] != self.dim:
-            raise TextEncoderError(f"vectors of size {vectors.shape[1]} cannot go into cache {self.folder} (size {self.dim})")
-        arr = np.zeros(len(keys), dtype=self.dtype)
-        arr["key"] = np.asarray(keys, dtype="S32")
-        arr["vec"] = vectors.astype(np.float16)
-        buffer = io.BytesIO()
-        np.save(buffer, arr)
-        data = buffer.getvalue()
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise TextEncoderError(f"vectors of shape {vectors.shape} cannot go into cache {self.folder} (size {self.dim})")
+        if len(vectors) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
+        batch = pa.record_batch({
+            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys.tobytes())]),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)),
+                                                     self.dim)})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        data = sink.getvalue()
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.npy"
+        final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
         atomic_write_bytes(final, data)
         st = final.stat()  # the bytes just hashed are on disk: the shard counts as verified
         self._remember_verified(self._read_verified() | {f"{final.name}:{st.st_size}:{st.st_mtime_ns}"})
@@ -639,7 +701,7 @@ class EmbeddingCache:
         return final
 
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write_bytes(path, data):
     """Write to a temporary name in the same folder, fsync, then rename: the old file or the new, never half."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
@@ -658,21 +720,33 @@ def atomic_write_bytes(path, data: bytes):
         pass
 
 
+EMBED_SHARD_TEXTS = 16_384  # new vectors are saved every this many texts: a killed run loses at most one shard's work
+
+
 def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", max_length=None, batch_size=64,
                 identity=None, dim=None, stats=None, dtype="auto"):
-    """Embed the unique texts missing from the cache and return (embedding_matrix [U, D], text_rows [len(texts)]).
+    """Embed the unique texts missing from the cache and return (embedding_matrix, text_rows): the float16
+    matrix [R, D] holds one row per distinct text (cached rows first, in cache order, so they are copied with
+    one sequential read per shard) and text_rows [len(texts)] gives each text's row.
 
     With `identity`/`dim` given (e.g. from a checkpoint) the encoder folder is needed only when a text is missing."""
-    texts = pd.Series(list(texts), dtype="string")
+    texts = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
     codes, uniques = pd.factorize(texts, use_na_sentinel=False)
     uniques = [str(u) for u in uniques]
     if identity is None:
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
         identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
     cache = EmbeddingCache(cache_dir, identity, dim)
-    keys = [text_md5(t) for t in uniques]
-    found, vectors = cache.lookup(keys)
+    keys = text_keys(uniques)
+    cache_rows = cache.locate(keys)
+    found = cache_rows >= 0
+    cached = np.flatnonzero(found)[np.argsort(cache_rows[found], kind="stable")]
     missing = np.flatnonzero(~found)
+    matrix = torch.empty(len(uniques), dim, dtype=torch.float16)
+    cache.gather(cache_rows[cached], out=matrix[:len(cached)])
+    matrix_row = np.empty(len(uniques), dtype=np.int64)
+    matrix_row[cached] = np.arange(len(cached))
+    matrix_row[missing] = len(cached) + np.arange(len(missing))
     if len(missing):
         folder = Path(encoder_folder) if encoder_folder is not None else None
         if folder is None or not (folder / "config.json").is_file():
@@ -684,16 +758,20 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
             raise TextEncoderError(f"encoder folder {folder} is '{encoder.identity}', not the expected '{identity}' "
                                    "(the checkpoint was trained with another text encoder)")
         log.info("embedding %d new unique text(s) with %s (%d of %d from the cache)", len(missing), folder.name,
-                 int(found.sum()), len(uniques))
-        new = encoder.encode([uniques[i] for i in missing])
-        cache.append([keys[i] for i in missing], new)
-        vectors[missing] = new.astype(np.float16).astype(np.float32)  # the cache stores float16: use the same values
+                 len(cached), len(uniques))
+        from tqdm.auto import tqdm
+        with tqdm(total=len(missing), desc="embedding texts", unit="text", disable=len(missing) <= batch_size) as bar:
+            for start in range(0, len(missing), EMBED_SHARD_TEXTS):
+                chunk = missing[start:start + EMBED_SHARD_TEXTS]
+                new = encoder.encode([uniques[i] for i in chunk], progress=bar).astype(np.float16)
+                cache.append(keys[chunk], new)  # saved at once: a killed run resumes from here
+                matrix[len(cached) + start:len(cached) + start + len(chunk)] = torch.from_numpy(new)
     else:
         log.info("all %d unique text(s) found in the embedding cache %s", len(uniques), cache.folder)
     if stats is not None:
-        stats.update(unique_texts=len(uniques), embedded=int(len(missing)), from_cache=int(found.sum()),
+        stats.update(unique_texts=len(uniques), embedded=int(len(missing)), from_cache=int(len(cached)),
                      identity=identity)
-    return torch.from_numpy(vectors), codes.astype(np.int64)
+    return matrix, matrix_row[codes]
 
 # -----------------------------------------------------------------------------
 # Dataset
@@ -776,7 +854,7 @@ def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_even
     else:
         preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
     is_event = table["event_type"].notna().to_numpy()
-    matrix, rows = embed_texts(table.loc[is_event, "event_text"].tolist(), info.get("folder"), cache_dir, device,
+    matrix, rows = embed_texts(table.loc[is_event, "event_text"], info.get("folder"), cache_dir, device,
                                info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
                                dim=info["dim"], stats=stats, dtype=embed_dtype)
     text_rows = np.zeros(len(table), dtype=np.int64)
@@ -923,10 +1001,22 @@ class MortalityTransformer(nn.Module):
             nn.Linear(256, 128), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(128, 1))
 
     @torch.no_grad()
-    def set_text_normalization(self, training_vectors):
-        """Per-dimension mean and std of the text vectors of the training events."""
-        self.text_mean.copy_(training_vectors.mean(0))
-        self.text_scale.copy_(training_vectors.std(0).clamp_min(1e-3) if len(training_vectors) > 1 else 1.0)
+    def set_text_normalization(self, embedding_matrix, event_rows, block_rows=65_536):
+        """Per-dimension mean and std of the text vectors of the training events (`event_rows`: each event's
+        row of `embedding_matrix`). Summed per distinct text, weighted by its number of events, so that no
+        [events, dim] copy is made (hundreds of millions of events at MIMIC-IV scale)."""
+        counts = torch.bincount(event_rows.cpu(), minlength=len(embedding_matrix)).double()
+        n = float(counts.sum())
+        sums, squares = torch.zeros(self.config.text_dim, dtype=torch.float64), torch.zeros(self.config.text_dim, dtype=torch.float64)
+        for start in range(0, len(embedding_matrix), block_rows):
+            block = embedding_matrix[start:start + block_rows].cpu().double()
+            weight = counts[start:start + block_rows]
+            sums += weight @ block
+            squares += weight @ block.square()
+        mean = sums / max(n, 1.0)
+        variance = (squares - n * mean.square()).clamp_min(0) / max(n - 1, 1.0)  # unbiased, as torch.std
+        self.text_mean.copy_(mean.float())
+        self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
     def event_features(self, text_vectors, type_ids, times):
         """[type one-hot | standardised text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
@@ -960,7 +1050,7 @@ class MortalityTransformer(nn.Module):
 
     def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
         device = embedding_matrix.device
-        vectors = embedding_matrix[batch["text_rows"].to(device)]
+        vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
         events = self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
         return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
                     return_pooling=return_pooling)
@@ -1273,7 +1363,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
-    model.set_text_normalization(embedding_matrix[train_text_rows.to(embedding_matrix.device)].cpu())
+    model.set_text_normalization(embedding_matrix, train_text_rows)
     model = model.to(device)
     raw_model = model
     if ddp:
@@ -1431,7 +1521,7 @@ def main(argv=None):
 def _batch_inputs(raw_model, batch, embedding_matrix):
     """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
     device = embedding_matrix.device
-    vectors = embedding_matrix[batch["text_rows"].to(device)]
+    vectors = embedding_matrix[batch["text_rows"].to(device)].float()
     events = raw_model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
     return events, batch["mask"].to(device), batch["static"].to(device)
 

@@ -1,12 +1,14 @@
 """Embedding cache: disk size and load time of N vectors, one .npy per text (the prototype) vs the project's
-EmbeddingCache (train.py: a few float16 shards keyed by MD5, memory-mapped, checksummed), and the float16
+EmbeddingCache (train.py: float16 Arrow shards keyed by MD5, memory-mapped, checksummed), and the float16
 rounding error of the project's cache on real vectors of the default encoder.
 
-"Load" is what a training run does: from the list of texts to a float32 matrix [N, D] in memory (prototype:
-MD5 of each text, np.load of its file, stack; project: EmbeddingCache.lookup of the MD5 keys, which verifies
-every shard's checksum, memory-maps it and gathers the rows). Both are measured with the files in the page
-cache ("warm", a second run) and evicted from it with posix_fadvise(DONTNEED) ("cold", a first run after a
-reboot or on a network disk).
+"Load" is what a training run does, from the list of texts to the matrix it trains from. Prototype: MD5 of
+each text, np.load of its file, np.stack into a float32 [N, D] matrix. Project: train.embed_texts with every
+text cached, as train.py and explain_clinicalLF.py call it: deduplicate the texts, MD5 them, look the keys up
+in the shards (each shard's checksum is trusted once verified), and copy the rows out of the memory-mapped
+shards into the float16 [N, D] matrix that training gathers batches from (widening them to float32 on the
+device, batch by batch). Both are measured with the files in the page cache ("warm", a second run) and
+evicted from it with posix_fadvise(DONTNEED) ("cold", a first run after a reboot or on a network disk).
 
     python bench/cache.py                      # 100,000 vectors of 768 floats, ~2 minutes on 2 cores
     python bench/cache.py --n 1000000          # the issue's goal size (needs ~5 GB of free disk, ~10 minutes)
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import _common
 import train  # imported here so that no timed load pays for importing it
@@ -105,22 +108,24 @@ def project_write(cache_dir, identity, all_texts, dim, seed, shard_size):
         shard_stop = min(shard_start + shard_size, len(all_texts))
         vectors = np.concatenate([vectors_chunk(s, min(s + CHUNK, shard_stop), dim, seed)
                                   for s in range(shard_start, shard_stop, CHUNK)])
-        cache.append([train.text_md5(t) for t in all_texts[shard_start:shard_stop]], vectors)
+        cache.append(train.text_keys(all_texts[shard_start:shard_stop]), vectors)
     return cache.folder
 
 
 def project_load(cache_dir, identity, dim, all_texts):
-    cache = train.EmbeddingCache(cache_dir, identity, dim)
-    found, vectors = cache.lookup([train.text_md5(t) for t in all_texts])
-    assert found.all(), "the project's cache lost vectors"
-    return vectors
+    """(float16 matrix, row of each text), exactly as train.py gets them; nothing may need embedding."""
+    stats = {}
+    matrix, text_rows = train.embed_texts(all_texts, None, cache_dir, identity=identity, dim=dim, stats=stats)
+    assert stats["embedded"] == 0, "the project's cache lost vectors"
+    return matrix, text_rows
 
 
-def check_rows(matrix, all_texts, dim, seed, tolerance):
-    """Spot-check 50 random rows of a loaded matrix against the vectors that were written."""
+def check_rows(vector_of_text, all_texts, dim, seed, tolerance):
+    """Spot-check the loaded vectors of 50 random texts against the vectors that were written."""
     for row in np.random.default_rng(1).choice(len(all_texts), size=min(50, len(all_texts)), replace=False):
         expected = vectors_chunk(row - row % CHUNK, min(row - row % CHUNK + CHUNK, len(all_texts)), dim, seed)
-        assert np.abs(matrix[row] - expected[row % CHUNK]).max() <= tolerance, f"row {row} differs"
+        got = np.asarray(vector_of_text(row), dtype=np.float32)
+        assert np.abs(got - expected[row % CHUNK]).max() <= tolerance, f"row {row} differs"
 
 
 def float16_rounding(n_texts, seed):
@@ -174,17 +179,22 @@ def main():
                     evict(proto_dir if way == "prototype" else shard_dir)
                 log(f"loading ({state} page cache) the {way}'s way")
                 start = time.perf_counter()
-                matrix = (prototype_load(proto_dir, all_texts) if way == "prototype"
-                          else project_load(cache_dir, identity, args.dim, all_texts))
-                seconds = time.perf_counter() - start
-                assert matrix.shape == (args.n, args.dim) and matrix.dtype == np.float32
-                check_rows(matrix, all_texts, args.dim, args.seed, 0.0 if way == "prototype" else 2e-3)
+                if way == "prototype":
+                    matrix = prototype_load(proto_dir, all_texts)
+                    seconds = time.perf_counter() - start
+                    assert matrix.shape == (args.n, args.dim) and matrix.dtype == np.float32
+                    check_rows(lambda i: matrix[i], all_texts, args.dim, args.seed, 0.0)
+                else:
+                    matrix, text_rows = project_load(cache_dir, identity, args.dim, all_texts)
+                    seconds = time.perf_counter() - start
+                    assert matrix.shape == (args.n, args.dim) and matrix.dtype == torch.float16
+                    check_rows(lambda i: matrix[text_rows[i]].numpy(), all_texts, args.dim, args.seed, 2e-3)
                 del matrix
                 load_seconds[(state, way)] = seconds
                 log(f"  {seconds:.2f} s")
         for way, disk, files, write_s in (("prototype: one .npy (float32) per text", proto_disk, proto_files,
                                            proto_write_s),
-                                          ("project: EmbeddingCache (float16 shards)", project_disk, project_files,
+                                          ("project: EmbeddingCache (float16 Arrow shards)", project_disk, project_files,
                                            project_write_s)):
             key = "prototype" if way.startswith("prototype") else "project"
             row = dict(way=way, vectors=args.n, dim=args.dim, files=files, disk_MiB=disk / 2**20,

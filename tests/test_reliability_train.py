@@ -1,5 +1,6 @@
 """Reliability of train.py (issue 6): killed runs resume to the same result, concurrent cache writers,
 untrusted checkpoints, half-written files."""
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -56,13 +57,13 @@ def _append_many(cache_dir, worker, n_shards, queue):
     for i in range(n_shards):
         texts = [f"shared text {i}", f"text {worker}-{i}-a", f"text {worker}-{i}-b"]
         vectors = np.array([[hash_vec(t)] * 8 for t in texts], dtype=np.float32)
-        cache.append([train.text_md5(t) for t in texts], vectors)
-        cache.lookup([train.text_md5(texts[0])])  # read while the other process writes
+        cache.append(train.text_keys(texts), vectors)
+        cache.lookup(train.text_keys(texts[:1]))  # read while the other process writes
     queue.put(worker)
 
 
 def hash_vec(text):
-    return (int(train.text_md5(text)[:4], 16) % 1000) / 100.0
+    return (int(hashlib.md5(text.encode()).hexdigest()[:4], 16) % 1000) / 100.0
 
 
 def test_two_processes_appending_to_the_cache_at_once(tmp_path):
@@ -79,7 +80,7 @@ def test_two_processes_appending_to_the_cache_at_once(tmp_path):
         warnings.simplefilter("error")  # no shard may look corrupted
         cache = train.EmbeddingCache(tmp_path, "enc-x", 8).load()
     texts = [f"shared text {i}" for i in range(25)] + [f"text {w}-{i}-{s}" for w in range(2) for i in range(25) for s in "ab"]
-    found, vectors = cache.lookup([train.text_md5(t) for t in texts])
+    found, vectors = cache.lookup(train.text_keys(texts))
     assert found.all() and len(cache) == len(texts)
     expected = np.array([[hash_vec(t)] * 8 for t in texts], dtype=np.float16).astype(np.float32)
     np.testing.assert_array_equal(vectors, expected)
@@ -151,18 +152,18 @@ def test_reliability_weights_from_another_model_version_are_a_clear_error():
 
 def test_reliability_killed_while_appending_to_the_cache_leaves_a_usable_cache(tmp_path, monkeypatch):
     cache = train.EmbeddingCache(tmp_path, "some-encoder", 8)
-    cache.append([train.text_md5("old")], np.full((1, 8), 0.5))
+    cache.append(train.text_keys(["old"]), np.full((1, 8), 0.5))
 
     def die(*args):
         raise KeyboardInterrupt("killed before the rename")
 
     monkeypatch.setattr(train.os, "replace", die)
     with pytest.raises(KeyboardInterrupt):
-        cache.append([train.text_md5("new")], np.ones((1, 8)))
+        cache.append(train.text_keys(["new"]), np.ones((1, 8)))
     monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the half-written temporary file is not a shard, and nothing looks corrupted
         found, vectors = train.EmbeddingCache(tmp_path, "some-encoder", 8).lookup(
-            [train.text_md5("old"), train.text_md5("new")])
+            train.text_keys(["old", "new"]))
     assert found.tolist() == [True, False]  # the new text is simply embedded again next time
     np.testing.assert_array_equal(vectors[0], np.full(8, 0.5, dtype=np.float32))

@@ -117,7 +117,7 @@ def test_two_encoders_never_share_vectors(tiny_bert_dir, tiny_longformer_dir, tm
 def test_truncated_or_corrupted_shard_is_detected_and_rebuilt(tiny_bert_dir, tmp_path):
     stats = {}
     m1, _ = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
-    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.arrow")
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])  # truncated
     again = {}
@@ -125,12 +125,12 @@ def test_truncated_or_corrupted_shard_is_detected_and_rebuilt(tiny_bert_dir, tmp
         m2, _ = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=again)
     assert again["embedded"] == 4 and not shard.exists()
     torch.testing.assert_close(m1, m2)
-    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.arrow")
     flipped = bytearray(shard.read_bytes())
     flipped[-3] ^= 0xFF  # same size, one corrupted byte
     shard.write_bytes(bytes(flipped))
     with pytest.warns(UserWarning, match="checksum"):
-        assert train.EmbeddingCache(tmp_path, stats["identity"], 24).load().lookup([train.text_md5(TEXTS[0])])[0].sum() == 0
+        assert train.EmbeddingCache(tmp_path, stats["identity"], 24).load().lookup(train.text_keys(TEXTS[:1]))[0].sum() == 0
 
 
 
@@ -145,7 +145,7 @@ def test_verified_shard_is_not_checksummed_again_until_it_changes(tiny_bert_dir,
     (tmp_path / stats["identity"] / "verified-shards.json").unlink()
     assert len(cache()) == 4 and len(checked) == 1  # memo lost: full MD5 once
     assert len(cache()) == 4 and len(checked) == 1  # unchanged: trusted again
-    shard, = (tmp_path / stats["identity"]).glob("shard-*.npy")
+    shard, = (tmp_path / stats["identity"]).glob("shard-*.arrow")
     flipped = bytearray(shard.read_bytes())
     flipped[-3] ^= 0xFF
     shard.write_bytes(bytes(flipped))
@@ -155,6 +155,67 @@ def test_verified_shard_is_not_checksummed_again_until_it_changes(tiny_bert_dir,
     assert len(checked) == 2
 
 def test_hidden_size_mismatch_is_a_clear_error(tmp_path):
-    train.EmbeddingCache(tmp_path, "some-encoder", 24).append([train.text_md5("a")], np.ones((1, 24)))
+    train.EmbeddingCache(tmp_path, "some-encoder", 24).append(train.text_keys(["a"]), np.ones((1, 24)))
     with pytest.raises(train.TextEncoderError, match="size 24 .* hidden size 32"):
-        train.EmbeddingCache(tmp_path, "some-encoder", 32).lookup([train.text_md5("a")])
+        train.EmbeddingCache(tmp_path, "some-encoder", 32).lookup(train.text_keys(["a"]))
+
+
+def test_keys_sharing_their_first_eight_bytes_stay_apart(tmp_path):
+    """The cache's hash table uses the first 8 bytes of the MD5; the other 8 are checked on every lookup."""
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 4)
+    a, b, c = [[7, 1]], [[7, 2]], [[7, 3]]
+    cache.append(np.array(a, dtype=np.uint64), np.full((1, 4), 1.0))
+    cache.append(np.array(b, dtype=np.uint64), np.full((1, 4), 2.0))
+    found, vectors = train.EmbeddingCache(tmp_path, "some-encoder", 4).lookup(np.array(b + a + c, dtype=np.uint64))
+    assert found.tolist() == [True, True, False]
+    np.testing.assert_array_equal(vectors[:, 0], [2.0, 1.0, 0.0])
+    assert len(train.EmbeddingCache(tmp_path, "some-encoder", 4)) == 2
+    train.EmbeddingCache(tmp_path, "some-encoder", 4).append(np.array(a + c, dtype=np.uint64), np.full((2, 4), 3.0))
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 4)
+    assert len(cache) == 3  # a again (first copy wins) and c, whose prefix is taken
+    np.testing.assert_array_equal(cache.lookup(np.array(a + b + c, dtype=np.uint64))[1][:, 0], [1.0, 2.0, 3.0])
+
+
+def test_text_keys_are_the_md5_digests_of_the_utf8_texts():
+    import hashlib
+    keys = train.text_keys(["Lab: Lactate 4.2", "Microbiology: naïve"])
+    assert keys.shape == (2, 2) and keys.dtype == np.uint64
+    assert keys[1].tobytes() == hashlib.md5("Microbiology: naïve".encode()).digest()
+
+
+def test_matrix_is_float16_and_model_inputs_are_the_cached_values(tiny_bert_dir, tmp_path):
+    matrix, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
+    assert matrix.dtype == torch.float16  # half the memory of float32; widened per batch
+    found, cached = train.EmbeddingCache(tmp_path, train.encoder_identity(tiny_bert_dir), 24).lookup(
+        train.text_keys(TEXTS))
+    assert found.all()
+    np.testing.assert_array_equal(matrix[rows].float().numpy(), cached)
+
+
+def test_killed_while_embedding_keeps_the_finished_shards(tiny_bert_dir, tmp_path, monkeypatch):
+    """New vectors are saved every EMBED_SHARD_TEXTS texts, so a killed embedding run resumes where it stopped."""
+    monkeypatch.setattr(train, "EMBED_SHARD_TEXTS", 2)
+    real_encode, calls = train.TextEncoder.encode, []
+
+    def encode_then_die(self, texts, progress=None):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed while embedding")
+        return real_encode(self, texts, progress)
+
+    monkeypatch.setattr(train.TextEncoder, "encode", encode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
+    monkeypatch.setattr(train.TextEncoder, "encode", real_encode)
+    stats = {}
+    matrix, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    assert stats["from_cache"] == 2 and stats["embedded"] == 2  # the first shard survived the kill
+    np.testing.assert_allclose(matrix[rows].float().numpy(), reference_vectors(tiny_bert_dir, TEXTS), atol=2e-3)
+
+
+def test_old_npy_shards_are_ignored_with_a_warning(tmp_path):
+    folder = tmp_path / "some-encoder"
+    folder.mkdir()
+    np.save(folder / "shard-1-2-abc.npy", np.zeros(3))
+    with pytest.warns(UserWarning, match="older train.py cache format"):
+        assert len(train.EmbeddingCache(tmp_path, "some-encoder", 4).load()) == 0

@@ -192,3 +192,16 @@ def test_returned_attention_weights_are_the_ones_used():
         pv = pool.value(att["transformer_output"]).view(B, L, 4, D // 4).transpose(1, 2)
         pooled = pool.proj((att["pooling_attention"] @ pv).reshape(B, D))
         torch.testing.assert_close(pooled[has], att["pooled"][has], atol=1e-5, rtol=1e-5)
+
+
+def test_text_normalization_counts_each_event_without_copying_them():
+    """Mean/std over events (a text used by 3 events counts 3 times), from a float16 matrix, in blocks."""
+    g = torch.Generator().manual_seed(0)
+    matrix = (torch.randn(50, 8, generator=g) * 3 + 1).half()
+    event_rows = torch.randint(0, 50, (400,), generator=g)
+    model = train.MortalityTransformer(train.ModelConfig(text_dim=8, n_static=2, d_model=16, n_layers=1, n_heads=2,
+                                                         d_ff=32, pool_heads=2))
+    model.set_text_normalization(matrix, event_rows, block_rows=7)
+    events = matrix[event_rows].double()
+    torch.testing.assert_close(model.text_mean, events.mean(0).float())
+    torch.testing.assert_close(model.text_scale, events.std(0).float())

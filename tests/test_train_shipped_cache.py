@@ -30,5 +30,5 @@ def test_default_run_embeds_zero_texts_with_the_shipped_cache(tmp_path):
         stays, matrix = train.prepare_stays(table, pre, cache_dir, "cpu", 256, info, stats=stats)
     assert stats["embedded"] == 0 and stats["from_cache"] == table["event_text"].nunique()
     assert matrix.shape == (stats["unique_texts"], 384) and len(stays) == table.stay_id.nunique()
-    shard_bytes = sum(p.stat().st_size for p in shipped.glob("shard-*.npy"))
+    shard_bytes = sum(p.stat().st_size for p in shipped.glob("shard-*.arrow"))
     assert shard_bytes < 5e6  # float16, small enough to ship
