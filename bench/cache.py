@@ -4,7 +4,8 @@ rounding error of the project's cache on real vectors of the default encoder.
 
 "Load" is what a training run does, from the list of texts to the matrix it trains from. Prototype: MD5 of
 each text, np.load of its file, np.stack into a float32 [N, D] matrix. Project: train.embed_texts with every
-text cached, as train.py and explain_clinicalLF.py call it: deduplicate the texts, MD5 them, look the keys up
+text cached, as train.py and explain_clinicalLF.py call it on the event table's text column (a pandas "string"
+Series, made before the clock starts as the prototype's list is): MD5 the texts, deduplicate, look the keys up
 in the shards (each shard's checksum is trusted once verified), and copy the rows out of the memory-mapped
 shards into the float16 [N, D] matrix that training gathers batches from (widening them to float32 on the
 device, batch by batch). Both are measured with the files in the page cache ("warm", a second run) and
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 import _common
@@ -112,10 +114,11 @@ def project_write(cache_dir, identity, all_texts, dim, seed, shard_size):
     return cache.folder
 
 
-def project_load(cache_dir, identity, dim, all_texts):
-    """(float16 matrix, row of each text), exactly as train.py gets them; nothing may need embedding."""
+def project_load(cache_dir, identity, dim, text_column):
+    """(float16 matrix, row of each text), exactly as train.py gets them from the event table's text column
+    (a pandas "string" Series); nothing may need embedding."""
     stats = {}
-    matrix, text_rows = train.embed_texts(all_texts, None, cache_dir, identity=identity, dim=dim, stats=stats)
+    matrix, text_rows = train.embed_texts(text_column, None, cache_dir, identity=identity, dim=dim, stats=stats)
     assert stats["embedded"] == 0, "the project's cache lost vectors"
     return matrix, text_rows
 
@@ -145,6 +148,7 @@ def main():
     args = parser.parse_args()
     print(_common.machine_description())
     all_texts = texts(args.n)
+    text_column = pd.Series(all_texts, dtype="string")  # how train.py holds them (read_event_table's column)
     identity = f"bench-h{args.dim}"
     rows, load_seconds = [], {}
     with _common.WorkDir(args.work_dir, "bench_cache_") as work:
@@ -185,7 +189,7 @@ def main():
                     assert matrix.shape == (args.n, args.dim) and matrix.dtype == np.float32
                     check_rows(lambda i: matrix[i], all_texts, args.dim, args.seed, 0.0)
                 else:
-                    matrix, text_rows = project_load(cache_dir, identity, args.dim, all_texts)
+                    matrix, text_rows = project_load(cache_dir, identity, args.dim, text_column)
                     seconds = time.perf_counter() - start
                     assert matrix.shape == (args.n, args.dim) and matrix.dtype == torch.float16
                     check_rows(lambda i: matrix[text_rows[i]].numpy(), all_texts, args.dim, args.seed, 2e-3)

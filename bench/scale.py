@@ -38,7 +38,7 @@ def embed_stage(table_path, cache_dir, batch_size):
     """The embedding stage, in its own process: every event text of the table through train.embed_texts."""
     import train
     table = train.read_event_table(table_path)
-    texts = table.loc[table["event_type"].notna(), "event_text"].tolist()
+    texts = table.loc[table["event_type"].notna(), "event_text"]  # the column, as train.prepare_stays passes it
     stats = {}
     matrix, rows = train.embed_texts(texts, _common.default_encoder_folder(), cache_dir, "cpu",
                                      batch_size=int(batch_size), stats=stats)

@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -181,6 +182,13 @@ def test_text_keys_are_the_md5_digests_of_the_utf8_texts():
     keys = train.text_keys(["Lab: Lactate 4.2", "Microbiology: naïve"])
     assert keys.shape == (2, 2) and keys.dtype == np.uint64
     assert keys[1].tobytes() == hashlib.md5("Microbiology: naïve".encode()).digest()
+    many = [f"Lab: Glucose {i} mg/dL naïve" for i in range(12_000)]  # enough to be hashed by DuckDB
+    expected = b"".join(hashlib.md5(t.encode()).digest() for t in many)
+    assert train.text_keys(many).tobytes() == expected
+    assert train.text_keys(pd.Series(many, dtype="string")).tobytes() == expected
+    with_surrogate = many[:-1] + ["bad \udc80 byte"]  # Arrow refuses it: hashed in Python instead
+    assert train.text_keys(with_surrogate)[-1].tobytes() == hashlib.md5("bad \udc80 byte".encode(
+        "utf-8", errors="surrogatepass")).digest()
 
 
 def test_matrix_is_float16_and_model_inputs_are_the_cached_values(tiny_bert_dir, tmp_path):
@@ -219,3 +227,16 @@ def test_old_npy_shards_are_ignored_with_a_warning(tmp_path):
     np.save(folder / "shard-1-2-abc.npy", np.zeros(3))
     with pytest.warns(UserWarning, match="older train.py cache format"):
         assert len(train.EmbeddingCache(tmp_path, "some-encoder", 4).load()) == 0
+
+
+def test_distinct_texts_by_md5_with_an_exact_fallback_when_prefixes_collide(monkeypatch):
+    texts = pd.Series(["b", "a", "b", "c", "a"], dtype="string")
+    keys, first, codes = train.distinct_texts(texts)
+    assert first.tolist() == [0, 1, 3] and codes.tolist() == [0, 1, 0, 2, 1]
+    np.testing.assert_array_equal(keys, train.text_keys(["b", "a", "c"]))
+    fake = np.array([[5, 1], [5, 2], [5, 1], [6, 3], [5, 2]], dtype=np.uint64)  # "a" and "b" share a prefix
+    monkeypatch.setattr(train, "text_keys", lambda t: fake)
+    keys, first, codes = train.distinct_texts(texts)
+    assert first.tolist() == [0, 1, 3] and codes.tolist() == [0, 1, 0, 2, 1]
+    assert keys.tolist() == [[5, 1], [5, 2], [6, 3]]
+    assert len(train.distinct_texts(pd.Series([], dtype="string"))[2]) == 0
