@@ -29,8 +29,7 @@ import json
 import math
 import os
 import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,8 @@ from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGra
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 from tqdm import tqdm
+
+import atomic_io
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
 
@@ -443,17 +444,8 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
 def _atomic_write(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_io.atomic_output(path) as tmp, open(tmp, "wb") as f:
+        write(f)
     return path
 
 

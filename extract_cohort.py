@@ -24,6 +24,8 @@ from pathlib import Path
 import sqlglot
 from sqlglot import exp
 
+import atomic_io
+
 QUERY_PATH = Path(__file__).resolve().parent / "query.sql"
 OUTPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 DEFAULT_HOSP_DATASET = "physionet-data.mimiciv_3_1_hosp"
@@ -212,25 +214,6 @@ def copy_options(output: Path) -> str:
     return "FORMAT csv, HEADER true"
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def publish(tmp: Path, output: Path) -> None:
-    """Atomically move a complete temporary file to its final name."""
-    fsync_file(tmp)
-    os.replace(tmp, output)
-    try:
-        dir_fd = os.open(output.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # not every platform can fsync a directory
-
-
 def cohort_counts(con, path: Path) -> dict:
     """Stays, patients, deaths and events of a written event table (read back by DuckDB, not pandas)."""
     reader = "read_parquet" if path.name.endswith(".parquet") else "read_csv"
@@ -263,7 +246,7 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
     tables = find_mimic_tables(mimic_dir)
     setup, select = duckdb_statements(params, query_path)
 
-    tmp = output.parent / f".tmp-{os.getpid()}-{output.name}"  # keeps the suffix: format by extension
+    tmp = atomic_io.temporary_name(output)  # keeps the suffix: DuckDB picks the format by extension
     spill_dir = Path(temp_dir) if temp_dir else output.parent / f".extract_cohort_spill.{os.getpid()}"
     spill_dir.mkdir(parents=True, exist_ok=True)
     database = spill_dir / f"mimic-{os.getpid()}.duckdb"
@@ -303,7 +286,7 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
         except duckdb.Error as err:
             raise ExtractionError(f"The query failed on {mimic_dir}: {err}") from err
         counts = cohort_counts(con, tmp)
-        publish(tmp, output)
+        atomic_io.publish(tmp, output)
         return counts
     finally:
         con.close()
@@ -332,7 +315,7 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
     types = {"observation_hours": "FLOAT64", "lookback_hours": "FLOAT64", "whole_stay": "BOOL"}
     job_config = bigquery.QueryJobConfig(query_parameters=[
         bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items()])
-    tmp = output.parent / f".tmp-{os.getpid()}-{output.name}"  # keeps the suffix: format by extension
+    tmp = atomic_io.temporary_name(output)  # keeps the suffix: DuckDB picks the format by extension
     try:
         try:
             client = bigquery.Client(project=project)
@@ -360,7 +343,7 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
         con = duckdb.connect(":memory:")
         counts = cohort_counts(con, tmp)
         con.close()
-        publish(tmp, output)
+        atomic_io.publish(tmp, output)
         return counts
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ Everything is vectorised with numpy and written with pyarrow: 50,000 stays take 
 """
 import argparse
 import gzip
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+import atomic_io
 
 REPO_ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = REPO_ROOT / "sample_train.csv"
@@ -647,14 +648,8 @@ def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work
         raise RuntimeError("an extracted stay has no truth row: generator and query disagree")
     table["true_probability"] = table["true_probability"].round(4)
     table = table.drop(columns=list(SAMPLE_DROP_COLUMNS))
-    tmp_out = output.parent / f".tmp-{os.getpid()}-{output.name}"
-    try:
+    with atomic_io.atomic_output(output) as tmp_out:
         table.to_csv(tmp_out, index=False)
-        with open(tmp_out, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_out, output)
-    finally:
-        tmp_out.unlink(missing_ok=True)
     stays = table.drop_duplicates("stay_id")
     return {"stays": len(stays), "patients": stays["subject_id"].nunique(), "deaths": int(stays["mortality"].sum()),
             "events": int(table["event_type"].notna().sum()),

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import atomic_io
+
 REPO_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("train")
 
@@ -586,7 +588,7 @@ class EmbeddingCache:
 
     def _remember_verified(self, stamps):
         try:  # only a memo (a lost concurrent update costs one re-check); a read-only cache still works
-            atomic_write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(stamps)).encode())
+            atomic_io.write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(stamps)).encode())
         except OSError:
             pass
 
@@ -710,30 +712,11 @@ class EmbeddingCache:
         data = sink.getvalue()
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
-        atomic_write_bytes(final, data)
+        atomic_io.write_bytes(final, data)
         st = final.stat()  # the bytes just hashed are on disk: the shard counts as verified
         self._remember_verified(self._read_verified() | {f"{final.name}:{st.st_size}:{st.st_mtime_ns}"})
         self._index = None  # re-read on next lookup
         return final
-
-
-def atomic_write_bytes(path, data):
-    """Write to a temporary name in the same folder, fsync, then rename: the old file or the new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems do not fsync directories
-        pass
 
 
 def distinct_texts(texts):
@@ -1119,7 +1102,7 @@ def save_checkpoint(path, payload):
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_io.write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -1196,10 +1179,9 @@ def split_metrics(y, p, name, bootstrap=0, seed=0):
 
 def _savefig(fig, path):
     import matplotlib.pyplot as plt
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    with atomic_io.atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(history, plots_dir):
@@ -1572,7 +1554,7 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
     np.savez_compressed(buffer, layer_attention=att["layer_attention"].float().cpu().numpy().astype(np.float16),
                         pooling_attention=att["pooling_attention"].float().cpu().numpy().astype(np.float16),
                         mask=small["mask"].numpy(), stay_id=small["stay_id"].numpy())
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_io.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -1583,7 +1565,7 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
     labels = np.array([int(s.label) for s in stays])
     predictions = pd.DataFrame({"stay_id": [s.stay_id for s in stays], "subject_id": [s.subject_id for s in stays],
                                 "split": stay_split, "probability": probs, "mortality": labels})
-    atomic_write_bytes(out_dir / "predictions.csv", predictions.to_csv(index=False).encode())
+    atomic_io.write_bytes(out_dir / "predictions.csv", predictions.to_csv(index=False).encode())
     metrics = {}
     for name in ("train", "val", "test"):
         sel = stay_split == name
@@ -1599,7 +1581,7 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
     metrics["epochs_run"] = len(history["train_loss"])
     metrics["temporal_loss_weight"] = args.temporal_loss_weight
     metrics["data"] = extra
-    atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    atomic_io.write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
     sel = stay_split == "test"
     plot_test_curves(labels[sel], probs[sel], out_dir / "plots")
     t = metrics["test"]

@@ -193,7 +193,7 @@ def main():
                     seconds = time.perf_counter() - start
                     assert matrix.shape == (args.n, args.dim) and matrix.dtype == torch.float16
                     check_rows(lambda i: matrix[text_rows[i]].numpy(), all_texts, args.dim, args.seed, 2e-3)
-                del matrix
+                matrix = text_rows = None  # free it before the next load
                 load_seconds[(state, way)] = seconds
                 log(f"  {seconds:.2f} s")
         for way, disk, files, write_s in (("prototype: one .npy (float32) per text", proto_disk, proto_files,

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import _common
-from _common import REPO_ROOT, print_headline, print_table
+from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000], help="numbers of ICU stays")

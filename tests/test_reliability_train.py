@@ -4,7 +4,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import pickle
 import warnings
 
 import numpy as np

@@ -1,5 +1,4 @@
 """train.py: dataset, batching and the attention-pooling transformer."""
-import math
 
 import numpy as np
 import pytest

@@ -1,0 +1,51 @@
+"""Atomic file output, shared by every script that writes results: a reader sees the old file or the complete
+new one, never half of one, and a killed run leaves at most a hidden `.tmp-<pid>-<name>` file, never a
+truncated output under the real name.
+
+    with atomic_output(path) as tmp:   # tmp: a hidden name in the same folder, with path's suffix
+        write_somehow(tmp)             # DuckDB COPY, pandas, open(tmp, "wb"), ...
+    write_bytes(path, data)            # the same for bytes in memory
+"""
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_name(path) -> Path:
+    """A hidden name in the same folder (a rename across filesystems is not atomic) that keeps the suffix,
+    so writers that pick the format by extension (DuckDB COPY, pandas) still do."""
+    path = Path(path)
+    return path.parent / f".tmp-{os.getpid()}-{path.name}"
+
+
+def publish(tmp, path) -> None:
+    """Make the complete file `tmp` durable, rename it over `path`, then make the rename durable."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not every platform or filesystem can fsync a directory
+        pass
+
+
+@contextmanager
+def atomic_output(path):
+    """Yield a temporary path to write; publish it as `path` if the block succeeds, remove it in any case."""
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
