@@ -592,17 +592,13 @@ class EmbeddingCache:
         except OSError:
             pass
 
-    def _open_shard(self, path):
+    @staticmethod
+    def _open_shard(path):
         """(keys uint64 [n, 2], vectors float16 [n, dim]) of one shard, both views into its memory map."""
         batch = pa.ipc.open_file(pa.memory_map(str(path))).get_record_batch(0)
         key, vec = batch.column("key"), batch.column("vec")
-        if vec.type.list_size != self.dim:
-            raise TextEncoderError(
-                f"embedding cache {path} holds vectors of size {vec.type.list_size} but the encoder '{self.identity}' "
-                f"has hidden size {self.dim}; the folder was written by another model. Delete {self.folder} or use "
-                "another --cache-dir.")
         keys = np.frombuffer(key.buffers()[1], dtype=np.uint64, count=2 * len(key), offset=16 * key.offset)
-        vectors = vec.flatten().to_numpy(zero_copy_only=True).reshape(len(vec), self.dim)
+        vectors = vec.flatten().to_numpy(zero_copy_only=True).reshape(len(vec), vec.type.list_size)
         return keys.reshape(-1, 2), vectors
 
     def load(self):
@@ -620,15 +616,18 @@ class EmbeddingCache:
                     verified_now.add(stamp)
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError) as e:  # pyarrow's errors derive from these
-                if isinstance(e, TextEncoderError):
-                    raise
+            except (OSError, ValueError, KeyError):  # pyarrow's errors derive from these
                 ok = False
             if not ok:
                 warnings.warn(f"embedding cache shard {path} is truncated or corrupted (checksum mismatch); "
                               "removing it, its texts will be embedded again")
                 path.unlink(missing_ok=True)
                 continue
+            if shard_vectors.shape[1] != self.dim:
+                raise TextEncoderError(
+                    f"embedding cache {path} holds vectors of size {shard_vectors.shape[1]} but the encoder "
+                    f"'{self.identity}' has hidden size {self.dim}; the folder was written by another model. Delete "
+                    f"{self.folder} or use another --cache-dir.")
             keys.append(shard_keys)
             vectors.append(shard_vectors)
         if verified_now != verified:
@@ -660,8 +659,10 @@ class EmbeddingCache:
         if self._index is None:
             self.load()
         keys = np.asarray(keys, dtype=np.uint64).reshape(-1, 2)
-        pos = self._index.get_indexer(keys[:, 0]) if len(self._index) else np.full(len(keys), -1)
-        rows = np.where(pos >= 0, self._first_row[np.maximum(pos, 0)] if len(self._first_row) else -1, -1)
+        if len(self._index) == 0:
+            return np.full(len(keys), -1)
+        pos = self._index.get_indexer(keys[:, 0])
+        rows = np.where(pos >= 0, self._first_row[pos], -1)  # (pos -1 reads the last row; where() drops it)
         hit = rows >= 0
         for i in np.flatnonzero(hit)[(self._keys[rows[hit]] != keys[hit]).any(1)]:  # prefix shared, key differs
             same = np.flatnonzero((self._keys == keys[i]).all(1))
@@ -724,15 +725,17 @@ def distinct_texts(texts):
     keys = text_keys of each distinct text, first = the position of its first occurrence, codes = each text's
     distinct-text number (in order of first occurrence). Hashing every text in DuckDB and factorizing the
     8-byte prefixes is faster than factorizing the strings; the other 8 bytes are then checked."""
+    def first_occurrences(codes):  # factorize numbers in order of appearance: new where above all before
+        return np.flatnonzero(codes == np.r_[0, np.maximum.accumulate(codes)[:-1] + 1])
+
     keys = text_keys(texts)
     if len(keys) == 0:
         return keys, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     codes, _ = pd.factorize(keys[:, 0])
-    # factorize numbers codes in order of first appearance: a text is new where its code exceeds all before it
-    first = np.flatnonzero(codes == np.r_[0, np.maximum.accumulate(codes)[:-1] + 1])
+    first = first_occurrences(codes)
     if not (keys[first[codes], 1] == keys[:, 1]).all():  # two texts share an 8-byte prefix (odds ~1e-8): exact
         codes, _ = pd.factorize(texts, use_na_sentinel=False)
-        first = np.flatnonzero(codes == np.r_[0, np.maximum.accumulate(codes)[:-1] + 1])
+        first = first_occurrences(codes)
     return keys[first], first, codes.astype(np.int64)
 
 
