@@ -315,7 +315,7 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
     types = {"observation_hours": "FLOAT64", "lookback_hours": "FLOAT64", "whole_stay": "BOOL"}
     job_config = bigquery.QueryJobConfig(query_parameters=[
         bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items()])
-    tmp = atomic_io.temporary_name(output)  # keeps the suffix: DuckDB picks the format by extension
+    tmp = atomic_io.temporary_name(output)
     try:
         try:
             client = bigquery.Client(project=project)
