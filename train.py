@@ -676,12 +676,16 @@ class EmbeddingCache:
         split = np.searchsorted(rows, bounds)
         for shard, vectors in enumerate(self._vectors):
             a, b = split[shard], split[shard + 1]
-            if b > a:
-                local = torch.from_numpy(np.asarray(rows[a:b] - bounds[shard], dtype=np.int64))
-                with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
-                    warnings.simplefilter("ignore", UserWarning)
-                    source = torch.from_numpy(vectors)
-                torch.index_select(source, 0, local, out=out[a:b])
+            if b == a:
+                continue
+            local = np.asarray(rows[a:b] - bounds[shard], dtype=np.int64)
+            with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
+                warnings.simplefilter("ignore", UserWarning)
+                source = torch.from_numpy(vectors)
+            if local[-1] - local[0] == b - a - 1:  # a run of consecutive rows (sorted, distinct): a plain copy
+                out[a:b].copy_(source[local[0]:local[-1] + 1])
+            else:
+                torch.index_select(source, 0, torch.from_numpy(local), out=out[a:b])
         return out
 
     def lookup(self, keys):

@@ -8,8 +8,9 @@ text cached, as train.py and explain_clinicalLF.py call it on the event table's 
 Series, made before the clock starts as the prototype's list is): MD5 the texts, deduplicate, look the keys up
 in the shards (each shard's checksum is trusted once verified), and copy the rows out of the memory-mapped
 shards into the float16 [N, D] matrix that training gathers batches from (widening them to float32 on the
-device, batch by batch). Both are measured with the files in the page cache ("warm", a second run) and
-evicted from it with posix_fadvise(DONTNEED) ("cold", a first run after a reboot or on a network disk).
+device, batch by batch). Both are measured with the files in the page cache ("warm": every file read once just
+before, as by a second run) and evicted from it with posix_fadvise(DONTNEED) ("cold", a first run after a
+reboot or on a network disk).
 
     python bench/cache.py                      # 100,000 vectors of 768 floats, ~2 minutes on 2 cores
     python bench/cache.py --n 1000000          # the issue's goal size (needs ~5 GB of free disk, ~10 minutes)
@@ -86,6 +87,16 @@ def evict(folder: Path):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+
+
+def warm_up(folder: Path):
+    """Read every file of the folder once, so that a "warm" load finds all of it in the page cache (files
+    written long before, or by an earlier run of a kept --work-dir, may have been evicted since)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with open(entry.path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
 
 
 # ----------------------------------------------------------------------------- prototype: one .npy per text
@@ -179,8 +190,8 @@ def main():
 
         for state in args.states:
             for way in ("prototype", "project"):
-                if state == "cold":
-                    evict(proto_dir if way == "prototype" else shard_dir)
+                folder = proto_dir if way == "prototype" else shard_dir
+                evict(folder) if state == "cold" else warm_up(folder)
                 log(f"loading ({state} page cache) the {way}'s way")
                 start = time.perf_counter()
                 if way == "prototype":

@@ -240,3 +240,13 @@ def test_distinct_texts_by_md5_with_an_exact_fallback_when_prefixes_collide(monk
     assert first.tolist() == [0, 1, 3] and codes.tolist() == [0, 1, 0, 2, 1]
     assert keys.tolist() == [[5, 1], [5, 2], [6, 3]]
     assert len(train.distinct_texts(pd.Series([], dtype="string"))[2]) == 0
+
+
+def test_lookup_of_consecutive_and_scattered_rows(tmp_path):
+    keys = train.text_keys([f"text {i}" for i in range(5)])
+    train.EmbeddingCache(tmp_path, "some-encoder", 3).append(keys, np.arange(15).reshape(5, 3))
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 3)
+    for wanted in ([4, 0, 2], [1, 2, 3], [3]):  # rows 0, 2, 4 are gathered; 1-3 copied as one run
+        found, vectors = cache.lookup(keys[wanted])
+        assert found.all()
+        np.testing.assert_array_equal(vectors, np.arange(15).reshape(5, 3)[wanted])
