@@ -561,7 +561,7 @@ class EmbeddingCache:
         self.folder = Path(cache_dir) / identity
         self.identity, self.dim = identity, int(dim)
         self._keys = None       # uint64 [N, 2], the keys of all shards in order
-        self._vectors = []      # per shard: float16 [n, dim], memory-mapped
+        self._vectors = []      # per shard: float16 tensor [n, dim] over its memory map
         self._index = None      # pd.Index of the keys' first 8 bytes -> first row holding that prefix
 
     def shard_paths(self):
@@ -594,12 +594,14 @@ class EmbeddingCache:
 
     @staticmethod
     def _open_shard(path):
-        """(keys uint64 [n, 2], vectors float16 [n, dim]) of one shard, both views into its memory map."""
+        """(keys uint64 [n, 2], vectors float16 tensor [n, dim]) of one shard, both views into its memory map."""
         batch = pa.ipc.open_file(pa.memory_map(str(path))).get_record_batch(0)
         key, vec = batch.column("key"), batch.column("vec")
         keys = np.frombuffer(key.buffers()[1], dtype=np.uint64, count=2 * len(key), offset=16 * key.offset)
         vectors = vec.flatten().to_numpy(zero_copy_only=True).reshape(len(vec), vec.type.list_size)
-        return keys.reshape(-1, 2), vectors
+        with warnings.catch_warnings():  # a read-only memory map: torch only ever reads it
+            warnings.simplefilter("ignore", UserWarning)
+            return keys.reshape(-1, 2), torch.from_numpy(vectors)
 
     def load(self):
         """Memory-map every valid shard and index its keys (the first occurrence of a key wins)."""
@@ -669,32 +671,35 @@ class EmbeddingCache:
             rows[i] = same[0] if len(same) else -1
         return rows
 
-    def gather(self, rows, out):
-        """Copy the vectors of `rows` (sorted, from locate) into the float16 tensor `out`: one contiguous read
-        per shard, straight from its memory map."""
+    def read(self, keys, out=None):
+        """The cached ones of `keys`, in cache order so that each shard is read in one pass: returns (their
+        positions in `keys`, their float16 vectors [len(positions), dim]), the vectors written into the first
+        rows of `out` when it is given."""
+        rows = self.locate(keys)
+        found = rows >= 0
+        positions = np.flatnonzero(found)[np.argsort(rows[found], kind="stable")]
+        out = torch.empty(len(positions), self.dim, dtype=torch.float16) if out is None else out[:len(positions)]
+        rows = rows[positions]
         bounds = np.cumsum([0] + [len(v) for v in self._vectors])
         split = np.searchsorted(rows, bounds)
-        for shard, vectors in enumerate(self._vectors):
+        for shard, source in enumerate(self._vectors):
             a, b = split[shard], split[shard + 1]
             if b == a:
                 continue
-            local = np.asarray(rows[a:b] - bounds[shard], dtype=np.int64)
-            with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
-                warnings.simplefilter("ignore", UserWarning)
-                source = torch.from_numpy(vectors)
+            local = rows[a:b] - bounds[shard]
             if local[-1] - local[0] == b - a - 1:  # a run of consecutive rows (sorted, distinct): a plain copy
                 out[a:b].copy_(source[local[0]:local[-1] + 1])
             else:
-                torch.index_select(source, 0, torch.from_numpy(local), out=out[a:b])
-        return out
+                torch.index_select(source, 0, torch.from_numpy(local.astype(np.int64)), out=out[a:b])
+        return positions, out
 
     def lookup(self, keys):
         """(found bool[n], vectors float32[n, dim]) for keys (uint64 [n, 2]); missing rows are zeros."""
-        rows = self.locate(keys)
-        found = rows >= 0
-        order = np.flatnonzero(found)[np.argsort(rows[found], kind="stable")]
-        vectors = torch.zeros(len(rows), self.dim, dtype=torch.float16)
-        vectors[torch.from_numpy(order)] = self.gather(rows[order], torch.empty(len(order), self.dim, dtype=torch.float16))
+        positions, cached = self.read(keys)
+        vectors = torch.zeros(len(keys), self.dim, dtype=torch.float16)
+        vectors[torch.from_numpy(positions)] = cached
+        found = np.zeros(len(keys), dtype=bool)
+        found[positions] = True
         return found, vectors.float().numpy()
 
     def append(self, keys, vectors):
@@ -760,12 +765,11 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
         identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
     cache = EmbeddingCache(cache_dir, identity, dim)
-    cache_rows = cache.locate(keys)
-    found = cache_rows >= 0
-    cached = np.flatnonzero(found)[np.argsort(cache_rows[found], kind="stable")]
-    missing = np.flatnonzero(~found)
     matrix = torch.empty(len(uniques), dim, dtype=torch.float16)
-    cache.gather(cache_rows[cached], out=matrix[:len(cached)])
+    cached, _ = cache.read(keys, out=matrix)  # cached rows first, then the texts embedded below
+    is_cached = np.zeros(len(uniques), dtype=bool)
+    is_cached[cached] = True
+    missing = np.flatnonzero(~is_cached)
     matrix_row = np.empty(len(uniques), dtype=np.int64)
     matrix_row[cached] = np.arange(len(cached))
     matrix_row[missing] = len(cached) + np.arange(len(missing))
