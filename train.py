@@ -594,14 +594,18 @@ class EmbeddingCache:
 
     @staticmethod
     def _open_shard(path):
-        """(keys uint64 [n, 2], vectors float16 tensor [n, dim]) of one shard, both views into its memory map."""
-        batch = pa.ipc.open_file(pa.memory_map(str(path))).get_record_batch(0)
+        """(keys uint64 [n, 2], vectors float16 tensor [n, dim]) of one shard, both views into its memory map.
+
+        The map is copy-on-write: the vectors can be handed out as a training matrix without a copy, and a
+        write into that tensor changes private pages, never the shard."""
+        mapped = np.memmap(path, mode="c")
+        batch = pa.ipc.open_file(pa.py_buffer(mapped)).get_record_batch(0)
         key, vec = batch.column("key"), batch.column("vec")
         keys = np.frombuffer(key.buffers()[1], dtype=np.uint64, count=2 * len(key), offset=16 * key.offset)
-        vectors = vec.flatten().to_numpy(zero_copy_only=True).reshape(len(vec), vec.type.list_size)
-        with warnings.catch_warnings():  # a read-only memory map: torch only ever reads it
-            warnings.simplefilter("ignore", UserWarning)
-            return keys.reshape(-1, 2), torch.from_numpy(vectors)
+        values = vec.values  # the float16 buffer, located in the map (Arrow's own numpy views are read-only)
+        start = values.buffers()[1].address + 2 * values.offset - mapped.ctypes.data
+        vectors = mapped[start:start + 2 * len(values)].view(np.float16).reshape(len(vec), vec.type.list_size)
+        return keys.reshape(-1, 2), torch.from_numpy(vectors)
 
     def load(self):
         """Memory-map every valid shard and index its keys (the first occurrence of a key wins)."""
@@ -671,11 +675,11 @@ class EmbeddingCache:
             rows[i] = same[0] if len(same) else -1
         return rows
 
-    def read(self, keys, out=None):
+    def read(self, keys, out=None, rows=None):
         """The cached ones of `keys`, in cache order so that each shard is read in one pass: returns (their
         positions in `keys`, their float16 vectors [len(positions), dim]), the vectors written into the first
-        rows of `out` when it is given."""
-        rows = self.locate(keys)
+        rows of `out` when it is given. `rows`: locate(keys), when the caller has it already."""
+        rows = self.locate(keys) if rows is None else rows
         found = rows >= 0
         positions = np.flatnonzero(found)[np.argsort(rows[found], kind="stable")]
         out = torch.empty(len(positions), self.dim, dtype=torch.float16) if out is None else out[:len(positions)]
@@ -692,6 +696,19 @@ class EmbeddingCache:
             else:
                 torch.index_select(source, 0, torch.from_numpy(local.astype(np.int64)), out=out[a:b])
         return positions, out
+
+    def shard_view(self, keys, min_fill=0.5, rows=None):
+        """(vectors, rows) without a copy when every key is cached in the same shard and the keys are at least
+        `min_fill` of that shard: vectors is the shard's float16 [n, dim] tensor (its memory map) and rows the
+        row of each key in it. None otherwise. A table embedded in one run finds all its texts in one shard."""
+        rows = self.locate(keys) if rows is None else rows
+        if len(rows) == 0 or rows.min() < 0:
+            return None
+        bounds = np.cumsum([0] + [len(v) for v in self._vectors])
+        shard = int(np.searchsorted(bounds, rows.min(), side="right")) - 1
+        if rows.max() >= bounds[shard + 1] or len(rows) < min_fill * len(self._vectors[shard]):
+            return None
+        return self._vectors[shard], rows - bounds[shard]
 
     def lookup(self, keys):
         """(found bool[n], vectors float32[n, dim]) for keys (uint64 [n, 2]); missing rows are zeros."""
@@ -753,9 +770,15 @@ EMBED_SHARD_TEXTS = 16_384  # new vectors are saved every this many texts: a kil
 
 def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", max_length=None, batch_size=64,
                 identity=None, dim=None, stats=None, dtype="auto"):
-    """Embed the unique texts missing from the cache and return (embedding_matrix, text_rows): the float16
-    matrix [R, D] holds one row per distinct text (cached rows first, in cache order, so they are copied with
-    one sequential read per shard) and text_rows [len(texts)] gives each text's row.
+    """Embed the unique texts missing from the cache and return (embedding_matrix, text_rows): a float16
+    matrix [R, D] and each text's row in it (text_rows [len(texts)]).
+
+    When every distinct text is cached in one shard that they fill at least half of (a table embedded in one
+    run, read again), the matrix is that shard's copy-on-write memory map: nothing is copied, pages are read
+    as batches touch them, and processes training from the same cache share them. Otherwise the matrix holds
+    one row per distinct text: cached rows first, in cache order (one sequential read per shard), then the
+    new ones. Each run's new vectors end up in one shard (saved every EMBED_SHARD_TEXTS texts while
+    embedding, so that a killed run resumes, and merged when the run completes).
 
     With `identity`/`dim` given (e.g. from a checkpoint) the encoder folder is needed only when a text is missing."""
     texts = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
@@ -765,8 +788,17 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
         identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
     cache = EmbeddingCache(cache_dir, identity, dim)
+    located = cache.locate(keys)
+    view = cache.shard_view(keys, rows=located)
+    if view is not None:
+        shard_vectors, shard_rows = view
+        log.info("all %d unique text(s) found in the embedding cache %s (in one shard: memory-mapped, not copied)",
+                 len(uniques), cache.folder)
+        if stats is not None:
+            stats.update(unique_texts=len(uniques), embedded=0, from_cache=len(uniques), identity=identity)
+        return shard_vectors, shard_rows[codes]
     matrix = torch.empty(len(uniques), dim, dtype=torch.float16)
-    cached, _ = cache.read(keys, out=matrix)  # cached rows first, then the texts embedded below
+    cached, _ = cache.read(keys, out=matrix, rows=located)  # cached rows first, then the texts embedded below
     is_cached = np.zeros(len(uniques), dtype=bool)
     is_cached[cached] = True
     missing = np.flatnonzero(~is_cached)
@@ -786,12 +818,17 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
         log.info("embedding %d new unique text(s) with %s (%d of %d from the cache)", len(missing), folder.name,
                  len(cached), len(uniques))
         from tqdm.auto import tqdm
+        partial_shards = []
         with tqdm(total=len(missing), desc="embedding texts", unit="text", disable=len(missing) <= batch_size) as bar:
             for start in range(0, len(missing), EMBED_SHARD_TEXTS):
                 chunk = missing[start:start + EMBED_SHARD_TEXTS]
                 new = encoder.encode([str(t) for t in uniques.iloc[chunk]], progress=bar).astype(np.float16)
-                cache.append(keys[chunk], new)  # saved at once: a killed run resumes from here
+                partial_shards.append(cache.append(keys[chunk], new))  # saved at once: a killed run resumes here
                 matrix[len(cached) + start:len(cached) + start + len(chunk)] = torch.from_numpy(new)
+        if len(partial_shards) > 1:  # one shard per run, so that the next run can map it instead of copying
+            cache.append(keys[missing], matrix[len(cached):].numpy())
+            for path in partial_shards:  # the merged shard is on disk first: a kill here only leaves duplicates
+                path.unlink(missing_ok=True)
     else:
         log.info("all %d unique text(s) found in the embedding cache %s", len(uniques), cache.folder)
     if stats is not None:

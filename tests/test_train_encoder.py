@@ -250,3 +250,47 @@ def test_lookup_of_consecutive_and_scattered_rows(tmp_path):
         found, vectors = cache.lookup(keys[wanted])
         assert found.all()
         np.testing.assert_array_equal(vectors, np.arange(15).reshape(5, 3)[wanted])
+
+
+def test_a_table_cached_in_one_shard_is_mapped_not_copied(tiny_bert_dir, tmp_path, monkeypatch):
+    first, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
+    shard, = (tmp_path / train.encoder_identity(tiny_bert_dir)).glob("shard-*.arrow")
+    on_disk = shard.read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(train.EmbeddingCache, "read", lambda *a, **k: pytest.fail("copied rows out of the shard"))
+        stats = {}
+        mapped, mapped_rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    assert stats["from_cache"] == 4 and stats["embedded"] == 0
+    torch.testing.assert_close(mapped[mapped_rows], first[rows], rtol=0, atol=0)
+    mapped.zero_()  # copy-on-write: the caller's tensor changes, the shard never does
+    assert shard.read_bytes() == on_disk
+    again, again_rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
+    torch.testing.assert_close(again[again_rows], first[rows], rtol=0, atol=0)
+
+
+def test_shard_view_only_when_one_shard_holds_the_keys_and_they_fill_half_of_it(tmp_path):
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 4)
+    cache.append(train.text_keys(["a", "b", "c", "d"]), np.arange(16).reshape(4, 4))
+    cache.append(train.text_keys(["e"]), np.full((1, 4), 9.0))
+    cache = train.EmbeddingCache(tmp_path, "some-encoder", 4)
+    vectors, rows = cache.shard_view(train.text_keys(["c", "a"]))
+    assert vectors.shape == (4, 4) and rows.tolist() == [2, 0]
+    assert vectors[2, 0].item() == 8.0
+    assert cache.shard_view(train.text_keys(["a"])) is None        # a quarter of its shard: copied instead
+    assert cache.shard_view(train.text_keys(["a", "b", "e"])) is None  # two shards
+    assert cache.shard_view(train.text_keys(["a", "b", "zz"])) is None  # not all cached
+    assert cache.shard_view(train.text_keys(["e"]))[1].tolist() == [0]
+
+
+def test_one_run_leaves_one_shard_however_often_it_saved(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "EMBED_SHARD_TEXTS", 1)  # saved after every text while embedding
+    saved = []
+    real_append = train.EmbeddingCache.append
+    monkeypatch.setattr(train.EmbeddingCache, "append", lambda self, k, v: saved.append(len(k)) or real_append(self, k, v))
+    matrix, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
+    assert saved == [1, 1, 1, 1, 4]  # four saves while embedding, then merged into one shard
+    shard, = (tmp_path / train.encoder_identity(tiny_bert_dir)).glob("shard-*.arrow")
+    stats = {}
+    mapped, mapped_rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path, stats=stats)
+    assert stats["embedded"] == 0
+    torch.testing.assert_close(mapped[mapped_rows], matrix[rows], rtol=0, atol=0)
