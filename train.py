@@ -562,6 +562,7 @@ class EmbeddingCache:
         self.identity, self.dim = identity, int(dim)
         self._keys = None       # uint64 [N, 2], the keys of all shards in order
         self._vectors = []      # per shard: float16 tensor [n, dim] over its memory map
+        self._shard_starts = np.zeros(1, dtype=np.int64)  # first global row of each shard, then the total
         self._index = None      # pd.Index of the keys' first 8 bytes -> first row holding that prefix
 
     def shard_paths(self):
@@ -639,6 +640,7 @@ class EmbeddingCache:
         if verified_now != verified:
             self._remember_verified(verified_now)
         self._vectors = vectors
+        self._shard_starts = np.cumsum([0] + [len(v) for v in vectors])
         self._keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.uint64)
         # A hash table on the first 8 bytes of the MD5 (uint64: fast to build and probe); locate() checks the
         # other 8 bytes, so two texts whose digests share a prefix (odds ~1e-8 at a million texts) stay apart.
@@ -684,7 +686,7 @@ class EmbeddingCache:
         positions = np.flatnonzero(found)[np.argsort(rows[found], kind="stable")]
         out = torch.empty(len(positions), self.dim, dtype=torch.float16) if out is None else out[:len(positions)]
         rows = rows[positions]
-        bounds = np.cumsum([0] + [len(v) for v in self._vectors])
+        bounds = self._shard_starts
         split = np.searchsorted(rows, bounds)
         for shard, source in enumerate(self._vectors):
             a, b = split[shard], split[shard + 1]
@@ -704,7 +706,7 @@ class EmbeddingCache:
         rows = self.locate(keys) if rows is None else rows
         if len(rows) == 0 or rows.min() < 0:
             return None
-        bounds = np.cumsum([0] + [len(v) for v in self._vectors])
+        bounds = self._shard_starts
         shard = int(np.searchsorted(bounds, rows.min(), side="right")) - 1
         if rows.max() >= bounds[shard + 1] or len(rows) < min_fill * len(self._vectors[shard]):
             return None

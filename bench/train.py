@@ -18,6 +18,7 @@ Each way runs in its own process, so its peak memory (ru_maxrss) is its own. Tex
     python bench/train.py --data events.parquet --epochs 2 --text-dim 768
 """
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -171,8 +172,8 @@ def worker(args):
         optimizer.step()
 
     # Untimed warm-up steps (from an epoch that is not timed): the first steps of a process pay one-off costs.
-    for i, (logits, y, _, _) in zip(range(args.warmup_steps),
-                                    batches(args.worker, stays, embedding_matrix, args, args.epochs, model)):
+    for logits, y, _, _ in itertools.islice(batches(args.worker, stays, embedding_matrix, args, args.epochs, model),
+                                            args.warmup_steps):
         step(logits, y)
     real = total = 0
     epoch_seconds = []
