@@ -581,6 +581,12 @@ class EmbeddingCache:
                 digest.update(block)
         return digest.hexdigest() == expected
 
+    @staticmethod
+    def _stamp(path):
+        """What verified-shards.json remembers of a checked shard: a rewrite changes its size or mtime."""
+        st = path.stat()
+        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
     def _read_verified(self):
         try:
             return set(json.loads((self.folder / self.VERIFIED_FILE).read_text()))
@@ -615,8 +621,7 @@ class EmbeddingCache:
         verified_now = set()
         for path in self.shard_paths():
             try:
-                st = path.stat()
-                stamp = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+                stamp = self._stamp(path)
                 ok = stamp in verified or self._verify(path)
                 if ok:
                     shard_keys, shard_vectors = self._open_shard(path)
@@ -742,8 +747,8 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
         atomic_io.write_bytes(final, data)
-        st = final.stat()  # the bytes just hashed are on disk: the shard counts as verified
-        self._remember_verified(self._read_verified() | {f"{final.name}:{st.st_size}:{st.st_mtime_ns}"})
+        # the bytes just hashed are on disk: the shard counts as verified
+        self._remember_verified(self._read_verified() | {self._stamp(final)})
         self._index = None  # re-read on next lookup
         return final
 
