@@ -223,15 +223,15 @@ def main():
                 matrix = text_rows = None  # free it before the next load
                 load_seconds[(state, way)] = seconds
                 log(f"  {seconds:.2f} s")
-        proto_disk = disk_bytes(folders["prototype"])[0]
-        for way, folder in folders.items():
-            disk, files = disk_bytes(folder)
+        disk_use = {way: disk_bytes(folder) for way, folder in folders.items()}  # (bytes, files)
+        for way in folders:
+            disk, files = disk_use[way]
             row = dict(way=layouts[way], vectors=args.n, dim=args.dim, files=files, disk_MiB=disk / 2**20,
                        write_s=write_seconds[way])
             for state in args.states:
                 row[f"load_{state}_s"] = load_seconds[(state, way)]
                 row[f"{state}_speedup"] = load_seconds[(state, "prototype")] / load_seconds[(state, way)]
-            row["disk_ratio"] = disk / proto_disk
+            row["disk_ratio"] = disk / disk_use["prototype"][0]
             rows.append(row)
     print_table(rows, f"Embedding cache: {args.n:,} vectors of {args.dim}")
     rounding = None
