@@ -56,6 +56,8 @@ CREATE TEMP FUNCTION micro_comment_result(comments STRING) AS (
     WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bnot detected') THEN 'negative'
     WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bdetected\b') THEN 'positive'
     WHEN REGEXP_CONTAINS(comments, r'(?i)\bno [a-z ]+ (isolated|found|seen)\b') THEN 'negative'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*<\s*10,000 (organisms|cfu)/ml') THEN '<10,000 CFU/mL'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)overgrowth of swarming proteus') THEN 'overgrowth of swarming Proteus'
     WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora absent') THEN 'commensal respiratory flora absent'
     WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora') THEN 'commensal respiratory flora'
     WHEN REGEXP_CONTAINS(comments, r'(?i)mixed bacterial (flora|types)|contamination') THEN 'mixed flora, likely contamination'

@@ -491,7 +491,8 @@ def test_microbiology_results_say_what_the_comment_says(demo_table, mimic_demo_d
     ("Test cancelled by laboratory.  PATIENT CREDITED.  This is a low yield procedure.  ", "cancelled"),
     ("EQUIVOCAL BY EIA.  Equivocal results indicate probable low levels of antibody.  ", "equivocal"),
     ("___", None), (None, None),
-    ("<10,000 organisms/ml.  ", "<10,000 organisms/ml"),
+    ("<10,000 organisms/ml.  ", "<10,000 CFU/mL"), ("< 10,000 CFU/mL.  ", "<10,000 CFU/mL"),
+    ("Test performed on a new platform.  ", "test performed on a new platform"),  # unknown: the lab's first sentence
 ])
 def test_microbiology_comment_classification(comment, result):
     setup, _ = extract_cohort.duckdb_statements(extract_cohort.query_parameters())
