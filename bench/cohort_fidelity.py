@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 import _common  # noqa: F401  (puts the repository root first on sys.path)
-from _common import REPO_ROOT, print_table
+from _common import REPO_ROOT, print_headline, print_table
 
 import extract_cohort
 import train
@@ -130,6 +130,7 @@ def main():
     max_events = train.build_arg_parser().get_default("max_events")
     markdown(micro_comments_all_rows(args.mimic_dir).to_frame("rows"), "result",
              "All demo microbiology rows without an organism (and org_name CANCELLED), by what their comment says:")
+    headline = {}
     with tempfile.TemporaryDirectory() as folder:
         for hours in args.hours:
             tag = f"{hours:g}h"
@@ -157,6 +158,10 @@ def main():
             labels = ingredient.str.extract(r"^Ingredient: (.+?) -?[\d.]+ \S+$")[0].value_counts()
             markdown(labels.head(8).to_frame("events"), "ingredient label",
                      "\ningredient events by label (with --event-kinds ...,ingredient):")
+            n = now.groupby("stay_id")["event_type"].count()
+            headline.update({f"median_events_{tag}": float(n.median()), f"p90_events_{tag}": float(n.quantile(0.9)),
+                             f"whole_at_max_events_{tag}": float((n <= max_events).mean())})
+    print_headline(max_events=max_events, **headline)
 
 
 if __name__ == "__main__":
