@@ -335,6 +335,11 @@ def test_reliability_cli_error_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert re.search(r"error: .*--observation-hours must be > 0", result.stderr)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "extract_cohort.py"), "--mimic-dir", str(tmp_path),
+                             "--output", str(tmp_path / "x.csv"), "--event-kinds", "lab,xray"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert re.search(r"error: --event-kinds must list one or more of prescription,.*got 'lab,xray'", result.stderr)
 
 
 def test_reliability_bigquery_engine_needs_project_and_package(tmp_path, monkeypatch):
