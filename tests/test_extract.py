@@ -625,3 +625,26 @@ def test_default_max_events_keeps_nine_in_ten_demo_stays_whole(demo_table):
     max_events = train.build_arg_parser().get_default("max_events")
     assert (per_stay <= max_events).mean() >= 0.90, per_stay.describe()
     assert (per_stay > 256).mean() > 0.5  # the old default cut most stays: the bound is not trivial
+
+
+def test_microbiology_org_name_positive_and_cancelled(demo_table, mimic_demo_dir, tmp_path):
+    """org_name POSITIVE (e.g. C. difficile PCR) and CANCELLED, which the demo has only outside the windows:
+    written into a copy of the demo on rows inside them."""
+    table, _ = demo_table
+    micro = read_mimic(mimic_demo_dir, "hosp/microbiologyevents")
+    got = output_rows(table, "microbiologyevents")
+    no_growth = micro["microevent_id"].isin(got.index) & micro["org_name"].isna() \
+        & micro["comments"].fillna("").str.startswith("NO GROWTH")
+    positive, cancelled, eia = micro.index[no_growth][:3]
+    micro.loc[positive, ["org_name", "test_name"]] = ["POSITIVE", "C. difficile PCR"]
+    micro.loc[cancelled, "org_name"] = "CANCELLED"
+    micro.loc[eia, "comments"] = "POSITIVE BY EIA.  A positive IgG result generally indicates past exposure.  "
+    mimic = mimic_copy(mimic_demo_dir, tmp_path / "mimic", skip={"hosp/microbiologyevents"})
+    micro.to_csv(mimic / "hosp" / "microbiologyevents.csv.gz", index=False)
+    run_extraction(tmp_path / "edited.parquet", mimic, progress=False)
+    edited = output_rows(pd.read_parquet(tmp_path / "edited.parquet"), "microbiologyevents")
+    ids = micro["microevent_id"]
+    assert edited.at[ids[positive], "event_text"].endswith(" - C. difficile PCR, positive")
+    assert ids[cancelled] not in edited.index
+    assert edited.at[ids[eia], "event_text"].endswith(", positive")
+    assert set(got.index) - {ids[cancelled]} <= set(edited.index)  # nothing else lost
