@@ -109,6 +109,16 @@ cohort AS (
     )
 ),
 
+result_keys AS (
+  -- How lab and microbiology rows find their stay: a row belongs to the stays of its admission; a row
+  -- without hadm_id (e.g. drawn in clinic, or before the admission was opened) to the stay of the same
+  -- patient whose window contains it, as in MIT-LCP mimic-code. Joining on (subject_id, hadm_id or -1)
+  -- keeps the join an equality join: no lab row meets the stays of the patient's other admissions.
+  SELECT stay_id, subject_id, hadm_id AS hadm_key, window_start, prediction_time FROM cohort
+  UNION ALL
+  SELECT stay_id, subject_id, -1 AS hadm_key, window_start, prediction_time FROM cohort
+),
+
 prescription_events AS (
   SELECT
     c.stay_id,
@@ -150,11 +160,9 @@ lab_events AS (
     ], ' ')) AS event_text,
     'labevents' AS source_table,
     CAST(le.labevent_id AS STRING) AS source_id
-  FROM cohort AS c
-  -- A row belongs to the stay's admission; a row without hadm_id (e.g. drawn in clinic or before the
-  -- admission was opened) to the stay of the same patient whose window contains it, as in mimic-code.
+  FROM result_keys AS c
   INNER JOIN mimiciv_hosp.labevents AS le
-    ON le.subject_id = c.subject_id AND (le.hadm_id = c.hadm_id OR le.hadm_id IS NULL)
+    ON le.subject_id = c.subject_id AND COALESCE(le.hadm_id, -1) = c.hadm_key
   LEFT JOIN mimiciv_hosp.d_labitems AS dl ON dl.itemid = le.itemid
   WHERE COALESCE(le.storetime, le.charttime) >= c.window_start
     AND COALESCE(le.storetime, le.charttime) < c.prediction_time
@@ -198,10 +206,9 @@ microbiology_events AS (
         ELSE ''
       END AS susceptibility,
       CAST(mb.microevent_id AS STRING) AS source_id
-    FROM cohort AS c
-    -- rows without hadm_id: the stay of the same patient whose window contains them (as for labs)
+    FROM result_keys AS c
     INNER JOIN mimiciv_hosp.microbiologyevents AS mb
-      ON mb.subject_id = c.subject_id AND (mb.hadm_id = c.hadm_id OR mb.hadm_id IS NULL)
+      ON mb.subject_id = c.subject_id AND COALESCE(mb.hadm_id, -1) = c.hadm_key
     WHERE COALESCE(mb.storetime, mb.charttime) >= c.window_start
       AND COALESCE(mb.storetime, mb.charttime) < c.prediction_time
   )
