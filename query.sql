@@ -19,6 +19,9 @@
 -- bedside), then at starttime; a row that ended before the prediction time but was charted after it
 -- is left out. Prescriptions: starttime (the table has no charting time). The cohort is adults still
 -- in the ICU and alive at the prediction time, so the label (in-hospital death) always lies after it.
+--
+-- Joins: prescriptions, labs and microbiology by hadm_id (lab and microbiology rows without hadm_id by
+-- subject_id and the window that contains them); procedures, inputs and ingredients by stay_id.
 
 -- A number at `digits` significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
 CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
