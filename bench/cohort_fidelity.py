@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-import _common  # noqa: F401  (puts the repository root first on sys.path)
 from _common import REPO_ROOT, print_headline, print_table
 
 import extract_cohort
