@@ -46,23 +46,33 @@ MIMIC_TABLES = {
     "hosp/prescriptions": {"hadm_id": "BIGINT", "pharmacy_id": "BIGINT", "starttime": "TIMESTAMP",
                            "drug": "VARCHAR", "dose_val_rx": "VARCHAR", "dose_unit_rx": "VARCHAR",
                            "route": "VARCHAR"},
-    "hosp/labevents": {"labevent_id": "BIGINT", "hadm_id": "BIGINT", "itemid": "BIGINT",
+    "hosp/labevents": {"labevent_id": "BIGINT", "subject_id": "BIGINT", "hadm_id": "BIGINT", "itemid": "BIGINT",
                        "charttime": "TIMESTAMP", "storetime": "TIMESTAMP", "value": "VARCHAR",
                        "valuenum": "DOUBLE", "valueuom": "VARCHAR", "ref_range_lower": "DOUBLE",
                        "ref_range_upper": "DOUBLE", "flag": "VARCHAR"},
     "hosp/d_labitems": {"itemid": "BIGINT", "label": "VARCHAR", "fluid": "VARCHAR"},
-    "hosp/microbiologyevents": {"microevent_id": "BIGINT", "hadm_id": "BIGINT",
+    "hosp/microbiologyevents": {"microevent_id": "BIGINT", "subject_id": "BIGINT", "hadm_id": "BIGINT",
                                 "charttime": "TIMESTAMP", "storetime": "TIMESTAMP",
                                 "spec_type_desc": "VARCHAR", "test_name": "VARCHAR",
                                 "org_name": "VARCHAR", "ab_name": "VARCHAR",
-                                "interpretation": "VARCHAR"},
-    "icu/procedureevents": {"stay_id": "BIGINT", "starttime": "TIMESTAMP", "itemid": "BIGINT",
-                            "orderid": "BIGINT", "statusdescription": "VARCHAR"},
+                                "interpretation": "VARCHAR", "comments": "VARCHAR"},
+    "icu/procedureevents": {"stay_id": "BIGINT", "starttime": "TIMESTAMP", "endtime": "TIMESTAMP",
+                            "storetime": "TIMESTAMP", "itemid": "BIGINT", "orderid": "BIGINT",
+                            "statusdescription": "VARCHAR"},
+    "icu/inputevents": {"stay_id": "BIGINT", "starttime": "TIMESTAMP", "endtime": "TIMESTAMP",
+                        "storetime": "TIMESTAMP", "itemid": "BIGINT", "amount": "DOUBLE",
+                        "amountuom": "VARCHAR", "rate": "DOUBLE", "rateuom": "VARCHAR",
+                        "orderid": "BIGINT", "statusdescription": "VARCHAR"},
     "icu/ingredientevents": {"stay_id": "BIGINT", "starttime": "TIMESTAMP", "endtime": "TIMESTAMP",
-                             "itemid": "BIGINT", "amount": "DOUBLE", "amountuom": "VARCHAR",
-                             "orderid": "BIGINT", "statusdescription": "VARCHAR"},
+                             "storetime": "TIMESTAMP", "itemid": "BIGINT", "amount": "DOUBLE",
+                             "amountuom": "VARCHAR", "orderid": "BIGINT", "statusdescription": "VARCHAR"},
     "icu/d_items": {"itemid": "BIGINT", "label": "VARCHAR"},
 }
+# The event types query.sql can write (CONTRACT.md §1) and those a default run writes: `ingredient` rows
+# are the components (Water, IVF ingredient, Calories) of the `input` rows of the same order and were a
+# third of the demo's events (BENCHMARKS.md, "Cohort fidelity"), so they are written only on request.
+EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
+DEFAULT_EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input")
 # query.sql names tables <dataset>.<table> with these placeholder datasets.
 QUERY_DATASETS = {"hosp": "mimiciv_hosp", "icu": "mimiciv_icu"}
 LEAKAGE_WARNING = ("WARNING: --whole-stay keeps events until ICU discharge or death and measures times "
@@ -76,7 +86,8 @@ class ExtractionError(ValueError):
 
 # ----------------------------------------------------------------------------- the query
 
-def query_parameters(observation_hours=48.0, lookback_hours=0.0, whole_stay=False) -> dict:
+def query_parameters(observation_hours=48.0, lookback_hours=0.0, whole_stay=False,
+                     event_kinds=DEFAULT_EVENT_KINDS) -> dict:
     """Validated values of query.sql's @parameters."""
     for name, value in (("observation hours", observation_hours), ("look-back hours", lookback_hours)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -87,7 +98,18 @@ def query_parameters(observation_hours=48.0, lookback_hours=0.0, whole_stay=Fals
     if lookback_hours < 0:
         raise ExtractionError(f"--lookback-hours must be >= 0, got {lookback_hours}.")
     return {"observation_hours": float(observation_hours), "lookback_hours": float(lookback_hours),
-            "whole_stay": bool(whole_stay)}
+            "whole_stay": bool(whole_stay), "event_kinds": parse_event_kinds(event_kinds)}
+
+
+def parse_event_kinds(event_kinds) -> list[str]:
+    """--event-kinds as a list of known kinds: "lab,input" or ["lab", "input"]."""
+    kinds = event_kinds.split(",") if isinstance(event_kinds, str) else list(event_kinds)
+    kinds = [k.strip() for k in kinds if k.strip()]
+    unknown = [k for k in kinds if k not in EVENT_KINDS]
+    if unknown or not kinds:
+        raise ExtractionError(f"--event-kinds must list one or more of {','.join(EVENT_KINDS)} "
+                              f"(comma-separated), got {event_kinds!r}.")
+    return list(dict.fromkeys(kinds))
 
 
 def parse_query(path=QUERY_PATH) -> list:
@@ -117,7 +139,11 @@ def bind_parameters(statement: exp.Expression, params: dict) -> exp.Expression:
             if name not in params:
                 raise ExtractionError(f"query.sql uses @{name}, which extract_cohort.py does not set.")
             value = params[name]
-            return exp.Boolean(this=value) if isinstance(value, bool) else exp.Literal.number(repr(value))
+            if isinstance(value, bool):
+                return exp.Boolean(this=value)
+            if isinstance(value, list):
+                return exp.Array(expressions=[exp.Literal.string(v) for v in value])
+            return exp.Literal.number(repr(value))
         return node
 
     return statement.transform(bind)
@@ -265,13 +291,13 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
         for table, path in tables.items():
             module, name = table.split("/")
             columns = MIMIC_TABLES[table]
+            # times parse as ISO timestamps, with or without fractional seconds (ICU storetime has them)
             types = ", ".join(f"'{col}': '{typ}'" for col, typ in columns.items())
             if progress:
                 print(f"Loading {table} from {path}", file=sys.stderr, flush=True)
             try:
                 con.execute(f"""CREATE TABLE {QUERY_DATASETS[module]}.{name} AS SELECT {', '.join(columns)}
-                    FROM read_csv('{sql_string(path)}', header = true, types = {{{types}}},
-                                  timestampformat = '%Y-%m-%d %H:%M:%S')""")
+                    FROM read_csv('{sql_string(path)}', header = true, types = {{{types}}})""")
             except duckdb.Error as err:
                 raise ExtractionError(f"Cannot read MIMIC-IV table {path}: {err}. Is the file complete "
                                       "(re-download it) and a MIMIC-IV csv?") from err
@@ -312,9 +338,11 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
     import pyarrow.parquet as pq
 
     sql = bigquery_sql(hosp_dataset, icu_dataset, query_path)
-    types = {"observation_hours": "FLOAT64", "lookback_hours": "FLOAT64", "whole_stay": "BOOL"}
+    types = {"observation_hours": "FLOAT64", "lookback_hours": "FLOAT64", "whole_stay": "BOOL",
+             "event_kinds": "STRING"}
     job_config = bigquery.QueryJobConfig(query_parameters=[
-        bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items()])
+        bigquery.ArrayQueryParameter(name, types[name], value) if isinstance(value, list)
+        else bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items()])
     tmp = atomic_io.temporary_name(output)
     try:
         try:
@@ -352,9 +380,9 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
 def extract_cohort(output, mimic_dir=None, engine="duckdb", observation_hours=48.0, lookback_hours=0.0,
                    whole_stay=False, project=None, hosp_dataset=DEFAULT_HOSP_DATASET,
                    icu_dataset=DEFAULT_ICU_DATASET, memory_limit="4GB", threads=None, temp_dir=None,
-                   progress=True) -> dict:
+                   progress=True, event_kinds=DEFAULT_EVENT_KINDS) -> dict:
     """Run query.sql and write the event table to `output`; returns the cohort counts."""
-    params = query_parameters(observation_hours, lookback_hours, whole_stay)
+    params = query_parameters(observation_hours, lookback_hours, whole_stay, event_kinds)
     if whole_stay:
         print(LEAKAGE_WARNING, file=sys.stderr)
     if engine == "duckdb":
@@ -384,6 +412,9 @@ def main(argv=None):
                         help="also keep hospital events (labs, micro, prescriptions) this long before intime")
     parser.add_argument("--whole-stay", action="store_true",
                         help="old whole-stay design (events until ICU discharge/death): LEAKS THE OUTCOME")
+    parser.add_argument("--event-kinds", default=",".join(DEFAULT_EVENT_KINDS),
+                        help="comma-separated event types to write, from " + ",".join(EVENT_KINDS) +
+                        " (ingredient: the components of each input row, off by default)")
     parser.add_argument("--project", help="Google Cloud project billed for the query (bigquery engine)")
     parser.add_argument("--hosp-dataset", default=DEFAULT_HOSP_DATASET, help="BigQuery dataset of hosp tables")
     parser.add_argument("--icu-dataset", default=DEFAULT_ICU_DATASET, help="BigQuery dataset of icu tables")
@@ -399,7 +430,7 @@ def main(argv=None):
         counts = extract_cohort(args.output, args.mimic_dir, args.engine, args.observation_hours,
                                 args.lookback_hours, args.whole_stay, args.project, args.hosp_dataset,
                                 args.icu_dataset, args.memory_limit, args.threads, args.temp_dir,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, event_kinds=args.event_kinds)
     except ExtractionError as err:
         sys.exit(f"extract_cohort.py: error: {err}")
     print(f"Wrote {args.output} in {time.perf_counter() - started:.1f} s")

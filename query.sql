@@ -8,11 +8,17 @@
 --   @lookback_hours    FLOAT64  also keep hadm-level events this long before intime (default 0)
 --   @whole_stay        BOOL     the old whole-stay design: events until ICU discharge or death and
 --                               times relative to that end. It LEAKS THE OUTCOME (retrospective only).
+--   @event_kinds       ARRAY<STRING>  the event types written (default: prescription, procedure, lab,
+--                               microbiology, input; `ingredient` on request)
 --
--- Leakage rules: every event is timestamped when its information became available (lab and
--- microbiology results: storetime, charttime only where storetime is null) and kept only in
--- [intime - lookback, prediction time). The cohort is adults still in the ICU and alive at the
--- prediction time, so the label (in-hospital death) always lies after it.
+-- Leakage rules: every event is timestamped when its information became available and kept only in
+-- [intime - lookback, prediction time). Lab and microbiology results: storetime (charttime only where
+-- storetime is null). Procedures and infusions (ICU rows with a start, an end and a charting time):
+-- a row is kept if it was charted before the prediction time (storetime < prediction time), then at
+-- GREATEST(starttime, storetime), or if it is still running at the prediction time (visible at the
+-- bedside), then at starttime; a row that ended before the prediction time but was charted after it
+-- is left out. Prescriptions: starttime (the table has no charting time). The cohort is adults still
+-- in the ICU and alive at the prediction time, so the label (in-hospital death) always lies after it.
 
 -- A number at `digits` significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
 CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
@@ -21,6 +27,39 @@ CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
     WHEN x = 0 THEN '0'
     ELSE REGEXP_REPLACE(
       CAST(ROUND(x, digits - 1 - CAST(FLOOR(LOG10(ABS(x))) AS INT64)) AS STRING), r'\.0$', '')
+  END
+);
+
+-- The result a microbiology comment states, in a few words, for rows without an organism (MIMIC-IV keeps
+-- many results only in `comments`). Findings and positives are matched before negatives, and negatives
+-- only by explicit phrasings, so a positive never reads as negative; anything else keeps the lab's first
+-- sentence. 'cancelled' marks a test that gave no result (the row is dropped); NULL: nothing stated
+-- (no comment, or only the deidentification mark ___).
+CREATE TEMP FUNCTION micro_comment_result(comments STRING) AS (
+  CASE
+    WHEN comments IS NULL OR TRIM(REPLACE(comments, '___', '')) = '' THEN NULL
+    WHEN REGEXP_CONTAINS(comments, r'(?i)test cancelled|cancelled by laboratory|test not performed') THEN 'cancelled'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)results are invalid|submit another specimen') THEN 'specimen rejected'
+    -- Gram stain findings open the comment or follow a grade such as "4+ (>10 per 1000X FIELD):"
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram negative rod') THEN 'gram-negative rods seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram negative (cocci|diplococci)') THEN 'gram-negative cocci seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram positive cocci\W+in chains') THEN 'gram-positive cocci in chains seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram positive cocci\W+in (pairs and )?clusters') THEN 'gram-positive cocci in clusters seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram positive cocci') THEN 'gram-positive cocci seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*gram positive (rod|bacilli)') THEN 'gram-positive rods seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)(^|:)\s*(budding )?yeast') THEN 'yeast seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*(positive|reactive)\b') THEN 'positive'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*equivocal') THEN 'equivocal'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*no (significant )?growth') THEN 'no growth'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)no microorganisms seen') THEN 'no organisms seen'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*(negative|nonreactive|non-reactive|no\s|gram stain negative)') THEN 'negative'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bnot detected') THEN 'negative'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bdetected\b') THEN 'positive'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)\bno [a-z ]+ (isolated|found|seen)\b') THEN 'negative'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora absent') THEN 'commensal respiratory flora absent'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora') THEN 'commensal respiratory flora'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)mixed bacterial (flora|types)|contamination') THEN 'mixed flora, likely contamination'
+    ELSE LOWER(RTRIM(TRIM(SUBSTR(REGEXP_REPLACE(REGEXP_REPLACE(comments, r'\.\s\s.*$', ''), r'_{3}|\s+', ' '), 1, 60)), '.'))
   END
 );
 
@@ -110,43 +149,73 @@ lab_events AS (
     'labevents' AS source_table,
     CAST(le.labevent_id AS STRING) AS source_id
   FROM cohort AS c
-  INNER JOIN mimiciv_hosp.labevents AS le ON le.hadm_id = c.hadm_id
+  -- A row belongs to the stay's admission; a row without hadm_id (e.g. drawn in clinic or before the
+  -- admission was opened) to the stay of the same patient whose window contains it, as in mimic-code.
+  INNER JOIN mimiciv_hosp.labevents AS le
+    ON le.subject_id = c.subject_id AND (le.hadm_id = c.hadm_id OR le.hadm_id IS NULL)
   LEFT JOIN mimiciv_hosp.d_labitems AS dl ON dl.itemid = le.itemid
   WHERE COALESCE(le.storetime, le.charttime) >= c.window_start
     AND COALESCE(le.storetime, le.charttime) < c.prediction_time
 ),
 
 microbiology_events AS (
+  -- One row per organism, or per organism and antibiotic (susceptibility), or per test without an
+  -- organism, whose result is then in `comments` (see micro_comment_result). Cancelled tests (org_name
+  -- CANCELLED or a "TEST CANCELLED" comment) are no results and are left out.
   SELECT
-    c.stay_id,
-    COALESCE(mb.storetime, mb.charttime) AS event_time,
+    stay_id,
+    event_time,
     'microbiology' AS event_type,
-    CONCAT('Microbiology: ', ARRAY_TO_STRING([
-      NULLIF(TRIM(mb.spec_type_desc), ''),
-      '-',
-      CASE
-        WHEN NULLIF(TRIM(mb.org_name), '') IS NOT NULL THEN TRIM(mb.org_name)
-        ELSE CONCAT(COALESCE(NULLIF(TRIM(mb.test_name), ''), 'test'), ', no organism isolated')
-      END
-    ], ' '),
-    CASE
-      WHEN NULLIF(TRIM(mb.ab_name), '') IS NOT NULL
-        THEN CONCAT(', ', ARRAY_TO_STRING([TRIM(mb.ab_name), NULLIF(TRIM(mb.interpretation), '')], ' '))
-      ELSE ''
-    END) AS event_text,
+    CONCAT('Microbiology: ', ARRAY_TO_STRING([specimen, '-', result], ' '), susceptibility) AS event_text,
     'microbiologyevents' AS source_table,
-    CAST(mb.microevent_id AS STRING) AS source_id
-  FROM cohort AS c
-  INNER JOIN mimiciv_hosp.microbiologyevents AS mb ON mb.hadm_id = c.hadm_id
-  WHERE COALESCE(mb.storetime, mb.charttime) >= c.window_start
-    AND COALESCE(mb.storetime, mb.charttime) < c.prediction_time
+    source_id
+  FROM (
+    SELECT
+      c.stay_id,
+      COALESCE(mb.storetime, mb.charttime) AS event_time,
+      NULLIF(TRIM(mb.spec_type_desc), '') AS specimen,
+      CASE
+        WHEN UPPER(TRIM(mb.org_name)) = 'CANCELLED' THEN NULL
+        WHEN UPPER(TRIM(mb.org_name)) = 'POSITIVE'
+          THEN CONCAT(COALESCE(NULLIF(TRIM(mb.test_name), ''), 'test'), ', positive')
+        WHEN NULLIF(TRIM(mb.org_name), '') IS NOT NULL THEN TRIM(mb.org_name)
+        WHEN micro_comment_result(mb.comments) = 'cancelled' THEN NULL
+        ELSE CONCAT(COALESCE(NULLIF(TRIM(mb.test_name), ''), 'test'), ', ',
+                    COALESCE(micro_comment_result(mb.comments), 'result not recorded'))
+      END AS result,
+      CASE
+        WHEN NULLIF(TRIM(mb.ab_name), '') IS NOT NULL
+          THEN CONCAT(', ', ARRAY_TO_STRING([TRIM(mb.ab_name),
+            CASE UPPER(TRIM(mb.interpretation))
+              WHEN 'S' THEN 'sensitive'
+              WHEN 'R' THEN 'resistant'
+              WHEN 'I' THEN 'intermediate'
+              WHEN 'P' THEN 'pending'
+              ELSE NULLIF(TRIM(mb.interpretation), '')
+            END], ' '))
+        ELSE ''
+      END AS susceptibility,
+      CAST(mb.microevent_id AS STRING) AS source_id
+    FROM cohort AS c
+    -- rows without hadm_id: the stay of the same patient whose window contains them (as for labs)
+    INNER JOIN mimiciv_hosp.microbiologyevents AS mb
+      ON mb.subject_id = c.subject_id AND (mb.hadm_id = c.hadm_id OR mb.hadm_id IS NULL)
+    WHERE COALESCE(mb.storetime, mb.charttime) >= c.window_start
+      AND COALESCE(mb.storetime, mb.charttime) < c.prediction_time
+  )
+  WHERE result IS NOT NULL
 ),
 
 procedure_events AS (
-  -- A procedure is known when it starts; its duration (value) only at its end, so it is left out.
+  -- ICU rows (procedures, infusions) are charted after the fact, often hours after they ended. A row
+  -- is kept if it was charted before the prediction time (then known at its charting time, or at its
+  -- start if it was charted ahead) or if it is still running at the prediction time (then visible at
+  -- the bedside since it started); a row that ended before the prediction time but was charted after it
+  -- is left out. A procedure's duration (value) is known only at its end, so it is not shown.
   SELECT
     c.stay_id,
-    pe.starttime AS event_time,
+    CASE WHEN pe.storetime < c.prediction_time THEN GREATEST(pe.starttime, pe.storetime) ELSE pe.starttime END
+      AS event_time,
     'procedure' AS event_type,
     CONCAT('Procedure: ', COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(pe.itemid AS STRING)))) AS event_text,
     'procedureevents' AS source_table,
@@ -155,16 +224,49 @@ procedure_events AS (
   INNER JOIN mimiciv_icu.procedureevents AS pe ON pe.stay_id = c.stay_id
   LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = pe.itemid
   WHERE pe.starttime >= c.window_start AND pe.starttime < c.prediction_time
+    AND (pe.storetime < c.prediction_time OR pe.endtime > c.prediction_time)
     AND COALESCE(pe.statusdescription, '') != 'Rewritten'
 ),
 
-ingredient_events AS (
-  -- An infusion is known when it starts. Its amount covers [starttime, endtime]; where that runs past
-  -- the prediction time only the share given before it is shown (the full amount would reveal survival).
-  -- Amounts are shown at two significant figures: a 54.32109 mL segment of an infusion is 54 mL.
+input_events AS (
+  -- The infusions and boluses themselves (drug or fluid, amount, rate), kept and timed by the charting
+  -- rule of procedure_events. A row's amount covers [starttime, endtime]; where that runs past the
+  -- prediction time only the share given before it is shown (the full amount would reveal survival).
+  -- Amounts and rates at two significant figures: a 54.32109 mL segment is 54 mL.
   SELECT
     c.stay_id,
-    ig.starttime AS event_time,
+    CASE WHEN ip.storetime < c.prediction_time THEN GREATEST(ip.starttime, ip.storetime) ELSE ip.starttime END
+      AS event_time,
+    'input' AS event_type,
+    CONCAT('Input: ', ARRAY_TO_STRING([
+      COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ip.itemid AS STRING))),
+      fmt_num(CASE
+        WHEN ip.endtime > c.prediction_time AND ip.endtime > ip.starttime
+          THEN ip.amount * DATETIME_DIFF(c.prediction_time, ip.starttime, SECOND)
+                         / DATETIME_DIFF(ip.endtime, ip.starttime, SECOND)
+        ELSE ip.amount
+      END, 2),
+      NULLIF(TRIM(ip.amountuom), ''),
+      CASE WHEN ip.rate IS NOT NULL THEN CONCAT('at ', fmt_num(ip.rate, 2), ' ', COALESCE(TRIM(ip.rateuom), '')) END
+    ], ' ')) AS event_text,
+    'inputevents' AS source_table,
+    CONCAT(CAST(ip.orderid AS STRING), ':', CAST(ip.itemid AS STRING)) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_icu.inputevents AS ip ON ip.stay_id = c.stay_id
+  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = ip.itemid
+  WHERE ip.starttime >= c.window_start AND ip.starttime < c.prediction_time
+    AND (ip.storetime < c.prediction_time OR ip.endtime > c.prediction_time)
+    AND COALESCE(ip.statusdescription, '') != 'Rewritten'
+),
+
+ingredient_events AS (
+  -- The ingredients of each input row (Water, IVF ingredient, Calories, ...): every demo ingredient row
+  -- shares its orderid with an inputevents row, so they repeat the infusion as its components; written
+  -- only when @event_kinds asks for them. Same charting rule and pro-rating as input_events.
+  SELECT
+    c.stay_id,
+    CASE WHEN ig.storetime < c.prediction_time THEN GREATEST(ig.starttime, ig.storetime) ELSE ig.starttime END
+      AS event_time,
     'ingredient' AS event_type,
     CONCAT('Ingredient: ', ARRAY_TO_STRING([
       COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ig.itemid AS STRING))),
@@ -182,6 +284,7 @@ ingredient_events AS (
   INNER JOIN mimiciv_icu.ingredientevents AS ig ON ig.stay_id = c.stay_id
   LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = ig.itemid
   WHERE ig.starttime >= c.window_start AND ig.starttime < c.prediction_time
+    AND (ig.storetime < c.prediction_time OR ig.endtime > c.prediction_time)
     AND COALESCE(ig.statusdescription, '') != 'Rewritten'
 ),
 
@@ -190,6 +293,7 @@ all_events AS (
   UNION ALL SELECT * FROM lab_events
   UNION ALL SELECT * FROM microbiology_events
   UNION ALL SELECT * FROM procedure_events
+  UNION ALL SELECT * FROM input_events
   UNION ALL SELECT * FROM ingredient_events
 ),
 
@@ -205,6 +309,7 @@ events AS (
     source_id
   FROM all_events
   WHERE event_time IS NOT NULL
+    AND event_type IN UNNEST(@event_kinds)
   QUALIFY ROW_NUMBER() OVER (
     PARTITION BY stay_id, event_time, event_type, TRIM(REGEXP_REPLACE(event_text, r'\s+', ' '))
     ORDER BY source_table, source_id

@@ -24,7 +24,7 @@ STATIC = ["gender", "race", "marital_status", "admission_type", "admission_locat
           "first_careunit", "patient_age", "mortality"]
 EVENT_FIELDS = ["event_time", "event_type", "event_text", "relative_time_to_final_event"]
 PREFIX = {"prescription": "Prescription: ", "procedure": "Procedure: ", "lab": "Lab: ",
-          "microbiology": "Microbiology: ", "ingredient": "Ingredient: "}
+          "microbiology": "Microbiology: ", "input": "Input: "}  # the default kinds (ingredient on request)
 
 
 def read_mimic(mimic_dir, table, **kwargs):
@@ -140,7 +140,7 @@ def test_event_texts_are_clean(demo_table):
         assert of_kind.str.startswith(prefix).all()
         assert (of_kind.str.len() > len(prefix)).all()
     # numbers we format carry at most three significant figures: no float noise, no trailing ".0"
-    formatted = pd.concat([texts[events["event_type"] == "ingredient"].str.extract(r" (-?[\d.]+) \S+$")[0],
+    formatted = pd.concat([texts[events["event_type"] == "input"].str.extract(r" (-?[\d.]+) \S+$")[0],
                            texts[events["event_type"] == "lab"].str.extract(r"\(ref ([\d.]+)-")[0]]).dropna()
     assert len(formatted) > 1000
     significant = formatted.str.replace(".", "", regex=False).str.lstrip("0-").str.rstrip("0").str.len()
@@ -218,10 +218,10 @@ def test_bigquery_translation_names_only_mimic_tables():
     expected = {f"physionet-data.mimiciv_3_1_hosp.{t}" for t in
                 ("patients", "admissions", "prescriptions", "labevents", "d_labitems", "microbiologyevents")} | \
                {f"physionet-data.mimiciv_3_1_icu.{t}" for t in
-                ("icustays", "procedureevents", "ingredientevents", "d_items")}
-    assert tables - ctes - {"fmt_num"} == expected  # sqlglot files the UDF's name as a table
+                ("icustays", "procedureevents", "inputevents", "ingredientevents", "d_items")}
+    assert tables - ctes - {"fmt_num", "micro_comment_result"} == expected  # sqlglot files UDF names as tables
     params = {p.name for s in statements for p in s.find_all(exp.Parameter)}
-    assert params == {"observation_hours", "lookback_hours", "whole_stay"}
+    assert params == {"observation_hours", "lookback_hours", "whole_stay", "event_kinds"}
     # dataset names are parameters too
     custom = extract_cohort.bigquery_sql("my-project.mimic_hosp", "my-project.mimic_icu")
     assert "`my-project`.mimic_hosp.labevents" in custom or "my-project.mimic_hosp.labevents" in custom
@@ -374,6 +374,7 @@ def test_bigquery_engine_streams_result_with_query_parameters(demo_table, tmp_pa
     fake.Client = Client
     fake.QueryJobConfig = lambda query_parameters: types.SimpleNamespace(query_parameters=query_parameters)
     fake.ScalarQueryParameter = lambda name, kind, value: (name, kind, value)
+    fake.ArrayQueryParameter = lambda name, kind, values: (name, f"ARRAY<{kind}>", tuple(values))
     google, cloud = types.ModuleType("google"), types.ModuleType("google.cloud")
     google.cloud, cloud.bigquery = cloud, fake
     monkeypatch.setitem(sys.modules, "google", google)
@@ -384,7 +385,8 @@ def test_bigquery_engine_streams_result_with_query_parameters(demo_table, tmp_pa
     got = run_extraction(out, engine="bigquery", project="my-project", observation_hours=24,
                          hosp_dataset="p.h", icu_dataset="p.i")
     assert sent["project"] == "my-project"
-    assert sorted(sent["params"]) == [("lookback_hours", "FLOAT64", 0.0), ("observation_hours", "FLOAT64", 24.0),
+    assert sorted(sent["params"]) == [("event_kinds", "ARRAY<STRING>", extract_cohort.DEFAULT_EVENT_KINDS),
+                                      ("lookback_hours", "FLOAT64", 0.0), ("observation_hours", "FLOAT64", 24.0),
                                       ("whole_stay", "BOOL", False)]
     assert "p.h.labevents" in sent["sql"] and "@observation_hours" in sent["sql"]
     sqlglot.parse(sent["sql"], read="bigquery")
