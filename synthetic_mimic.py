@@ -698,7 +698,7 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
 # demo, see derive_synthetic_vocab.py). Rows are drawn over [-6 h, min(los, 54 h)) from intime (ICU tables
 # from intime on), so the 48 h window sees about 4/5 of the hospital rows and 8/9 of the ICU rows.
 # Rows per hour of each kind, tuned so that the extracted cohort matches the demo's (tests/test_synthetic.py):
-REALISTIC_RATES = {"lab": 4.3, "prescription": 1.1, "input_orders": 0.95, "procedure": 0.19, "microbiology": 0.1}
+REALISTIC_RATES = {"lab": 4.3, "prescription": 1.1, "input_orders": 1.05, "procedure": 0.18, "microbiology": 0.13}
 INGREDIENTS_PER_INPUT_ROW = 1.4
 REALISTIC_EVENTS_PER_STAY = 470.0  # about what the rates above make in the window; --events-per-stay scales them
 STAY_INTENSITY_SHAPE = 5.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
@@ -768,14 +768,14 @@ def load_vocab(path=None) -> dict:
     return v
 
 
-def from_quantiles(rng, quantiles, n=None):
+def from_quantiles(rng, quantiles, n=None, discrete=False):
     """Draws from a distribution given by its 21 quantiles (rows of a matrix, or one vector), linearly
-    interpolated."""
+    interpolated; discrete=True draws the quantile values themselves (doses come in round numbers)."""
     quantiles = np.atleast_2d(quantiles)
     n = len(quantiles) if n is None else n
     position = rng.random(n) * (quantiles.shape[1] - 1)
     low = np.minimum(position.astype(int), quantiles.shape[1] - 2)
-    frac = position - low
+    frac = np.round(position - low) if discrete else position - low
     rows = np.arange(n) if len(quantiles) == n else np.zeros(n, int)
     return quantiles[rows, low] * (1 - frac) + quantiles[rows, low + 1] * frac
 
@@ -919,8 +919,8 @@ def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_del
     rateuom = [items[i]["rateuom"] for i in range(len(items))]
     has_rate = np.array([u is not None for u in rateuom])[it] & (rng.random(n) < np.array([i["rate_share"] for i in items])[it])
     if rate is None:
-        rate = np.round(from_quantiles(rng, np.array([items[i]["rate"] or [0.0] * 21 for i in it])), 3)
-        amount = np.round(from_quantiles(rng, np.array([items[i]["amount"] for i in it])), 3)
+        rate = from_quantiles(rng, np.array([items[i]["rate"] or [0.0] * 21 for i in it]), discrete=True)
+        amount = from_quantiles(rng, np.array([items[i]["amount"] for i in it]), discrete=True)
         amount = np.where(has_rate & np.array([items[i]["amountuom"] == "ml" for i in it]), rate * minutes / 60, amount)
     else:
         rate = rate[order] * (1 + rng.uniform(-0.5, 0.5, n))  # titrated up and down
