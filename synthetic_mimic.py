@@ -2,15 +2,26 @@
 Synthetic MIMIC-IV: tables with the demo's file names, columns and types, for any number of ICU stays,
 with planted, clinically plausible mortality risk whose truth is written beside them.
 
-    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --seed 0   # hosp/, icu/, truth/
-    python synthetic_mimic.py --make-sample                                   # remakes sample_train.csv
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 6000 --extract /tmp/synth/events.parquet
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --regime small   # the light regime
+    python synthetic_mimic.py --make-sample                                        # remakes sample_train.csv
 
-Each stay gets background events drawn with Zipf-like frequencies from small embedded dictionaries
-(real MIMIC-IV item ids and labels; nothing is read from MIMIC at run time) and, depending on a
-latent severity, some of five planted risk factors, all placed inside the default 48-hour
-observation window [intime, intime + 48 h):
+Two regimes:
+- realistic (default): the extracted cohort looks like the demo's (tests/test_synthetic.py checks events per
+  stay, the share of each event kind and distinct texts per event against the demo): ~340 events per stay
+  in the 48 h window, drawn from synthetic_vocab.json (aggregates of the demo: lab panels with value
+  quantiles, drug orders, infusions in inputevents with their ingredient rows, procedures, microbiology
+  rows with results in `comments`), with charting delays (storetime hours after the start, some after the
+  prediction time), lab and microbiology rows without hadm_id, and vasopressors as infusions. Rows are
+  written in chunks of stays, so memory stays bounded.
+- small: ~46 events per stay from small embedded dictionaries (real MIMIC-IV item ids and labels), no
+  inputevents rows, vasopressors as prescriptions; sample_train.csv is made in this regime.
+
+In both, a latent severity makes some of five planted risk factors more likely, all placed inside the
+default 48-hour observation window [intime, intime + 48 h) and known at its end:
     lactate    Lab: Lactate > 4 mmol/L, abnormal
-    pressor    Prescription: Norepinephrine / Vasopressin IV DRIP
+    pressor    small: Prescription: Norepinephrine / Vasopressin IV DRIP;
+               realistic: a titrated Norepinephrine / Phenylephrine / Vasopressin / Epinephrine infusion
     ventilated Procedure: Intubation, Invasive Ventilation
     bacteremia Microbiology: BLOOD CULTURE positive (S. aureus, E. coli, K. pneumoniae) with susceptibilities
     renal      Lab: Creatinine > 3 mg/dL, abnormal, and often Procedure: Dialysis - CRRT
@@ -18,9 +29,9 @@ The true probability of in-hospital death is logistic in these factors and age, 
 drawn from it, so the AUROC of the true probability against the labels is the ceiling any model can
 reach. truth/stays.csv.gz holds each stay's true probability and factors; truth/planted_rows.csv.gz
 names every source row that carries planted risk by (source_table, source_id) exactly as query.sql
-reports them, so extracted events can be joined to the truth.
+reports them, so extracted events can be joined to the truth. Nothing of MIMIC is read at run time.
 
-Everything is vectorised with numpy and written with pyarrow: 50,000 stays take well under a minute.
+Everything is vectorised with numpy and written with pyarrow.
 """
 import argparse
 import gzip
@@ -700,7 +711,8 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
 # Rows per hour of each kind, tuned so that the extracted cohort matches the demo's (tests/test_synthetic.py):
 REALISTIC_RATES = {"lab": 4.3, "prescription": 1.1, "input_orders": 1.05, "procedure": 0.18, "microbiology": 0.13}
 INGREDIENTS_PER_INPUT_ROW = 1.4
-REALISTIC_EVENTS_PER_STAY = 470.0  # about what the rates above make in the window; --events-per-stay scales them
+# rows the rates above make per stay, all tables (ingredients included); --events-per-stay scales them
+REALISTIC_EVENTS_PER_STAY = 600.0
 STAY_INTENSITY_SHAPE = 5.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
 KIND_INTENSITY_SHAPE = 6.0  # and of each kind's activity within a stay
 LAB_NULL_HADM_SHARE, MICRO_NULL_HADM_SHARE = 0.015, 0.08  # results filed without an admission (ED, outpatient)
@@ -1135,12 +1147,15 @@ def main(argv=None):
     parser.add_argument("--n-stays", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--regime", choices=REGIMES, default="realistic",
-                        help="realistic: the demo's volume and mix (~360 events per stay in the 48 h window, "
+                        help="realistic: the demo's volume and mix (~340 events per stay in the 48 h window, "
                              "infusions in inputevents, results in comments, charting delays); small: the light "
                              "regime of sample_train.csv (~46 events per stay)")
     parser.add_argument("--events-per-stay", type=float, default=None,
                         help=f"mean background events generated per stay (default: {REALISTIC_EVENTS_PER_STAY:g} "
                              f"realistic, {SMALL_EVENTS_PER_STAY:g} small; about 3/4 fall in the 48 h window)")
+    parser.add_argument("--extract", type=Path, metavar="FILE",
+                        help="then run extract_cohort.py (query.sql, its defaults) on --out-dir and write the "
+                             "event table to FILE (.csv, .csv.gz or .parquet)")
     parser.add_argument("--make-sample", action="store_true",
                         help=f"remake {SAMPLE_PATH.name} ({SAMPLE_STAYS} stays, seed {SAMPLE_SEED}) exactly")
     args = parser.parse_args(argv)
@@ -1155,6 +1170,10 @@ def main(argv=None):
             shutil.rmtree(args.out_dir / sub, ignore_errors=True)
     stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay, regime=args.regime)
     print(f"Wrote synthetic MIMIC-IV to {args.out_dir}: " + " ".join(f"{k}={v}" for k, v in stats.items()))
+    if args.extract:
+        import extract_cohort
+        counts = extract_cohort.extract_cohort(args.extract, args.out_dir, progress=False)
+        print(f"Wrote the event table {args.extract}: {extract_cohort.format_counts(counts)}")
     return stats
 
 
