@@ -57,7 +57,7 @@ ERASER_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 FIGURES = ("layer_attention_weights.png", "sequence_importance.png", "sequence_importance_combined.png",
            "head_specialization.png", "feature_importance.png", "query_vector_analysis.png",
            "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png")
-N_TYPE_COLUMNS = 5  # the first columns of an event's feature vector are its type one-hot (len(EVENT_TYPES))
+N_TYPE_COLUMNS = 6  # the first columns of an event's feature vector are its type one-hot (len(train.EVENT_TYPES))
 # -----------------------------------------------------------------------------
 
 

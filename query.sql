@@ -299,7 +299,8 @@ all_events AS (
 
 events AS (
   -- The same statement twice at the same moment (e.g. two pharmacy rows of one order) tells the
-  -- model nothing new: keep one, the lowest source row.
+  -- model nothing new: keep one, the lowest source row. An ICU row is one administration or procedure
+  -- of its own (two bags charted in one go are two bags), so ICU rows are never merged.
   SELECT
     stay_id,
     event_time,
@@ -311,7 +312,8 @@ events AS (
   WHERE event_time IS NOT NULL
     AND event_type IN UNNEST(@event_kinds)
   QUALIFY ROW_NUMBER() OVER (
-    PARTITION BY stay_id, event_time, event_type, TRIM(REGEXP_REPLACE(event_text, r'\s+', ' '))
+    PARTITION BY stay_id, event_time, event_type, TRIM(REGEXP_REPLACE(event_text, r'\s+', ' ')),
+      CASE WHEN source_table IN ('procedureevents', 'inputevents', 'ingredientevents') THEN source_id END
     ORDER BY source_table, source_id
   ) = 1
 )

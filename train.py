@@ -62,7 +62,9 @@ def build_arg_parser():
     p.add_argument("--cache-dir", default=str(REPO_DIR / "clinical_LF_precomp_emb"))
     p.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
     # data
-    p.add_argument("--max-events", type=int, default=256, help="keep the most recent N events of each stay")
+    # 768 keeps every event of 96% of the MIMIC-IV demo's stays at 48 h (90th percentile 572; BENCHMARKS.md,
+    # "Cohort fidelity"); the run logs how many stays are cut
+    p.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
     # model
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layers", type=int, default=4)
@@ -92,14 +94,16 @@ def build_arg_parser():
     return p
 
 
-EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "ingredient")
+# CONTRACT.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
+EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
 STATIC_CATEGORICAL = ("gender", "race", "marital_status", "admission_type", "admission_location",
                       "insurance", "first_careunit")
 STATIC_NUMERIC = ("patient_age",)
 EVENT_COLUMNS = ("event_time", "event_type", "event_text", "relative_time_to_final_event")
 REQUIRED_COLUMNS = ("subject_id", "hadm_id", "stay_id", *EVENT_COLUMNS, *STATIC_CATEGORICAL, *STATIC_NUMERIC,
                     "mortality")
-CHECKPOINT_FORMAT_VERSION = 2  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale)
+CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale,
+                               # 3: event type `input`, six event-type features)
 
 # -----------------------------------------------------------------------------
 # Event table
@@ -887,6 +891,8 @@ def build_stays(table, preprocessor, text_rows, max_events):
     if n_cut:
         log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
                     "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
+    else:
+        log.info("all %d stays fit whole in --max-events=%d (longest: %d events)", len(stays), max_events, longest)
     return stays
 
 
@@ -977,7 +983,7 @@ class LengthBucketSampler:
 class ModelConfig:
     text_dim: int
     n_static: int
-    n_event_types: int = 5
+    n_event_types: int = len(EVENT_TYPES)
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 8
@@ -1174,8 +1180,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_state)")
     version = ckpt.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
+        why = (f" (format 3 added the event type `input`: models now have {len(EVENT_TYPES)} event-type features, "
+               f"{list(EVENT_TYPES)})" if isinstance(version, int) and version < 3 else "")
         raise CheckpointError(f"{path}: checkpoint format_version {version!r}, this train.py reads "
-                              f"{CHECKPOINT_FORMAT_VERSION}; retrain with this version")
+                              f"{CHECKPOINT_FORMAT_VERSION}{why}; retrain with this version")
     missing = [k for k in ("model_config", "preprocessor", "text_encoder", "args") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")

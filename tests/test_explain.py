@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import explain_clinicalLF as ex
 
-TEXT_DIM, N_STATIC, N_TYPES = 6, 5, 5
+TEXT_DIM, N_STATIC, N_TYPES = 6, 5, ex.N_TYPE_COLUMNS
 F = N_TYPES + TEXT_DIM + 1
 STATIC_GROUPS = {"gender": [0, 1], "race": [2, 3], "patient_age": [4]}
 
@@ -94,6 +94,11 @@ def make_batch(lengths, planted=None, seed=1):
 
 
 SETTINGS = ex.ExplainSettings(n_steps=64, internal_batch_size=None)
+
+
+def test_type_columns_match_train_event_types():
+    import train
+    assert ex.N_TYPE_COLUMNS == len(train.EVENT_TYPES) and "input" in train.EVENT_TYPES
 
 
 def test_linear_model_every_method_gives_the_exact_contributions():

@@ -139,6 +139,21 @@ def test_killed_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mon
     assert torch.equal(train.load_checkpoint(path)["model_state"]["w"], torch.ones(3))
 
 
+def test_checkpoint_from_before_the_input_event_type_is_a_clear_error(tmp_path):
+    """A format-2 checkpoint (five event types, no `input`) is refused by name, not by a shape error later."""
+    assert train.EVENT_TYPES.index("input") >= 0 and train.CHECKPOINT_FORMAT_VERSION >= 3
+    config = train.ModelConfig(text_dim=8, n_static=3, n_event_types=5, d_model=16, n_layers=1, n_heads=2,
+                               d_ff=16, pool_heads=2)
+    old = {"format_version": 2, "model_config": train.asdict(config),
+           "model_state": train.MortalityTransformer(config).state_dict(), "preprocessor": {},
+           "text_encoder": {}, "args": {}}
+    torch.save(old, tmp_path / "v2.pth")
+    with pytest.raises(train.CheckpointError, match=r"v2\.pth: checkpoint format_version 2.*event type `input`"
+                                                    r".*retrain with this version"):
+        train.load_checkpoint(tmp_path / "v2.pth")
+    assert train.ModelConfig(text_dim=8, n_static=3).n_event_types == len(train.EVENT_TYPES) == 6
+
+
 def test_reliability_weights_from_another_model_version_are_a_clear_error():
     config = train.ModelConfig(text_dim=8, n_static=3, d_model=16, n_layers=1, n_heads=2, d_ff=16, pool_heads=2)
     state = train.MortalityTransformer(config).state_dict()

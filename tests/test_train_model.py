@@ -43,10 +43,10 @@ def test_event_features_zero_on_padding():
     model = small_model()
     batch = train.collate_stays(stays)
     feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["times"])
-    assert feats.shape == (6, batch["mask"].shape[1], 5 + 8 + 1)
+    assert feats.shape == (6, batch["mask"].shape[1], len(train.EVENT_TYPES) + 8 + 1)
     assert (feats[~batch["mask"]] == 0).all()
     real = feats[batch["mask"]]
-    assert (real[:, :5].sum(1) == 1).all()
+    assert (real[:, :len(train.EVENT_TYPES)].sum(1) == 1).all()
     torch.testing.assert_close(real[:, -1], batch["times"][batch["mask"]])
 
 
