@@ -713,8 +713,8 @@ REALISTIC_RATES = {"lab": 4.3, "prescription": 1.1, "input_orders": 1.05, "proce
 INGREDIENTS_PER_INPUT_ROW = 1.4
 # rows the rates above make per stay, all tables (ingredients included); --events-per-stay scales them
 REALISTIC_EVENTS_PER_STAY = 600.0
-STAY_INTENSITY_SHAPE = 5.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
-KIND_INTENSITY_SHAPE = 6.0  # and of each kind's activity within a stay
+STAY_INTENSITY_SHAPE = 7.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
+KIND_INTENSITY_SHAPE = 10.0  # and of each kind's activity within a stay
 LAB_NULL_HADM_SHARE, MICRO_NULL_HADM_SHARE = 0.015, 0.08  # results filed without an admission (ED, outpatient)
 BACKGROUND_CAPS = {LACTATE: 3.9, CREATININE: 2.9}  # high values are planted risk only
 # (d_items row, rate unit, rate range, segment count range): vasopressor infusions, the planted `pressor` factor
