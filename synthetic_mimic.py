@@ -827,7 +827,7 @@ def realistic_events(w, rng, s, chunk, next_ids, vocab, scale):
     item = rng.choice(len(vocab.input_p), size=len(idx), p=vocab.input_p)
     mean_rows = np.array([i["rows_per_order"] for i in vocab.inputs])[item]
     segments = np.minimum(rng.geometric(1 / np.maximum(mean_rows, 1)), 40)
-    rows = add_input_orders(ctx, chunk[idx], off, [vocab.inputs[i] for i in range(len(vocab.inputs))], item, segments)
+    rows = add_input_orders(ctx, chunk[idx], off, vocab.inputs, item, segments)
     add_ingredients_of(ctx, rows, rng.poisson(INGREDIENTS_PER_INPUT_ROW, len(rows["stay"])))
 
     n = counts_per_stay(rng, REALISTIC_RATES["procedure"], end_h - icu_start, activity)
