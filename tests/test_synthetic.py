@@ -230,6 +230,26 @@ def test_realistic_tables_carry_what_the_query_must_handle(realistic):
     assert len(ingredients) > len(pd.read_csv(mimic / "icu/inputevents.csv.gz", usecols=["orderid"]))
 
 
+def test_one_command_makes_a_realistic_cohort_with_its_truth(tmp_path):
+    """`synthetic_mimic.py --out-dir D --extract FILE`: tables, truth and the event table with the truth
+    columns, the rows in the query's order."""
+    events = tmp_path / "events.csv.gz"
+    synthetic_mimic.main(["--out-dir", str(tmp_path / "mimic"), "--n-stays", "120", "--seed", "5",
+                          "--extract", str(events)])
+    table = pd.read_csv(events, dtype={"source_id": str})
+    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    plain = tmp_path / "plain.csv.gz"
+    extract_cohort.extract_cohort(plain, tmp_path / "mimic", progress=False)
+    plain = pd.read_csv(plain, dtype={"source_id": str})
+    pd.testing.assert_frame_equal(table[plain.columns], plain)  # same rows, same order
+    planted = pd.read_csv(tmp_path / "mimic" / "truth" / "planted_rows.csv.gz", dtype=str)
+    is_planted = (table["source_table"] + "|" + table["source_id"]).isin(planted["source_table"] + "|" + planted["source_id"])
+    assert (table["planted_risk"] == is_planted.astype(int)).all() and table["planted_risk"].sum() > 0
+    assert set(table["event_type"].dropna()) >= {"lab", "input", "prescription", "procedure", "microbiology"}
+    truth = pd.read_csv(tmp_path / "mimic" / "truth" / "stays.csv.gz").set_index("stay_id")["true_probability"]
+    assert np.allclose(table["true_probability"], truth.loc[table["stay_id"]].round(4).to_numpy())
+
+
 def test_sample_file_matches_contract_and_truth():
     path = REPO_ROOT / "sample_train.csv"
     assert path.stat().st_size <= 10_000_000
