@@ -792,6 +792,14 @@ def from_quantiles(rng, quantiles, n=None, discrete=False):
     return quantiles[rows, low] * (1 - frac) + quantiles[rows, low + 1] * frac
 
 
+def per_item(items, key, missing=None) -> np.ndarray:
+    """items[k][key] for every item k, as an array to index by item (quantile lists become matrix rows)."""
+    values = [item[key] if item[key] not in (None, []) else missing for item in items]
+    if isinstance(values[0], list):
+        return np.array(values, dtype=float)
+    return np.array(values, dtype=object) if any(isinstance(v, str) or v is None for v in values) else np.array(values)
+
+
 def vocab_strings(values, index) -> pa.Array:
     """values[index], with "" and None as null."""
     values = list(values)
@@ -919,7 +927,7 @@ def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_del
     first = np.cumsum(segments) - segments
     k = np.arange(n) - np.repeat(first, segments)
     it = item[order]
-    minutes = np.maximum(1, np.round(from_quantiles(rng, np.array([items[i]["minutes"] for i in it]))))
+    minutes = np.maximum(1, np.round(from_quantiles(rng, per_item(items, "minutes")[it])))
     # each segment starts where the previous one of its order ended
     cum = np.cumsum(minutes) - minutes
     start_min = cum - np.repeat(cum[first], segments)
@@ -928,22 +936,22 @@ def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_del
     if store_delay_min is None:
         store_delay_min = np.maximum(0, np.round(from_quantiles(rng, ctx.vocab.input_store_delay, n)))
     store = start + (store_delay_min * 60).astype(np.int64)
-    rateuom = [items[i]["rateuom"] for i in range(len(items))]
-    has_rate = np.array([u is not None for u in rateuom])[it] & (rng.random(n) < np.array([i["rate_share"] for i in items])[it])
+    rateuom = per_item(items, "rateuom")
+    has_rate = (rateuom != None)[it] & (rng.random(n) < per_item(items, "rate_share")[it])  # noqa: E711
     if rate is None:
-        rate = from_quantiles(rng, np.array([items[i]["rate"] or [0.0] * 21 for i in it]), discrete=True)
-        amount = from_quantiles(rng, np.array([items[i]["amount"] for i in it]), discrete=True)
-        amount = np.where(has_rate & np.array([items[i]["amountuom"] == "ml" for i in it]), rate * minutes / 60, amount)
+        rate = from_quantiles(rng, per_item(items, "rate", [0.0] * 21)[it], discrete=True)
+        amount = from_quantiles(rng, per_item(items, "amount")[it], discrete=True)
+        amount = np.where(has_rate & (per_item(items, "amountuom") == "ml")[it], rate * minutes / 60, amount)
     else:
         rate = rate[order] * (1 + rng.uniform(-0.5, 0.5, n))  # titrated up and down
         weight = 80.0
-        per_kg = np.array([items[i]["rateuom"].endswith("/kg/min") for i in it])
+        per_kg = np.array([u.endswith("/kg/min") for u in rateuom])[it]
         amount = np.where(per_kg, rate * weight * minutes / 1000, rate * minutes)
         rate = np.round(rate, 4)
     orderid = ctx.next_ids("order", n)
     last = k == segments[order] - 1
     status = np.where(last, np.where(rng.random(n) < 0.9, 0, 1), 2)
-    col = lambda name: [items[i][name] for i in range(len(items))]  # noqa: E731
+    col = lambda name: list(per_item(items, name))  # noqa: E731
     ctx.w.add("icu/inputevents", n, subject_id=s.stay_subject[stay[order]], hadm_id=s.hadm_id[stay[order]],
               stay_id=s.stay_id[stay[order]], caregiver_id=rng.integers(1000, 99999, n),
               starttime=stamp(start), endtime=stamp(end), storetime=stamp(store), itemid=np.array(col("itemid"))[it],
@@ -969,7 +977,7 @@ def add_ingredients_of(ctx, rows, per_row):
     parent = np.repeat(np.arange(len(per_row)), per_row)
     n = len(parent)
     item = rng.choice(len(v.ingredient_p), size=n, p=v.ingredient_p)
-    amount = from_quantiles(rng, np.array([v.ingredients[i]["amount"] for i in item]))
+    amount = from_quantiles(rng, per_item(v.ingredients, "amount")[item])
     hours = np.maximum((rows["end"][parent] - rows["start"][parent]) / HOUR, 1 / 60)
     has_rate = rng.random(n) < np.array([i["rate_share"] for i in v.ingredients])[item]
     stay = rows["stay"][parent]
@@ -995,7 +1003,7 @@ def add_realistic_procedures(ctx, stay, off, itemids=None, end=None, store=None)
     if itemids is None:
         item = rng.choice(len(v.procedure_p), size=n, p=v.procedure_p)
         itemids = np.array([p["itemid"] for p in v.procedures])[item]
-        minutes = np.round(from_quantiles(rng, np.array([v.procedures[i]["minutes"] for i in item])))
+        minutes = np.round(from_quantiles(rng, per_item(v.procedures, "minutes")[item]))
         end = start + (minutes * 60).astype(np.int64)
         after_end = np.round(from_quantiles(rng, v.procedure_store_after_end, n))
         store = np.maximum(start, end + (after_end * 60).astype(np.int64))
