@@ -188,7 +188,6 @@ def window_rows(mimic: Path, table: str, cohort: pd.DataFrame, time_column: str,
     for column in ("starttime", "endtime", "storetime", "charttime"):
         if column in rows:
             rows[column] = pd.to_datetime(rows[column])
-    rows = rows.drop(columns=[c for c in ("hadm_id", "stay_id") if c != by and c in rows and by != "subject_id"])
     joined = rows.merge(cohort, on=by)
     start = joined["prediction_time"] - pd.Timedelta(hours=synthetic_mimic.OBSERVATION_HOURS)
     return joined[(joined[time_column] >= start) & (joined[time_column] < joined["prediction_time"])]
