@@ -19,6 +19,9 @@
 -- bedside), then at starttime; a row that ended before the prediction time but was charted after it
 -- is left out. Prescriptions: starttime (the table has no charting time). The cohort is adults still
 -- in the ICU and alive at the prediction time, so the label (in-hospital death) always lies after it.
+--
+-- Joins: prescriptions, labs and microbiology by hadm_id (lab and microbiology rows without hadm_id by
+-- subject_id and the window that contains them); procedures, inputs and ingredients by stay_id.
 
 -- A number at `digits` significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
 CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
@@ -56,6 +59,8 @@ CREATE TEMP FUNCTION micro_comment_result(comments STRING) AS (
     WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bnot detected') THEN 'negative'
     WHEN REGEXP_CONTAINS(comments, r'(?i)^[^.]*\bdetected\b') THEN 'positive'
     WHEN REGEXP_CONTAINS(comments, r'(?i)\bno [a-z ]+ (isolated|found|seen)\b') THEN 'negative'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)^\s*<\s*10,000 (organisms|cfu)/ml') THEN '<10,000 CFU/mL'
+    WHEN REGEXP_CONTAINS(comments, r'(?i)overgrowth of swarming proteus') THEN 'overgrowth of swarming Proteus'
     WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora absent') THEN 'commensal respiratory flora absent'
     WHEN REGEXP_CONTAINS(comments, r'(?i)commensal respiratory flora') THEN 'commensal respiratory flora'
     WHEN REGEXP_CONTAINS(comments, r'(?i)mixed bacterial (flora|types)|contamination') THEN 'mixed flora, likely contamination'
@@ -107,6 +112,16 @@ cohort AS (
     )
 ),
 
+result_keys AS (
+  -- How lab and microbiology rows find their stay: a row belongs to the stays of its admission; a row
+  -- without hadm_id (e.g. drawn in clinic, or before the admission was opened) to the stay of the same
+  -- patient whose window contains it, as in MIT-LCP mimic-code. Joining on (subject_id, hadm_id or -1)
+  -- keeps the join an equality join: no lab row meets the stays of the patient's other admissions.
+  SELECT stay_id, subject_id, hadm_id AS hadm_key, window_start, prediction_time FROM cohort
+  UNION ALL
+  SELECT stay_id, subject_id, -1 AS hadm_key, window_start, prediction_time FROM cohort
+),
+
 prescription_events AS (
   SELECT
     c.stay_id,
@@ -148,11 +163,9 @@ lab_events AS (
     ], ' ')) AS event_text,
     'labevents' AS source_table,
     CAST(le.labevent_id AS STRING) AS source_id
-  FROM cohort AS c
-  -- A row belongs to the stay's admission; a row without hadm_id (e.g. drawn in clinic or before the
-  -- admission was opened) to the stay of the same patient whose window contains it, as in mimic-code.
+  FROM result_keys AS c
   INNER JOIN mimiciv_hosp.labevents AS le
-    ON le.subject_id = c.subject_id AND (le.hadm_id = c.hadm_id OR le.hadm_id IS NULL)
+    ON le.subject_id = c.subject_id AND COALESCE(le.hadm_id, -1) = c.hadm_key
   LEFT JOIN mimiciv_hosp.d_labitems AS dl ON dl.itemid = le.itemid
   WHERE COALESCE(le.storetime, le.charttime) >= c.window_start
     AND COALESCE(le.storetime, le.charttime) < c.prediction_time
@@ -196,10 +209,9 @@ microbiology_events AS (
         ELSE ''
       END AS susceptibility,
       CAST(mb.microevent_id AS STRING) AS source_id
-    FROM cohort AS c
-    -- rows without hadm_id: the stay of the same patient whose window contains them (as for labs)
+    FROM result_keys AS c
     INNER JOIN mimiciv_hosp.microbiologyevents AS mb
-      ON mb.subject_id = c.subject_id AND (mb.hadm_id = c.hadm_id OR mb.hadm_id IS NULL)
+      ON mb.subject_id = c.subject_id AND COALESCE(mb.hadm_id, -1) = c.hadm_key
     WHERE COALESCE(mb.storetime, mb.charttime) >= c.window_start
       AND COALESCE(mb.storetime, mb.charttime) < c.prediction_time
   )

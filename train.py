@@ -62,7 +62,7 @@ def build_arg_parser():
     p.add_argument("--cache-dir", default=str(REPO_DIR / "clinical_LF_precomp_emb"))
     p.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
     # data
-    # 768 keeps every event of 96% of the MIMIC-IV demo's stays at 48 h (90th percentile 572; BENCHMARKS.md,
+    # 768 keeps every event of 96% of the MIMIC-IV demo's stays at 48 h (90th percentile 578; BENCHMARKS.md,
     # "Cohort fidelity"); the run logs how many stays are cut
     p.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
     # model

@@ -335,6 +335,11 @@ def test_reliability_cli_error_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert re.search(r"error: .*--observation-hours must be > 0", result.stderr)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "extract_cohort.py"), "--mimic-dir", str(tmp_path),
+                             "--output", str(tmp_path / "x.csv"), "--event-kinds", "lab,xray"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert re.search(r"error: --event-kinds must list one or more of prescription,.*got 'lab,xray'", result.stderr)
 
 
 def test_reliability_bigquery_engine_needs_project_and_package(tmp_path, monkeypatch):
@@ -491,7 +496,8 @@ def test_microbiology_results_say_what_the_comment_says(demo_table, mimic_demo_d
     ("Test cancelled by laboratory.  PATIENT CREDITED.  This is a low yield procedure.  ", "cancelled"),
     ("EQUIVOCAL BY EIA.  Equivocal results indicate probable low levels of antibody.  ", "equivocal"),
     ("___", None), (None, None),
-    ("<10,000 organisms/ml.  ", "<10,000 organisms/ml"),
+    ("<10,000 organisms/ml.  ", "<10,000 CFU/mL"), ("< 10,000 CFU/mL.  ", "<10,000 CFU/mL"),
+    ("Test performed on a new platform.  ", "test performed on a new platform"),  # unknown: the lab's first sentence
 ])
 def test_microbiology_comment_classification(comment, result):
     setup, _ = extract_cohort.duckdb_statements(extract_cohort.query_parameters())
@@ -619,3 +625,26 @@ def test_default_max_events_keeps_nine_in_ten_demo_stays_whole(demo_table):
     max_events = train.build_arg_parser().get_default("max_events")
     assert (per_stay <= max_events).mean() >= 0.90, per_stay.describe()
     assert (per_stay > 256).mean() > 0.5  # the old default cut most stays: the bound is not trivial
+
+
+def test_microbiology_org_name_positive_and_cancelled(demo_table, mimic_demo_dir, tmp_path):
+    """org_name POSITIVE (e.g. C. difficile PCR) and CANCELLED, which the demo has only outside the windows:
+    written into a copy of the demo on rows inside them."""
+    table, _ = demo_table
+    micro = read_mimic(mimic_demo_dir, "hosp/microbiologyevents")
+    got = output_rows(table, "microbiologyevents")
+    no_growth = micro["microevent_id"].isin(got.index) & micro["org_name"].isna() \
+        & micro["comments"].fillna("").str.startswith("NO GROWTH")
+    positive, cancelled, eia = micro.index[no_growth][:3]
+    micro.loc[positive, ["org_name", "test_name"]] = ["POSITIVE", "C. difficile PCR"]
+    micro.loc[cancelled, "org_name"] = "CANCELLED"
+    micro.loc[eia, "comments"] = "POSITIVE BY EIA.  A positive IgG result generally indicates past exposure.  "
+    mimic = mimic_copy(mimic_demo_dir, tmp_path / "mimic", skip={"hosp/microbiologyevents"})
+    micro.to_csv(mimic / "hosp" / "microbiologyevents.csv.gz", index=False)
+    run_extraction(tmp_path / "edited.parquet", mimic, progress=False)
+    edited = output_rows(pd.read_parquet(tmp_path / "edited.parquet"), "microbiologyevents")
+    ids = micro["microevent_id"]
+    assert edited.at[ids[positive], "event_text"].endswith(" - C. difficile PCR, positive")
+    assert ids[cancelled] not in edited.index
+    assert edited.at[ids[eia], "event_text"].endswith(", positive")
+    assert set(got.index) - {ids[cancelled]} <= set(edited.index)  # nothing else lost
