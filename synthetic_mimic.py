@@ -2,15 +2,26 @@
 Synthetic MIMIC-IV: tables with the demo's file names, columns and types, for any number of ICU stays,
 with planted, clinically plausible mortality risk whose truth is written beside them.
 
-    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --seed 0   # hosp/, icu/, truth/
-    python synthetic_mimic.py --make-sample                                   # remakes sample_train.csv
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 6000 --extract /tmp/synth/events.parquet
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --regime small   # the light regime
+    python synthetic_mimic.py --make-sample                                        # remakes sample_train.csv
 
-Each stay gets background events drawn with Zipf-like frequencies from small embedded dictionaries
-(real MIMIC-IV item ids and labels; nothing is read from MIMIC at run time) and, depending on a
-latent severity, some of five planted risk factors, all placed inside the default 48-hour
-observation window [intime, intime + 48 h):
+Two regimes:
+- realistic (default): the extracted cohort looks like the demo's (tests/test_synthetic.py checks events per
+  stay, the share of each event kind and distinct texts per event against the demo): ~340 events per stay
+  in the 48 h window, drawn from synthetic_vocab.json (aggregates of the demo: lab panels with value
+  quantiles, drug orders, infusions in inputevents with their ingredient rows, procedures, microbiology
+  rows with results in `comments`), with charting delays (storetime hours after the start, some after the
+  prediction time), lab and microbiology rows without hadm_id, and vasopressors as infusions. Rows are
+  written in chunks of stays, so memory stays bounded.
+- small: ~46 events per stay from small embedded dictionaries (real MIMIC-IV item ids and labels), no
+  inputevents rows, vasopressors as prescriptions; sample_train.csv is made in this regime.
+
+In both, a latent severity makes some of five planted risk factors more likely, all placed inside the
+default 48-hour observation window [intime, intime + 48 h) and known at its end:
     lactate    Lab: Lactate > 4 mmol/L, abnormal
-    pressor    Prescription: Norepinephrine / Vasopressin IV DRIP
+    pressor    small: Prescription: Norepinephrine / Vasopressin IV DRIP;
+               realistic: a titrated Norepinephrine / Phenylephrine / Vasopressin / Epinephrine infusion
     ventilated Procedure: Intubation, Invasive Ventilation
     bacteremia Microbiology: BLOOD CULTURE positive (S. aureus, E. coli, K. pneumoniae) with susceptibilities
     renal      Lab: Creatinine > 3 mg/dL, abnormal, and often Procedure: Dialysis - CRRT
@@ -18,15 +29,17 @@ The true probability of in-hospital death is logistic in these factors and age, 
 drawn from it, so the AUROC of the true probability against the labels is the ceiling any model can
 reach. truth/stays.csv.gz holds each stay's true probability and factors; truth/planted_rows.csv.gz
 names every source row that carries planted risk by (source_table, source_id) exactly as query.sql
-reports them, so extracted events can be joined to the truth.
+reports them, so extracted events can be joined to the truth. Nothing of MIMIC is read at run time.
 
-Everything is vectorised with numpy and written with pyarrow: 50,000 stays take well under a minute.
+Everything is vectorised with numpy and written with pyarrow.
 """
 import argparse
 import gzip
+import json
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +52,9 @@ SAMPLE_PATH = REPO_ROOT / "sample_train.csv"
 # The shipped sample: remade exactly by `python synthetic_mimic.py --make-sample`.
 SAMPLE_STAYS, SAMPLE_SEED = 1400, 2024
 SAMPLE_DROP_COLUMNS = ("prediction_time", "source_table", "source_id")  # keeps the file under 10 MB
+VOCAB_PATH = REPO_ROOT / "synthetic_vocab.json"  # the realistic regime's dictionaries (derive_synthetic_vocab.py)
+REGIMES = ("realistic", "small")
+SMALL_EVENTS_PER_STAY = 62.0
 
 # ----------------------------------------------------------------------------- the truth model
 # log-odds of in-hospital death = INTERCEPT + sum(coef * factor) + AGE_PER_YEAR * (age - 65)
@@ -204,6 +220,10 @@ COLUMNS = {
                            "ORIGINALAMOUNT,ORIGINALRATE",
     "icu/ingredientevents": "subject_id,hadm_id,stay_id,caregiver_id,starttime,endtime,storetime,itemid,amount,"
                             "amountuom,rate,rateuom,orderid,linkorderid,statusdescription,originalamount,originalrate",
+    "icu/inputevents": "subject_id,hadm_id,stay_id,caregiver_id,starttime,endtime,storetime,itemid,amount,amountuom,"
+                       "rate,rateuom,orderid,linkorderid,ordercategoryname,secondaryordercategoryname,"
+                       "ordercomponenttypedescription,ordercategorydescription,patientweight,totalamount,"
+                       "totalamountuom,isopenbag,continueinnextdept,statusdescription,originalamount,originalrate",
     "hosp/d_labitems": "itemid,label,fluid,category",
     "icu/d_items": "itemid,label,abbreviation,linksto,category,unitname,param_type,lownormalvalue,highnormalvalue",
 }
@@ -227,30 +247,44 @@ def sigmoid(x):
 
 
 class TableWriter:
-    """Accumulates column dicts per table and writes each as csv.gz with the demo's column order."""
+    """Collects column dicts per table and appends them, at each flush(), to out_dir/<table>.csv.gz in the
+    demo's column order (one gzip stream per table, header once); close() finishes every file."""
 
-    def __init__(self):
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
         self.parts = {name: [] for name in COLUMNS}
+        self.sinks = {}
 
     def add(self, table, n, **columns):
         if n:
             self.parts[table].append((n, columns))
 
-    def write(self, out_dir: Path):
+    def flush(self):
         for table, parts in self.parts.items():
+            if not parts:
+                continue
             names = COLUMNS[table].split(",")
-            chunks = []
-            for n, columns in parts:
-                arrays = {}
-                for name in names:
-                    value = columns.get(name)
-                    arrays[name] = to_arrow(value, n)
-                chunks.append(pa.table(arrays))
-            path = out_dir / f"{table}.csv.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            table_data = pa.concat_tables(chunks, promote_options="permissive") if chunks else \
-                pa.table({name: pa.nulls(0) for name in names})
-            write_csv_gz(table_data, path)
+            chunks = [pa.table({name: to_arrow(columns.get(name), n) for name in names}) for n, columns in parts]
+            data = pa.concat_tables(chunks, promote_options="permissive")
+            first = table not in self.sinks
+            if first:
+                path = self.out_dir / f"{table}.csv.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.sinks[table] = gzip.GzipFile(path, "wb", compresslevel=1, mtime=0)
+            pacsv.write_csv(data, self.sinks[table], pacsv.WriteOptions(quoting_style="needed", include_header=first))
+            parts.clear()
+
+    def close(self):
+        self.flush()
+        for table in self.parts:
+            if table not in self.sinks:  # a table with no rows: the header alone
+                names = COLUMNS[table].split(",")
+                path = self.out_dir / f"{table}.csv.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_csv_gz(pa.table({name: pa.nulls(0, pa.string()) for name in names}), path)
+        for sink in self.sinks.values():
+            sink.close()
+        self.sinks.clear()
 
 
 def write_csv_gz(table: pa.Table, path: Path) -> None:
@@ -292,13 +326,41 @@ def events_per_stay(rng, counts, start_h, end_h):
     return idx, offset
 
 
-def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float = 62.0) -> dict:
-    """Write synthetic MIMIC-IV tables (hosp/, icu/) and the truth (truth/) under out_dir."""
+def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float | None = None,
+             regime: str = "realistic", chunk_stays: int = 2000) -> dict:
+    """Write synthetic MIMIC-IV tables (hosp/, icu/) and the truth (truth/) under out_dir.
+
+    regime "realistic" (default) draws from synthetic_vocab.json and writes events chunk by chunk
+    (chunk_stays stays at a time, so memory stays bounded); "small" is the light regime of
+    sample_train.csv (~46 events per stay, embedded dictionaries)."""
     if n_stays < 1:
         raise ValueError(f"--n-stays must be >= 1, got {n_stays}")
+    if regime not in REGIMES:
+        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    w = TableWriter()
+    w = TableWriter(out_dir)
+    s = draw_stays(rng, n_stays, w)
+    planted = []  # (source_table, source_id array, factor)
+    next_ids = IdCounter()
+    if regime == "small":
+        small_events(w, rng, s, next_ids, planted, events_per_stay_mean or SMALL_EVENTS_PER_STAY)
+        small_dictionaries(w)
+    else:
+        vocab = load_vocab()
+        scale = (events_per_stay_mean or REALISTIC_EVENTS_PER_STAY) / REALISTIC_EVENTS_PER_STAY
+        for start in range(0, s.n_stays, chunk_stays):
+            chunk = np.arange(start, min(start + chunk_stays, s.n_stays))
+            realistic_events(w, rng, s, chunk, next_ids, vocab, scale)
+            w.flush()
+        realistic_planted(w, rng, s, next_ids, planted, vocab)
+        realistic_dictionaries(w, vocab)
+    w.close()
+    return write_truth(out_dir, s, planted)
+
+
+def draw_stays(rng, n_stays: int, w) -> SimpleNamespace:
+    """Patients, admissions and ICU stays with their latent severity, planted factors and label."""
 
     # --- patients, admissions, ICU stays (one admission per stay; ~1/6 of patients have several)
     n_patients = max(1, int(round(n_stays / 1.2)))
@@ -377,13 +439,28 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
           first_careunit=careunit, last_careunit=careunit, intime=stamp(intime), outtime=stamp(outtime),
           los=(outtime - intime) / 86400.0)
 
-    planted = []  # (source_table, source_id array, factor)
-    ids = {"lab": 1, "micro": 1, "pharmacy": 1, "order": 1}
+    return SimpleNamespace(n_stays=n_stays, n_patients=n_patients, stay_subject=stay_subject, hadm_id=hadm_id,
+                           stay_id=stay_id, intime=intime, los_h=los_h, age=age, quiet=quiet, factors=factors,
+                           true_probability=true_probability, died=died)
 
-    def next_ids(kind, n):
-        start = ids[kind]
-        ids[kind] += n
+
+class IdCounter:
+    """Consecutive row ids per kind (lab, micro, pharmacy, order), continued across chunks."""
+
+    def __init__(self):
+        self.next = {"lab": 1, "micro": 1, "pharmacy": 1, "order": 1, "specimen": 1}
+
+    def __call__(self, kind, n):
+        start = self.next[kind]
+        self.next[kind] += n
         return np.arange(start, start + n, dtype=np.int64)
+
+
+def small_events(w, rng, s, next_ids, planted, events_per_stay_mean):
+    """The small regime's events (sample_train.csv): its random draws are those of the first version,
+    so --make-sample remakes the shipped file exactly."""
+    n_stays, los_h, quiet, factors = s.n_stays, s.los_h, s.quiet, s.factors
+    stay_subject, hadm_id, stay_id, intime = s.stay_subject, s.hadm_id, s.stay_id, s.intime
 
     # Background events: uniform over [-12 h, min(los, 60 h)) for hospital tables (the look-back sees
     # the part before intime) and over [0, min(los, 60 h)) for ICU tables; about 2/3 fall in the window.
@@ -456,7 +533,9 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
                           organism=pick(rng, len(stays), BACTEREMIA_ORGANISMS))
     planted.append(("microbiologyevents", micro_ids.astype(str), "bacteremia"))
 
-    # --- dictionaries
+
+
+def small_dictionaries(w):
     w.add("hosp/d_labitems", len(LAB_ITEMS) + 1,
           itemid=np.array([r[0] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[0]]),
           label=pa.array([r[1] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[1]]),
@@ -465,15 +544,16 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
     d_items = [p[0] for p in PROCEDURE_ITEMS] + PLANTED_PROCEDURE_ITEMS + [i[0] for i in INGREDIENT_ITEMS]
     w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
                                           for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
-    w.write(out_dir)
 
-    # --- the truth
+
+def write_truth(out_dir: Path, s, planted) -> dict:
+    """truth/stays.csv.gz (true probability, factors, label) and truth/planted_rows.csv.gz."""
     truth_dir = out_dir / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    stays_truth = pa.table({"subject_id": stay_subject, "hadm_id": hadm_id, "stay_id": stay_id,
-                            "patient_age": age.astype(float), "true_probability": true_probability,
-                            "died": died.astype(np.int64),
-                            **{f"factor_{name}": present.astype(np.int64) for name, present in factors.items()}})
+    stays_truth = pa.table({"subject_id": s.stay_subject, "hadm_id": s.hadm_id, "stay_id": s.stay_id,
+                            "patient_age": s.age.astype(float), "true_probability": s.true_probability,
+                            "died": s.died.astype(np.int64),
+                            **{f"factor_{name}": present.astype(np.int64) for name, present in s.factors.items()}})
     write_csv_gz(stays_truth, truth_dir / "stays.csv.gz")
     planted_table = pa.table({
         "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, _ in planted]), pa.string()),
@@ -481,7 +561,7 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float =
         "factor": pa.array(np.concatenate([np.full(len(i), f, dtype=object) for _, i, f in planted]), pa.string()),
     })
     write_csv_gz(planted_table, truth_dir / "planted_rows.csv.gz")
-    return {"stays": n_stays, "patients": n_patients, "deaths": int(died.sum()),
+    return {"stays": s.n_stays, "patients": s.n_patients, "deaths": int(s.died.sum()),
             "planted_rows": planted_table.num_rows}
 
 
@@ -624,6 +704,415 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
     return ids
 
 
+# ----------------------------------------------------------------------------- the realistic regime
+# Dictionaries, frequencies and value quantiles come from synthetic_vocab.json (aggregates of the MIMIC-IV
+# demo, see derive_synthetic_vocab.py). Rows are drawn over [-6 h, min(los, 54 h)) from intime (ICU tables
+# from intime on), so the 48 h window sees about 4/5 of the hospital rows and 8/9 of the ICU rows.
+# Rows per hour of each kind, tuned so that the extracted cohort matches the demo's (tests/test_synthetic.py):
+REALISTIC_RATES = {"lab": 4.3, "prescription": 1.1, "input_orders": 1.05, "procedure": 0.18, "microbiology": 0.13}
+INGREDIENTS_PER_INPUT_ROW = 1.4
+# rows the rates above make per stay, all tables (ingredients included); --events-per-stay scales them
+REALISTIC_EVENTS_PER_STAY = 600.0
+STAY_INTENSITY_SHAPE = 7.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
+KIND_INTENSITY_SHAPE = 10.0  # and of each kind's activity within a stay
+LAB_NULL_HADM_SHARE, MICRO_NULL_HADM_SHARE = 0.015, 0.08  # results filed without an admission (ED, outpatient)
+BACKGROUND_CAPS = {LACTATE: 3.9, CREATININE: 2.9}  # high values are planted risk only
+# (d_items row, rate unit, rate range, segment count range): vasopressor infusions, the planted `pressor` factor
+PRESSOR_INFUSIONS = [
+    ((221906, "Norepinephrine", "Norepinephrine", "inputevents", "Medications", "mg", "Solution"),
+     "mcg/kg/min", (0.02, 0.5), 0.55),
+    ((221749, "Phenylephrine", "Phenylephrine", "inputevents", "Medications", "mg", "Solution"),
+     "mcg/kg/min", (0.2, 3.0), 0.25),
+    ((222315, "Vasopressin", "Vasopressin", "inputevents", "Medications", "units", "Solution"),
+     "units/min", (0.02, 0.04), 0.12),
+    ((221289, "Epinephrine", "Epinephrine", "inputevents", "Medications", "mg", "Solution"),
+     "mcg/kg/min", (0.02, 0.2), 0.08),
+]
+
+
+def load_vocab(path=None) -> dict:
+    """synthetic_vocab.json as arrays ready for vectorised draws."""
+    raw = json.loads(Path(path or VOCAB_PATH).read_text())
+    v = SimpleNamespace(raw=raw)
+    labs = raw["labs"]
+    v.lab_ids = np.array([int(k) for k in labs["items"]])
+    items = list(labs["items"].values())
+    v.lab_items = items
+    index = {itemid: k for k, itemid in enumerate(v.lab_ids)}
+    v.lab_numeric = np.array(["quantiles" in i for i in items])
+    v.lab_quantiles = np.array([i.get("quantiles") or [0.0] * 21 for i in items], float)
+    v.lab_decimals = np.array([i.get("decimals", 0) for i in items])
+    v.lab_ref = np.array([[np.nan if r is None else r for r in i["ref"]] for i in items], float)
+    v.lab_units = [i["unit"] for i in items]
+    for itemid, cap in BACKGROUND_CAPS.items():
+        v.lab_quantiles[index[itemid]] = np.minimum(v.lab_quantiles[index[itemid]], cap)
+    # text results: per item, its values with cumulative weights in (k, k + 1] for a single searchsorted
+    keys, values = [], []
+    for k, item in enumerate(items):
+        if "text_values" in item:
+            w = np.cumsum(item["text_weights"], dtype=float)
+            keys.extend(k + w / w[-1])
+            values.extend(item["text_values"])
+    v.lab_text_keys, v.lab_text_values = np.array(keys), values
+    panels = [[index[i] for i in items_] for items_, _ in labs["panels"]]
+    v.panel_p = zipf_weights([c for _, c in labs["panels"]])
+    v.panel_size = np.array([len(p) for p in panels])
+    v.panel_start = np.cumsum(v.panel_size) - v.panel_size
+    v.panel_items = np.concatenate(panels)
+    v.lab_index = index
+
+    rx = raw["prescriptions"]
+    v.rx_columns = {name: [row[k] for row in rx["orders"]] for k, name in enumerate(rx["columns"][:-1])}
+    v.rx_p = zipf_weights([row[-1] for row in rx["orders"]])
+
+    v.inputs = raw["inputs"]["items"]
+    v.input_p = zipf_weights([i["weight"] for i in v.inputs])
+    v.input_store_delay = np.array(raw["inputs"]["store_delay_minutes"])
+    v.ingredients = raw["ingredients"]["items"]
+    v.ingredient_p = zipf_weights([i["weight"] for i in v.ingredients])
+    v.procedures = raw["procedures"]["items"]
+    v.procedure_p = zipf_weights([i["weight"] for i in v.procedures])
+    v.procedure_store_after_end = np.array(raw["procedures"]["store_after_end_minutes"])
+    micro = raw["microbiology"]
+    v.micro_columns = {name: [row[k] for row in micro["rows"]] for k, name in enumerate(micro["columns"][:-1])}
+    v.micro_p = zipf_weights([row[-1] for row in micro["rows"]])
+    v.micro_store_delay = np.array(micro["store_delay_hours"])
+    return v
+
+
+def from_quantiles(rng, quantiles, n=None, discrete=False):
+    """Draws from a distribution given by its 21 quantiles (rows of a matrix, or one vector), linearly
+    interpolated; discrete=True draws the quantile values themselves (doses come in round numbers)."""
+    quantiles = np.atleast_2d(quantiles)
+    n = len(quantiles) if n is None else n
+    position = rng.random(n) * (quantiles.shape[1] - 1)
+    low = np.minimum(position.astype(int), quantiles.shape[1] - 2)
+    frac = np.round(position - low) if discrete else position - low
+    rows = np.arange(n) if len(quantiles) == n else np.zeros(n, int)
+    return quantiles[rows, low] * (1 - frac) + quantiles[rows, low + 1] * frac
+
+
+def per_item(items, key, missing=None) -> np.ndarray:
+    """items[k][key] for every item k, as an array to index by item (quantile lists become matrix rows)."""
+    values = [item[key] if item[key] not in (None, []) else missing for item in items]
+    if isinstance(values[0], list):
+        return np.array(values, dtype=float)
+    return np.array(values, dtype=object) if any(isinstance(v, str) or v is None for v in values) else np.array(values)
+
+
+def vocab_strings(values, index) -> pa.Array:
+    """values[index], with "" and None as null."""
+    values = list(values)
+    missing = np.array([v in ("", None) for v in values])
+    return strings([v or "" for v in values], index, mask=missing[index])
+
+
+def counts_per_stay(rng, rate_per_hour, hours, activity):
+    """Poisson counts per stay: rate x hours x the stay's activity x this kind's activity in the stay."""
+    kind_activity = rng.gamma(KIND_INTENSITY_SHAPE, 1 / KIND_INTENSITY_SHAPE, len(hours))
+    return rng.poisson(rate_per_hour * np.maximum(hours, 0) * activity * kind_activity)
+
+
+def realistic_events(w, rng, s, chunk, next_ids, vocab, scale):
+    """Background rows of the stays in `chunk` (indices into s), every table."""
+    los_h = s.los_h[chunk]
+    activity = scale * rng.gamma(STAY_INTENSITY_SHAPE, 1 / STAY_INTENSITY_SHAPE, len(chunk)) * ~s.quiet[chunk]
+    hosp_start, icu_start = np.full(len(chunk), -6.0), np.zeros(len(chunk))
+    end_h = np.minimum(los_h, OBSERVATION_HOURS + 6)
+    ctx = SimpleNamespace(w=w, rng=rng, s=s, next_ids=next_ids, vocab=vocab)
+
+    n = counts_per_stay(rng, REALISTIC_RATES["lab"] / (vocab.panel_size @ vocab.panel_p), end_h - hosp_start, activity)
+    idx, off = events_per_stay(rng, n, hosp_start, end_h)
+    panel = rng.choice(len(vocab.panel_p), size=len(idx), p=vocab.panel_p)
+    add_lab_panels(ctx, chunk[idx], off, panel)
+
+    n = counts_per_stay(rng, REALISTIC_RATES["prescription"], end_h - hosp_start, activity)
+    idx, off = events_per_stay(rng, n, hosp_start, end_h)
+    add_realistic_prescriptions(ctx, chunk[idx], off)
+
+    n = counts_per_stay(rng, REALISTIC_RATES["input_orders"], end_h - icu_start, activity)
+    idx, off = events_per_stay(rng, n, icu_start, end_h)
+    item = rng.choice(len(vocab.input_p), size=len(idx), p=vocab.input_p)
+    mean_rows = np.array([i["rows_per_order"] for i in vocab.inputs])[item]
+    segments = np.minimum(rng.geometric(1 / np.maximum(mean_rows, 1)), 40)
+    rows = add_input_orders(ctx, chunk[idx], off, vocab.inputs, item, segments)
+    add_ingredients_of(ctx, rows, rng.poisson(INGREDIENTS_PER_INPUT_ROW, len(rows["stay"])))
+
+    n = counts_per_stay(rng, REALISTIC_RATES["procedure"], end_h - icu_start, activity)
+    idx, off = events_per_stay(rng, n, icu_start, end_h)
+    add_realistic_procedures(ctx, chunk[idx], off)
+
+    n = counts_per_stay(rng, REALISTIC_RATES["microbiology"], end_h - hosp_start, activity)
+    idx, off = events_per_stay(rng, n, hosp_start, end_h)
+    add_realistic_micro(ctx, chunk[idx], off)
+
+
+def minute_times(intime, off_h):
+    t = intime + (off_h * HOUR).astype(np.int64)
+    return t - t % 60
+
+
+def add_lab_panels(ctx, stay, off, panel, planted_item=None, planted_value=None):
+    """One specimen per entry (stay, offset, panel): its items share charttime, storetime and hadm_id.
+    With planted_item/planted_value: single-item specimens with those values, always stored."""
+    rng, v, s = ctx.rng, ctx.vocab, ctx.s
+    if planted_item is None:
+        size = v.panel_size[panel]
+        spec = np.repeat(np.arange(len(panel)), size)
+        item = v.panel_items[np.repeat(v.panel_start[panel], size) + np.arange(len(spec))
+                             - np.repeat(np.cumsum(size) - size, size)]
+    else:
+        spec, item = np.arange(len(panel)), np.full(len(panel), v.lab_index[planted_item])
+    n = len(spec)
+    ids = ctx.next_ids("lab", n)
+    chart = minute_times(s.intime[stay], off)
+    delay = np.where(rng.random(len(stay)) < 0.9, rng.gamma(2.0, 30.0, len(stay)), rng.uniform(60, 600, len(stay)))
+    store = chart + (delay * 60).astype(np.int64)
+    store -= store % 60
+    null_hadm = (rng.random(len(stay)) < LAB_NULL_HADM_SHARE) if planted_item is None else np.zeros(len(stay), bool)
+    numeric = v.lab_numeric[item]
+    if planted_value is None:
+        value = from_quantiles(rng, v.lab_quantiles[item])
+    else:
+        value = np.asarray(planted_value, float)
+    decimals = v.lab_decimals[item]
+    value = np.round(value * 10.0 ** decimals) / 10.0 ** decimals
+    text = np.empty(n, dtype=object)
+    for d in np.unique(decimals[numeric]):
+        at = numeric & (decimals == d)
+        text[at] = np.char.mod(f"%.{d}f", value[at])
+    if (~numeric).any():
+        pick_at = np.searchsorted(v.lab_text_keys, item[~numeric] + rng.random((~numeric).sum()) * (1 - 1e-9))
+        text[~numeric] = np.asarray(v.lab_text_values, dtype=object)[pick_at]
+    lo, hi = v.lab_ref[item, 0], v.lab_ref[item, 1]
+    has_ref = numeric & ~np.isnan(lo) & ~np.isnan(hi)
+    abnormal = has_ref & ((value < lo) | (value > hi))
+    unit_missing = np.array([u is None for u in v.lab_units])
+    stay_rows = stay[spec]
+    ctx.w.add("hosp/labevents", n, labevent_id=ids, subject_id=s.stay_subject[stay_rows],
+              hadm_id=pa.array(s.hadm_id[stay_rows], mask=null_hadm[spec]),
+              specimen_id=ctx.next_ids("specimen", len(stay))[spec],
+              itemid=v.lab_ids[item], charttime=stamp(chart[spec]), storetime=stamp(store[spec]),
+              value=pa.array(text, pa.string()), valuenum=pa.array(value, mask=~numeric),
+              valueuom=strings([u or "" for u in v.lab_units], item, mask=unit_missing[item]),
+              ref_range_lower=pa.array(lo, mask=~has_ref), ref_range_upper=pa.array(hi, mask=~has_ref),
+              flag=strings(("abnormal",), np.zeros(n, int), mask=~abnormal),
+              priority=strings(("ROUTINE", "STAT"), (rng.random(len(stay)) < 0.3).astype(int)[spec]))
+    return ids
+
+
+def add_realistic_prescriptions(ctx, stay, off):
+    rng, v, s = ctx.rng, ctx.vocab, ctx.s
+    n = len(stay)
+    order = rng.choice(len(v.rx_p), size=n, p=v.rx_p)
+    ids = ctx.next_ids("pharmacy", n)
+    start = minute_times(s.intime[stay], off)
+    start = np.where(rng.random(n) < 0.6, start - start % HOUR, start)  # most orders start on the hour
+    cols = v.rx_columns
+    ctx.w.add("hosp/prescriptions", n, subject_id=s.stay_subject[stay], hadm_id=s.hadm_id[stay], pharmacy_id=ids,
+              starttime=stamp(start), stoptime=stamp(start + rng.integers(6, 96, n) * HOUR),
+              drug_type=vocab_strings(cols["drug_type"], order), drug=vocab_strings(cols["drug"], order),
+              dose_val_rx=vocab_strings(cols["dose_val_rx"], order),
+              dose_unit_rx=vocab_strings(cols["dose_unit_rx"], order), route=vocab_strings(cols["route"], order),
+              doses_per_24_hrs=rng.integers(1, 5, n))
+
+
+def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_delay_min=None):
+    """Infusion orders: each order is `segments` consecutive rows (rate changes) sharing a linkorderid.
+    items: dicts with amountuom, rateuom, rate_share, ordercategory*, amount/rate/minutes quantiles.
+    Returns the rows' stay, times and order ids (ingredients hang on them)."""
+    rng, s = ctx.rng, ctx.s
+    order = np.repeat(np.arange(len(stay)), segments)
+    n = len(order)
+    first = np.cumsum(segments) - segments
+    k = np.arange(n) - np.repeat(first, segments)
+    it = item[order]
+    minutes = np.maximum(1, np.round(from_quantiles(rng, per_item(items, "minutes")[it])))
+    # each segment starts where the previous one of its order ended
+    cum = np.cumsum(minutes) - minutes
+    start_min = cum - np.repeat(cum[first], segments)
+    start = minute_times(s.intime[stay[order]], off[order]) + (start_min * 60).astype(np.int64)
+    end = start + (minutes * 60).astype(np.int64)
+    if store_delay_min is None:
+        store_delay_min = np.maximum(0, np.round(from_quantiles(rng, ctx.vocab.input_store_delay, n)))
+    store = start + (store_delay_min * 60).astype(np.int64)
+    rateuom = per_item(items, "rateuom")
+    has_rate = (rateuom != None)[it] & (rng.random(n) < per_item(items, "rate_share")[it])  # noqa: E711
+    if rate is None:
+        rate = from_quantiles(rng, per_item(items, "rate", [0.0] * 21)[it], discrete=True)
+        amount = from_quantiles(rng, per_item(items, "amount")[it], discrete=True)
+        amount = np.where(has_rate & (per_item(items, "amountuom") == "ml")[it], rate * minutes / 60, amount)
+    else:
+        rate = rate[order] * (1 + rng.uniform(-0.5, 0.5, n))  # titrated up and down
+        weight = 80.0
+        per_kg = np.array([u.endswith("/kg/min") for u in rateuom])[it]
+        amount = np.where(per_kg, rate * weight * minutes / 1000, rate * minutes)
+        rate = np.round(rate, 4)
+    orderid = ctx.next_ids("order", n)
+    last = k == segments[order] - 1
+    status = np.where(last, np.where(rng.random(n) < 0.9, 0, 1), 2)
+    col = lambda name: list(per_item(items, name))  # noqa: E731
+    ctx.w.add("icu/inputevents", n, subject_id=s.stay_subject[stay[order]], hadm_id=s.hadm_id[stay[order]],
+              stay_id=s.stay_id[stay[order]], caregiver_id=rng.integers(1000, 99999, n),
+              starttime=stamp(start), endtime=stamp(end), storetime=stamp(store), itemid=np.array(col("itemid"))[it],
+              amount=amount, amountuom=vocab_strings(col("amountuom"), it),
+              rate=pa.array(rate, mask=~has_rate), rateuom=strings([u or "" for u in rateuom], it, mask=~has_rate),
+              orderid=orderid, linkorderid=orderid[np.repeat(first, segments)],
+              ordercategoryname=vocab_strings(col("ordercategoryname"), it),
+              secondaryordercategoryname=vocab_strings(col("secondaryordercategoryname"), it),
+              ordercomponenttypedescription=strings(("Main order parameter",), np.zeros(n, int)),
+              ordercategorydescription=vocab_strings(col("ordercategorydescription"), it),
+              patientweight=np.full(n, 80.0), totalamount=np.round(amount * segments[order], 1),
+              totalamountuom=vocab_strings(col("amountuom"), it), isopenbag=np.zeros(n, np.int64),
+              continueinnextdept=np.zeros(n, np.int64),
+              statusdescription=strings(("FinishedRunning", "Stopped", "ChangeDose/Rate"), status),
+              originalamount=amount, originalrate=pa.array(rate, mask=~has_rate))
+    return {"stay": stay[order], "start": start, "end": end, "store": store, "orderid": orderid,
+            "itemid": np.array(col("itemid"))[it]}
+
+
+def add_ingredients_of(ctx, rows, per_row):
+    """Ingredient rows (water, calories, ...) of infusion rows: same order, times and stay."""
+    rng, v, s = ctx.rng, ctx.vocab, ctx.s
+    parent = np.repeat(np.arange(len(per_row)), per_row)
+    n = len(parent)
+    item = rng.choice(len(v.ingredient_p), size=n, p=v.ingredient_p)
+    amount = from_quantiles(rng, per_item(v.ingredients, "amount")[item])
+    hours = np.maximum((rows["end"][parent] - rows["start"][parent]) / HOUR, 1 / 60)
+    has_rate = rng.random(n) < np.array([i["rate_share"] for i in v.ingredients])[item]
+    stay = rows["stay"][parent]
+    ctx.w.add("icu/ingredientevents", n, subject_id=s.stay_subject[stay], hadm_id=s.hadm_id[stay],
+              stay_id=s.stay_id[stay], caregiver_id=rng.integers(1000, 99999, n),
+              starttime=stamp(rows["start"][parent]), endtime=stamp(rows["end"][parent]),
+              storetime=stamp(rows["store"][parent]), itemid=np.array([i["itemid"] for i in v.ingredients])[item],
+              amount=amount, amountuom=vocab_strings([i["amountuom"] for i in v.ingredients], item),
+              rate=pa.array(amount / hours, mask=~has_rate),
+              rateuom=strings(("mL/hour",), np.zeros(n, int), mask=~has_rate),
+              orderid=rows["orderid"][parent], linkorderid=rows["orderid"][parent],
+              statusdescription=strings(("FinishedRunning", "Stopped", "ChangeDose/Rate"),
+                                        pick(rng, n, (0, 1, 2), (0.75, 0.1, 0.15))),
+              originalamount=np.zeros(n, np.int64), originalrate=pa.array(amount / hours, mask=~has_rate))
+
+
+def add_realistic_procedures(ctx, stay, off, itemids=None, end=None, store=None):
+    """Procedures from the vocabulary (itemids None) or given ones with their end and store times.
+    storetime is when the row was last charted, often at the end, hours after the start."""
+    rng, v, s = ctx.rng, ctx.vocab, ctx.s
+    n = len(stay)
+    start = minute_times(s.intime[stay], off)
+    if itemids is None:
+        item = rng.choice(len(v.procedure_p), size=n, p=v.procedure_p)
+        itemids = np.array([p["itemid"] for p in v.procedures])[item]
+        minutes = np.round(from_quantiles(rng, per_item(v.procedures, "minutes")[item]))
+        end = start + (minutes * 60).astype(np.int64)
+        after_end = np.round(from_quantiles(rng, v.procedure_store_after_end, n))
+        store = np.maximum(start, end + (after_end * 60).astype(np.int64))
+        category = [p["ordercategoryname"] for p in v.procedures], item
+        kind = [p["ordercategorydescription"] for p in v.procedures], item
+    else:
+        category = ("Ventilation",), np.zeros(n, int)
+        kind = ("ContinuousProcess",), np.zeros(n, int)
+    order_ids = ctx.next_ids("order", n)
+    ctx.w.add("icu/procedureevents", n, subject_id=s.stay_subject[stay], hadm_id=s.hadm_id[stay],
+              stay_id=s.stay_id[stay], caregiver_id=rng.integers(1000, 99999, n), starttime=stamp(start),
+              endtime=stamp(end), storetime=stamp(store), itemid=itemids,
+              value=((end - start) / 60).astype(float), valueuom=strings(("min",), np.zeros(n, int)),
+              orderid=order_ids, linkorderid=order_ids, ordercategoryname=vocab_strings(*category),
+              ordercategorydescription=vocab_strings(*kind), patientweight=np.full(n, 80.0),
+              isopenbag=np.zeros(n, np.int64), continueinnextdept=np.zeros(n, np.int64),
+              statusdescription=strings(("FinishedRunning",), np.zeros(n, int)),
+              ORIGINALAMOUNT=((end - start) / 60).astype(float), ORIGINALRATE=np.ones(n, np.int64))
+    return order_ids
+
+
+def add_realistic_micro(ctx, stay, off):
+    """Microbiology rows drawn from the demo's result rows: specimens, organisms, susceptibilities and
+    results kept in `comments` (NO GROWTH., POSITIVE BY EIA., TEST CANCELLED, ...)."""
+    rng, v, s = ctx.rng, ctx.vocab, ctx.s
+    n = len(stay)
+    row = rng.choice(len(v.micro_p), size=n, p=v.micro_p)
+    ids = ctx.next_ids("micro", n)
+    chart = minute_times(s.intime[stay], off)
+    store = chart + (from_quantiles(rng, v.micro_store_delay, n) * HOUR).astype(np.int64)
+    store -= store % 60
+    null_hadm = rng.random(n) < MICRO_NULL_HADM_SHARE
+    cols = v.micro_columns
+    as_int = lambda name: pa.array(np.array([int(x) if x else 0 for x in cols[name]])[row],  # noqa: E731
+                                   mask=np.array([not x for x in cols[name]])[row])
+    ctx.w.add("hosp/microbiologyevents", n, microevent_id=ids, subject_id=s.stay_subject[stay],
+              hadm_id=pa.array(s.hadm_id[stay], mask=null_hadm), micro_specimen_id=ids + 5_000_000,
+              chartdate=stamp(chart - chart % 86400), charttime=stamp(chart), spec_itemid=as_int("spec_itemid"),
+              spec_type_desc=vocab_strings(cols["spec_type_desc"], row), test_seq=np.ones(n, np.int64),
+              storedate=stamp(store - store % 86400), storetime=stamp(store), test_itemid=as_int("test_itemid"),
+              test_name=vocab_strings(cols["test_name"], row), org_itemid=as_int("org_itemid"),
+              org_name=vocab_strings(cols["org_name"], row),
+              isolate_num=pa.array(np.ones(n, np.int64), mask=np.array([not x for x in cols["org_name"]])[row]),
+              ab_itemid=as_int("ab_itemid"), ab_name=vocab_strings(cols["ab_name"], row),
+              dilution_text=vocab_strings(cols["dilution_text"], row),
+              interpretation=vocab_strings(cols["interpretation"], row),
+              comments=vocab_strings(cols["comments"], row))
+
+
+def realistic_planted(w, rng, s, next_ids, planted, vocab):
+    """The planted risk factors, as the realistic regime charts them; every row is inside the window and
+    known at the prediction time (charted before it, or still running at it)."""
+    ctx = SimpleNamespace(w=w, rng=rng, s=s, next_ids=next_ids, vocab=vocab)
+    for factor, itemid, low, high in (("lactate", LACTATE, 4.1, 9.5), ("renal", CREATININE, 3.0, 7.5)):
+        stays = np.flatnonzero(s.factors[factor])
+        idx = np.repeat(stays, rng.integers(1, 4, len(stays)))
+        off = rng.random(len(idx)) * (OBSERVATION_HOURS - 6)
+        lab_ids = add_lab_panels(ctx, idx, off, np.zeros(len(idx), int), planted_item=itemid,
+                                 planted_value=rng.uniform(low, high, len(idx)))
+        planted.append(("labevents", lab_ids.astype(str), factor))
+
+    # vasopressors: one titrated infusion of 2-8 rows, all started (and charted) within the window
+    stays = np.flatnonzero(s.factors["pressor"])
+    drug = pick(rng, len(stays), PRESSOR_INFUSIONS, zipf_weights([p[3] for p in PRESSOR_INFUSIONS]))
+    items = [{"itemid": p[0][0], "amountuom": p[0][5], "rateuom": p[1], "rate_share": 1.0,
+              "ordercategoryname": "01-Drips", "secondaryordercategoryname": "02-Fluids (Crystalloids)",
+              "ordercategorydescription": "Continuous Med", "minutes": list(np.linspace(30, 120, 21))}
+             for p in PRESSOR_INFUSIONS]
+    segments = rng.integers(2, 9, len(stays))
+    rate = np.array([rng.uniform(*PRESSOR_INFUSIONS[d][2]) for d in drug])
+    rows = add_input_orders(ctx, stays, rng.random(len(stays)) * 30, items, drug, segments, rate=rate,
+                            store_delay_min=rng.integers(0, 30, segments.sum()))
+    planted.append(("inputevents", np.char.add(np.char.add(rows["orderid"].astype(str), ":"),
+                                                rows["itemid"].astype(str)), "pressor"))
+
+    # ventilation and CRRT run past the prediction time; intubation is a task charted minutes later
+    for factor, itemid, prob in (("ventilated", INTUBATION, 0.8), ("ventilated", VENTILATION, 1.0),
+                                 ("renal", CRRT, 0.5)):
+        stays = np.flatnonzero(s.factors[factor] & (rng.random(s.n_stays) < prob))
+        off = rng.random(len(stays)) * (OBSERVATION_HOURS - 4)
+        start = minute_times(s.intime[stays], off)
+        if itemid == INTUBATION:
+            end = start + 60 * rng.integers(1, 10, len(stays))
+        else:
+            end = s.intime[stays] + ((OBSERVATION_HOURS + rng.uniform(1, 72, len(stays))) * HOUR).astype(np.int64)
+            end -= end % 60
+        store = end + 60 * rng.integers(0, 30, len(stays))
+        order_ids = add_realistic_procedures(ctx, stays, off, np.full(len(stays), itemid), end, store)
+        planted.append(("procedureevents", np.char.add(order_ids.astype(str), f":{itemid}"), factor))
+
+    stays = np.flatnonzero(s.factors["bacteremia"])
+    off = rng.random(len(stays)) * 18  # drawn early enough to be reported (+24-28 h) inside the window
+    micro_ids = add_micro(w, rng, next_ids, s.stay_subject, s.hadm_id, stays, off, s.intime, None,
+                          organism=pick(rng, len(stays), BACTEREMIA_ORGANISMS))
+    planted.append(("microbiologyevents", micro_ids.astype(str), "bacteremia"))
+
+
+def realistic_dictionaries(w, vocab):
+    items = vocab.lab_items
+    w.add("hosp/d_labitems", len(items), itemid=vocab.lab_ids, label=pa.array([i["label"] for i in items]),
+          fluid=pa.array([i["fluid"] for i in items], pa.string()),
+          category=pa.array([i["category"] for i in items], pa.string()))
+    d_items = [tuple(r) for r in vocab.raw["d_items"]]
+    known = {r[0] for r in d_items}
+    d_items += [r for r in PLANTED_PROCEDURE_ITEMS + [p[0] for p in PRESSOR_INFUSIONS] if r[0] not in known]
+    w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
+                                          for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
+
+
 def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work_dir=None) -> dict:
     """Synthetic MIMIC -> extract_cohort.py (the real query) -> + planted_risk, true_probability -> sample CSV."""
     import pandas as pd
@@ -634,7 +1123,7 @@ def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work
     output = Path(output)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
-        generate(tmp / "mimic", n_stays, seed)
+        generate(tmp / "mimic", n_stays, seed, regime="small")
         extracted = tmp / "events.csv"
         extract_cohort.extract_cohort(extracted, tmp / "mimic", progress=False)
         table = pd.read_csv(extracted, dtype={"source_id": str, "source_table": str}, keep_default_na=True)
@@ -659,14 +1148,49 @@ def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work
             "megabytes": output.stat().st_size / 1e6}
 
 
+def attach_truth(events_path, mimic_dir) -> None:
+    """Adds the truth to an extracted event table in place, as sample_train.csv has it: `planted_risk` (1 on
+    the rows of truth/planted_rows.csv.gz) and the stay's `true_probability`. DuckDB, so 50,000 realistic
+    stays (~18 million rows) stay within a few hundred MB; rows keep the query's order."""
+    import duckdb
+
+    import extract_cohort
+    events_path, truth = Path(events_path), Path(mimic_dir) / "truth"
+    reader = (f"read_parquet('{events_path}')" if events_path.name.endswith(".parquet") else
+              f"read_csv('{events_path}', types={{'source_table': 'VARCHAR', 'source_id': 'VARCHAR'}})")
+    con = duckdb.connect()
+    with atomic_io.atomic_output(events_path) as tmp:
+        con.execute(f"""
+            COPY (
+              SELECT e.*,
+                     CASE WHEN e.event_type IS NOT NULL AND p.source_id IS NOT NULL THEN 1 ELSE 0 END AS planted_risk,
+                     ROUND(t.true_probability, 4) AS true_probability
+              FROM {reader} AS e
+              LEFT JOIN (SELECT DISTINCT source_table, source_id
+                         FROM read_csv('{truth / "planted_rows.csv.gz"}', all_varchar = true)) AS p
+                ON p.source_table = e.source_table AND p.source_id = e.source_id
+              LEFT JOIN read_csv('{truth / "stays.csv.gz"}') AS t ON t.stay_id = e.stay_id
+              ORDER BY e.stay_id, e.event_time NULLS FIRST, e.event_type, e.event_text, e.source_table, e.source_id
+            ) TO '{tmp}' ({extract_cohort.copy_options(events_path)})""")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out-dir", type=Path, help="where hosp/, icu/ and truth/ are written")
     parser.add_argument("--n-stays", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--events-per-stay", type=float, default=62.0,
-                        help="mean background events per stay (about 2/3 fall in the 48 h window)")
+    parser.add_argument("--regime", choices=REGIMES, default="realistic",
+                        help="realistic: the demo's volume and mix (~340 events per stay in the 48 h window, "
+                             "infusions in inputevents, results in comments, charting delays); small: the light "
+                             "regime of sample_train.csv (~46 events per stay)")
+    parser.add_argument("--events-per-stay", type=float, default=None,
+                        help=f"mean background events generated per stay (default: {REALISTIC_EVENTS_PER_STAY:g} "
+                             f"realistic, {SMALL_EVENTS_PER_STAY:g} small; about 3/4 fall in the 48 h window)")
+    parser.add_argument("--extract", type=Path, metavar="FILE",
+                        help="then run extract_cohort.py (query.sql, its defaults) on --out-dir and write the "
+                             "event table to FILE (.csv, .csv.gz or .parquet), with the truth columns "
+                             "planted_risk and true_probability as in sample_train.csv")
     parser.add_argument("--make-sample", action="store_true",
                         help=f"remake {SAMPLE_PATH.name} ({SAMPLE_STAYS} stays, seed {SAMPLE_SEED}) exactly")
     args = parser.parse_args(argv)
@@ -679,8 +1203,13 @@ def main(argv=None):
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         for sub in ("hosp", "icu", "truth"):
             shutil.rmtree(args.out_dir / sub, ignore_errors=True)
-    stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay)
+    stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay, regime=args.regime)
     print(f"Wrote synthetic MIMIC-IV to {args.out_dir}: " + " ".join(f"{k}={v}" for k, v in stats.items()))
+    if args.extract:
+        import extract_cohort
+        counts = extract_cohort.extract_cohort(args.extract, args.out_dir, progress=False)
+        attach_truth(args.extract, args.out_dir)
+        print(f"Wrote the event table {args.extract}: {extract_cohort.format_counts(counts)}")
     return stats
 
 

@@ -139,8 +139,40 @@ class WorkDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------- realistic event texts
+# ----------------------------------------------------------------------------- synthetic cohorts
+
+def synthetic_cohort(path: Path, n_stays: int, seed: int = 0, regime: str = "realistic") -> Path:
+    """An event table (CONTRACT section 1) at `path`: synthetic_mimic.py's tables of the given regime (realistic:
+    the demo's volume and mix, ~340 events per stay) through extract_cohort.py with its defaults."""
+    import extract_cohort
+    import synthetic_mimic
+    path = Path(path)
+    with WorkDir(None, "bench_synthetic_") as work:
+        synthetic_mimic.generate(work / "mimic", n_stays, seed=seed, regime=regime)
+        extract_cohort.extract_cohort(path, work / "mimic", progress=False)
+    return path
+
+
+def realistic_texts_with_unique_count(n_unique: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The event texts of realistic synthetic stays in their order (stay by stay, in time), cut where `n_unique`
+    distinct texts have appeared, and those texts in order of first appearance."""
+    import pandas as pd
+    n_stays = 100
+    with WorkDir(None, "bench_texts_") as work:
+        while True:
+            table = pd.read_parquet(synthetic_cohort(work / "events.parquet", n_stays, seed), columns=["event_text"])
+            stream = table["event_text"].dropna().tolist()
+            seen = {}
+            for end, text in enumerate(stream):
+                seen.setdefault(text, None)
+                if len(seen) == n_unique:
+                    return stream[:end + 1], list(seen)
+            n_stays *= 2
+
+
+# ----------------------------------------------------------------------------- hand-written event texts
 # Item names and units are the most frequent ones of the MIMIC-IV demo (hosp/icu), written out by hand.
+# (The "zipf" texts of bench/embed.py and bench/cache.py's texts; the realistic regime is synthetic_cohort.)
 
 LABS = [("Potassium", "mEq/L", 4.1, 0.6, 3.3, 5.1), ("Sodium", "mEq/L", 139, 4, 133, 145),
         ("Creatinine", "mg/dL", 1.3, 0.9, 0.5, 1.2), ("Chloride", "mEq/L", 103, 5, 96, 108),

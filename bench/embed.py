@@ -28,6 +28,9 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--encoders", nargs="+", default=["longformer", "minilm"], choices=["longformer", "minilm"])
 parser.add_argument("--longformer-texts", type=int, default=128, help="distinct texts for the Longformer run")
 parser.add_argument("--minilm-texts", type=int, default=500, help="distinct texts for the MiniLM run")
+parser.add_argument("--texts", choices=["realistic", "zipf"], default="realistic",
+                    help="realistic: event texts of realistic synthetic stays (synthetic_mimic.py + extract_cohort.py) "
+                         "in their order; zipf: hand-written texts drawn Zipf-like (the figures before issue 12)")
 parser.add_argument("--batch-size", type=int, default=64, help="project's encoder batch size")
 parser.add_argument("--prototype-max-length", type=int, default=512,
                     help="the prototype padded every text to this many tokens")
@@ -71,7 +74,10 @@ def make_project_encoder(folder, dtype, batch_size):
 
 
 def bench_encoder(name, folder, n_unique, args):
-    stream, unique = _common.texts_with_unique_count(n_unique, seed=args.seed)
+    if args.texts == "realistic":
+        stream, unique = _common.realistic_texts_with_unique_count(n_unique, seed=args.seed)
+    else:
+        stream, unique = _common.texts_with_unique_count(n_unique, seed=args.seed)
     rows = []
     # warm-up both ways on other texts (oneDNN primitive caches), not timed
     warm_texts = _common.event_texts(8, seed=args.seed + 999)

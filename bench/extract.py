@@ -4,8 +4,9 @@ prototype's texts) versus at three significant figures (the project's).
 
 Each extraction runs in a fresh process, so its peak resident memory (DuckDB included) is its own.
 
-    python bench/extract.py                                   # demo + 5,000 synthetic stays, ~1 minute
+    python bench/extract.py                                   # demo + 5,000 realistic synthetic stays
     python bench/extract.py --synthetic-stays 5000 20000 50000 --memory-limit 4GB
+    python bench/extract.py --regime small                    # the light regime of sample_train.csv
 """
 import argparse
 import json
@@ -21,6 +22,8 @@ parser.add_argument("--mimic-dir", type=Path, default=REPO_ROOT.parent / "shared
                     help="a real MIMIC-IV (demo) directory; skipped when absent")
 parser.add_argument("--synthetic-stays", type=int, nargs="*", default=[5000],
                     help="sizes of the synthetic MIMIC-IV to generate and extract")
+parser.add_argument("--regime", choices=["realistic", "small"], default="realistic",
+                    help="synthetic_mimic.py --regime of the synthetic data")
 parser.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit (extract_cohort.py --memory-limit)")
 parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
 parser.add_argument("--seed", type=int, default=0)
@@ -67,8 +70,8 @@ def main():
         for n in args.synthetic_stays:
             folder = work / f"synthetic_{n}"
             start = time.perf_counter()
-            synthetic_mimic.generate(folder, n, seed=args.seed)
-            datasets.append((f"synthetic {n:,} stays", folder, time.perf_counter() - start))
+            synthetic_mimic.generate(folder, n, seed=args.seed, regime=args.regime)
+            datasets.append((f"synthetic {n:,} stays ({args.regime})", folder, time.perf_counter() - start))
         for name, folder, generation_s in datasets:
             project = extract(folder, work / "project.parquet", "sig3", args)
             raw = extract(folder, work / "raw.parquet", "raw", args)

@@ -3,7 +3,7 @@
 For each size N (ICU stays), each stage runs the project's own command in its own process, so its peak
 resident memory (VmHWM of that process) is its own:
 
-    synthesize  python synthetic_mimic.py --out-dir D --n-stays N
+    synthesize  python synthetic_mimic.py --out-dir D --n-stays N --regime realistic   (or --regime small)
     extract     python extract_cohort.py --mimic-dir D --output events.parquet      (query.sql on DuckDB)
     embed       train.embed_texts(event texts, default encoder, fresh cache)        (all-MiniLM-L6-v2)
     train       python train.py --data events.parquet --epochs 1 --cache-dir C ...  (one epoch + outputs)
@@ -24,8 +24,10 @@ from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000], help="numbers of ICU stays")
-parser.add_argument("--events-per-stay", type=float, default=62.0,
-                    help="synthetic_mimic.py's mean background events per stay (its default)")
+parser.add_argument("--regime", choices=["realistic", "small"], default="realistic",
+                    help="synthetic_mimic.py --regime (realistic: the demo's volume and mix)")
+parser.add_argument("--events-per-stay", type=float, default=None,
+                    help="synthetic_mimic.py --events-per-stay (default: the regime's own)")
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--batch-size", type=int, default=32, help="train.py --batch-size")
 parser.add_argument("--embed-batch-size", type=int, default=64, help="train.py --embed-batch-size")
@@ -63,8 +65,9 @@ def one_size(n_stays, work: Path, args) -> list[dict]:
         print(f"  {n_stays} stays, {stage}: {result['seconds']:.1f} s, peak {result['peak_rss_MiB']:.0f} MiB",
               file=sys.stderr, flush=True)
 
+    per_stay = ["--events-per-stay", str(args.events_per_stay)] if args.events_per_stay else []
     record("synthesize", _common.run_measured(["synthetic_mimic.py", "--out-dir", str(mimic), "--n-stays", str(n_stays),
-                                    "--seed", str(args.seed), "--events-per-stay", str(args.events_per_stay)],
+                                    "--seed", str(args.seed), "--regime", args.regime, *per_stay],
                                    folder / "synthesize.log"))
     result = _common.run_measured(["extract_cohort.py", "--mimic-dir", str(mimic), "--output", str(table), "--no-progress"],
                        folder / "extract.log")
@@ -94,7 +97,8 @@ def main():
             rows += one_size(n_stays, work, args)
     columns = ["stays", "stage", "seconds", "ms_per_stay", "peak_rss_MiB", "events", "unique_texts", "test_auroc"]
     rows = [{c: row.get(c, "") for c in columns} for row in rows]
-    print_table(rows, f"Scale: synthetic MIMIC-IV, {args.events_per_stay:g} background events per stay")
+    volume = f", {args.events_per_stay:g} background events per stay" if args.events_per_stay else ""
+    print_table(rows, f"Scale: synthetic MIMIC-IV, {args.regime} regime{volume}")
     largest = [r for r in rows if r["stays"] == max(args.sizes)]
     smallest = [r for r in rows if r["stays"] == min(args.sizes)]
     total = sum(r["seconds"] for r in largest)

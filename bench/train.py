@@ -14,7 +14,8 @@ only the data path differs:
 Each way runs in its own process, so its peak memory (ru_maxrss) is its own. Text vectors are random
 (their values do not change the speed); their width is the encoder's (--text-dim).
 
-    python bench/train.py                                  # sample_train.csv, 3 epochs each, ~1-2 minutes
+    python bench/train.py                                  # 500 realistic synthetic stays, 3 epochs each
+    python bench/train.py --data sample_train.csv          # the small regime (~36 events per stay)
     python bench/train.py --data events.parquet --epochs 2 --text-dim 768
 """
 import argparse
@@ -32,14 +33,18 @@ import _common
 from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--data", default=str(_common.REPO_ROOT / "sample_train.csv"),
-                    help="event table (CONTRACT section 1); if it does not exist a synthetic one is made")
-parser.add_argument("--synthetic-stays", type=int, default=1000, help="stays of the synthetic table (no --data)")
+parser.add_argument("--data", default=None,
+                    help="event table (CONTRACT section 1); default: a synthetic one (synthetic_mimic.py + extract_cohort.py)")
+parser.add_argument("--synthetic-stays", type=int, default=500, help="stays of the synthetic table (no --data)")
+parser.add_argument("--regime", choices=["realistic", "small"], default="realistic",
+                    help="synthetic_mimic.py --regime of the synthetic table (no --data)")
 parser.add_argument("--epochs", type=int, default=3, help="timed epochs per way (the median epoch is reported)")
 parser.add_argument("--warmup-steps", type=int, default=5,
                     help="untimed training steps per way before the timed epochs (thread pools, allocator)")
 parser.add_argument("--batch-size", type=int, default=32, help="train.py's default")
-parser.add_argument("--max-events", type=int, default=256, help="train.py's default; both ways keep the same events")
+parser.add_argument("--max-events", type=int, default=256,
+                    help="both ways keep the same events (train.py's default is 768: on realistic stays the "
+                         "prototype-style baseline then needs ~10 GB, so the benchmark keeps 256)")
 parser.add_argument("--text-dim", type=int, default=384, help="text vector width (384: the default encoder)")
 parser.add_argument("--d-model", type=int, default=256)
 parser.add_argument("--n-layers", type=int, default=4)
@@ -50,32 +55,6 @@ parser.add_argument("--table", help=argparse.SUPPRESS)
 
 
 # ----------------------------------------------------------------------------- data
-
-def synthetic_event_table(path: Path, n_stays: int, seed: int):
-    """A CONTRACT §1 table with demo-like stay lengths (median ~350 events in 48 h, long tail)."""
-    import pandas as pd
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(np.log(330), 0.55, n_stays).astype(int), 5, 2000)
-    texts = _common.event_texts(int(lengths.sum()), seed)
-    kinds = np.array([t.split(":", 1)[0].lower() for t in texts])
-    stay = np.repeat(np.arange(n_stays), lengths)
-    minutes = rng.uniform(0, 48 * 60, len(stay))
-    base = pd.Timestamp("2150-01-01")
-    static = dict(gender=rng.choice(["F", "M"], n_stays), race=rng.choice(["WHITE", "BLACK", "ASIAN", "OTHER"], n_stays),
-                  marital_status=rng.choice(["MARRIED", "SINGLE", "WIDOWED"], n_stays),
-                  admission_type=rng.choice(["EW EMER.", "URGENT", "ELECTIVE"], n_stays),
-                  admission_location=rng.choice(["EMERGENCY ROOM", "TRANSFER FROM HOSPITAL"], n_stays),
-                  insurance=rng.choice(["Medicare", "Private", "Medicaid"], n_stays),
-                  first_careunit=rng.choice(["MICU", "SICU", "CVICU"], n_stays),
-                  patient_age=rng.uniform(20, 90, n_stays).round(), mortality=(rng.random(n_stays) < 0.12).astype(int))
-    table = pd.DataFrame({"subject_id": stay // 2 + 10_000, "hadm_id": stay + 20_000, "stay_id": stay + 30_000,
-                          "event_time": base + pd.to_timedelta(48 * 60 - minutes, unit="min"),
-                          "event_type": kinds, "event_text": texts,
-                          "relative_time_to_final_event": minutes,
-                          **{k: v[stay] for k, v in static.items()}})
-    table.to_parquet(path, index=False)
-    return path
-
 
 def load_stays(table_path, args):
     """Read, split by patient, fit the preprocessor on training rows, build the training stays (project code)."""
@@ -195,12 +174,13 @@ def main():
         return worker(args)
     print(_common.machine_description())
     with _common.WorkDir(None, "bench_train_") as work:
-        table = Path(args.data)
-        if not table.exists():
-            print(f"{table} not found: using a synthetic table of {args.synthetic_stays} stays", file=sys.stderr)
-            table = synthetic_event_table(work / "events.parquet", args.synthetic_stays, args.seed)
+        if args.data:
+            table = Path(args.data)
+        else:
+            print(f"Synthetic table: {args.synthetic_stays} stays, {args.regime} regime", file=sys.stderr)
+            table = _common.synthetic_cohort(work / "events.parquet", args.synthetic_stays, args.seed, args.regime)
         passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                       if k not in ("worker", "table", "data", "synthetic_stays")]
+                       if k not in ("worker", "table", "data", "synthetic_stays", "regime")]
         results = {}
         for way in ("prototype", "project"):
             results[way] = _common.run_json_subprocess([__file__, f"--worker={way}", f"--table={table}",

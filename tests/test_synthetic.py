@@ -1,5 +1,6 @@
 """synthetic_mimic.py: MIMIC-IV-shaped, deterministic, with a planted truth that survives extraction;
-and the shipped sample_train.csv it makes."""
+the realistic regime's extracted cohort matches the demo's within stated tolerances; and the shipped
+sample_train.csv (small regime) it makes."""
 import gzip
 from pathlib import Path
 
@@ -18,14 +19,35 @@ CONTRACT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_typ
                     "admission_location", "insurance", "first_careunit", "patient_age", "mortality"]
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """600 synthetic stays and their extracted event table (through the real query)."""
-    root = tmp_path_factory.mktemp("synthetic")
-    stats = synthetic_mimic.generate(root / "mimic", 600, seed=7)
+def generate_and_extract(root: Path, n_stays: int, regime: str):
+    stats = synthetic_mimic.generate(root / "mimic", n_stays, seed=7, regime=regime)
     events = root / "events.parquet"
     counts = extract_cohort.extract_cohort(events, root / "mimic", progress=False)
     return root / "mimic", stats, pd.read_parquet(events), counts
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """600 stays of the small regime and their extracted event table (through the real query)."""
+    return generate_and_extract(tmp_path_factory.mktemp("small"), 600, "small")
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    """300 stays of the realistic regime (about 220 in the cohort, 3x the demo's 74)."""
+    return generate_and_extract(tmp_path_factory.mktemp("realistic"), 300, "realistic")
+
+
+@pytest.fixture(scope="module", params=synthetic_mimic.REGIMES)
+def synthetic(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def demo_events(mimic_demo_dir, tmp_path_factory):
+    events = tmp_path_factory.mktemp("demo") / "events.parquet"
+    extract_cohort.extract_cohort(events, mimic_demo_dir, progress=False)
+    return pd.read_parquet(events)
 
 
 def header(path: Path) -> list[str]:
@@ -35,10 +57,15 @@ def header(path: Path) -> list[str]:
 
 def test_tables_have_the_demo_files_and_columns(synthetic, mimic_demo_dir):
     mimic, _, _, _ = synthetic
+    regime = mimic.parent.name.rstrip("0123456789")
     con = duckdb.connect()
+    for table in synthetic_mimic.COLUMNS:
+        assert header(mimic / f"{table}.csv.gz") == header(Path(mimic_demo_dir) / f"{table}.csv.gz"), table
     for table, needed in extract_cohort.MIMIC_TABLES.items():
         ours, demo = mimic / f"{table}.csv.gz", Path(mimic_demo_dir) / f"{table}.csv.gz"
-        assert header(ours) == header(demo), table
+        if con.execute(f"SELECT count(*) FROM read_csv('{ours}')").fetchone()[0] == 0:
+            assert regime == "small" and table == "icu/inputevents"  # the small regime has no infusions
+            continue
         # the columns the query reads are sniffed as the same types as the demo's
         ours_types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv('{ours}')").fetchall()}
         demo_types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv('{demo}')").fetchall()}
@@ -47,12 +74,14 @@ def test_tables_have_the_demo_files_and_columns(synthetic, mimic_demo_dir):
                 assert ours_types[column] == demo_types[column], f"{table}.{column}"
 
 
-def test_generation_is_deterministic(tmp_path):
-    synthetic_mimic.generate(tmp_path / "a", 150, seed=3)
-    synthetic_mimic.generate(tmp_path / "b", 150, seed=3)
-    synthetic_mimic.generate(tmp_path / "c", 150, seed=4)
+@pytest.mark.parametrize("regime", synthetic_mimic.REGIMES)
+def test_generation_is_deterministic(tmp_path, regime):
+    # chunk_stays=40: the realistic regime writes its rows in several chunks, and the result is the same
+    synthetic_mimic.generate(tmp_path / "a", 150, seed=3, regime=regime, chunk_stays=40)
+    synthetic_mimic.generate(tmp_path / "b", 150, seed=3, regime=regime, chunk_stays=40)
+    synthetic_mimic.generate(tmp_path / "c", 150, seed=4, regime=regime, chunk_stays=40)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv.gz"))
-    assert len(files) == 12  # 10 tables + 2 truth files
+    assert len(files) == len(synthetic_mimic.COLUMNS) + 2  # the tables + 2 truth files
     same = [gzip.open(tmp_path / "a" / f).read() == gzip.open(tmp_path / "b" / f).read() for f in files]
     assert all(same)
     assert gzip.open(tmp_path / "a" / "icu/icustays.csv.gz").read() != gzip.open(tmp_path / "c" / "icu/icustays.csv.gz").read()
@@ -83,8 +112,8 @@ def test_planted_rows_survive_extraction(synthetic):
     assert (labels == truth.loc[labels.index, "died"]).all()
 
 
-def test_quiet_stays_are_one_empty_row(synthetic):
-    _, _, table, counts = synthetic
+def test_quiet_stays_are_one_empty_row(small):
+    _, _, table, counts = small
     assert counts["stays_without_events"] >= 1
     empty = table[table["event_type"].isna()]
     assert table.groupby("stay_id").size()[empty["stay_id"]].eq(1).all()
@@ -97,7 +126,8 @@ def test_planted_risk_carries_the_signal(synthetic):
     p = truth.loc[stays.index, "true_probability"]
     assert roc_auc_score(stays["mortality"], p) > 0.75
     # the planted texts alone (no age) already separate the classes
-    planted_texts = ("Lab: Lactate", "Norepinephrine", "Vasopressin", "Invasive Ventilation", "BLOOD CULTURE - ")
+    planted_texts = ("Lab: Lactate", "Norepinephrine", "Phenylephrine", "Vasopressin", "Epinephrine",
+                     "Invasive Ventilation", "BLOOD CULTURE - ")
     events = table.dropna(subset=["event_type"])
     high_lactate = events["event_text"].str.extract(r"^Lab: Lactate ([\d.]+)")[0].astype(float) > 4
     flagged = events[high_lactate | events["event_text"].str.contains("|".join(planted_texts[1:]), regex=True)]
@@ -105,12 +135,118 @@ def test_planted_risk_carries_the_signal(synthetic):
     assert roc_auc_score(stays["mortality"], score) > 0.65
 
 
-def test_texts_repeat_like_mimic(synthetic):
-    _, _, table, _ = synthetic
+def test_texts_repeat_like_mimic(small):
+    _, _, table, _ = small
     texts = table["event_text"].dropna()
     counts = texts.value_counts()
     assert texts.nunique() < 0.2 * len(texts)  # heavy repetition ...
     assert counts.iloc[0] > 20 * counts.median()  # ... with a long tail (Zipf-like)
+
+
+# ----------------------------------------------------------------------------- realistic regime vs the demo
+# Tolerances of issue 12: events per stay (median, 90th percentile) within 25%, share of each event kind
+# within 5 points, distinct texts per event within 25%.
+RELATIVE_TOLERANCE, SHARE_TOLERANCE_POINTS = 0.25, 5.0
+
+
+def cohort_statistics(table: pd.DataFrame, n_stays: int, seed: int = 0) -> dict:
+    """Events per stay (median, p90), % share of each event kind, and distinct texts per event. The last
+    depends on the cohort's size (texts repeat across stays), so it is measured on n_stays random stays
+    (the demo's cohort size), averaged over 5 draws."""
+    events = table.dropna(subset=["event_type"])
+    per_stay = events.groupby("stay_id").size().reindex(table["stay_id"].unique(), fill_value=0)
+    stats = {"events per stay, median": per_stay.median(), "events per stay, p90": per_stay.quantile(0.9)}
+    shares = events["event_type"].value_counts(normalize=True) * 100
+    stats.update({f"share % {kind}": shares.get(kind, 0.0) for kind in sorted(set(events["event_type"]))})
+    rng = np.random.default_rng(seed)
+    stays = table["stay_id"].unique()
+    ratios = []
+    for _ in range(5):
+        sample = events[events["stay_id"].isin(rng.choice(stays, size=min(n_stays, len(stays)), replace=False))]
+        ratios.append(sample["event_text"].nunique() / len(sample))
+    stats["distinct texts per event"] = float(np.mean(ratios))
+    return stats
+
+
+def test_realistic_cohort_matches_the_demo(realistic, demo_events):
+    _, _, table, _ = realistic
+    demo = cohort_statistics(demo_events, demo_events["stay_id"].nunique())
+    ours = cohort_statistics(table, demo_events["stay_id"].nunique())
+    assert table["stay_id"].nunique() > 150
+    failures = []
+    for name in sorted(set(demo) | set(ours)):
+        d, o = demo.get(name, 0.0), ours.get(name, 0.0)
+        ok = abs(o - d) <= SHARE_TOLERANCE_POINTS if name.startswith("share") else abs(o - d) <= RELATIVE_TOLERANCE * d
+        if not ok:
+            failures.append(f"{name}: demo {d:.3f}, synthetic {o:.3f}")
+    assert not failures, "; ".join(failures)
+
+
+def window_rows(mimic: Path, table: str, cohort: pd.DataFrame, time_column: str, by="stay_id") -> pd.DataFrame:
+    """Rows of a generated table whose time_column lies in a cohort stay's 48 h window (joined by `by`)."""
+    rows = pd.read_csv(mimic / f"{table}.csv.gz", dtype={"comments": str})
+    for column in ("starttime", "endtime", "storetime", "charttime"):
+        if column in rows:
+            rows[column] = pd.to_datetime(rows[column])
+    joined = rows.merge(cohort, on=by)
+    start = joined["prediction_time"] - pd.Timedelta(hours=synthetic_mimic.OBSERVATION_HOURS)
+    return joined[(joined[time_column] >= start) & (joined[time_column] < joined["prediction_time"])]
+
+
+def test_realistic_tables_carry_what_the_query_must_handle(realistic):
+    """Inside the cohort's windows: results in microbiology comments (positive, negative, cancelled),
+    rows charted after the prediction time, lab and microbiology rows without hadm_id, vasopressor
+    infusions in inputevents and their ingredient rows."""
+    mimic, _, table, _ = realistic
+    cohort = table.drop_duplicates("stay_id")[["subject_id", "stay_id", "prediction_time"]].copy()
+    cohort["prediction_time"] = pd.to_datetime(cohort["prediction_time"])
+    by_subject = cohort.drop(columns="stay_id")
+
+    micro = window_rows(mimic, "hosp/microbiologyevents", by_subject, "charttime", by="subject_id")
+    comments = micro.loc[micro["org_name"].isna(), "comments"].dropna().str.upper()
+    for result in ("NO GROWTH", "POSITIVE", "CANCELLED"):
+        assert comments.str.contains(result).any(), result
+    assert micro["hadm_id"].isna().sum() >= 3
+    labs = window_rows(mimic, "hosp/labevents", by_subject, "charttime", by="subject_id")
+    assert 0.005 < labs["hadm_id"].isna().mean() < 0.05
+
+    for name in ("icu/procedureevents", "icu/inputevents"):
+        rows = window_rows(mimic, name, cohort.drop(columns="subject_id"), "starttime")
+        delay_h = (rows["storetime"] - rows["starttime"]).dt.total_seconds() / 3600
+        assert (delay_h > 1).mean() > 0.05, name  # charted hours after they started
+        late = (rows["storetime"] > rows["prediction_time"]) & (rows["endtime"] <= rows["prediction_time"])
+        assert late.sum() >= 5, name  # over before the prediction time but charted after it
+
+    inputs = window_rows(mimic, "icu/inputevents", cohort.drop(columns="subject_id"), "starttime")
+    pressor_items = {p[0][0] for p in synthetic_mimic.PRESSOR_INFUSIONS}
+    pressors = inputs[inputs["itemid"].isin(pressor_items)]
+    assert set(pressors["itemid"]) == pressor_items and pressors["rate"].notna().all()
+    # vasopressors are rare among a stay's events (the planted signal does not dominate)
+    per_stay_share = pressors.groupby("stay_id").size() / table.dropna(subset=["event_type"]).groupby("stay_id").size()
+    assert per_stay_share.dropna().median() < 0.05
+    ingredients = pd.read_csv(mimic / "icu/ingredientevents.csv.gz", usecols=["orderid"])
+    assert ingredients["orderid"].isin(inputs["orderid"]).any()
+    assert len(ingredients) > len(pd.read_csv(mimic / "icu/inputevents.csv.gz", usecols=["orderid"]))
+
+
+def test_one_command_makes_a_realistic_cohort_with_its_truth(tmp_path):
+    """`synthetic_mimic.py --out-dir D --extract FILE`: tables, truth and the event table with the truth
+    columns, the rows in the query's order."""
+    events = tmp_path / "events.csv.gz"
+    synthetic_mimic.main(["--out-dir", str(tmp_path / "mimic"), "--n-stays", "120", "--seed", "5",
+                          "--extract", str(events)])
+    table = pd.read_csv(events, dtype={"source_id": str})
+    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    plain = tmp_path / "plain.csv.gz"
+    extract_cohort.extract_cohort(plain, tmp_path / "mimic", progress=False)
+    plain = pd.read_csv(plain, dtype={"source_id": str})
+    pd.testing.assert_frame_equal(table[plain.columns], plain)  # same rows, same order
+    planted = pd.read_csv(tmp_path / "mimic" / "truth" / "planted_rows.csv.gz", dtype=str)
+    is_planted = (table["source_table"] + "|" + table["source_id"]).isin(planted["source_table"] + "|" + planted["source_id"])
+    assert (table["planted_risk"] == is_planted.astype(int)).all() and table["planted_risk"].sum() > 0
+    assert set(table["event_type"].dropna()) >= {"lab", "input", "prescription", "procedure", "microbiology"}
+    truth = pd.read_csv(tmp_path / "mimic" / "truth" / "stays.csv.gz").set_index("stay_id")["true_probability"]
+    assert np.allclose(table["true_probability"], truth.loc[table["stay_id"]].round(4).to_numpy())
 
 
 def test_sample_file_matches_contract_and_truth():
