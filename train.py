@@ -84,6 +84,9 @@ def build_arg_parser():
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val AUROC")
     p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
+    p.add_argument("--ddp-timeout", type=float, default=1800.0,
+                   help="torchrun: seconds a training collective waits for the other processes before the run ends "
+                        "with an error (a dead or stuck process); waiting while rank 0 embeds is not limited by it")
     # bookkeeping
     p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
     p.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
@@ -1321,7 +1324,77 @@ def _fault_kill_point():
     """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
     with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
     value = os.environ.get("TRAIN_FAULT_KILL_AFTER_BATCHES")
+    only_rank = os.environ.get("TRAIN_FAULT_KILL_RANK")  # under torchrun: kill this rank only
+    if only_rank and int(only_rank) != int(os.environ.get("RANK", "0")):
+        return None
     return int(value) if value else None
+
+
+# -----------------------------------------------------------------------------
+# Distributed training (torchrun)
+
+DDP_WAIT_TIMEOUT_S = 7 * 24 * 3600  # waiting while rank 0 embeds or writes: hours at full MIMIC-IV scale
+
+
+def init_distributed(device, timeout_s):
+    """Join torchrun's process group; returns the group that waits for rank 0.
+
+    Two groups: the default one carries the training collectives and gives up after `timeout_s` (a process
+    that died or hangs ends the run with an error instead of a silent hang); a gloo group with a timeout of
+    days is only used for the barriers where the other ranks wait while rank 0 embeds the missing texts or
+    writes files, which at MIMIC-IV scale takes far longer than any collective should (NCCL's default
+    10 minutes aborted a cold-cache run)."""
+    from datetime import timedelta
+    import torch.distributed as dist
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=DDP_WAIT_TIMEOUT_S))
+
+
+def seed_rank_streams(seed, rank):
+    """Give each rank its own random stream from here on (dropout masks), after the model's initialisation,
+    which must be the same on every rank. Rank 0 keeps the stream of a single-process run; --resume restores
+    each rank's own state from the checkpoint, so a resumed run stays exact."""
+    if rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def agree_with_rank0(values, ddp):
+    """Rank 0's `values` on every rank. Decisions from per-rank floating-point results (validation AUROC,
+    which is not bit-identical across GPUs) must be taken once, or ranks stop at different epochs and hang."""
+    if not ddp:
+        return values
+    box = [values]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_resume_world_size(resume, world_size, path):
+    """A checkpoint holds each rank's data position and random state: it resumes with as many processes."""
+    saved = len(resume.get("ranks") or [None])
+    if saved != world_size:
+        how = "python train.py --resume" if saved == 1 else f"torchrun --nproc_per_node={saved} train.py --resume"
+        raise CheckpointError(f"{path}: the run was trained by {saved} process(es) but is resumed by {world_size}; "
+                              f"each process's place in the data and random state are saved per process, so resume "
+                              f"with the same number ({how}), or start a new run without --resume")
+
+
+def is_distributed_failure(error) -> bool:
+    """A collective that failed because another process died, hung or could not be reached."""
+    if isinstance(error, torch.distributed.DistError):  # backend, network and store errors, timeouts
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(s in text for s in ("gloo", "NCCL", "Connection reset by peer",
+                                                                        "Connection closed by peer", "timed out"))
+
+
+def distributed_failure_message(error) -> str:
+    rank = os.environ.get("RANK", "?")
+    first = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    return (f"rank {rank}: a collective operation with the other torchrun processes failed ({first}). Another process "
+            "of this run ended (see its log, or torchrun's summary of which rank failed) or did not answer within "
+            "--ddp-timeout seconds. Continue the run with the same number of processes and --resume.")
 
 
 def data_fingerprint(table) -> str:
@@ -1354,11 +1427,7 @@ def main(argv=None):
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    if ddp:
-        import torch.distributed as dist
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    wait_group = init_distributed(device, args.ddp_timeout) if ddp else None
     master = rank == 0
     if not master:
         log.setLevel(logging.WARNING)
@@ -1369,6 +1438,7 @@ def main(argv=None):
     resume = None
     if args.resume:
         resume = load_checkpoint(latest_path)
+        check_resume_world_size(resume, world_size, latest_path)
         saved = dict(resume["args"])
         saved.update(resume=True, device=args.device, output_dir=args.output_dir)
         args = argparse.Namespace(**saved)
@@ -1404,11 +1474,11 @@ def main(argv=None):
     # Rank 0 embeds what is missing; the other ranks then read the cache.
     embed_stats = {}
     if ddp and not master:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
     stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, device, args.max_events, encoder_info,
                                             args.embed_batch_size, embed_stats, args.embed_dtype)
     if ddp and master:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
     if getattr(args, "embed_only", False):
         log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
         return
@@ -1431,6 +1501,7 @@ def main(argv=None):
                          dropout=args.dropout, pool_heads=args.pool_heads)
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
+    seed_rank_streams(args.seed, rank)
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
     model.set_text_normalization(embedding_matrix, train_text_rows)
     model = model.to(device)
@@ -1468,7 +1539,7 @@ def main(argv=None):
         history = resume["history"]
         start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
         best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
-        own = resume["ranks"][rank] if rank < len(resume["ranks"]) else resume["ranks"][0]
+        own = resume["ranks"][rank]
         epoch_loss_sum, epoch_loss_n = own["epoch_loss_sum"], own["epoch_loss_n"]
         set_rng_state(own["rng"])
 
@@ -1551,6 +1622,7 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+        val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), ddp)  # one early-stopping decision
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["val_auroc"].append(val_auroc)
@@ -1576,14 +1648,14 @@ def main(argv=None):
             save_checkpoint(latest_path, payload(epoch + 1, 0, full=True, ranks=ranks))
             plot_curves(history, plots_dir)
         if ddp:
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=wait_group)
 
     # --- outputs from the best model
     if master:
         write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
                       {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats})
     if ddp:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
         torch.distributed.destroy_process_group()
 
 
@@ -1644,10 +1716,20 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
              t["auroc"], t.get("auroc_ci95"), t["auprc"], t["brier"], t["ece"], out_dir)
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """main() as a command: user mistakes and a failed torchrun peer end with one clear line, not a traceback."""
     import sys
     try:
-        main()
+        main(argv)
     except (EventTableError, TextEncoderError, CheckpointError) as e:  # user mistakes: one clear line, no traceback
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not is_distributed_failure(e):
+            raise
+        print(f"train.py: error: {distributed_failure_message(e)}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    cli()
