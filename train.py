@@ -436,14 +436,30 @@ def encoder_max_length(folder, requested=None) -> int:
     return min(limits) if limits else 512
 
 
-def encoder_identity(folder, pooling="cls", max_length=None) -> str:
-    """Stable name of (weights, tokenizer, pooling, max length), from the folder's file contents."""
+# Vectors of one encoder differ by precision (bf16 from a GPU vs float32 from a CPU: up to ~0.07 apart), so the
+# precision is part of the cache folder's name; float32, the reference, adds nothing (older folders stay valid).
+PRECISION_SUFFIX = {"float32": "", "bfloat16": "-bf16", "float16": "-fp16"}
+
+
+def resolve_embed_dtype(dtype="auto", device="cpu") -> str:
+    """--embed-dtype as the encoder will run: auto = bf16 (fp16 without bf16 support) on a GPU, float32 on a CPU."""
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def encoder_identity(folder, pooling="cls", max_length=None, dtype="float32") -> str:
+    """Stable name of (weights, tokenizer, pooling, max length, precision), from the folder's file contents."""
+    if dtype not in PRECISION_SUFFIX:
+        raise TextEncoderError(f"unknown encoder precision {dtype!r}; expected one of {list(PRECISION_SUFFIX)}")
     folder = Path(folder).resolve()
     # Hashing Clinical-Longformer's ~600 MB of weights takes over a second, and main(), TextEncoder and
     # embed_texts all ask: remember the answer while no file in the folder changes.
     stamps = tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir() if p.is_file()
                           for st in [p.stat()])) if folder.is_dir() else ()
-    return _encoder_identity(folder, pooling, max_length, stamps)
+    return _encoder_identity(folder, pooling, max_length, stamps) + PRECISION_SUFFIX[dtype]
 
 
 @functools.lru_cache(maxsize=16)
@@ -474,17 +490,14 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
         self.folder, self.device, self.pooling, self.batch_size = Path(folder), torch.device(device), pooling, batch_size
         self.max_length = encoder_max_length(folder, max_length)
-        self.identity = encoder_identity(folder, pooling, max_length)
+        dtype = resolve_embed_dtype(dtype, self.device)
+        self.identity = encoder_identity(folder, pooling, max_length, dtype)
         self.dim = encoder_dim(folder)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise TextEncoderError(f"{folder}: cannot load the tokenizer/model ({e})") from e
-        if dtype == "auto":
-            dtype = "float32"
-            if self.device.type == "cuda":
-                dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         self.model = self.model.to(self.device, dtype=getattr(torch, dtype)).eval()
         self.is_longformer = getattr(self.model.config, "model_type", None) == "longformer"
 
@@ -554,7 +567,7 @@ class EmbeddingCache:
 
     A shard is written to a temporary name, fsynced and renamed, so readers never see a half-written shard and
     concurrent writers never touch the same file; the MD5 in the name detects truncated or corrupted shards,
-    which are removed with a warning (their texts are embedded again). Re-reading gigabytes for the MD5 on every
+    which are moved to quarantine/ with a warning (their texts are embedded again; an unreadable shard stays). Re-reading gigabytes for the MD5 on every
     load would dominate the load time, so a shard whose (name, size, mtime) was verified before is trusted;
     those stamps live in VERIFIED_FILE."""
 
@@ -596,6 +609,20 @@ class EmbeddingCache:
         except (OSError, ValueError, TypeError):
             return set()
 
+    QUARANTINE = "quarantine"
+
+    def _quarantine(self, path, why):
+        """Move a shard proven corrupt out of the way (never delete it: it may be evidence of a disk fault)."""
+        target = self.folder / self.QUARANTINE / path.name
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(path, target)
+            where = f"moved to {target}"
+        except OSError as e:  # a read-only cache: leave it, skip it
+            where = f"left in place (could not move it: {e})"
+        warnings.warn(f"embedding cache shard {path.name} is truncated or corrupted ({why}); {where}; "
+                      "its texts will be embedded again")
+
     def _remember_verified(self, stamps):
         try:  # only a memo (a lost concurrent update costs one re-check); a read-only cache still works
             atomic_io.write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(stamps)).encode())
@@ -625,18 +652,22 @@ class EmbeddingCache:
         for path in self.shard_paths():
             try:
                 stamp = self._stamp(path)
-                ok = stamp in verified or self._verify(path)
-                if ok:
+                if stamp not in verified and not self._verify(path):
+                    self._quarantine(path, "its checksum does not match")
+                    continue
+                try:
                     shard_keys, shard_vectors = self._open_shard(path)
-                    verified_now.add(stamp)
-            except FileNotFoundError:
+                except (ValueError, KeyError, IndexError):  # not an Arrow shard; proven corrupt if the checksum says so
+                    if stamp in verified and not self._verify(path):
+                        self._quarantine(path, "its checksum does not match")
+                        continue
+                    raise
+                verified_now.add(stamp)
+            except FileNotFoundError:  # merged away by another run meanwhile
                 continue
-            except (OSError, ValueError, KeyError):  # pyarrow's errors derive from these
-                ok = False
-            if not ok:
-                warnings.warn(f"embedding cache shard {path} is truncated or corrupted (checksum mismatch); "
-                              "removing it, its texts will be embedded again")
-                path.unlink(missing_ok=True)
+            except OSError as e:  # a read error (network disk, I/O error) proves nothing about the file: keep it
+                warnings.warn(f"embedding cache shard {path} could not be read ({e}); it is left in place and not "
+                              "used by this run (its texts are embedded again if needed)")
                 continue
             if shard_vectors.shape[1] != self.dim:
                 raise TextEncoderError(
@@ -730,7 +761,11 @@ class EmbeddingCache:
         return found, vectors.float().numpy()
 
     def append(self, keys, vectors):
-        """Write one new shard atomically (temp file, fsync, rename); returns its path."""
+        """Write one new shard atomically (temp file, fsync, rename); returns its path.
+
+        Streamed: Arrow writes the shard's buffers straight from `vectors` (no copy when they are a contiguous
+        float16 array) to the file while its MD5 is computed, so a merge of millions of vectors needs no memory
+        beyond the vectors themselves."""
         keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1, 2)
         if len(keys) == 0:
             return None
@@ -739,21 +774,46 @@ class EmbeddingCache:
             raise TextEncoderError(f"vectors of shape {vectors.shape} cannot go into cache {self.folder} (size {self.dim})")
         if len(vectors) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
+        flat = np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)
         batch = pa.record_batch({
-            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys.tobytes())]),
-            "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)),
-                                                     self.dim)})
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        data = sink.getvalue()
+            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys)]),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float16(), len(flat),
+                                                                           [None, pa.py_buffer(flat)]), self.dim)})
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
-        atomic_io.write_bytes(final, data)
+        tmp = atomic_io.temporary_name(self.folder / f"shard-{time.time_ns()}.arrow")
+        try:
+            with open(tmp, "wb") as f:
+                sink = _MD5Writer(f)
+                with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), batch.schema) as writer:
+                    writer.write_batch(batch)
+            final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{sink.md5.hexdigest()}.arrow"
+            atomic_io.publish(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
         # the bytes just hashed are on disk: the shard counts as verified
         self._remember_verified(self._read_verified() | {self._stamp(final)})
         self._index = None  # re-read on next lookup
         return final
+
+
+class _MD5Writer:
+    """A binary file that hashes what is written through it (Arrow's writer streams a shard through it)."""
+
+    def __init__(self, file):
+        self.file, self.md5, self.closed = file, hashlib.md5(), False
+
+    def write(self, data):
+        self.md5.update(data)
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+    def tell(self):
+        return self.file.tell()
+
+    def close(self):
+        self.closed = True
 
 
 def distinct_texts(texts):
@@ -796,7 +856,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
     uniques = texts.iloc[first]
     if identity is None:
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
-        identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
+        identity, dim = encoder_identity(folder, pooling, max_length, resolve_embed_dtype(dtype, device)), encoder_dim(folder)
     cache = EmbeddingCache(cache_dir, identity, dim)
     located = cache.locate(keys)
     view = cache.shard_view(keys, rows=located)
@@ -824,7 +884,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
         encoder = TextEncoder(folder, device, pooling, max_length, batch_size, dtype)
         if encoder.identity != identity:
             raise TextEncoderError(f"encoder folder {folder} is '{encoder.identity}', not the expected '{identity}' "
-                                   "(the checkpoint was trained with another text encoder)")
+                                   "(the checkpoint was trained with another text encoder or --embed-dtype)")
         log.info("embedding %d new unique text(s) with %s (%d of %d from the cache)", len(missing), folder.name,
                  len(cached), len(uniques))
         from tqdm.auto import tqdm
@@ -926,6 +986,8 @@ def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_even
         max_events = max_events or ckpt["args"]["max_events"]
     else:
         preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
+    if embed_dtype == "auto":  # the precision the vectors were made with (checkpoints before it was saved: float32)
+        embed_dtype = info.get("dtype", "float32")
     is_event = table["event_type"].notna().to_numpy()
     matrix, rows = embed_texts(table.loc[is_event, "event_text"], info.get("folder"), cache_dir, device,
                                info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
@@ -1468,8 +1530,9 @@ def main(argv=None):
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
         folder = resolve_text_encoder(args.text_encoder)
-        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length),
-                        "dim": encoder_dim(folder), "pooling": args.pooling,
+        dtype = resolve_embed_dtype(args.embed_dtype, device)
+        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
+                        "dim": encoder_dim(folder), "pooling": args.pooling, "dtype": dtype,
                         "max_length": encoder_max_length(folder, args.text_max_length)}
     # Rank 0 embeds what is missing; the other ranks then read the cache.
     embed_stats = {}
