@@ -112,19 +112,86 @@ class EventTableError(ValueError):
     """A user mistake in the event table; the message names the file, the column and a stay."""
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
-        raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
-    text_dtypes = {c: "string" for c in ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)}
+# Columns read besides the required ones (any other column is never read): synthetic tables' planted risk, used by
+# metrics.json (true_probability) and explain_clinicalLF.py's faithfulness figures (planted_risk).
+OPTIONAL_COLUMNS = ("true_probability", "planted_risk")
+# Read as categories: 20 million events have a few thousand distinct values here (2-4 million event texts), each
+# stored once; as Python strings these columns alone would take over 10 GB.
+CATEGORY_COLUMNS = ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)
+# pandas' missing-value spellings, so that the Arrow reader reads a table as pandas.read_csv did
+NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def _columns_to_read(path, names):
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise EventTableError(f"{path}: required column(s) missing: {', '.join(missing)} "
+                              f"(found: {', '.join(map(str, names))})")
+    return [c for c in names if c in REQUIRED_COLUMNS or c in OPTIONAL_COLUMNS]
+
+
+def _read_csv_pandas(path, columns):
+    """The fallback for a CSV that is not valid UTF-8: undecodable bytes replaced, with a warning."""
+    text_dtypes = {c: "category" for c in CATEGORY_COLUMNS}
     try:
-        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8")
+        return pd.read_csv(path, usecols=columns, dtype=text_dtypes, encoding="utf-8")
     except UnicodeDecodeError as e:
         warnings.warn(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); undecodable bytes are replaced "
                       "by U+FFFD. Re-export the table as UTF-8 to keep those characters.")
-        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8", encoding_errors="replace")
+        return pd.read_csv(path, usecols=columns, dtype=text_dtypes, encoding="utf-8", encoding_errors="replace")
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """The used columns only, typed while they are read (Arrow): strings as categories, numbers as numbers."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    dictionary = pa.dictionary(pa.int32(), pa.string())
+    if path.suffix.lower() == ".parquet":
+        schema = pq.read_schema(path)
+        columns = _columns_to_read(path, schema.names)
+        strings = [c for c in columns if c in CATEGORY_COLUMNS and pa.types.is_string(schema.field(c).type)]
+        table = pq.read_table(path, columns=columns, read_dictionary=strings)
+    elif suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
+        columns = _columns_to_read(path, list(pd.read_csv(path, nrows=0, encoding_errors="replace").columns))
+        convert = pa_csv.ConvertOptions(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
+                                        column_types={c: dictionary for c in CATEGORY_COLUMNS})
+        try:
+            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                                    convert_options=convert)
+        except pa.ArrowInvalid as e:
+            if "UTF8" not in str(e):
+                raise EventTableError(f"{path}: not a readable CSV event table ({str(e).splitlines()[0]})") from None
+            return _read_csv_pandas(path, columns)
+    else:
+        raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def _map_distinct(values: pd.Series, fn) -> pd.Series:
+    """fn applied once per distinct value of a categorical column (fn takes and returns a Series of them);
+    rows share the results: a categorical column again, or datetime64 when fn gives timestamps."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("category")
+    mapped = fn(pd.Series(values.cat.categories.astype(object)))
+    codes = values.cat.codes.to_numpy()
+    if pd.api.types.is_bool_dtype(mapped):  # a test per row (missing rows: False)
+        return pd.Series(mapped.to_numpy(dtype=bool, na_value=False)[np.maximum(codes, 0)] & (codes >= 0),
+                         index=values.index)
+    if pd.api.types.is_datetime64_any_dtype(mapped):
+        out = mapped.to_numpy()[np.maximum(codes, 0)]
+        out[codes < 0] = np.datetime64("NaT")
+        return pd.Series(out, index=values.index)
+    new_codes, uniques = pd.factorize(mapped)  # values mapped to one are merged; missing ones get -1
+    return pd.Series(pd.Categorical.from_codes(np.where(codes >= 0, new_codes[np.maximum(codes, 0)], -1),
+                                               categories=uniques), index=values.index)
+
+
+def _narrow_ints(values: pd.Series) -> pd.Series:
+    """int32 when every value fits (MIMIC-IV's ids do), else int64."""
+    info = np.iinfo(np.int32)
+    return values.astype("int32") if len(values) and info.min <= values.min() and values.max() <= info.max else values
 
 
 def read_event_table(path) -> pd.DataFrame:
@@ -159,7 +226,7 @@ def read_event_table(path) -> pd.DataFrame:
             first = df.loc[bad].iloc[0]
             raise EventTableError(f"{path}: column '{col}' must be an integer id; {int(bad.sum())} row(s) are "
                                   f"empty or not integers (first value {first[col]!r})")
-        df[col] = values.astype("int64")
+        df[col] = _narrow_ints(values.astype("int64"))
     mortality = pd.to_numeric(df["mortality"], errors="coerce")
     bad = ~mortality.isin([0, 1])
     if bad.any():
@@ -184,8 +251,8 @@ def read_event_table(path) -> pd.DataFrame:
     df["patient_age"] = age.astype("float64")
 
     # Event fields: all empty (a stay without events) or all valid.
-    text = df["event_text"].astype("string")
-    etype = df["event_type"].astype("string").str.strip().str.lower()
+    text = df["event_text"] if isinstance(df["event_text"].dtype, pd.CategoricalDtype) else df["event_text"].astype("category")
+    etype = _map_distinct(df["event_type"], lambda v: v.astype("string").str.strip().str.lower())
     rel = pd.to_numeric(df["relative_time_to_final_event"], errors="coerce")
     if (rel.isna() & df["relative_time_to_final_event"].notna()).any():
         fail("relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
@@ -193,9 +260,9 @@ def read_event_table(path) -> pd.DataFrame:
     raw_time = df["event_time"]
     if pd.api.types.is_datetime64_any_dtype(raw_time):  # Parquet
         parsed_time = raw_time
-    else:
-        raw_time = raw_time.astype("string").str.strip().replace("", pd.NA)
-        parsed_time = pd.to_datetime(raw_time, errors="coerce", format="mixed")
+    else:  # each distinct timestamp text is parsed once
+        raw_time = _map_distinct(raw_time, lambda v: v.astype("string").str.strip().replace("", pd.NA))
+        parsed_time = _map_distinct(raw_time, lambda v: pd.to_datetime(v, errors="coerce", format="mixed"))
     # An event row has any event field; a stay without events has all of them empty.
     ev = ((etype.notna() & (etype != "")) | text.notna() | rel.notna() | raw_time.notna()).fillna(False).astype(bool)
     if (ev & raw_time.notna() & parsed_time.isna()).any():
@@ -211,7 +278,7 @@ def read_event_table(path) -> pd.DataFrame:
     if unknown.any():
         kinds = sorted(set(etype[unknown].fillna("<empty>").tolist()))
         fail("event_type", unknown, f"has unknown kind(s) {kinds}; expected one of {list(EVENT_TYPES)}")
-    blank = ev & (text.isna() | (text.str.strip() == "")).fillna(True)
+    blank = ev & (text.isna() | _map_distinct(text, lambda v: v.astype("string").str.strip() == "").astype(bool))
     if blank.any():
         fail("event_text", blank, "is empty or whitespace-only on an event row")
 
@@ -224,6 +291,10 @@ def read_event_table(path) -> pd.DataFrame:
     keep = ev | (~has_events & ~df.duplicated("stay_id"))
     df = df.loc[keep]
     df = df.sort_values(["stay_id", "event_time"], kind="mergesort", na_position="last").reset_index(drop=True)
+    for col in df.columns:  # the same table whatever the file's row order: only used categories, sorted
+        if isinstance(df[col].dtype, pd.CategoricalDtype):
+            used = df[col].cat.remove_unused_categories()
+            df[col] = used.cat.reorder_categories(np.sort(used.cat.categories.to_numpy(dtype=object)))
     return df
 
 
@@ -760,6 +831,19 @@ class EmbeddingCache:
         found[positions] = True
         return found, vectors.float().numpy()
 
+    # Arrow's IPC format limits an array to 2^31 - 1 values: a shard holds at most that many float16 values
+    # (2.8 million vectors of 768), so a larger run is saved as several shards (append_all).
+    MAX_SHARD_VALUES = 2**31 - 1
+
+    @property
+    def max_shard_rows(self):
+        return self.MAX_SHARD_VALUES // self.dim
+
+    def append_all(self, keys, vectors):
+        """append() in as few shards as Arrow's limit allows; returns their paths."""
+        step = self.max_shard_rows
+        return [self.append(keys[start:start + step], vectors[start:start + step]) for start in range(0, len(keys), step)]
+
     def append(self, keys, vectors):
         """Write one new shard atomically (temp file, fsync, rename); returns its path.
 
@@ -774,6 +858,9 @@ class EmbeddingCache:
             raise TextEncoderError(f"vectors of shape {vectors.shape} cannot go into cache {self.folder} (size {self.dim})")
         if len(vectors) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
+        if len(keys) > self.max_shard_rows:
+            raise ValueError(f"{len(keys)} vectors of {self.dim} exceed one shard's {self.max_shard_rows} (Arrow's "
+                             "array limit); use append_all")
         flat = np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)
         batch = pa.record_batch({
             "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys)]),
@@ -824,6 +911,11 @@ def distinct_texts(texts):
     def first_occurrences(codes):  # factorize numbers in order of appearance: new where above all before
         return np.flatnonzero(codes == np.r_[0, np.maximum.accumulate(codes)[:-1] + 1])
 
+    if isinstance(getattr(texts, "dtype", None), pd.CategoricalDtype) and texts.notna().all():
+        # read_event_table's column: its categories are the distinct texts, each hashed once
+        codes, used = pd.factorize(texts.cat.codes.to_numpy())  # distinct-text numbers in order of first occurrence
+        keys = text_keys(pd.Series(texts.cat.categories[used], dtype="string"))
+        return keys, first_occurrences(codes) if len(codes) else np.zeros(0, dtype=np.int64), codes.astype(np.int64)
     keys = text_keys(texts)
     if len(keys) == 0:
         return keys, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -896,7 +988,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
                 partial_shards.append(cache.append(keys[chunk], new))  # saved at once: a killed run resumes here
                 matrix[len(cached) + start:len(cached) + start + len(chunk)] = torch.from_numpy(new)
         if len(partial_shards) > 1:  # one shard per run, so that the next run can map it instead of copying
-            cache.append(keys[missing], matrix[len(cached):].numpy())
+            cache.append_all(keys[missing], matrix[len(cached):].numpy())
             for path in partial_shards:  # the merged shard is on disk first: a kill here only leaves duplicates
                 path.unlink(missing_ok=True)
     else:

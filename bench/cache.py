@@ -222,13 +222,17 @@ def merge_stage(args):
     before = rss_mib()
     cache = train.EmbeddingCache(Path(args.work_dir), f"bench-h{args.dim}", args.dim)
     start = time.perf_counter()
-    path = cache.append(keys, matrix.numpy()) if args.merge_way == "stream" else append_in_memory(cache, keys, matrix.numpy())
+    if args.merge_way == "stream":  # as embed_texts merges: one shard per 2^31 - 1 values (Arrow's array limit)
+        paths = cache.append_all(keys, matrix.numpy())
+    else:
+        paths = [append_in_memory(cache, keys, matrix.numpy())]
     seconds = time.perf_counter() - start
     peak = rss_mib("VmHWM")
     matrix_mib = matrix.numel() * 2 / 2**20
-    size = path.stat().st_size
-    path.unlink()
-    print(json.dumps(dict(way=args.merge_way, vectors=args.n, dim=args.dim, matrix_MiB=matrix_mib, rss_before_MiB=before,
+    size = sum(path.stat().st_size for path in paths)
+    for path in paths:
+        path.unlink()
+    print(json.dumps(dict(way=args.merge_way, vectors=args.n, dim=args.dim, shards=len(paths), matrix_MiB=matrix_mib, rss_before_MiB=before,
                           peak_MiB=peak, extra_MiB=peak - before, extra_in_matrix_copies=(peak - before) / matrix_mib,
                           peak_in_matrix_copies=peak / matrix_mib, shard_MiB=size / 2**20, write_s=seconds)))
 

@@ -91,3 +91,18 @@ print(pa.default_memory_pool().max_memory() - before, path.stat().st_size)
     arrow_peak, size = map(int, result.stdout.split())
     assert size > 20_000 * 384 * 2
     assert arrow_peak < 1_000_000, f"Arrow held {arrow_peak / 1e6:.1f} MB while writing a {size / 1e6:.1f} MB shard"
+
+
+def test_a_run_larger_than_arrows_array_limit_is_saved_as_several_shards(tmp_path, monkeypatch):
+    """Arrow cannot write an array of more than 2^31 - 1 values: 3 million texts x 768 is 2.3 billion, so a full
+    MIMIC-IV run's merge failed. Here the limit is lowered to 3 vectors to see the split."""
+    monkeypatch.setattr(train.EmbeddingCache, "MAX_SHARD_VALUES", 3 * 8)
+    cache = train.EmbeddingCache(tmp_path, "enc", 8)
+    texts = [f"text {i}" for i in range(7)]
+    vectors = np.arange(7 * 8, dtype=np.float16).reshape(7, 8)
+    with pytest.raises(ValueError, match="append_all"):
+        cache.append(train.text_keys(texts), vectors)
+    paths = cache.append_all(train.text_keys(texts), vectors)
+    assert len(paths) == 3 and len(set(paths)) == 3
+    found, got = train.EmbeddingCache(tmp_path, "enc", 8).lookup(train.text_keys(texts))
+    assert found.all() and np.array_equal(got, vectors.astype(np.float32))
