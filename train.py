@@ -152,7 +152,9 @@ def _read_raw(path: Path) -> pd.DataFrame:
         schema = pq.read_schema(path)
         columns = _columns_to_read(path, schema.names)
         strings = [c for c in columns if c in CATEGORY_COLUMNS and pa.types.is_string(schema.field(c).type)]
-        table = pq.read_table(path, columns=columns, read_dictionary=strings)
+        # row group by row group: Arrow's decoded form of 20 million rows would be several GB at once
+        batches = pq.ParquetFile(path, read_dictionary=strings).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+        return _frame_from_batches(batches, columns)
     elif suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
         columns = _columns_to_read(path, list(pd.read_csv(path, nrows=0, encoding_errors="replace").columns))
         convert = pa_csv.ConvertOptions(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
@@ -166,7 +168,40 @@ def _read_raw(path: Path) -> pd.DataFrame:
             return _read_csv_pandas(path, columns)
     else:
         raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    return _frame_from_batches(table.to_batches(max_chunksize=READ_BATCH_ROWS), columns)
+
+
+READ_BATCH_ROWS = 1 << 20
+
+
+def _frame_from_batches(batches, columns) -> pd.DataFrame:
+    """One DataFrame from Arrow record batches converted one at a time; categorical columns get the union of
+    the batches' categories (pd.concat would turn them into Python strings), then each column is joined and
+    its pieces freed before the next: the peak is the table plus one column, not Arrow's table plus pandas'."""
+    from pandas.api.types import union_categoricals
+    pieces = [_own_memory(batch.to_pandas()) for batch in batches]
+    if not pieces:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = {}
+    for col in list(pieces[0].columns):
+        parts = [piece.pop(col) for piece in pieces]
+        if all(isinstance(part.dtype, pd.CategoricalDtype) for part in parts):
+            frame[col] = pd.Series(union_categoricals(parts), name=col)
+        else:
+            frame[col] = pd.concat(parts, ignore_index=True)
+        del parts
+    return pd.DataFrame(frame)
+
+
+def _own_memory(piece: pd.DataFrame) -> pd.DataFrame:
+    """A pandas piece that no longer points into its Arrow batch (to_pandas shares numeric buffers), so the
+    batch is freed and Arrow reuses its memory for the next one; ids become int32 where they fit."""
+    for col in piece.columns:
+        if not isinstance(piece[col].dtype, pd.CategoricalDtype):
+            values = piece[col]
+            piece[col] = _narrow_ints(values) if col in ("subject_id", "hadm_id", "stay_id") and \
+                pd.api.types.is_integer_dtype(values) else values.copy()
+    return piece
 
 
 def _map_distinct(values: pd.Series, fn) -> pd.Series:
@@ -186,6 +221,43 @@ def _map_distinct(values: pd.Series, fn) -> pd.Series:
     new_codes, uniques = pd.factorize(mapped)  # values mapped to one are merged; missing ones get -1
     return pd.Series(pd.Categorical.from_codes(np.where(codes >= 0, new_codes[np.maximum(codes, 0)], -1),
                                                categories=uniques), index=values.index)
+
+
+class _StayOrder:
+    """The rows grouped by stay (a stable argsort of stay_id, once): per-stay checks without groupby, whose
+    hash tables and sorts cost several copies of a column at 20 million rows."""
+
+    def __init__(self, stay_ids):
+        self.stay_ids = stay_ids
+        self.order = np.argsort(stay_ids, kind="stable")
+        self.sorted_ids = stay_ids[self.order]
+        self.same_stay = self.sorted_ids[1:] == self.sorted_ids[:-1]  # row i+1 belongs to row i's stay
+        self.starts = np.flatnonzero(np.r_[True, ~self.same_stay])
+
+    def first_stay_with_two_values(self, values: pd.Series):
+        """The smallest stay_id whose rows hold two different values (missing counts as a value), else None."""
+        codes = values.cat.codes.to_numpy() if isinstance(values.dtype, pd.CategoricalDtype) else pd.factorize(values)[0]
+        codes = codes[self.order]
+        differs = self.same_stay & (codes[1:] != codes[:-1])
+        return self.sorted_ids[1:][differs.argmax()] if differs.any() else None
+
+    def kept_rows_in_order(self, is_event, times):
+        """Rows to keep (every event row, plus the first row of a stay without events), ordered by stay_id then
+        time (stable; missing times last)."""
+        keep = is_event.copy()
+        has_events = np.logical_or.reduceat(is_event[self.order], self.starts)
+        keep[self.order[self.starts[~has_events]]] = True
+        rows = np.flatnonzero(keep)
+        times = times.iloc[rows]
+        if times.dt.tz is not None:  # a Parquet column with a time zone: order by the instant
+            times = times.dt.tz_convert(None)
+        ticks = times.to_numpy().view("int64").copy()
+        ticks[times.isna().to_numpy()] = np.iinfo(np.int64).max
+        return rows[np.lexsort((ticks, self.stay_ids[rows]))]
+
+
+def _take(column: pd.Series, rows) -> pd.Series:
+    return pd.Series(column.array.take(rows), name=column.name)
 
 
 def _narrow_ints(values: pd.Series) -> pd.Series:
@@ -233,15 +305,14 @@ def read_event_table(path) -> pd.DataFrame:
         fail("mortality", bad, "must be 0 or 1 (in-hospital death after the prediction time)")
     df["mortality"] = mortality.astype("int64")
 
-    subjects = df.groupby("stay_id")["subject_id"].nunique()
-    if (subjects > 1).any():
-        stay = subjects.index[subjects > 1][0]
+    by_stay = _StayOrder(df["stay_id"].to_numpy())
+    stay = by_stay.first_stay_with_two_values(df["subject_id"])
+    if stay is not None:
         raise EventTableError(f"{path}: stay_id={stay} belongs to more than one subject_id "
                               f"({sorted(df.loc[df.stay_id == stay, 'subject_id'].unique())}); a stay is one patient's")
     for col in (*STATIC_CATEGORICAL, *STATIC_NUMERIC, "mortality", "hadm_id"):
-        n = df.groupby("stay_id")[col].nunique(dropna=False)
-        if (n > 1).any():
-            stay = n.index[n > 1][0]
+        stay = by_stay.first_stay_with_two_values(df[col])
+        if stay is not None:
             vals = df.loc[df.stay_id == stay, col].drop_duplicates().tolist()[:5]
             raise EventTableError(f"{path}: column '{col}' differs between the rows of stay_id={stay} ({vals}); "
                                   "static columns and the label must be the same on every row of a stay")
@@ -286,11 +357,12 @@ def read_event_table(path) -> pd.DataFrame:
     df["event_type"] = etype.where(ev, pd.NA)
     df["event_text"] = text.where(ev, pd.NA)
     df["relative_time_to_final_event"] = rel.where(ev, np.nan).astype("float64")
-    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row.
-    has_events = ev.groupby(df["stay_id"]).transform("any")
-    keep = ev | (~has_events & ~df.duplicated("stay_id"))
-    df = df.loc[keep]
-    df = df.sort_values(["stay_id", "event_time"], kind="mergesort", na_position="last").reset_index(drop=True)
+    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row. Then rows by
+    # (stay_id, event_time), stable, empty times last: one column at a time, so that the peak holds one copy
+    # of one column rather than of the table (20 million rows).
+    del text, etype, rel, raw_time, parsed_time
+    order = by_stay.kept_rows_in_order(ev.to_numpy(), df["event_time"])
+    df = pd.DataFrame({col: _take(df.pop(col), order) for col in list(df.columns)})
     for col in df.columns:  # the same table whatever the file's row order: only used categories, sorted
         if isinstance(df[col].dtype, pd.CategoricalDtype):
             used = df[col].cat.remove_unused_categories()

@@ -1,7 +1,6 @@
 """DDP under torchrun's environment (issue 14): 2 gloo processes started as torchrun starts them
 (tests/ddp_ranks.py), with patches that make the faults of a full-size run happen at test scale."""
 import hashlib
-import json
 import time
 
 import pytest
