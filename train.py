@@ -1706,6 +1706,8 @@ def main(argv=None):
                                             args.embed_batch_size, embed_stats, args.embed_dtype)
     if ddp and master:
         torch.distributed.barrier(group=wait_group)
+    if ddp:  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
+        torch.distributed.barrier(group=wait_group)
     if getattr(args, "embed_only", False):
         log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
         return
