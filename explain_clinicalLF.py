@@ -611,7 +611,8 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     if text_encoder is not None:
         enc = ckpt.get("text_encoder", {})
         folder = train.resolve_text_encoder(text_encoder)
-        identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"))
+        identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"),
+                                              enc.get("dtype", "float32"))
     try:
         check_checkpoint_compatible(ckpt, train, identity_now)
     except ExplainError as e:

@@ -86,6 +86,9 @@ def build_arg_parser():
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val AUROC")
     p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
+    p.add_argument("--ddp-timeout", type=float, default=1800.0,
+                   help="torchrun: seconds a training collective waits for the other processes before the run ends "
+                        "with an error (a dead or stuck process); waiting while rank 0 embeds is not limited by it")
     # bookkeeping
     p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
     p.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
@@ -113,19 +116,158 @@ class EventTableError(ValueError):
     """A user mistake in the event table; the message names the file, the column and a stay."""
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
-        raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
-    text_dtypes = {c: "string" for c in ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)}
+# Columns read besides the required ones (any other column is never read): synthetic tables' planted risk, used by
+# metrics.json (true_probability) and explain_clinicalLF.py's faithfulness figures (planted_risk).
+OPTIONAL_COLUMNS = ("true_probability", "planted_risk")
+# Read as categories: 20 million events have a few thousand distinct values here (2-4 million event texts), each
+# stored once; as Python strings these columns alone would take over 10 GB.
+CATEGORY_COLUMNS = ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)
+# pandas' missing-value spellings, so that the Arrow reader reads a table as pandas.read_csv did
+NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def _columns_to_read(path, names):
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise EventTableError(f"{path}: required column(s) missing: {', '.join(missing)} "
+                              f"(found: {', '.join(map(str, names))})")
+    return [c for c in names if c in REQUIRED_COLUMNS or c in OPTIONAL_COLUMNS]
+
+
+def _read_csv_pandas(path, columns):
+    """The fallback for a CSV that is not valid UTF-8: undecodable bytes replaced, with a warning."""
+    text_dtypes = {c: "category" for c in CATEGORY_COLUMNS}
     try:
-        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8")
+        return pd.read_csv(path, usecols=columns, dtype=text_dtypes, encoding="utf-8")
     except UnicodeDecodeError as e:
         warnings.warn(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); undecodable bytes are replaced "
                       "by U+FFFD. Re-export the table as UTF-8 to keep those characters.")
-        return pd.read_csv(path, dtype=text_dtypes, encoding="utf-8", encoding_errors="replace")
+        return pd.read_csv(path, usecols=columns, dtype=text_dtypes, encoding="utf-8", encoding_errors="replace")
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """The used columns only, typed while they are read (Arrow): strings as categories, numbers as numbers."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    dictionary = pa.dictionary(pa.int32(), pa.string())
+    if path.suffix.lower() == ".parquet":
+        schema = pq.read_schema(path)
+        columns = _columns_to_read(path, schema.names)
+        strings = [c for c in columns if c in CATEGORY_COLUMNS and pa.types.is_string(schema.field(c).type)]
+        # row group by row group: Arrow's decoded form of 20 million rows would be several GB at once
+        batches = pq.ParquetFile(path, read_dictionary=strings).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+        return _frame_from_batches(batches, columns)
+    elif suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
+        columns = _columns_to_read(path, list(pd.read_csv(path, nrows=0, encoding_errors="replace").columns))
+        convert = pa_csv.ConvertOptions(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
+                                        column_types={c: dictionary for c in CATEGORY_COLUMNS})
+        try:
+            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                                    convert_options=convert)
+        except pa.ArrowInvalid as e:
+            if "UTF8" not in str(e):
+                raise EventTableError(f"{path}: not a readable CSV event table ({str(e).splitlines()[0]})") from None
+            return _read_csv_pandas(path, columns)
+    else:
+        raise EventTableError(f"{path}: unknown file type; use .csv, .csv.gz or .parquet")
+    return _frame_from_batches(table.to_batches(max_chunksize=READ_BATCH_ROWS), columns)
+
+
+READ_BATCH_ROWS = 1 << 20
+
+
+def _frame_from_batches(batches, columns) -> pd.DataFrame:
+    """One DataFrame from Arrow record batches converted one at a time; categorical columns get the union of
+    the batches' categories (pd.concat would turn them into Python strings), then each column is joined and
+    its pieces freed before the next: the peak is the table plus one column, not Arrow's table plus pandas'."""
+    from pandas.api.types import union_categoricals
+    pieces = [_own_memory(batch.to_pandas()) for batch in batches]
+    if not pieces:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = {}
+    for col in list(pieces[0].columns):
+        parts = [piece.pop(col) for piece in pieces]
+        if all(isinstance(part.dtype, pd.CategoricalDtype) for part in parts):
+            frame[col] = pd.Series(union_categoricals(parts), name=col)
+        else:
+            frame[col] = pd.concat(parts, ignore_index=True)
+        del parts
+    return pd.DataFrame(frame)
+
+
+def _own_memory(piece: pd.DataFrame) -> pd.DataFrame:
+    """A pandas piece that no longer points into its Arrow batch (to_pandas shares numeric buffers), so the
+    batch is freed and Arrow reuses its memory for the next one; ids become int32 where they fit."""
+    for col in piece.columns:
+        if not isinstance(piece[col].dtype, pd.CategoricalDtype):
+            values = piece[col]
+            piece[col] = _narrow_ints(values) if col in ("subject_id", "hadm_id", "stay_id") and \
+                pd.api.types.is_integer_dtype(values) else values.copy()
+    return piece
+
+
+def _map_distinct(values: pd.Series, fn) -> pd.Series:
+    """fn applied once per distinct value of a categorical column (fn takes and returns a Series of them);
+    rows share the results: a categorical column again, or datetime64 when fn gives timestamps."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("category")
+    mapped = fn(pd.Series(values.cat.categories.astype(object)))
+    codes = values.cat.codes.to_numpy()
+    if pd.api.types.is_bool_dtype(mapped):  # a test per row (missing rows: False)
+        return pd.Series(mapped.to_numpy(dtype=bool, na_value=False)[np.maximum(codes, 0)] & (codes >= 0),
+                         index=values.index)
+    if pd.api.types.is_datetime64_any_dtype(mapped):
+        out = mapped.to_numpy()[np.maximum(codes, 0)]
+        out[codes < 0] = np.datetime64("NaT")
+        return pd.Series(out, index=values.index)
+    new_codes, uniques = pd.factorize(mapped)  # values mapped to one are merged; missing ones get -1
+    return pd.Series(pd.Categorical.from_codes(np.where(codes >= 0, new_codes[np.maximum(codes, 0)], -1),
+                                               categories=uniques), index=values.index)
+
+
+class _StayOrder:
+    """The rows grouped by stay (a stable argsort of stay_id, once): per-stay checks without groupby, whose
+    hash tables and sorts cost several copies of a column at 20 million rows."""
+
+    def __init__(self, stay_ids):
+        self.stay_ids = stay_ids
+        self.order = np.argsort(stay_ids, kind="stable")
+        self.sorted_ids = stay_ids[self.order]
+        self.same_stay = self.sorted_ids[1:] == self.sorted_ids[:-1]  # row i+1 belongs to row i's stay
+        self.starts = np.flatnonzero(np.r_[True, ~self.same_stay])
+
+    def first_stay_with_two_values(self, values: pd.Series):
+        """The smallest stay_id whose rows hold two different values (missing counts as a value), else None."""
+        codes = values.cat.codes.to_numpy() if isinstance(values.dtype, pd.CategoricalDtype) else pd.factorize(values)[0]
+        codes = codes[self.order]
+        differs = self.same_stay & (codes[1:] != codes[:-1])
+        return self.sorted_ids[1:][differs.argmax()] if differs.any() else None
+
+    def kept_rows_in_order(self, is_event, times):
+        """Rows to keep (every event row, plus the first row of a stay without events), ordered by stay_id then
+        time (stable; missing times last)."""
+        keep = is_event.copy()
+        has_events = np.logical_or.reduceat(is_event[self.order], self.starts)
+        keep[self.order[self.starts[~has_events]]] = True
+        rows = np.flatnonzero(keep)
+        times = times.iloc[rows]
+        if times.dt.tz is not None:  # a Parquet column with a time zone: order by the instant
+            times = times.dt.tz_convert(None)
+        ticks = times.to_numpy().view("int64").copy()
+        ticks[times.isna().to_numpy()] = np.iinfo(np.int64).max
+        return rows[np.lexsort((ticks, self.stay_ids[rows]))]
+
+
+def _take(column: pd.Series, rows) -> pd.Series:
+    return pd.Series(column.array.take(rows), name=column.name)
+
+
+def _narrow_ints(values: pd.Series) -> pd.Series:
+    """int32 when every value fits (MIMIC-IV's ids do), else int64."""
+    info = np.iinfo(np.int32)
+    return values.astype("int32") if len(values) and info.min <= values.min() and values.max() <= info.max else values
 
 
 def read_event_table(path) -> pd.DataFrame:
@@ -160,22 +302,21 @@ def read_event_table(path) -> pd.DataFrame:
             first = df.loc[bad].iloc[0]
             raise EventTableError(f"{path}: column '{col}' must be an integer id; {int(bad.sum())} row(s) are "
                                   f"empty or not integers (first value {first[col]!r})")
-        df[col] = values.astype("int64")
+        df[col] = _narrow_ints(values.astype("int64"))
     mortality = pd.to_numeric(df["mortality"], errors="coerce")
     bad = ~mortality.isin([0, 1])
     if bad.any():
         fail("mortality", bad, "must be 0 or 1 (in-hospital death after the prediction time)")
     df["mortality"] = mortality.astype("int64")
 
-    subjects = df.groupby("stay_id")["subject_id"].nunique()
-    if (subjects > 1).any():
-        stay = subjects.index[subjects > 1][0]
+    by_stay = _StayOrder(df["stay_id"].to_numpy())
+    stay = by_stay.first_stay_with_two_values(df["subject_id"])
+    if stay is not None:
         raise EventTableError(f"{path}: stay_id={stay} belongs to more than one subject_id "
                               f"({sorted(df.loc[df.stay_id == stay, 'subject_id'].unique())}); a stay is one patient's")
     for col in (*STATIC_CATEGORICAL, *STATIC_NUMERIC, "mortality", "hadm_id"):
-        n = df.groupby("stay_id")[col].nunique(dropna=False)
-        if (n > 1).any():
-            stay = n.index[n > 1][0]
+        stay = by_stay.first_stay_with_two_values(df[col])
+        if stay is not None:
             vals = df.loc[df.stay_id == stay, col].drop_duplicates().tolist()[:5]
             raise EventTableError(f"{path}: column '{col}' differs between the rows of stay_id={stay} ({vals}); "
                                   "static columns and the label must be the same on every row of a stay")
@@ -185,8 +326,8 @@ def read_event_table(path) -> pd.DataFrame:
     df["patient_age"] = age.astype("float64")
 
     # Event fields: all empty (a stay without events) or all valid.
-    text = df["event_text"].astype("string")
-    etype = df["event_type"].astype("string").str.strip().str.lower()
+    text = df["event_text"] if isinstance(df["event_text"].dtype, pd.CategoricalDtype) else df["event_text"].astype("category")
+    etype = _map_distinct(df["event_type"], lambda v: v.astype("string").str.strip().str.lower())
     rel = pd.to_numeric(df["relative_time_to_final_event"], errors="coerce")
     if (rel.isna() & df["relative_time_to_final_event"].notna()).any():
         fail("relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
@@ -194,9 +335,9 @@ def read_event_table(path) -> pd.DataFrame:
     raw_time = df["event_time"]
     if pd.api.types.is_datetime64_any_dtype(raw_time):  # Parquet
         parsed_time = raw_time
-    else:
-        raw_time = raw_time.astype("string").str.strip().replace("", pd.NA)
-        parsed_time = pd.to_datetime(raw_time, errors="coerce", format="mixed")
+    else:  # each distinct timestamp text is parsed once
+        raw_time = _map_distinct(raw_time, lambda v: v.astype("string").str.strip().replace("", pd.NA))
+        parsed_time = _map_distinct(raw_time, lambda v: pd.to_datetime(v, errors="coerce", format="mixed"))
     # An event row has any event field; a stay without events has all of them empty.
     ev = ((etype.notna() & (etype != "")) | text.notna() | rel.notna() | raw_time.notna()).fillna(False).astype(bool)
     if (ev & raw_time.notna() & parsed_time.isna()).any():
@@ -212,7 +353,7 @@ def read_event_table(path) -> pd.DataFrame:
     if unknown.any():
         kinds = sorted(set(etype[unknown].fillna("<empty>").tolist()))
         fail("event_type", unknown, f"has unknown kind(s) {kinds}; expected one of {list(EVENT_TYPES)}")
-    blank = ev & (text.isna() | (text.str.strip() == "")).fillna(True)
+    blank = ev & (text.isna() | _map_distinct(text, lambda v: v.astype("string").str.strip() == "").astype(bool))
     if blank.any():
         fail("event_text", blank, "is empty or whitespace-only on an event row")
 
@@ -220,11 +361,16 @@ def read_event_table(path) -> pd.DataFrame:
     df["event_type"] = etype.where(ev, pd.NA)
     df["event_text"] = text.where(ev, pd.NA)
     df["relative_time_to_final_event"] = rel.where(ev, np.nan).astype("float64")
-    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row.
-    has_events = ev.groupby(df["stay_id"]).transform("any")
-    keep = ev | (~has_events & ~df.duplicated("stay_id"))
-    df = df.loc[keep]
-    df = df.sort_values(["stay_id", "event_time"], kind="mergesort", na_position="last").reset_index(drop=True)
+    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row. Then rows by
+    # (stay_id, event_time), stable, empty times last: one column at a time, so that the peak holds one copy
+    # of one column rather than of the table (20 million rows).
+    del text, etype, rel, raw_time, parsed_time
+    order = by_stay.kept_rows_in_order(ev.to_numpy(), df["event_time"])
+    df = pd.DataFrame({col: _take(df.pop(col), order) for col in list(df.columns)})
+    for col in df.columns:  # the same table whatever the file's row order: only used categories, sorted
+        if isinstance(df[col].dtype, pd.CategoricalDtype):
+            used = df[col].cat.remove_unused_categories()
+            df[col] = used.cat.reorder_categories(np.sort(used.cat.categories.to_numpy(dtype=object)))
     return df
 
 
@@ -437,14 +583,30 @@ def encoder_max_length(folder, requested=None) -> int:
     return min(limits) if limits else 512
 
 
-def encoder_identity(folder, pooling="cls", max_length=None) -> str:
-    """Stable name of (weights, tokenizer, pooling, max length), from the folder's file contents."""
+# Vectors of one encoder differ by precision (bf16 from a GPU vs float32 from a CPU: up to ~0.07 apart), so the
+# precision is part of the cache folder's name; float32, the reference, adds nothing (older folders stay valid).
+PRECISION_SUFFIX = {"float32": "", "bfloat16": "-bf16", "float16": "-fp16"}
+
+
+def resolve_embed_dtype(dtype="auto", device="cpu") -> str:
+    """--embed-dtype as the encoder will run: auto = bf16 (fp16 without bf16 support) on a GPU, float32 on a CPU."""
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def encoder_identity(folder, pooling="cls", max_length=None, dtype="float32") -> str:
+    """Stable name of (weights, tokenizer, pooling, max length, precision), from the folder's file contents."""
+    if dtype not in PRECISION_SUFFIX:
+        raise TextEncoderError(f"unknown encoder precision {dtype!r}; expected one of {list(PRECISION_SUFFIX)}")
     folder = Path(folder).resolve()
     # Hashing Clinical-Longformer's ~600 MB of weights takes over a second, and main(), TextEncoder and
     # embed_texts all ask: remember the answer while no file in the folder changes.
     stamps = tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir() if p.is_file()
                           for st in [p.stat()])) if folder.is_dir() else ()
-    return _encoder_identity(folder, pooling, max_length, stamps)
+    return _encoder_identity(folder, pooling, max_length, stamps) + PRECISION_SUFFIX[dtype]
 
 
 @functools.lru_cache(maxsize=16)
@@ -475,17 +637,14 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
         self.folder, self.device, self.pooling, self.batch_size = Path(folder), torch.device(device), pooling, batch_size
         self.max_length = encoder_max_length(folder, max_length)
-        self.identity = encoder_identity(folder, pooling, max_length)
+        dtype = resolve_embed_dtype(dtype, self.device)
+        self.identity = encoder_identity(folder, pooling, max_length, dtype)
         self.dim = encoder_dim(folder)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise TextEncoderError(f"{folder}: cannot load the tokenizer/model ({e})") from e
-        if dtype == "auto":
-            dtype = "float32"
-            if self.device.type == "cuda":
-                dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         self.model = self.model.to(self.device, dtype=getattr(torch, dtype)).eval()
         self.is_longformer = getattr(self.model.config, "model_type", None) == "longformer"
 
@@ -555,7 +714,7 @@ class EmbeddingCache:
 
     A shard is written to a temporary name, fsynced and renamed, so readers never see a half-written shard and
     concurrent writers never touch the same file; the MD5 in the name detects truncated or corrupted shards,
-    which are removed with a warning (their texts are embedded again). Re-reading gigabytes for the MD5 on every
+    which are moved to quarantine/ with a warning (their texts are embedded again; an unreadable shard stays). Re-reading gigabytes for the MD5 on every
     load would dominate the load time, so a shard whose (name, size, mtime) was verified before is trusted;
     those stamps live in VERIFIED_FILE."""
 
@@ -597,6 +756,20 @@ class EmbeddingCache:
         except (OSError, ValueError, TypeError):
             return set()
 
+    QUARANTINE = "quarantine"
+
+    def _quarantine(self, path, why):
+        """Move a shard proven corrupt out of the way (never delete it: it may be evidence of a disk fault)."""
+        target = self.folder / self.QUARANTINE / path.name
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(path, target)
+            where = f"moved to {target}"
+        except OSError as e:  # a read-only cache: leave it, skip it
+            where = f"left in place (could not move it: {e})"
+        warnings.warn(f"embedding cache shard {path.name} is truncated or corrupted ({why}); {where}; "
+                      "its texts will be embedded again")
+
     def _remember_verified(self, stamps):
         try:  # only a memo (a lost concurrent update costs one re-check); a read-only cache still works
             atomic_io.write_bytes(self.folder / self.VERIFIED_FILE, json.dumps(sorted(stamps)).encode())
@@ -626,18 +799,22 @@ class EmbeddingCache:
         for path in self.shard_paths():
             try:
                 stamp = self._stamp(path)
-                ok = stamp in verified or self._verify(path)
-                if ok:
+                if stamp not in verified and not self._verify(path):
+                    self._quarantine(path, "its checksum does not match")
+                    continue
+                try:
                     shard_keys, shard_vectors = self._open_shard(path)
-                    verified_now.add(stamp)
-            except FileNotFoundError:
+                except (ValueError, KeyError, IndexError):  # not an Arrow shard; proven corrupt if the checksum says so
+                    if stamp in verified and not self._verify(path):
+                        self._quarantine(path, "its checksum does not match")
+                        continue
+                    raise
+                verified_now.add(stamp)
+            except FileNotFoundError:  # merged away by another run meanwhile
                 continue
-            except (OSError, ValueError, KeyError):  # pyarrow's errors derive from these
-                ok = False
-            if not ok:
-                warnings.warn(f"embedding cache shard {path} is truncated or corrupted (checksum mismatch); "
-                              "removing it, its texts will be embedded again")
-                path.unlink(missing_ok=True)
+            except OSError as e:  # a read error (network disk, I/O error) proves nothing about the file: keep it
+                warnings.warn(f"embedding cache shard {path} could not be read ({e}); it is left in place and not "
+                              "used by this run (its texts are embedded again if needed)")
                 continue
             if shard_vectors.shape[1] != self.dim:
                 raise TextEncoderError(
@@ -730,8 +907,25 @@ class EmbeddingCache:
         found[positions] = True
         return found, vectors.float().numpy()
 
+    # Arrow's IPC format limits an array to 2^31 - 1 values: a shard holds at most that many float16 values
+    # (2.8 million vectors of 768), so a larger run is saved as several shards (append_all).
+    MAX_SHARD_VALUES = 2**31 - 1
+
+    @property
+    def max_shard_rows(self):
+        return self.MAX_SHARD_VALUES // self.dim
+
+    def append_all(self, keys, vectors):
+        """append() in as few shards as Arrow's limit allows; returns their paths."""
+        step = self.max_shard_rows
+        return [self.append(keys[start:start + step], vectors[start:start + step]) for start in range(0, len(keys), step)]
+
     def append(self, keys, vectors):
-        """Write one new shard atomically (temp file, fsync, rename); returns its path."""
+        """Write one new shard atomically (temp file, fsync, rename); returns its path.
+
+        Streamed: Arrow writes the shard's buffers straight from `vectors` (no copy when they are a contiguous
+        float16 array) to the file while its MD5 is computed, so a merge of millions of vectors needs no memory
+        beyond the vectors themselves."""
         keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1, 2)
         if len(keys) == 0:
             return None
@@ -740,21 +934,49 @@ class EmbeddingCache:
             raise TextEncoderError(f"vectors of shape {vectors.shape} cannot go into cache {self.folder} (size {self.dim})")
         if len(vectors) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
+        if len(keys) > self.max_shard_rows:
+            raise ValueError(f"{len(keys)} vectors of {self.dim} exceed one shard's {self.max_shard_rows} (Arrow's "
+                             "array limit); use append_all")
+        flat = np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)
         batch = pa.record_batch({
-            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys.tobytes())]),
-            "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)),
-                                                     self.dim)})
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        data = sink.getvalue()
+            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys)]),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float16(), len(flat),
+                                                                           [None, pa.py_buffer(flat)]), self.dim)})
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
-        atomic_io.write_bytes(final, data)
+        tmp = atomic_io.temporary_name(self.folder / f"shard-{time.time_ns()}.arrow")
+        try:
+            with open(tmp, "wb") as f:
+                sink = _MD5Writer(f)
+                with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), batch.schema) as writer:
+                    writer.write_batch(batch)
+            final = self.folder / f"shard-{time.time_ns()}-{os.getpid()}-{sink.md5.hexdigest()}.arrow"
+            atomic_io.publish(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
         # the bytes just hashed are on disk: the shard counts as verified
         self._remember_verified(self._read_verified() | {self._stamp(final)})
         self._index = None  # re-read on next lookup
         return final
+
+
+class _MD5Writer:
+    """A binary file that hashes what is written through it (Arrow's writer streams a shard through it)."""
+
+    def __init__(self, file):
+        self.file, self.md5, self.closed = file, hashlib.md5(), False
+
+    def write(self, data):
+        self.md5.update(data)
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+    def tell(self):
+        return self.file.tell()
+
+    def close(self):
+        self.closed = True
 
 
 def distinct_texts(texts):
@@ -765,6 +987,11 @@ def distinct_texts(texts):
     def first_occurrences(codes):  # factorize numbers in order of appearance: new where above all before
         return np.flatnonzero(codes == np.r_[0, np.maximum.accumulate(codes)[:-1] + 1])
 
+    if isinstance(getattr(texts, "dtype", None), pd.CategoricalDtype) and texts.notna().all():
+        # read_event_table's column: its categories are the distinct texts, each hashed once
+        codes, used = pd.factorize(texts.cat.codes.to_numpy())  # distinct-text numbers in order of first occurrence
+        keys = text_keys(pd.Series(texts.cat.categories[used], dtype="string"))
+        return keys, first_occurrences(codes) if len(codes) else np.zeros(0, dtype=np.int64), codes.astype(np.int64)
     keys = text_keys(texts)
     if len(keys) == 0:
         return keys, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -797,7 +1024,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
     uniques = texts.iloc[first]
     if identity is None:
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
-        identity, dim = encoder_identity(folder, pooling, max_length), encoder_dim(folder)
+        identity, dim = encoder_identity(folder, pooling, max_length, resolve_embed_dtype(dtype, device)), encoder_dim(folder)
     cache = EmbeddingCache(cache_dir, identity, dim)
     located = cache.locate(keys)
     view = cache.shard_view(keys, rows=located)
@@ -825,7 +1052,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
         encoder = TextEncoder(folder, device, pooling, max_length, batch_size, dtype)
         if encoder.identity != identity:
             raise TextEncoderError(f"encoder folder {folder} is '{encoder.identity}', not the expected '{identity}' "
-                                   "(the checkpoint was trained with another text encoder)")
+                                   "(the checkpoint was trained with another text encoder or --embed-dtype)")
         log.info("embedding %d new unique text(s) with %s (%d of %d from the cache)", len(missing), folder.name,
                  len(cached), len(uniques))
         from tqdm.auto import tqdm
@@ -837,7 +1064,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
                 partial_shards.append(cache.append(keys[chunk], new))  # saved at once: a killed run resumes here
                 matrix[len(cached) + start:len(cached) + start + len(chunk)] = torch.from_numpy(new)
         if len(partial_shards) > 1:  # one shard per run, so that the next run can map it instead of copying
-            cache.append(keys[missing], matrix[len(cached):].numpy())
+            cache.append_all(keys[missing], matrix[len(cached):].numpy())
             for path in partial_shards:  # the merged shard is on disk first: a kill here only leaves duplicates
                 path.unlink(missing_ok=True)
     else:
@@ -929,6 +1156,8 @@ def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_even
         max_events = max_events or ckpt["args"]["max_events"]
     else:
         preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
+    if embed_dtype == "auto":  # the precision the vectors were made with (checkpoints before it was saved: float32)
+        embed_dtype = info.get("dtype", "float32")
     is_event = table["event_type"].notna().to_numpy()
     matrix, rows = embed_texts(table.loc[is_event, "event_text"], info.get("folder"), cache_dir, device,
                                info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
@@ -1329,7 +1558,77 @@ def _fault_kill_point():
     """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
     with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
     value = os.environ.get("TRAIN_FAULT_KILL_AFTER_BATCHES")
+    only_rank = os.environ.get("TRAIN_FAULT_KILL_RANK")  # under torchrun: kill this rank only
+    if only_rank and int(only_rank) != int(os.environ.get("RANK", "0")):
+        return None
     return int(value) if value else None
+
+
+# -----------------------------------------------------------------------------
+# Distributed training (torchrun)
+
+DDP_WAIT_TIMEOUT_S = 7 * 24 * 3600  # waiting while rank 0 embeds or writes: hours at full MIMIC-IV scale
+
+
+def init_distributed(device, timeout_s):
+    """Join torchrun's process group; returns the group that waits for rank 0.
+
+    Two groups: the default one carries the training collectives and gives up after `timeout_s` (a process
+    that died or hangs ends the run with an error instead of a silent hang); a gloo group with a timeout of
+    days is only used for the barriers where the other ranks wait while rank 0 embeds the missing texts or
+    writes files, which at MIMIC-IV scale takes far longer than any collective should (NCCL's default
+    10 minutes aborted a cold-cache run)."""
+    from datetime import timedelta
+    import torch.distributed as dist
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=DDP_WAIT_TIMEOUT_S))
+
+
+def seed_rank_streams(seed, rank):
+    """Give each rank its own random stream from here on (dropout masks), after the model's initialisation,
+    which must be the same on every rank. Rank 0 keeps the stream of a single-process run; --resume restores
+    each rank's own state from the checkpoint, so a resumed run stays exact."""
+    if rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def agree_with_rank0(values, ddp):
+    """Rank 0's `values` on every rank. Decisions from per-rank floating-point results (validation AUROC,
+    which is not bit-identical across GPUs) must be taken once, or ranks stop at different epochs and hang."""
+    if not ddp:
+        return values
+    box = [values]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_resume_world_size(resume, world_size, path):
+    """A checkpoint holds each rank's data position and random state: it resumes with as many processes."""
+    saved = len(resume.get("ranks") or [None])
+    if saved != world_size:
+        how = "python train.py --resume" if saved == 1 else f"torchrun --nproc_per_node={saved} train.py --resume"
+        raise CheckpointError(f"{path}: the run was trained by {saved} process(es) but is resumed by {world_size}; "
+                              f"each process's place in the data and random state are saved per process, so resume "
+                              f"with the same number ({how}), or start a new run without --resume")
+
+
+def is_distributed_failure(error) -> bool:
+    """A collective that failed because another process died, hung or could not be reached."""
+    if isinstance(error, torch.distributed.DistError):  # backend, network and store errors, timeouts
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(s in text for s in ("gloo", "NCCL", "Connection reset by peer",
+                                                                        "Connection closed by peer", "timed out"))
+
+
+def distributed_failure_message(error) -> str:
+    rank = os.environ.get("RANK", "?")
+    first = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    return (f"rank {rank}: a collective operation with the other torchrun processes failed ({first}). Another process "
+            "of this run ended (see its log, or torchrun's summary of which rank failed) or did not answer within "
+            "--ddp-timeout seconds. Continue the run with the same number of processes and --resume.")
 
 
 def data_fingerprint(table) -> str:
@@ -1362,11 +1661,7 @@ def main(argv=None):
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    if ddp:
-        import torch.distributed as dist
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    wait_group = init_distributed(device, args.ddp_timeout) if ddp else None
     master = rank == 0
     if not master:
         log.setLevel(logging.WARNING)
@@ -1377,6 +1672,7 @@ def main(argv=None):
     resume = None
     if args.resume:
         resume = load_checkpoint(latest_path)
+        check_resume_world_size(resume, world_size, latest_path)
         saved = dict(resume["args"])
         saved.update(resume=True, device=args.device, output_dir=args.output_dir)
         args = argparse.Namespace(**saved)
@@ -1406,17 +1702,20 @@ def main(argv=None):
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
         folder = resolve_text_encoder(args.text_encoder)
-        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length),
-                        "dim": encoder_dim(folder), "pooling": args.pooling,
+        dtype = resolve_embed_dtype(args.embed_dtype, device)
+        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
+                        "dim": encoder_dim(folder), "pooling": args.pooling, "dtype": dtype,
                         "max_length": encoder_max_length(folder, args.text_max_length)}
     # Rank 0 embeds what is missing; the other ranks then read the cache.
     embed_stats = {}
     if ddp and not master:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
     stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, device, args.max_events, encoder_info,
                                             args.embed_batch_size, embed_stats, args.embed_dtype)
     if ddp and master:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
+    if ddp:  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
+        torch.distributed.barrier(group=wait_group)
     if getattr(args, "embed_only", False):
         log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
         return
@@ -1439,6 +1738,7 @@ def main(argv=None):
                          dropout=args.dropout, pool_heads=args.pool_heads)
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
+    seed_rank_streams(args.seed, rank)
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
     model.set_text_normalization(embedding_matrix, train_text_rows)
     model = model.to(device)
@@ -1476,7 +1776,7 @@ def main(argv=None):
         history = resume["history"]
         start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
         best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
-        own = resume["ranks"][rank] if rank < len(resume["ranks"]) else resume["ranks"][0]
+        own = resume["ranks"][rank]
         epoch_loss_sum, epoch_loss_n = own["epoch_loss_sum"], own["epoch_loss_n"]
         set_rng_state(own["rng"])
 
@@ -1559,6 +1859,7 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+        val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), ddp)  # one early-stopping decision
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["val_auroc"].append(val_auroc)
@@ -1584,14 +1885,14 @@ def main(argv=None):
             save_checkpoint(latest_path, payload(epoch + 1, 0, full=True, ranks=ranks))
             plot_curves(history, plots_dir)
         if ddp:
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=wait_group)
 
     # --- outputs from the best model
     if master:
         write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
                       {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats})
     if ddp:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=wait_group)
         torch.distributed.destroy_process_group()
 
 
@@ -1652,10 +1953,20 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
              t["auroc"], t.get("auroc_ci95"), t["auprc"], t["brier"], t["ece"], out_dir)
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """main() as a command: user mistakes and a failed torchrun peer end with one clear line, not a traceback."""
     import sys
     try:
-        main()
+        main(argv)
     except (EventTableError, TextEncoderError, CheckpointError) as e:  # user mistakes: one clear line, no traceback
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not is_distributed_failure(e):
+            raise
+        print(f"train.py: error: {distributed_failure_message(e)}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    cli()

@@ -19,6 +19,14 @@ from it with posix_fadvise(DONTNEED) ("cold", a first run after a reboot or on a
 
     python bench/cache.py                      # 100,000 vectors of 768 floats, ~3 minutes on 2 cores
     python bench/cache.py --n 1000000          # the issue's goal size (needs ~7 GB of free disk, ~15 minutes)
+
+--merge measures instead the memory of an embedding run's final merge (issue 14): the run holds its new
+vectors as one float16 [N, D] matrix (the matrix it then trains from) and EmbeddingCache.append writes them as
+one shard. In a fresh process: the matrix is made, the peak-memory counter reset, the shard written; the
+figure is the peak above the resident memory before the write, in copies of the matrix. --merge-way
+in-memory writes the shard the way train.py did before issue 14 (Arrow file built in memory, then written).
+
+    python bench/cache.py --merge --n 3000000  # 3M x 768 float16 = 4.3 GiB matrix; needs ~5 GB RAM + disk
 """
 import argparse
 import hashlib
@@ -48,6 +56,10 @@ parser.add_argument("--rounding-texts", type=int, default=1000,
                     help="texts embedded with the default encoder to measure float16 rounding (0: skip)")
 parser.add_argument("--work-dir", default=None, help="where to write both caches (default: a temp folder)")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--merge", action="store_true", help="measure the final merge's peak memory instead (see above)")
+parser.add_argument("--merge-way", choices=["stream", "in-memory"], default="stream",
+                    help="--merge: train.py's streamed append, or the in-memory shard of train.py before issue 14")
+parser.add_argument("--stage-merge", action="store_true", help=argparse.SUPPRESS)
 
 CHUNK = 50_000
 
@@ -171,9 +183,77 @@ def float16_rounding(n_texts, seed):
                 min_cosine=f"{float(cosine.min()):.7f}")
 
 
+# ----------------------------------------------------------------------------- the final merge's memory
+
+def rss_mib(field="VmRSS"):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def append_in_memory(cache, keys, vectors):
+    """EmbeddingCache.append as train.py had it before issue 14: Arrow array from numpy, the whole IPC file in
+    a memory buffer, then its bytes written. Kept here only to measure the difference."""
+    import pyarrow as pa
+    import atomic_io
+    batch = pa.record_batch({
+        "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(keys.tobytes())]),
+        "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1)),
+                                                 cache.dim)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue()
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    final = cache.folder / f"shard-{time.time_ns()}-{os.getpid()}-{hashlib.md5(data).hexdigest()}.arrow"
+    atomic_io.write_bytes(final, data)
+    return final
+
+
+def merge_stage(args):
+    """In a fresh process: the run's matrix of N new vectors, then one shard written from it."""
+    keys = np.random.default_rng(args.seed).integers(0, 2**63, size=(args.n, 2), dtype=np.int64).view(np.uint64)
+    matrix = torch.empty(args.n, args.dim, dtype=torch.float16)
+    for start in range(0, args.n, CHUNK):
+        stop = min(start + CHUNK, args.n)
+        matrix[start:stop] = torch.from_numpy(vectors_chunk(start, stop, args.dim, args.seed))
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident memory
+    before = rss_mib()
+    cache = train.EmbeddingCache(Path(args.work_dir), f"bench-h{args.dim}", args.dim)
+    start = time.perf_counter()
+    if args.merge_way == "stream":  # as embed_texts merges: one shard per 2^31 - 1 values (Arrow's array limit)
+        paths = cache.append_all(keys, matrix.numpy())
+    else:
+        paths = [append_in_memory(cache, keys, matrix.numpy())]
+    seconds = time.perf_counter() - start
+    peak = rss_mib("VmHWM")
+    matrix_mib = matrix.numel() * 2 / 2**20
+    size = sum(path.stat().st_size for path in paths)
+    for path in paths:
+        path.unlink()
+    print(json.dumps(dict(way=args.merge_way, vectors=args.n, dim=args.dim, shards=len(paths), matrix_MiB=matrix_mib, rss_before_MiB=before,
+                          peak_MiB=peak, extra_MiB=peak - before, extra_in_matrix_copies=(peak - before) / matrix_mib,
+                          peak_in_matrix_copies=peak / matrix_mib, shard_MiB=size / 2**20, write_s=seconds)))
+
+
+def merge_main(args):
+    with _common.WorkDir(args.work_dir, "bench_merge_") as work:
+        argv = [str(Path(__file__).resolve()), "--stage-merge", "--n", str(args.n), "--dim", str(args.dim),
+                "--merge-way", args.merge_way, "--work-dir", str(work), "--seed", str(args.seed)]
+        row = _common.run_json_subprocess(argv)
+    print_table([row], f"Final merge of an embedding run: {args.n:,} new vectors of {args.dim} (float16)")
+    print_headline(way=row["way"], vectors=args.n, extra_in_matrix_copies=row["extra_in_matrix_copies"],
+                   peak_MiB=row["peak_MiB"], matrix_MiB=row["matrix_MiB"], write_s=row["write_s"])
+
+
 def main():
     args = parser.parse_args()
+    if args.stage_merge:
+        return merge_stage(args)
     print(_common.machine_description())
+    if args.merge:
+        return merge_main(args)
     all_texts = texts(args.n)
     text_column = pd.Series(all_texts, dtype="string")  # how train.py holds them (read_event_table's column)
     identity = f"bench-h{args.dim}"

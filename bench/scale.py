@@ -5,14 +5,24 @@ resident memory (VmHWM of that process) is its own:
 
     synthesize  python synthetic_mimic.py --out-dir D --n-stays N --regime realistic   (or --regime small)
     extract     python extract_cohort.py --mimic-dir D --output events.parquet      (query.sql on DuckDB)
+    read        train.read_event_table(events.parquet)                             (the table every rank holds)
     embed       train.embed_texts(event texts, default encoder, fresh cache)        (all-MiniLM-L6-v2)
     train       python train.py --data events.parquet --epochs 1 --cache-dir C ...  (one epoch + outputs)
+    explain     python explain_clinicalLF.py --max-stays 100 ...                   (Captum on 100 test stays)
 
 The table shows how time and memory grow with N (close to linear is the goal) and the last line gives the
 largest size's figures.
 
     python bench/scale.py                                 # 500, 1000, 2000 stays: a few minutes on 2 cores
     python bench/scale.py --sizes 5000 20000 50000        # the issue's sizes (about an hour on 2 cores)
+    python bench/scale.py --sizes 50000 --regime realistic  # issue 14: full MIMIC-IV, ~18M events (see README
+                                                            # "Memory"; needs synthetic_mimic.py's realistic regime)
+
+--read-events N adds, for the largest size, a read of a table of N event rows made by repeating its
+extracted table with new ids (and, in every other copy, new texts): the memory of read_event_table at full
+scale (20 million events) when the machine cannot synthesize and extract that many.
+
+--regime and --events-per-stay are passed to synthetic_mimic.py only when given (its defaults otherwise).
 """
 import argparse
 import json
@@ -28,11 +38,14 @@ parser.add_argument("--regime", choices=["realistic", "small"], default="realist
                     help="synthetic_mimic.py --regime (realistic: the demo's volume and mix)")
 parser.add_argument("--events-per-stay", type=float, default=None,
                     help="synthetic_mimic.py --events-per-stay (default: the regime's own)")
+parser.add_argument("--explain-stays", type=int, default=100, help="explain_clinicalLF.py --max-stays (0: no explain stage)")
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--batch-size", type=int, default=32, help="train.py --batch-size")
 parser.add_argument("--embed-batch-size", type=int, default=64, help="train.py --embed-batch-size")
 parser.add_argument("--work-dir", default=None, help="keep everything here (default: a temp folder, removed)")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--read-events", type=int, default=0, help="also read a table of this many rows (see above)")
+parser.add_argument("--stage-read", metavar="TABLE", help=argparse.SUPPRESS)
 parser.add_argument("--stage-embed", nargs=3, metavar=("TABLE", "CACHE", "BATCH"), help=argparse.SUPPRESS)
 
 
@@ -45,6 +58,40 @@ def embed_stage(table_path, cache_dir, batch_size):
     matrix, rows = train.embed_texts(texts, _common.default_encoder_folder(), cache_dir, "cpu",
                                      batch_size=int(batch_size), stats=stats)
     print(json.dumps(dict(events=len(texts), unique_texts=stats["unique_texts"], embedded=stats["embedded"])))
+
+
+def read_stage(table_path):
+    """The table as train.py holds it (on every rank): its rows and in-memory size."""
+    import train
+    table = train.read_event_table(table_path)
+    events = int(table["event_type"].notna().sum())
+    size = int(table.memory_usage(deep=True).sum())
+    print(json.dumps(dict(rows=len(table), events=events, table_MiB=size / 2**20,
+                          bytes_per_row=size / max(1, len(table)))))
+
+
+def tile_table(source: Path, target: Path, n_rows: int):
+    """Repeat `source`'s rows with new subject/hadm/stay ids until n_rows; every other copy's texts get a
+    suffix, so distinct texts grow with the table as they would (about one per 8 events at full scale)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    table = pq.read_table(source)
+    copies = -(-n_rows // table.num_rows)
+    with pq.ParquetWriter(target, table.schema) as writer:
+        for k in range(copies):
+            part = table.slice(0, min(table.num_rows, n_rows - k * table.num_rows))
+            for name, step in (("subject_id", 1_000_000), ("hadm_id", 1_000_000), ("stay_id", 1_000_000)):
+                column = part.column(name)
+                part = part.set_column(part.schema.get_field_index(name), name,
+                                       pc.add(column, pa.scalar(k * step, column.type)))
+            if k % 2:
+                text = part.column("event_text")
+                part = part.set_column(part.schema.get_field_index("event_text"), "event_text",
+                                       pc.binary_join_element_wise(text, pa.scalar(f" #{k}", text.type),
+                                                                                  pa.scalar("", text.type)))
+            writer.write_table(part.cast(table.schema))
+    return target
 
 
 def last_json(log_path: Path) -> dict:
@@ -73,6 +120,10 @@ def one_size(n_stays, work: Path, args) -> list[dict]:
                        folder / "extract.log")
     events = pd.read_parquet(table, columns=["stay_id", "event_type"])
     record("extract", result, events=int(events["event_type"].notna().sum()))
+    result = _common.run_measured([str(Path(__file__).resolve()), "--stage-read", str(table)], folder / "read.log")
+    read = last_json(folder / "read.log")
+    record("read (train.read_event_table)", result, events=read["events"], table_MiB=read["table_MiB"],
+           bytes_per_row=read["bytes_per_row"])
     result = _common.run_measured([str(Path(__file__).resolve()), "--stage-embed", str(table), str(cache),
                         str(args.embed_batch_size)], folder / "embed.log")
     embedded = last_json(folder / "embed.log")
@@ -83,6 +134,12 @@ def one_size(n_stays, work: Path, args) -> list[dict]:
     metrics = json.loads((out / "metrics.json").read_text())
     record("train (1 epoch + outputs)" if args.epochs == 1 else f"train ({args.epochs} epochs + outputs)", result,
            events=embedded["events"], test_auroc=(metrics.get("test") or {}).get("auroc"))
+    if args.explain_stays:
+        result = _common.run_measured(["explain_clinicalLF.py", "--checkpoint", str(out / "checkpoints" / "best_model.pth"),
+                                       "--data", str(table), "--save-dir", str(folder / "explain"), "--cache-dir", str(cache),
+                                       "--text-encoder", encoder, "--max-stays", str(args.explain_stays), "--device", "cpu",
+                                       "--seed", str(args.seed)], folder / "explain.log")
+        record(f"explain ({args.explain_stays} stays)", result)
     return rows
 
 
@@ -90,17 +147,31 @@ def main():
     args = parser.parse_args()
     if args.stage_embed:
         return embed_stage(*args.stage_embed)
+    if args.stage_read:
+        return read_stage(args.stage_read)
     print(_common.machine_description())
     rows = []
     with _common.WorkDir(args.work_dir, "bench_scale_") as work:
         for n_stays in args.sizes:
             rows += one_size(n_stays, work, args)
-    columns = ["stays", "stage", "seconds", "ms_per_stay", "peak_rss_MiB", "events", "unique_texts", "test_auroc"]
+        if args.read_events:
+            largest = max(args.sizes)
+            tiled = tile_table(work / f"n{largest}" / "events.parquet", work / "tiled.parquet", args.read_events)
+            result = _common.run_measured([str(Path(__file__).resolve()), "--stage-read", str(tiled)], work / "tiled.log")
+            read = last_json(work / "tiled.log")
+            rows.append(dict(stays=largest, stage=f"read, table repeated to {args.read_events:,} rows",
+                             seconds=result["seconds"], ms_per_stay="", peak_rss_MiB=result["peak_rss_MiB"],
+                             events=read["events"], table_MiB=read["table_MiB"], bytes_per_row=read["bytes_per_row"]))
+            print(f"  read of {args.read_events:,} rows: {result['seconds']:.1f} s, peak {result['peak_rss_MiB']:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    columns = ["stays", "stage", "seconds", "ms_per_stay", "peak_rss_MiB", "events", "unique_texts", "table_MiB",
+               "bytes_per_row", "test_auroc"]
     rows = [{c: row.get(c, "") for c in columns} for row in rows]
     volume = f", {args.events_per_stay:g} background events per stay" if args.events_per_stay else ""
     print_table(rows, f"Scale: synthetic MIMIC-IV, {args.regime} regime{volume}")
-    largest = [r for r in rows if r["stays"] == max(args.sizes)]
-    smallest = [r for r in rows if r["stays"] == min(args.sizes)]
+    per_size = [r for r in rows if not r["stage"].startswith("read, table repeated")]
+    largest = [r for r in per_size if r["stays"] == max(args.sizes)]
+    smallest = [r for r in per_size if r["stays"] == min(args.sizes)]
     total = sum(r["seconds"] for r in largest)
     growth = total / sum(r["seconds"] for r in smallest) / (max(args.sizes) / min(args.sizes))
     print_headline(stays=max(args.sizes), total_s=total, peak_rss_MiB=max(r["peak_rss_MiB"] for r in largest),
