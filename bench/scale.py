@@ -22,7 +22,7 @@ largest size's figures.
 extracted table with new ids (and, in every other copy, new texts): the memory of read_event_table at full
 scale (20 million events) when the machine cannot synthesize and extract that many.
 
---regime and --events-per-stay are passed to synthetic_mimic.py only when given (its defaults otherwise).
+--regime (default realistic) and --events-per-stay (default: the regime's own) are passed to synthetic_mimic.py.
 """
 import argparse
 import json
