@@ -70,9 +70,17 @@ def build_arg_parser():
     p.add_argument("--d-ff", type=int, default=512)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--pool-heads", type=int, default=4)
+    p.add_argument("--item-dim", type=int, default=32,
+                   help="width of a learned embedding per frequent item (the event text without its numbers), "
+                        "beside the frozen text vector; 0 switches it off")
+    p.add_argument("--min-item-count", type=int, default=5, help="training events an item needs for its own embedding")
+    p.add_argument("--value-channel", choices=("on", "off"), default="on",
+                   help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
                    help="weight of the temporal-aware term (0 switches it off); see README 'Temporal-aware loss'")
+    p.add_argument("--pos-weight", choices=("balanced", "none"), default="balanced",
+                   help="balanced: deaths weigh (survivors / deaths) in the BCE; none: unweighted BCE")
     p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
                    help="half-life of the recency prior of the temporal-aware term")
     # optimisation
@@ -106,7 +114,7 @@ STATIC_NUMERIC = ("patient_age",)
 EVENT_COLUMNS = ("event_time", "event_type", "event_text", "relative_time_to_final_event")
 REQUIRED_COLUMNS = ("subject_id", "hadm_id", "stay_id", *EVENT_COLUMNS, *STATIC_CATEGORICAL, *STATIC_NUMERIC,
                     "mortality")
-CHECKPOINT_FORMAT_VERSION = 2  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale)
+CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale; 3: items, values, calibration)
 
 # -----------------------------------------------------------------------------
 # Event table
@@ -264,6 +272,8 @@ class EventPreprocessor:
     def __init__(self):
         self.column_transformer = None
         self.time_mean, self.time_std = 0.0, 1.0
+        # Frequent items of the training events (item_of_text); item id = 1 + position, 0 = any other item.
+        self.items, self.item_value_mean, self.item_value_std = [], [], []
 
     def _static_frame(self, table):
         stays = table.drop_duplicates("stay_id")
@@ -297,6 +307,31 @@ class EventPreprocessor:
         if len(logs):
             self.time_mean, self.time_std = float(logs.mean()), float(logs.std() or 1.0)
         return self
+
+    def fit_items(self, table, min_count=5, max_items=20_000):
+        """The item vocabulary (items with >= min_count training events, most frequent first) and each item's
+        value mean and standard deviation, from the training rows."""
+        texts = table.loc[table["event_type"].notna(), "event_text"].astype(str)
+        items, values = items_and_values(texts)
+        counts = items.value_counts()
+        self.items = [str(i) for i in counts.index[counts >= min_count][:max_items]]
+        stats = pd.DataFrame({"item": items, "value": values}).groupby("item")["value"].agg(["mean", "std"])
+        stats = stats.reindex(self.items)
+        self.item_value_mean = [float(v) for v in stats["mean"].fillna(0.0)]
+        std = stats["std"].fillna(1.0)
+        self.item_value_std = [float(v) for v in std.where(std > 1e-6, 1.0)]
+        return self
+
+    def transform_items(self, rows):
+        """(item_ids int64, values float32) of event rows: the item's id (0 = not a frequent training item)
+        and the event's number standardised with its item's training statistics (0 when none), clipped to +-5."""
+        items, values = items_and_values(rows["event_text"].astype(str))
+        ids = pd.Index(self.items).get_indexer(items)
+        mean = np.asarray(self.item_value_mean + [0.0])[ids]  # id -1 reads the appended 0 / 1
+        std = np.asarray(self.item_value_std + [1.0])[ids]
+        z = np.clip(np.nan_to_num((values.to_numpy(dtype=float) - mean) / std, nan=0.0), -5, 5)
+        z[ids < 0] = 0.0
+        return (ids + 1).astype(np.int64), z.astype(np.float32)
 
     @property
     def categories(self):
@@ -346,6 +381,8 @@ class EventPreprocessor:
                 "age_mean": [float(v) for v in ct["numeric"]["scale"].mean_],
                 "age_scale": [float(v) for v in ct["numeric"]["scale"].scale_],
                 "time_mean": self.time_mean, "time_std": self.time_std,
+                "items": list(self.items), "item_value_mean": list(self.item_value_mean),
+                "item_value_std": list(self.item_value_std),
                 "static_categorical": list(STATIC_CATEGORICAL), "static_numeric": list(STATIC_NUMERIC),
                 "event_types": list(EVENT_TYPES)}
 
@@ -368,7 +405,24 @@ class EventPreprocessor:
         numeric["scale"].scale_ = np.array(state["age_scale"], dtype=np.float64)
         numeric["scale"].var_ = numeric["scale"].scale_ ** 2
         self.time_mean, self.time_std = float(state["time_mean"]), float(state["time_std"])
+        self.items = list(state.get("items", []))
+        self.item_value_mean = list(state.get("item_value_mean", []))
+        self.item_value_std = list(state.get("item_value_std", []))
         return self
+
+
+NUMBER = r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"  # a stand-alone number ("41" in "pCO2 41 mm Hg", not the 2 of pCO2)
+
+
+def items_and_values(texts: pd.Series):
+    """(item, value) of each event text: the text without its numbers, and its first stand-alone number
+    (NaN when none). Computed once per distinct text."""
+    codes, uniques = pd.factorize(texts.astype(str).to_numpy())
+    uniques = pd.Series(uniques, dtype=object)
+    items = item_of_text(uniques)
+    values = pd.to_numeric(uniques.str.extract(f"({NUMBER})", expand=False), errors="coerce")
+    return (pd.Series(items.to_numpy()[codes], index=texts.index),
+            pd.Series(values.to_numpy()[codes], index=texts.index))
 
 # -----------------------------------------------------------------------------
 # Text encoder and MD5-keyed embedding cache
@@ -864,6 +918,8 @@ class Stay:
     static: torch.Tensor          # Float[S]
     label: float
     event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
+    item_ids: torch.Tensor = None  # Long[L] frequent-item id (0: other item), see EventPreprocessor.transform_items
+    values: torch.Tensor = None    # Float[L] the event's number, standardised per item (0: none)
 
 
 def build_stays(table, preprocessor, text_rows, max_events):
@@ -872,8 +928,12 @@ def build_stays(table, preprocessor, text_rows, max_events):
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
     times = np.zeros(len(table), dtype=np.float32)
+    item_ids = np.zeros(len(table), dtype=np.int64)
+    values = np.zeros(len(table), dtype=np.float32)
     if is_event.any():
         type_ids[is_event], times[is_event] = preprocessor.transform_events(table.loc[is_event])
+        if preprocessor.items:
+            item_ids[is_event], values[is_event] = preprocessor.transform_items(table.loc[is_event])
     text_rows = np.asarray(text_rows, dtype=np.int64)
     stay_ids = table["stay_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
@@ -890,7 +950,8 @@ def build_stays(table, preprocessor, text_rows, max_events):
             rows = rows[-max_events:]  # rows are time-ordered: keep the most recent
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
                           torch.from_numpy(type_ids[rows]), torch.from_numpy(times[rows]), static[i],
-                          float(labels[s]), torch.from_numpy(rows)))
+                          float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
+                          torch.from_numpy(values[rows])))
     if n_cut:
         log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
                     "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
@@ -905,10 +966,14 @@ def collate_stays(stays):
     type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
     times = torch.zeros(B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)
+    item_ids, values = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L)
     for i, s in enumerate(stays):
         n = len(s.type_ids)
         text_rows[i, :n], type_ids[i, :n], times[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.times, True
+        if s.item_ids is not None:
+            item_ids[i, :n], values[i, :n] = s.item_ids, s.values
     return {"text_rows": text_rows, "type_ids": type_ids, "times": times, "mask": mask,
+            "item_ids": item_ids, "values": values,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
@@ -991,6 +1056,9 @@ class ModelConfig:
     d_ff: int = 512
     dropout: float = 0.1
     pool_heads: int = 4
+    n_items: int = 0             # frequent items with a learned embedding (0: none)
+    item_dim: int = 0
+    value_channel: bool = False  # the event's standardised number as an input
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1063,7 +1131,10 @@ class MortalityTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        n_in = config.n_event_types + config.text_dim + 1
+        n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel)
+        # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
+        self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
+        n_in += config.item_dim
         # Sentence encoders' vectors are anisotropic (a few large shared dimensions); standardising them with
         # training-set statistics (set_text_normalization, saved in the state dict) makes texts separable early.
         self.register_buffer("text_mean", torch.zeros(config.text_dim))
@@ -1095,13 +1166,21 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, times):
-        """[type one-hot | standardised text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
+    def event_features(self, text_vectors, type_ids, times, item_ids=None, values=None):
+        """[type one-hot | standardised text vector | scaled time | value | item embedding] per event (the last
+        two where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
-        features = torch.cat([onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)], dim=-1)
-        return features * real
+        parts = [onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)]
+        if (self.config.value_channel or self.item_embedding is not None) and item_ids is None:
+            raise ValueError("this model also reads each event's item id and value: pass the batch's item_ids "
+                             "and values (collate_stays makes them)")
+        if self.config.value_channel:
+            parts.append(values.unsqueeze(-1).to(text_vectors.dtype))
+        if self.item_embedding is not None:
+            parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
+        return torch.cat(parts, dim=-1) * real
 
     def forward(self, events, mask, static, return_attention=False, return_pooling=False):
         B, L, _ = events.shape
@@ -1125,10 +1204,16 @@ class MortalityTransformer(nn.Module):
             return logits, pool_weights
         return logits
 
-    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
+    def batch_event_features(self, batch, embedding_matrix):
+        """event_features of a collate_stays batch: the one place a batch's inputs are built."""
         device = embedding_matrix.device
         vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-        events = self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+        extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
+        return self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
+
+    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
+        device = embedding_matrix.device
+        events = self.batch_event_features(batch, embedding_matrix)
         return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
                     return_pooling=return_pooling)
 
@@ -1738,6 +1823,8 @@ def main(argv=None):
         encoder_info = dict(resume["text_encoder"])
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
+        if args.item_dim or args.value_channel == "on":
+            preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
         folder = resolve_text_encoder(args.text_encoder)
         encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length),
                         "dim": encoder_dim(folder), "pooling": args.pooling,
@@ -1761,6 +1848,8 @@ def main(argv=None):
     y_train = np.array([s.label for s in train_stays])
     n_pos = y_train.sum()
     pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
+    if getattr(args, "pos_weight", "balanced") == "none":
+        pos_weight = 1.0
     log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
              "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(train_stays),
              len(val_stays), len(by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
@@ -1769,7 +1858,9 @@ def main(argv=None):
     # --- model, optimiser, schedule
     config = ModelConfig(text_dim=int(embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-                         dropout=args.dropout, pool_heads=args.pool_heads)
+                         dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
+                         item_dim=args.item_dim if preprocessor.items else 0,
+                         value_channel=args.value_channel == "on" and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
@@ -1937,8 +2028,7 @@ def main(argv=None):
 def _batch_inputs(raw_model, batch, embedding_matrix):
     """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
     device = embedding_matrix.device
-    vectors = embedding_matrix[batch["text_rows"].to(device)].float()
-    events = raw_model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+    events = raw_model.batch_event_features(batch, embedding_matrix)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
 

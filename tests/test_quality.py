@@ -99,3 +99,26 @@ def test_subgroup_metrics_equal_sklearn_on_the_group_rows_and_one_class_is_null(
     assert g["auroc_ci95"][0] <= g["auroc"] <= g["auroc_ci95"][1]
     ccu = out["first_careunit"]["CCU"]
     assert ccu["auroc"] is None and ccu["auprc"] is None and "single class" in ccu["reason"]
+
+
+def test_items_and_values_parse_the_number_of_each_event(table_and_split):
+    tmp_events = table_and_split[0]
+    texts = pd.Series(["Lab: Lactate 6.2 mmol/L (ref 0.5-2) abnormal", "Lab: Lactate 1.2 mmol/L (ref 0.5-2)",
+                       "Lab: pCO2 41 mm Hg (ref 35-45)", "Procedure: Invasive Ventilation",
+                       "Lab: Lactate 1.9 mmol/L (ref 0.5-2)"])
+    items, values = train.items_and_values(texts)
+    assert items.tolist()[:4] == ["Lab: Lactate # mmol/L (ref #-#) abnormal", "Lab: Lactate # mmol/L (ref #-#)",
+                                  "Lab: pCO# # mm Hg (ref #-#)", "Procedure: Invasive Ventilation"]
+    assert values.tolist()[:3] == [6.2, 1.2, 41.0] and np.isnan(values[3])
+    table = pd.DataFrame({"event_type": ["lab"] * 5, "event_text": texts})
+    pre = train.EventPreprocessor().fit_items(table, min_count=2)
+    assert pre.items == ["Lab: Lactate # mmol/L (ref #-#)"]  # the only item seen twice
+    ids, z = pre.transform_items(table)
+    assert ids.tolist() == [0, 1, 0, 0, 1]  # 0: not a frequent training item
+    assert z[1] == pytest.approx(-z[4]) and z[1] < 0 and z[0] == 0  # standardised per item; none for others
+    # The vocabulary and the statistics travel in the checkpoint's preprocessor state.
+    full = train.EventPreprocessor().fit(tmp_events)
+    full.items, full.item_value_mean, full.item_value_std = pre.items, pre.item_value_mean, pre.item_value_std
+    again = train.EventPreprocessor.from_state_dict(full.state_dict())
+    np.testing.assert_array_equal(again.transform_items(table)[0], ids)
+    np.testing.assert_allclose(again.transform_items(table)[1], z)
