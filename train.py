@@ -64,10 +64,10 @@ def build_arg_parser():
     # data
     p.add_argument("--max-events", type=int, default=256, help="keep the most recent N events of each stay")
     # model
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=512)
+    p.add_argument("--d-ff", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--pool-heads", type=int, default=4)
     p.add_argument("--item-dim", type=int, default=32,
@@ -84,7 +84,7 @@ def build_arg_parser():
     p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
                    help="half-life of the recency prior of the temporal-aware term")
     # optimisation
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30, help="the cap; early stopping (--patience) normally ends a run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -66,6 +66,11 @@ def run_config(cohort: Path, run_dir: Path, cache_dir: Path, seed: int, options:
             raise RuntimeError(f"{shlex.join(cmd)} failed ({code}); see {run_dir / 'train.log'}")
         (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     m = json.loads(metrics_path.read_text())
+    # Does the model fit its training split? The training objective (the loss it minimises: weighted BCE +
+    # temporal term, mean over the epoch's batches) of the first epoch and of the best epoch.
+    import torch
+    history = torch.load(run_dir / "checkpoints" / "latest_checkpoint.pth", weights_only=True)["history"]
+    objective = history["train_loss"]
     test = m["test"]
     ceiling = test.get("auroc_of_true_probability")
     baselines = {name: b["test"]["auroc"] for name, b in (m.get("baselines") or {}).items() if "test" in b}
@@ -73,9 +78,10 @@ def run_config(cohort: Path, run_dir: Path, cache_dir: Path, seed: int, options:
                ratio=(test["auroc"] / ceiling) if ceiling and test["auroc"] else None,
                **{f"{k}": v for k, v in baselines.items()},
                ece_before=test.get("ece_uncalibrated", test.get("ece")), ece_after=test.get("ece"),
+               objective_first=objective[0], objective_best=objective[min(m.get("best_epoch", 0), len(objective) - 1)],
                best_epoch=m.get("best_epoch"), epochs_run=m.get("epochs_run"),
                stopped_early=m.get("stopped_early"),
-               train_s=float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else None)
+               train_s=m.get("data", {}).get("train_seconds"), baselines_s=m.get("data", {}).get("baselines_seconds"))
     return row
 
 
