@@ -113,6 +113,17 @@ def main():
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         print_table([{k: r.get(k) for k in keys} for r in rows], "Model quality (test split)")
+        summary = []
+        for name, _ in configs:
+            mine = [r for r in rows if r["config"] == name]
+            mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
+            best_baseline = sum(max(r.get("logistic_tfidf") or 0, r.get("gradient_boosting") or 0) for r in mine) / len(mine)
+            summary.append(dict(config=name, seeds=len(mine), model=mean("model"), ceiling=mean("ceiling"),
+                                ratio=mean("model") / mean("ceiling"), best_baseline=best_baseline,
+                                ece_before=mean("ece_before"), ece_after=mean("ece_after"),
+                                goal_met=mean("model") >= 0.95 * mean("ceiling") and mean("model") >= best_baseline
+                                and mean("ece_after") <= 0.05))
+        print_table(summary, "Means over seeds (goal: model >= 0.95 x ceiling and >= the best baseline, ECE <= 0.05)")
 
 
 if __name__ == "__main__":
