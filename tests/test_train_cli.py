@@ -129,9 +129,14 @@ def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
     df.to_csv(tmp_path / "alive.csv", index=False)
     result = run_train(["--data", tmp_path / "alive.csv", "--output-dir", tmp_path / "out", "--cache-dir",
                         tmp_path / "cache", "--text-encoder", tiny_bert_dir, "--epochs", "1", "--max-events", "3",
-                        *SMALL_MODEL_ARGS])
+                        "--baselines", "none", *SMALL_MODEL_ARGS])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "single class" in result.stderr and "AUROC" in result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["baselines"] == {} and "baselines_seconds" not in metrics["data"]
+    assert metrics["calibration"]["method"] == "none"  # one class in validation: nothing to fit
+    assert all(g["auroc"] is None and "single class" in g["reason"] for g in metrics["subgroups"]["gender"].values()
+               if g["n_stays"] >= train.MIN_SUBGROUP_STAYS)
     assert re.search(r"\d+ of \d+ stays have more than --max-events=3 events", result.stderr)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test"]["auroc"] is None and metrics["test"]["brier"] is not None
