@@ -515,10 +515,10 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
 
 
 def event_features_for_batch(model, batch, embedding_matrix):
-    """The tensor Captum attributes: [type one-hot | text vector | scaled time] per event, padding = 0."""
-    vectors = embedding_matrix[batch["text_rows"]].float()  # the matrix is float16
+    """The tensor Captum attributes: [type one-hot | text vector | scaled time | value | item vector] per
+    event (train.MortalityTransformer.event_features), padding = 0."""
     with torch.no_grad():
-        events = model.event_features(vectors, batch["type_ids"], batch["times"])
+        events = model.batch_event_features(batch, embedding_matrix)
     return events * batch["mask"].unsqueeze(-1)  # padding rows must be exactly zero
 
 

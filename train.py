@@ -66,19 +66,27 @@ def build_arg_parser():
     # "Cohort fidelity"); the run logs how many stays are cut
     p.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
     # model
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=512)
+    p.add_argument("--d-ff", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--pool-heads", type=int, default=4)
+    p.add_argument("--item-dim", type=int, default=32,
+                   help="width of a learned embedding per frequent item (the event text without its numbers), "
+                        "beside the frozen text vector; 0 switches it off")
+    p.add_argument("--min-item-count", type=int, default=5, help="training events an item needs for its own embedding")
+    p.add_argument("--value-channel", choices=("on", "off"), default="on",
+                   help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
                    help="weight of the temporal-aware term (0 switches it off); see README 'Temporal-aware loss'")
+    p.add_argument("--pos-weight", choices=("balanced", "none"), default="balanced",
+                   help="balanced: deaths weigh (survivors / deaths) in the BCE; none: unweighted BCE")
     p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
                    help="half-life of the recency prior of the temporal-aware term")
     # optimisation
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30, help="the cap; early stopping (--patience) normally ends a run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -93,7 +101,14 @@ def build_arg_parser():
     p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
     p.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
     p.add_argument("--attention-stays", type=int, default=4, help="stays of the batch whose attention is saved")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the test AUROC interval")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples (of patients) for the test AUROC/AUPRC intervals")
+    # evaluation
+    p.add_argument("--calibration", choices=("platt", "temperature", "isotonic", "none"), default="platt",
+                   help="map from the logit to the reported probability, fitted on the validation split")
+    p.add_argument("--baselines", choices=("all", "none"), default="all",
+                   help="also fit plain models (TF-IDF logistic regression, gradient boosting on counts) on the "
+                        "same split and report them beside the model")
     return p
 
 
@@ -105,8 +120,8 @@ STATIC_NUMERIC = ("patient_age",)
 EVENT_COLUMNS = ("event_time", "event_type", "event_text", "relative_time_to_final_event")
 REQUIRED_COLUMNS = ("subject_id", "hadm_id", "stay_id", *EVENT_COLUMNS, *STATIC_CATEGORICAL, *STATIC_NUMERIC,
                     "mortality")
-CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale,
-                               # 3: event type `input`, six event-type features)
+CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
+                               # 3: event type `input` (six event-type features), item embedding, value channel, calibration)
 
 # -----------------------------------------------------------------------------
 # Event table
@@ -407,6 +422,8 @@ class EventPreprocessor:
     def __init__(self):
         self.column_transformer = None
         self.time_mean, self.time_std = 0.0, 1.0
+        # Frequent items of the training events (item_of_text); item id = 1 + position, 0 = any other item.
+        self.items, self.item_value_mean, self.item_value_std = [], [], []
 
     def _static_frame(self, table):
         stays = table.drop_duplicates("stay_id")
@@ -440,6 +457,31 @@ class EventPreprocessor:
         if len(logs):
             self.time_mean, self.time_std = float(logs.mean()), float(logs.std() or 1.0)
         return self
+
+    def fit_items(self, table, min_count=5, max_items=20_000):
+        """The item vocabulary (items with >= min_count training events, most frequent first) and each item's
+        value mean and standard deviation, from the training rows."""
+        texts = table.loc[table["event_type"].notna(), "event_text"].astype(str)
+        items, values = items_and_values(texts)
+        counts = items.value_counts()
+        self.items = [str(i) for i in counts.index[counts >= min_count][:max_items]]
+        stats = pd.DataFrame({"item": items, "value": values}).groupby("item")["value"].agg(["mean", "std"])
+        stats = stats.reindex(self.items)
+        self.item_value_mean = [float(v) for v in stats["mean"].fillna(0.0)]
+        std = stats["std"].fillna(1.0)
+        self.item_value_std = [float(v) for v in std.where(std > 1e-6, 1.0)]
+        return self
+
+    def transform_items(self, rows):
+        """(item_ids int64, values float32) of event rows: the item's id (0 = not a frequent training item)
+        and the event's number standardised with its item's training statistics (0 when none), clipped to +-5."""
+        items, values = items_and_values(rows["event_text"].astype(str))
+        ids = pd.Index(self.items).get_indexer(items)
+        mean = np.asarray(self.item_value_mean + [0.0])[ids]  # id -1 reads the appended 0 / 1
+        std = np.asarray(self.item_value_std + [1.0])[ids]
+        z = np.clip(np.nan_to_num((values.to_numpy(dtype=float) - mean) / std, nan=0.0), -5, 5)
+        z[ids < 0] = 0.0
+        return (ids + 1).astype(np.int64), z.astype(np.float32)
 
     @property
     def categories(self):
@@ -489,6 +531,8 @@ class EventPreprocessor:
                 "age_mean": [float(v) for v in ct["numeric"]["scale"].mean_],
                 "age_scale": [float(v) for v in ct["numeric"]["scale"].scale_],
                 "time_mean": self.time_mean, "time_std": self.time_std,
+                "items": list(self.items), "item_value_mean": list(self.item_value_mean),
+                "item_value_std": list(self.item_value_std),
                 "static_categorical": list(STATIC_CATEGORICAL), "static_numeric": list(STATIC_NUMERIC),
                 "event_types": list(EVENT_TYPES)}
 
@@ -511,7 +555,24 @@ class EventPreprocessor:
         numeric["scale"].scale_ = np.array(state["age_scale"], dtype=np.float64)
         numeric["scale"].var_ = numeric["scale"].scale_ ** 2
         self.time_mean, self.time_std = float(state["time_mean"]), float(state["time_std"])
+        self.items = list(state.get("items", []))
+        self.item_value_mean = list(state.get("item_value_mean", []))
+        self.item_value_std = list(state.get("item_value_std", []))
         return self
+
+
+NUMBER = r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"  # a stand-alone number ("41" in "pCO2 41 mm Hg", not the 2 of pCO2)
+
+
+def items_and_values(texts: pd.Series):
+    """(item, value) of each event text: the text without its numbers, and its first stand-alone number
+    (NaN when none). Computed once per distinct text."""
+    codes, uniques = pd.factorize(texts.astype(str).to_numpy())
+    uniques = pd.Series(uniques, dtype=object)
+    items = item_of_text(uniques)
+    values = pd.to_numeric(uniques.str.extract(f"({NUMBER})", expand=False), errors="coerce")
+    return (pd.Series(items.to_numpy()[codes], index=texts.index),
+            pd.Series(values.to_numpy()[codes], index=texts.index))
 
 # -----------------------------------------------------------------------------
 # Text encoder and MD5-keyed embedding cache
@@ -1088,6 +1149,8 @@ class Stay:
     static: torch.Tensor          # Float[S]
     label: float
     event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
+    item_ids: torch.Tensor = None  # Long[L] frequent-item id (0: other item), see EventPreprocessor.transform_items
+    values: torch.Tensor = None    # Float[L] the event's number, standardised per item (0: none)
 
 
 def build_stays(table, preprocessor, text_rows, max_events):
@@ -1096,8 +1159,12 @@ def build_stays(table, preprocessor, text_rows, max_events):
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
     times = np.zeros(len(table), dtype=np.float32)
+    item_ids = np.zeros(len(table), dtype=np.int64)
+    values = np.zeros(len(table), dtype=np.float32)
     if is_event.any():
         type_ids[is_event], times[is_event] = preprocessor.transform_events(table.loc[is_event])
+        if preprocessor.items:
+            item_ids[is_event], values[is_event] = preprocessor.transform_items(table.loc[is_event])
     text_rows = np.asarray(text_rows, dtype=np.int64)
     stay_ids = table["stay_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
@@ -1114,7 +1181,8 @@ def build_stays(table, preprocessor, text_rows, max_events):
             rows = rows[-max_events:]  # rows are time-ordered: keep the most recent
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
                           torch.from_numpy(type_ids[rows]), torch.from_numpy(times[rows]), static[i],
-                          float(labels[s]), torch.from_numpy(rows)))
+                          float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
+                          torch.from_numpy(values[rows])))
     if n_cut:
         log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
                     "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
@@ -1131,10 +1199,14 @@ def collate_stays(stays):
     type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
     times = torch.zeros(B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)
+    item_ids, values = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L)
     for i, s in enumerate(stays):
         n = len(s.type_ids)
         text_rows[i, :n], type_ids[i, :n], times[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.times, True
+        if s.item_ids is not None:
+            item_ids[i, :n], values[i, :n] = s.item_ids, s.values
     return {"text_rows": text_rows, "type_ids": type_ids, "times": times, "mask": mask,
+            "item_ids": item_ids, "values": values,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
@@ -1219,6 +1291,9 @@ class ModelConfig:
     d_ff: int = 512
     dropout: float = 0.1
     pool_heads: int = 4
+    n_items: int = 0             # frequent items with a learned embedding (0: none)
+    item_dim: int = 0
+    value_channel: bool = False  # the event's standardised number as an input
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1291,7 +1366,10 @@ class MortalityTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        n_in = config.n_event_types + config.text_dim + 1
+        n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel)
+        # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
+        self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
+        n_in += config.item_dim
         # Sentence encoders' vectors are anisotropic (a few large shared dimensions); standardising them with
         # training-set statistics (set_text_normalization, saved in the state dict) makes texts separable early.
         self.register_buffer("text_mean", torch.zeros(config.text_dim))
@@ -1323,13 +1401,21 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, times):
-        """[type one-hot | standardised text vector | scaled time] per event; padding (type_id < 0) rows are zeros."""
+    def event_features(self, text_vectors, type_ids, times, item_ids=None, values=None):
+        """[type one-hot | standardised text vector | scaled time | value | item embedding] per event (the last
+        two where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
-        features = torch.cat([onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)], dim=-1)
-        return features * real
+        parts = [onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)]
+        if (self.config.value_channel or self.item_embedding is not None) and item_ids is None:
+            raise ValueError("this model also reads each event's item id and value: pass the batch's item_ids "
+                             "and values (collate_stays makes them)")
+        if self.config.value_channel:
+            parts.append(values.unsqueeze(-1).to(text_vectors.dtype))
+        if self.item_embedding is not None:
+            parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
+        return torch.cat(parts, dim=-1) * real
 
     def forward(self, events, mask, static, return_attention=False, return_pooling=False):
         B, L, _ = events.shape
@@ -1353,10 +1439,16 @@ class MortalityTransformer(nn.Module):
             return logits, pool_weights
         return logits
 
-    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
+    def batch_event_features(self, batch, embedding_matrix):
+        """event_features of a collate_stays batch: the one place a batch's inputs are built."""
         device = embedding_matrix.device
         vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-        events = self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+        extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
+        return self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
+
+    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
+        device = embedding_matrix.device
+        events = self.batch_event_features(batch, embedding_matrix)
         return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
                     return_pooling=return_pooling)
 
@@ -1446,7 +1538,9 @@ def expected_calibration_error(y, p, n_bins=10):
     return float(error)
 
 
-def split_metrics(y, p, name, bootstrap=0, seed=0):
+def split_metrics(y, p, name, bootstrap=0, seed=0, subject_ids=None):
+    """AUROC, AUPRC, Brier, ECE; with `bootstrap` resamples, 95% intervals that resample patients
+    (`subject_ids`; each stay its own patient when not given)."""
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     out = {"n_stays": int(len(y)), "n_deaths": int(y.sum()), "auroc": None, "auprc": None,
@@ -1458,15 +1552,326 @@ def split_metrics(y, p, name, bootstrap=0, seed=0):
         return out
     out["auroc"], out["auprc"] = float(roc_auc_score(y, p)), float(average_precision_score(y, p))
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        scores = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(y), len(y))
-            if 0 < y[idx].sum() < len(idx):
-                scores.append(roc_auc_score(y[idx], p[idx]))
-        out["auroc_ci95"] = [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
-        out["bootstrap_resamples"] = len(scores)
+        out.update(bootstrap_intervals(y, p, np.arange(len(y)) if subject_ids is None else subject_ids, bootstrap, seed))
     return out
+
+
+def patient_bootstrap(subject_ids, n_resamples, seed):
+    """Yield `n_resamples` index arrays, each drawing patients with replacement and taking all stays of a
+    drawn patient together (a patient's stays are not independent: one admission's stays share a label)."""
+    codes, uniques = pd.factorize(np.asarray(subject_ids))
+    order = np.argsort(codes, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(uniques), len(uniques))
+        yield np.concatenate([order[starts[d]:starts[d + 1]] for d in drawn]) if len(drawn) else drawn
+
+
+def bootstrap_intervals(y, p, subject_ids, n_resamples, seed):
+    """95% percentile intervals of AUROC and AUPRC over patient-level resamples (one-class resamples skipped)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    aurocs, auprcs = [], []
+    for idx in patient_bootstrap(subject_ids, n_resamples, seed):
+        yy = y[idx]
+        if 0 < yy.sum() < len(yy):
+            aurocs.append(roc_auc_score(yy, p[idx]))
+            auprcs.append(average_precision_score(yy, p[idx]))
+    if not aurocs:
+        return {}
+    return {"auroc_ci95": [float(np.percentile(aurocs, 2.5)), float(np.percentile(aurocs, 97.5))],
+            "auprc_ci95": [float(np.percentile(auprcs, 2.5)), float(np.percentile(auprcs, 97.5))],
+            "bootstrap_resamples": len(aurocs), "bootstrap_unit": "patient"}
+
+
+def calibration_slope_intercept(y, p):
+    """Cox's calibration slope and intercept: logistic regression of the outcome on logit(p) (ideal 1 and 0)."""
+    from sklearn.linear_model import LogisticRegression
+    y = np.asarray(y, dtype=float)
+    if len(np.unique(y)) < 2:
+        return None, None
+    logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+# -----------------------------------------------------------------------------
+# Calibration: a monotone map from the model's logit to a probability, fitted on the validation split
+
+
+def fit_calibration(val_logits, val_y, method="platt") -> dict:
+    """The map as plain numbers (it is stored in the checkpoint, which loads with weights_only=True).
+
+    platt: sigmoid(a * logit + b); temperature: sigmoid(logit / T); isotonic: a non-decreasing step function
+    of the logit (interpolated between its knots); none: sigmoid(logit). A Platt slope <= 0 (a model no
+    better than chance on validation) would reverse or flatten the ranking: temperature is used instead."""
+    from sklearn.linear_model import LogisticRegression
+    z, y = np.asarray(val_logits, dtype=float), np.asarray(val_y, dtype=float)
+    if method == "none" or len(np.unique(y)) < 2:
+        if method != "none":
+            warnings.warn("the validation split has a single class: no calibration map is fitted")
+        return {"method": "none"}
+    if method == "platt":
+        fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
+        a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        if a > 0:
+            return {"method": "platt", "a": a, "b": b}
+        warnings.warn(f"Platt scaling fitted a slope {a:.3g} <= 0 on validation; using temperature scaling")
+        method = "temperature"
+    if method == "temperature":
+        from scipy.optimize import minimize_scalar
+
+        def nll(log_t):
+            q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
+            return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+        return {"method": "temperature", "temperature": float(np.exp(minimize_scalar(nll, bounds=(-5, 5),
+                                                                                      method="bounded").x))}
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(z, y)
+        return {"method": "isotonic", "knots_logit": [float(v) for v in iso.X_thresholds_],
+                "knots_probability": [float(v) for v in iso.y_thresholds_]}
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def apply_calibration(calibration, logits) -> np.ndarray:
+    """Calibrated probabilities for logits (numpy), with the map of fit_calibration."""
+    z = np.asarray(logits, dtype=float)
+    method = (calibration or {"method": "none"})["method"]
+    if method == "platt":
+        z = calibration["a"] * z + calibration["b"]
+    elif method == "temperature":
+        z = z / calibration["temperature"]
+    elif method == "isotonic":
+        return np.interp(z, calibration["knots_logit"], calibration["knots_probability"])
+    return 1 / (1 + np.exp(-z))
+
+# -----------------------------------------------------------------------------
+# Baselines: plain models on the same patient split, fitted on the training stays only
+
+LAST_HOURS = 6.0  # the "last hours" bag of the logistic regression: events this close to the prediction time
+
+
+def _stay_documents(table):
+    """Per stay (order of table.stay_id.unique()): all event texts, and those of the last LAST_HOURS hours,
+    each event one token (texts joined by a separator the tokenizer splits on)."""
+    events = table.loc[table["event_type"].notna(), ["stay_id", "event_text", "relative_time_to_final_event"]]
+    stay_ids = table["stay_id"].drop_duplicates()
+    whole = events.groupby("stay_id")["event_text"].agg("\x1f".join)
+    recent = events[events["relative_time_to_final_event"] <= LAST_HOURS * 60].groupby("stay_id")["event_text"].agg("\x1f".join)
+    return (whole.reindex(stay_ids).fillna("").to_numpy(), recent.reindex(stay_ids).fillna("").to_numpy())
+
+
+def _split_events(doc):
+    return [t for t in doc.split("\x1f") if t]
+
+
+def item_of_text(texts: pd.Series) -> pd.Series:
+    """The event text without its numbers ("Lab: Lactate # mmol/L (ref #-#) abnormal"): the item."""
+    return texts.str.replace(r"\d+(?:\.\d+)?", "#", regex=True)
+
+
+def _static_columns():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    return ColumnTransformer([
+        ("categorical", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                                  ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=5))]),
+         list(STATIC_CATEGORICAL)),
+        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+         list(STATIC_NUMERIC))])
+
+
+def _static_frame(table):
+    stays = table.drop_duplicates("stay_id")
+    frame = pd.DataFrame({c: stays[c].astype(object).where(stays[c].notna(), "missing").to_numpy()
+                          for c in STATIC_CATEGORICAL})
+    for c in STATIC_NUMERIC:
+        frame[c] = pd.to_numeric(stays[c], errors="coerce").to_numpy(dtype=float)
+    return frame
+
+
+def baseline_features(table):
+    """Per-stay inputs of the baselines: a frame with the statics and the two bags of event texts, and a
+    frame of event counts (per event type, per item, per hour window of the last 48 h) for the trees."""
+    whole, recent = _stay_documents(table)
+    frame = _static_frame(table)
+    frame["events_all"], frame["events_recent"] = whole, recent
+    events = table.loc[table["event_type"].notna()]
+    stay_ids = table["stay_id"].drop_duplicates()
+    counts = pd.crosstab(events["stay_id"], "type=" + events["event_type"].astype(str))
+    items = pd.crosstab(events["stay_id"], "item=" + item_of_text(events["event_text"].astype(str)))
+    recent_items = events[events["relative_time_to_final_event"] <= LAST_HOURS * 60]
+    recent_items = pd.crosstab(recent_items["stay_id"], "recent_item=" + item_of_text(recent_items["event_text"].astype(str)))
+    counts = pd.concat([counts, items, recent_items], axis=1).reindex(stay_ids).fillna(0)
+    counts["n_events"] = counts.filter(like="type=").sum(axis=1)
+    return frame, counts
+
+
+def fit_baselines(table, stay_split, seed=0, max_items=300):
+    """Fit the plain models on the training stays, choose their hyper-parameter on validation, score test.
+
+    logistic_tfidf: logistic regression on TF-IDF of the stay's event texts (each distinct text a term) over
+    the whole window and over the last LAST_HOURS hours, plus one-hot statics and age; C chosen on val AUROC.
+    gradient_boosting: HistGradientBoostingClassifier on event counts (per type, per frequent item in the
+    whole window and in the last hours) plus statics; the learning rate chosen on val AUROC.
+    Returns {name: {"val": metrics, "test": metrics, "chosen": ..., "seconds": ...}} and the test
+    probabilities {name: array} (for the figures)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    stays = table.drop_duplicates("stay_id")
+    y = stays["mortality"].to_numpy(dtype=int)
+    frame, counts = baseline_features(table)
+    is_train, is_val, is_test = (stay_split == "train"), (stay_split == "val"), (stay_split == "test")
+    results, test_probs = {}, {}
+
+    def score(model_of, grid, name, x_train, x_val, x_test):
+        start = time.perf_counter()
+        best = (-np.inf, None, None)
+        for value in grid:
+            model = model_of(value).fit(x_train, y[is_train])
+            val_p = model.predict_proba(x_val)[:, 1]
+            auroc = roc_auc_score(y[is_val], val_p) if len(np.unique(y[is_val])) == 2 else -log_loss_of(y[is_val], val_p)
+            if auroc > best[0]:
+                best = (auroc, value, model)
+        _, value, model = best
+        p_val, p_test = model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[name] = {"chosen": value, "val": split_metrics(y[is_val], p_val, "val"),
+                             "test": split_metrics(y[is_test], p_test, "test"),
+                             "seconds": round(time.perf_counter() - start, 2)}
+        test_probs[name] = p_test
+
+    if len(np.unique(y[is_train])) < 2:
+        warnings.warn("the training split has a single class: no baseline is fitted")
+        return {}, {}
+
+    def logistic(C):
+        columns = ColumnTransformer([
+            ("all", TfidfVectorizer(analyzer=_split_events, min_df=2, sublinear_tf=True, max_features=20000), "events_all"),
+            ("recent", TfidfVectorizer(analyzer=_split_events, min_df=2, sublinear_tf=True, max_features=20000), "events_recent"),
+            ("static", _static_columns(), list(STATIC_CATEGORICAL) + list(STATIC_NUMERIC))])
+        return make_pipeline(columns, LogisticRegression(C=C, max_iter=2000, class_weight=None))
+
+    score(logistic, (0.03, 0.1, 0.3, 1.0, 3.0), "logistic_tfidf", frame[is_train], frame[is_val], frame[is_test])
+
+    # The trees see the most frequent count columns of the training stays plus the statics (ordinal codes).
+    frequent = counts[is_train].astype(bool).sum().sort_values(ascending=False).index[:max_items]
+    tree_x = counts[frequent].copy()
+    for c in STATIC_CATEGORICAL:
+        tree_x[c] = pd.Categorical(frame[c].to_numpy())
+    for c in STATIC_NUMERIC:
+        tree_x[c] = frame[c].to_numpy()
+    tree_x.columns = [str(c) for c in tree_x.columns]
+
+    def boosting(lr):
+        return HistGradientBoostingClassifier(learning_rate=lr, max_iter=300, early_stopping=True,
+                                              validation_fraction=0.15, categorical_features="from_dtype",
+                                              random_state=seed)
+
+    score(boosting, (0.03, 0.1), "gradient_boosting", tree_x[is_train], tree_x[is_val], tree_x[is_test])
+    return results, test_probs
+
+
+def log_loss_of(y, p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+# -----------------------------------------------------------------------------
+# Subgroups of the test split
+
+AGE_BANDS = ((18, 45, "18-44"), (45, 65, "45-64"), (65, 80, "65-79"), (80, np.inf, "80+"))
+MIN_SUBGROUP_STAYS = 20
+
+
+def race_group(race: pd.Series) -> pd.Series:
+    """MIMIC-IV's race strings in broad groups: WHITE, BLACK, HISPANIC/LATINO, ASIAN, OTHER, UNKNOWN."""
+    r = race.astype("string").str.upper().str.strip().fillna("")
+    out = pd.Series("OTHER", index=race.index, dtype=object)
+    out[r.str.startswith("WHITE") | (r == "PORTUGUESE")] = "WHITE"
+    out[r.str.startswith("BLACK")] = "BLACK"
+    out[r.str.startswith("HISPANIC") | r.str.contains("LATINO") | (r == "SOUTH AMERICAN")] = "HISPANIC/LATINO"
+    out[r.str.startswith("ASIAN")] = "ASIAN"
+    out[r.isin(["", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER"])] = "UNKNOWN"
+    return out
+
+
+def age_band(age: pd.Series) -> pd.Series:
+    age = pd.to_numeric(age, errors="coerce")
+    out = pd.Series("unknown", index=age.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        out[(age >= lo) & (age < hi)] = name
+    out[age < AGE_BANDS[0][0]] = f"<{AGE_BANDS[0][0]}"
+    return out
+
+
+def subgroup_attributes(stays: pd.DataFrame) -> pd.DataFrame:
+    """One row per stay: the attributes whose subgroups are scored."""
+    return pd.DataFrame({"gender": stays["gender"].astype(object).fillna("unknown").to_numpy(),
+                         "race": race_group(stays["race"]).to_numpy(),
+                         "insurance": stays["insurance"].astype(object).fillna("unknown").to_numpy(),
+                         "age_band": age_band(stays["patient_age"]).to_numpy(),
+                         "first_careunit": stays["first_careunit"].astype(object).fillna("unknown").to_numpy()})
+
+
+def subgroup_metrics(attributes, y, p, subject_ids, bootstrap=200, seed=0) -> dict:
+    """{attribute: {group: {n_stays, n_deaths, auroc, auprc, ece, auroc_ci95, auprc_ci95}}} on the given
+    (test) stays; a group with fewer than MIN_SUBGROUP_STAYS stays or a single class gets null metrics and
+    a `reason`. Intervals resample the group's patients."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    y, p, subject_ids = np.asarray(y, dtype=float), np.asarray(p, dtype=float), np.asarray(subject_ids)
+    out = {}
+    for attribute in attributes.columns:
+        values = attributes[attribute].to_numpy()
+        groups = {}
+        for group in sorted(pd.unique(values), key=str):
+            sel = values == group
+            yy, pp = y[sel], p[sel]
+            g = {"n_stays": int(sel.sum()), "n_deaths": int(yy.sum()), "auroc": None, "auprc": None, "ece": None}
+            if sel.sum() < MIN_SUBGROUP_STAYS:
+                g["reason"] = f"fewer than {MIN_SUBGROUP_STAYS} stays"
+            elif len(np.unique(yy)) < 2:
+                g["reason"] = "a single class (no deaths)" if yy.sum() == 0 else "a single class (only deaths)"
+            else:
+                g.update(auroc=float(roc_auc_score(yy, pp)), auprc=float(average_precision_score(yy, pp)),
+                         ece=expected_calibration_error(yy, pp))
+                if bootstrap:
+                    g.update(bootstrap_intervals(yy, pp, subject_ids[sel], bootstrap, seed))
+            groups[str(group)] = g
+        out[attribute] = groups
+    return out
+
+
+def plot_subgroups(subgroups, overall_auroc, plots_dir):
+    """Forest plot: test AUROC and its patient-bootstrap interval per subgroup (unscored groups are listed)."""
+    import matplotlib.pyplot as plt
+    labels, points, lows, highs = [], [], [], []
+    for attribute, groups in subgroups.items():
+        for group, g in groups.items():
+            labels.append(f"{attribute}: {group} (n={g['n_stays']}, deaths={g['n_deaths']})")
+            points.append(np.nan if g["auroc"] is None else g["auroc"])
+            lo, hi = g.get("auroc_ci95", [np.nan, np.nan])
+            lows.append(lo)
+            highs.append(hi)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
+    ypos = np.arange(len(labels))[::-1]
+    points, lows, highs = map(np.asarray, (points, lows, highs))
+    ax.errorbar(points, ypos, xerr=[points - lows, highs - points], fmt="o", color="tab:blue", capsize=2)
+    for yv, pv in zip(ypos, points):
+        if np.isnan(pv):
+            ax.text(0.5, yv, "not scored", va="center", fontsize=7, color="gray")
+    if overall_auroc is not None:
+        ax.axvline(overall_auroc, color="gray", ls="--", lw=1, label=f"all test stays ({overall_auroc:.3f})")
+        ax.legend(loc="lower left", fontsize=7)
+    ax.set_yticks(ypos, labels, fontsize=7)
+    ax.set(xlabel="test AUROC (95% patient-bootstrap interval)", title="Subgroup performance", xlim=(0.4, 1.0))
+    _savefig(fig, plots_dir / "subgroup_performance.png")
 
 
 def _savefig(fig, path):
@@ -1479,11 +1884,16 @@ def _savefig(fig, path):
 def plot_curves(history, plots_dir):
     import matplotlib.pyplot as plt
     epochs = np.arange(1, len(history["train_loss"]) + 1)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, history["train_loss"], label="train")
+    fig, (ax, ax_objective) = plt.subplots(1, 2, figsize=(9, 3.5))
+    # Like with like: both curves are the unweighted BCE of the model in eval mode after the epoch.
+    if len(history.get("train_bce", [])) == len(epochs):
+        ax.plot(epochs, history["train_bce"], label="train (eval mode)")
     ax.plot(epochs, history["val_loss"], label="val")
-    ax.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    ax.set(xlabel="epoch", ylabel="BCE, unweighted", title="Loss after each epoch")
     ax.legend()
+    ax_objective.plot(epochs, history["train_loss"], color="tab:gray")
+    ax_objective.set(xlabel="epoch", ylabel="weighted BCE + temporal term",
+                     title="Training objective (mean over the epoch's batches)")
     _savefig(fig, plots_dir / "loss_curves.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epochs, [np.nan if v is None else v for v in history["val_auroc"]], label="val AUROC")
@@ -1508,18 +1918,29 @@ def plot_attention(path_npz, plots_dir):
     _savefig(fig, plots_dir / "attention_heatmap.png")
 
 
-def plot_test_curves(y, p, plots_dir):
+def plot_test_curves(y, p, plots_dir, p_uncalibrated=None, baselines=None):
+    """ROC and precision-recall of the model (and the baselines' test probabilities beside it), and the
+    calibration curve of the model before and after calibration."""
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
     if len(np.unique(y)) < 2:
         return
     for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall_curve.png", PrecisionRecallDisplay)):
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        display.from_predictions(y, p, ax=ax, name="test")
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        display.from_predictions(y, p, ax=ax, name="model")
+        for baseline, pb in (baselines or {}).items():
+            shown = display.from_predictions(y, pb, ax=ax, name=baseline)
+            shown.line_.set_linestyle("--")
+        ax.set_title("Test split")
         _savefig(fig, plots_dir / name)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="test")
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    if p_uncalibrated is not None:
+        shown = CalibrationDisplay.from_predictions(y, p_uncalibrated, n_bins=10, strategy="quantile", ax=ax,
+                                                    name="uncalibrated")
+        shown.line_.set_linestyle("--")
+    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="calibrated")
+    ax.set_title("Test split")
     _savefig(fig, plots_dir / "calibration_curve.png")
 
 # -----------------------------------------------------------------------------
@@ -1527,14 +1948,19 @@ def plot_test_curves(y, p, plots_dir):
 
 
 @torch.no_grad()
-def predict(model, stays, embedding_matrix, batch_size, device):
-    """Probabilities and mean BCE (no class weights) for `stays`, in their order."""
+def predict_logits(model, stays, embedding_matrix, batch_size, device):
+    """The model's logits for `stays`, in their order."""
     model.eval()
     sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
-    probs = np.zeros(len(stays))
+    out = np.zeros(len(stays))
     for idx in sampler:
-        logits = model.forward_batch(collate_stays([stays[i] for i in idx]), embedding_matrix)
-        probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+        out[idx] = model.forward_batch(collate_stays([stays[i] for i in idx]), embedding_matrix).float().cpu().numpy()
+    return out
+
+
+def predict(model, stays, embedding_matrix, batch_size, device):
+    """Probabilities (uncalibrated: sigmoid of the logit) and mean BCE (no class weights) for `stays`."""
+    probs = 1 / (1 + np.exp(-predict_logits(model, stays, embedding_matrix, batch_size, device)))
     y = np.array([s.label for s in stays])
     eps = 1e-7
     loss = float(-np.mean(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))) if len(y) else float("nan")
@@ -1701,6 +2127,8 @@ def main(argv=None):
         encoder_info = dict(resume["text_encoder"])
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
+        if args.item_dim or args.value_channel == "on":
+            preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
         folder = resolve_text_encoder(args.text_encoder)
         dtype = resolve_embed_dtype(args.embed_dtype, device)
         encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
@@ -1727,6 +2155,8 @@ def main(argv=None):
     y_train = np.array([s.label for s in train_stays])
     n_pos = y_train.sum()
     pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
+    if getattr(args, "pos_weight", "balanced") == "none":
+        pos_weight = 1.0
     log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
              "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(train_stays),
              len(val_stays), len(by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
@@ -1735,7 +2165,9 @@ def main(argv=None):
     # --- model, optimiser, schedule
     config = ModelConfig(text_dim=int(embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-                         dropout=args.dropout, pool_heads=args.pool_heads)
+                         dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
+                         item_dim=args.item_dim if preprocessor.items else 0,
+                         value_channel=args.value_channel == "on" and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     seed_rank_streams(args.seed, rank)
@@ -1765,7 +2197,10 @@ def main(argv=None):
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     pos_weight_t = torch.tensor(pos_weight, device=device)
 
-    history = {"train_loss": [], "val_loss": [], "val_auroc": [], "lr": []}
+    history = {"train_loss": [], "train_bce": [], "val_loss": [], "val_auroc": [], "lr": []}
+    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
+    train_probe = [train_stays[i] for i in np.random.default_rng(args.seed).permutation(len(train_stays))[:max(len(val_stays), 1)]]
+    t_train = time.time()
     start_epoch, start_batch, global_step, best_auroc, bad_epochs, finished = 0, 0, 0, float("-inf"), 0, False
     epoch_loss_sum, epoch_loss_n = 0.0, 0
     if resume is not None:
@@ -1856,6 +2291,8 @@ def main(argv=None):
             torch.distributed.all_reduce(t)
             train_loss = float(t[0] / t[1].clamp_min(1))
         val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
+        history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
+                                                           device)[1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
@@ -1890,7 +2327,8 @@ def main(argv=None):
     # --- outputs from the best model
     if master:
         write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
-                      {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats})
+                      {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats,
+                       "train_seconds": round(time.time() - t_train, 1)})
     if ddp:
         torch.distributed.barrier(group=wait_group)
         torch.distributed.destroy_process_group()
@@ -1899,8 +2337,7 @@ def main(argv=None):
 def _batch_inputs(raw_model, batch, embedding_matrix):
     """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
     device = embedding_matrix.device
-    vectors = embedding_matrix[batch["text_rows"].to(device)].float()
-    events = raw_model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device))
+    events = raw_model.batch_event_features(batch, embedding_matrix)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
 
@@ -1923,18 +2360,45 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
 
 
 def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history, extra):
-    model, _, best = model_from_checkpoint(load_checkpoint(best_path))
+    best = load_checkpoint(best_path)
+    model, _, best = model_from_checkpoint(best)
     model.to(device)
-    probs, _ = predict(model, stays, embedding_matrix, args.batch_size, device)
+    logits = predict_logits(model, stays, embedding_matrix, args.batch_size, device)
     labels = np.array([int(s.label) for s in stays])
-    predictions = pd.DataFrame({"stay_id": [s.stay_id for s in stays], "subject_id": [s.subject_id for s in stays],
-                                "split": stay_split, "probability": probs, "mortality": labels})
+    subjects = np.array([s.subject_id for s in stays])
+    # Calibration on the validation split only; stored in the checkpoint (plain numbers).
+    calibration = fit_calibration(logits[stay_split == "val"], labels[stay_split == "val"],
+                                  getattr(args, "calibration", "platt"))
+    best["calibration"] = calibration
+    save_checkpoint(best_path, best)
+    probs_raw = 1 / (1 + np.exp(-logits))
+    probs = apply_calibration(calibration, logits)
+    predictions = pd.DataFrame({"stay_id": [s.stay_id for s in stays], "subject_id": subjects,
+                                "split": stay_split, "probability": probs, "probability_uncalibrated": probs_raw,
+                                "mortality": labels})
     atomic_io.write_bytes(out_dir / "predictions.csv", predictions.to_csv(index=False).encode())
     metrics = {}
     for name in ("train", "val", "test"):
         sel = stay_split == name
         metrics[name] = split_metrics(labels[sel], probs[sel], name, bootstrap=args.bootstrap if name == "test" else 0,
-                                      seed=args.seed)
+                                      seed=args.seed, subject_ids=subjects[sel])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = split_metrics(labels[sel], probs_raw[sel], name)
+            metrics[name].update(brier_uncalibrated=raw["brier"], ece_uncalibrated=raw["ece"])
+            for suffix, p in (("", probs[sel]), ("_uncalibrated", probs_raw[sel])):
+                slope, intercept = calibration_slope_intercept(labels[sel], p)
+                metrics[name].update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
+    metrics["calibration"] = {"fitted_on": "val", **calibration}
+    sel = stay_split == "test"
+    metrics["baselines"], baseline_probs = {}, {}
+    if getattr(args, "baselines", "all") != "none":
+        start = time.perf_counter()
+        metrics["baselines"], baseline_probs = fit_baselines(table, stay_split, args.seed)
+        extra["baselines_seconds"] = round(time.perf_counter() - start, 2)
+    stays_frame = table.drop_duplicates("stay_id")
+    metrics["subgroups"] = subgroup_metrics(subgroup_attributes(stays_frame.loc[sel]), labels[sel], probs[sel],
+                                            subjects[sel], bootstrap=min(args.bootstrap, 200), seed=args.seed)
     if "true_probability" in table.columns:  # synthetic data only: the best AUROC the planted risk allows
         from sklearn.metrics import roc_auc_score
         truth = table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
@@ -1943,14 +2407,34 @@ def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_
             metrics["test"]["auroc_of_true_probability"] = float(roc_auc_score(labels[sel], truth[sel]))
     metrics["best_epoch"] = int(best["epoch"])
     metrics["epochs_run"] = len(history["train_loss"])
+    metrics["stopped_early"] = len(history["train_loss"]) < args.epochs
     metrics["temporal_loss_weight"] = args.temporal_loss_weight
     metrics["data"] = extra
     atomic_io.write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    sel = stay_split == "test"
-    plot_test_curves(labels[sel], probs[sel], out_dir / "plots")
+    plot_test_curves(labels[sel], probs[sel], out_dir / "plots", probs_raw[sel], baseline_probs)
+    plot_subgroups(metrics["subgroups"], metrics["test"]["auroc"], out_dir / "plots")
+    print(summary_table(metrics), flush=True)
+    log.info("wrote %s", out_dir)
+
+
+def summary_table(metrics) -> str:
+    """The end-of-run table: the model beside the baselines (and the true probability where the table has it)."""
+    def cell(v, digits=3):
+        return "-" if v is None else f"{v:.{digits}f}"
     t = metrics["test"]
-    log.info("test: AUROC %s (95%% CI %s), AUPRC %s, Brier %.4f, ECE %.4f; wrote %s",
-             t["auroc"], t.get("auroc_ci95"), t["auprc"], t["brier"], t["ece"], out_dir)
+    rows = [("model (calibrated)", t)] + [(name, b["test"]) for name, b in metrics.get("baselines", {}).items()]
+    lines = [f"Test split: {t['n_stays']} stays, {t['n_deaths']} deaths",
+             f"{'':24s} {'AUROC':>7s} {'95% CI (patients)':>19s} {'AUPRC':>7s} {'Brier':>7s} {'ECE':>7s}"]
+    for name, m in rows:
+        ci = m.get("auroc_ci95")
+        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        lines.append(f"{name:24s} {cell(m['auroc']):>7s} {ci:>19s} {cell(m['auprc']):>7s} {cell(m['brier']):>7s} "
+                     f"{cell(m['ece']):>7s}")
+    lines.append(f"{'model (uncalibrated)':24s} {'':>7s} {'':>19s} {'':>7s} {cell(t.get('brier_uncalibrated')):>7s} "
+                 f"{cell(t.get('ece_uncalibrated')):>7s}")
+    if t.get("auroc_of_true_probability") is not None:
+        lines.append(f"{'true probability':24s} {cell(t['auroc_of_true_probability']):>7s}")
+    return "\n".join(lines)
 
 
 def cli(argv=None):

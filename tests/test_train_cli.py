@@ -43,7 +43,8 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     assert best["best_val_auroc"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
 
     pred = pd.read_csv(out / "predictions.csv")
-    assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "mortality"]
+    assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "probability_uncalibrated",
+                                  "mortality"]
     assert sorted(pred.stay_id) == sorted(table.stay_id.unique())
     split = train.split_stays_by_patient(table, 5)
     assert (pred.set_index("stay_id")["split"] == split.reindex(pred.stay_id)).all()
@@ -73,8 +74,29 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     model, pre, ckpt = train.model_from_checkpoint(best)
     stays, matrix = train.prepare_stays(table, ckpt, cache, text_encoder=tiny_bert_dir)
     probs, _ = train.predict(model, stays, matrix, 16, "cpu")
-    np.testing.assert_allclose(probs, pred.set_index("stay_id").loc[[s.stay_id for s in stays], "probability"],
-                               atol=1e-6)
+    by_stay = pred.set_index("stay_id").loc[[s.stay_id for s in stays]]
+    np.testing.assert_allclose(probs, by_stay["probability_uncalibrated"], atol=1e-6)
+    logits = train.predict_logits(model, stays, matrix, 16, "cpu")
+    np.testing.assert_allclose(train.apply_calibration(ckpt["calibration"], logits), by_stay["probability"], atol=1e-6)
+    assert metrics["calibration"]["method"] == "platt" and ckpt["calibration"]["a"] > 0
+    # The map is the one fitted on the validation stays' logits (and only on them).
+    val = pred[pred.split == "val"]
+    refit = train.fit_calibration(np.log(val.probability_uncalibrated / (1 - val.probability_uncalibrated)),
+                                  val.mortality, "platt")
+    assert refit["a"] == pytest.approx(ckpt["calibration"]["a"], rel=1e-3, abs=1e-4)
+    assert refit["b"] == pytest.approx(ckpt["calibration"]["b"], rel=1e-3, abs=1e-4)
+    assert metrics["test"]["auroc"] == pytest.approx(roc_auc_score(test.mortality, test.probability_uncalibrated))
+
+    # Baselines, subgroups and the calibration figures of every run.
+    assert set(metrics["baselines"]) == {"logistic_tfidf", "gradient_boosting"}
+    for b in metrics["baselines"].values():
+        assert {"auroc", "auprc", "brier", "ece"} <= set(b["test"]) and b["test"]["n_stays"] == metrics["test"]["n_stays"]
+    for key in ("ece_uncalibrated", "brier_uncalibrated", "calibration_slope", "calibration_intercept"):
+        assert key in metrics["test"]
+    assert set(metrics["subgroups"]) == {"gender", "race", "insurance", "age_band", "first_careunit"}
+    assert sum(g["n_stays"] for g in metrics["subgroups"]["gender"].values()) == metrics["test"]["n_stays"]
+    assert (out / "plots" / "subgroup_performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gradient_boosting" in result.stdout and "model (calibrated)" in result.stdout
 
 
 def test_second_run_embeds_nothing(small_run, tiny_bert_dir, tmp_path):
@@ -107,9 +129,14 @@ def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
     df.to_csv(tmp_path / "alive.csv", index=False)
     result = run_train(["--data", tmp_path / "alive.csv", "--output-dir", tmp_path / "out", "--cache-dir",
                         tmp_path / "cache", "--text-encoder", tiny_bert_dir, "--epochs", "1", "--max-events", "3",
-                        *SMALL_MODEL_ARGS])
+                        "--baselines", "none", *SMALL_MODEL_ARGS])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "single class" in result.stderr and "AUROC" in result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["baselines"] == {} and "baselines_seconds" not in metrics["data"]
+    assert metrics["calibration"]["method"] == "none"  # one class in validation: nothing to fit
+    assert all(g["auroc"] is None and "single class" in g["reason"] for g in metrics["subgroups"]["gender"].values()
+               if g["n_stays"] >= train.MIN_SUBGROUP_STAYS)
     assert re.search(r"\d+ of \d+ stays have more than --max-events=3 events", result.stderr)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test"]["auroc"] is None and metrics["test"]["brier"] is not None

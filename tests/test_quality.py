@@ -1,0 +1,124 @@
+"""Baselines, calibration, patient bootstrap and subgroup metrics of train.py (issue 11)."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import train
+from train_tables import make_event_table
+
+
+@pytest.fixture(scope="module")
+def table_and_split(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quality") / "events.csv"
+    make_event_table(n_patients=120, seed=3).to_csv(path, index=False)
+    table = train.read_event_table(path)
+    split = train.split_stays_by_patient(table, 0)
+    return table, table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
+
+
+def test_baselines_never_see_test_labels(table_and_split):
+    table, stay_split = table_and_split
+    results, probs = train.fit_baselines(table, stay_split, seed=0)
+    assert set(results) == {"logistic_tfidf", "gradient_boosting"}
+    # Flip every test stay's label: a baseline fitted (or tuned) on test rows would change its predictions.
+    test_stays = table.drop_duplicates("stay_id").loc[stay_split == "test", "stay_id"]
+    flipped = table.copy()
+    hit = flipped["stay_id"].isin(test_stays)
+    flipped.loc[hit, "mortality"] = 1 - flipped.loc[hit, "mortality"]
+    results2, probs2 = train.fit_baselines(flipped, stay_split, seed=0)
+    for name in results:
+        np.testing.assert_allclose(probs[name], probs2[name])
+        assert results[name]["chosen"] == results2[name]["chosen"]
+        assert results2[name]["test"]["auroc"] == pytest.approx(1 - results[name]["test"]["auroc"])
+    # The planted risk is learnable: the baselines beat chance on the test stays.
+    assert results["logistic_tfidf"]["test"]["auroc"] > 0.6
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature", "isotonic"])
+def test_calibration_is_monotone_and_fitted_on_what_it_is_given(method):
+    rng = np.random.default_rng(0)
+    val_logits = rng.normal(0, 2, 400)
+    val_y = (rng.random(400) < 1 / (1 + np.exp(-(0.5 * val_logits - 1.5)))).astype(int)
+    cal = train.fit_calibration(val_logits, val_y, method)
+    assert cal["method"] == method and all(isinstance(v, (str, float, list)) for v in cal.values())
+    test_logits = np.sort(rng.normal(0, 3, 300))
+    p = train.apply_calibration(cal, test_logits)
+    assert np.all(np.diff(p) >= 0) and np.all((p >= 0) & (p <= 1))  # monotone: the ranking is kept
+    test_y = (rng.random(300) < 1 / (1 + np.exp(-test_logits))).astype(int)
+    if method != "isotonic":  # strictly increasing: AUROC unchanged
+        assert np.all(np.diff(p) > 0)
+        assert roc_auc_score(test_y, p) == pytest.approx(roc_auc_score(test_y, test_logits))
+    # Fitted on the validation logits: Platt and isotonic reproduce the validation death rate (temperature
+    # scaling has no intercept: it only improves the likelihood over sigmoid(logit)).
+    calibrated = train.apply_calibration(cal, val_logits)
+    if method == "temperature":
+        assert train.log_loss_of(val_y, calibrated) < train.log_loss_of(val_y, 1 / (1 + np.exp(-val_logits)))
+    else:
+        assert calibrated.mean() == pytest.approx(val_y.mean(), abs=0.03)
+    if method == "platt":  # the true map is 0.5 * logit - 1.5
+        assert cal["a"] == pytest.approx(0.5, abs=0.2) and cal["b"] == pytest.approx(-1.5, abs=0.4)
+
+
+def test_patient_bootstrap_draws_a_patients_stays_together():
+    subjects = np.array([7, 7, 7, 3, 5, 5, 9, 1, 1, 4])
+    seen_partial = False
+    for idx in train.patient_bootstrap(subjects, 200, seed=1):
+        counts = np.bincount(idx, minlength=len(subjects))
+        for s in np.unique(subjects):
+            stays_of_patient = counts[subjects == s]
+            assert (stays_of_patient == stays_of_patient[0]).all()  # all of them, the same number of times
+        seen_partial |= (counts == 0).any()
+        assert len(np.unique(subjects[idx])) <= len(np.unique(subjects))
+    assert seen_partial  # it does resample (some patients are left out of some draws)
+    ci = train.bootstrap_intervals(np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0.]), np.linspace(0, 1, 10), subjects, 100, 0)
+    assert ci["bootstrap_unit"] == "patient" and ci["auroc_ci95"][0] <= ci["auroc_ci95"][1]
+
+
+def test_subgroup_metrics_equal_sklearn_on_the_group_rows_and_one_class_is_null():
+    rng = np.random.default_rng(0)
+    n = 300
+    stays = pd.DataFrame({"gender": rng.choice(["F", "M"], n), "race": rng.choice(
+        ["WHITE - RUSSIAN", "BLACK/AFRICAN AMERICAN", "HISPANIC OR LATINO", "ASIAN - CHINESE", "UNKNOWN", "OTHER"], n),
+        "insurance": rng.choice(["Medicare", "Medicaid", "Other"], n), "patient_age": rng.uniform(18, 95, n),
+        "first_careunit": rng.choice(["MICU", "SICU", "CCU"], n)})
+    y = (rng.random(n) < 0.3).astype(int)
+    p = np.clip(0.3 + 0.3 * (y - 0.3) + rng.normal(0, 0.2, n), 0.01, 0.99)
+    y[stays["first_careunit"].to_numpy() == "CCU"] = 0  # a group with one class
+    subjects = np.arange(n) // 2
+    attributes = train.subgroup_attributes(stays)
+    assert set(attributes["race"]) == {"WHITE", "BLACK", "HISPANIC/LATINO", "ASIAN", "UNKNOWN", "OTHER"}
+    assert set(attributes["age_band"]) <= {"18-44", "45-64", "65-79", "80+"}
+    out = train.subgroup_metrics(attributes, y, p, subjects, bootstrap=50, seed=0)
+    female = attributes["gender"].to_numpy() == "F"
+    g = out["gender"]["F"]
+    assert g["n_stays"] == female.sum() and g["n_deaths"] == y[female].sum()
+    assert g["auroc"] == pytest.approx(roc_auc_score(y[female], p[female]))
+    assert g["auprc"] == pytest.approx(average_precision_score(y[female], p[female]))
+    assert g["ece"] == pytest.approx(train.expected_calibration_error(y[female], p[female]))
+    assert g["auroc_ci95"][0] <= g["auroc"] <= g["auroc_ci95"][1]
+    ccu = out["first_careunit"]["CCU"]
+    assert ccu["auroc"] is None and ccu["auprc"] is None and "single class" in ccu["reason"]
+
+
+def test_items_and_values_parse_the_number_of_each_event(table_and_split):
+    tmp_events = table_and_split[0]
+    texts = pd.Series(["Lab: Lactate 6.2 mmol/L (ref 0.5-2) abnormal", "Lab: Lactate 1.2 mmol/L (ref 0.5-2)",
+                       "Lab: pCO2 41 mm Hg (ref 35-45)", "Procedure: Invasive Ventilation",
+                       "Lab: Lactate 1.9 mmol/L (ref 0.5-2)"])
+    items, values = train.items_and_values(texts)
+    assert items.tolist()[:4] == ["Lab: Lactate # mmol/L (ref #-#) abnormal", "Lab: Lactate # mmol/L (ref #-#)",
+                                  "Lab: pCO# # mm Hg (ref #-#)", "Procedure: Invasive Ventilation"]
+    assert values.tolist()[:3] == [6.2, 1.2, 41.0] and np.isnan(values[3])
+    table = pd.DataFrame({"event_type": ["lab"] * 5, "event_text": texts})
+    pre = train.EventPreprocessor().fit_items(table, min_count=2)
+    assert pre.items == ["Lab: Lactate # mmol/L (ref #-#)"]  # the only item seen twice
+    ids, z = pre.transform_items(table)
+    assert ids.tolist() == [0, 1, 0, 0, 1]  # 0: not a frequent training item
+    assert z[1] == pytest.approx(-z[4]) and z[1] < 0 and z[0] == 0  # standardised per item; none for others
+    # The vocabulary and the statistics travel in the checkpoint's preprocessor state.
+    full = train.EventPreprocessor().fit(tmp_events)
+    full.items, full.item_value_mean, full.item_value_std = pre.items, pre.item_value_mean, pre.item_value_std
+    again = train.EventPreprocessor.from_state_dict(full.state_dict())
+    np.testing.assert_array_equal(again.transform_items(table)[0], ids)
+    np.testing.assert_allclose(again.transform_items(table)[1], z)
