@@ -25,6 +25,7 @@ data has a `planted_risk` column, per-stay AUPRC of recovering the planted event
 """
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -128,14 +129,12 @@ def integrated_gradients(model, events, mask, static, event_baseline=None, stati
     return event_attr.detach(), attr_static.detach(), change.detach(), delta.detach()
 
 
-def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
-                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256):
-    """IG with `n_steps`, then, for the stays whose completeness error |delta| exceeds `tolerance` x |logit
-    change|, again with twice the steps, until they meet it or reach `max_n_steps`. Returns IG's outputs and
-    the steps used per stay [B]."""
-    ev, st, change, delta = integrated_gradients(model, events, mask, static, event_baseline, static_baseline,
-                                                 n_steps, internal_batch_size)
-    steps = torch.full((events.shape[0],), n_steps, dtype=torch.long)
+def refine_steps(run, batch_size, n_steps, tolerance, max_n_steps):
+    """run(idx, n) -> (attributions tuple, logit change [b], completeness delta [b]) for the stays idx
+    (None = all) with n steps. Stays whose |delta| exceeds `tolerance` x |change| are run again with twice
+    the steps until they meet it or reach `max_n_steps`. Returns (attributions, change, delta, steps [B])."""
+    attrs, change, delta = run(None, n_steps)
+    steps = torch.full((batch_size,), n_steps, dtype=torch.long)
     n = n_steps
     while tolerance and n * 2 <= max_n_steps:
         bad = (delta.abs() > tolerance * change.abs() + 1e-4).cpu()
@@ -143,11 +142,27 @@ def refined_integrated_gradients(model, events, mask, static, event_baseline=Non
             break
         n *= 2
         idx = bad.nonzero().flatten()
-        e2, s2, _, d2 = integrated_gradients(model, events[idx.to(events.device)], mask[idx.to(events.device)],
-                                             static[idx.to(events.device)], event_baseline, static_baseline, n,
-                                             internal_batch_size)
-        ev[idx.to(ev.device)], st[idx.to(st.device)], delta[idx.to(delta.device)] = e2, s2, d2
+        new_attrs, _, new_delta = run(idx, n)
+        for old, new in zip(attrs, new_attrs):
+            old[idx.to(old.device)] = new
+        delta[idx.to(delta.device)] = new_delta
         steps[idx] = n
+    return attrs, change, delta, steps
+
+
+def _rows(idx, *tensors):
+    return tensors if idx is None else tuple(t[idx.to(t.device)] for t in tensors)
+
+
+def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
+                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256):
+    """IG with `n_steps`, re-integrated with more steps where completeness misses `tolerance` (refine_steps).
+    Returns IG's outputs and the steps used per stay [B]."""
+    def run(idx, n):
+        ev, st, change, delta = integrated_gradients(model, *_rows(idx, events, mask, static), event_baseline,
+                                                     static_baseline, n, internal_batch_size)
+        return (ev, st), change, delta
+    (ev, st), change, delta, steps = refine_steps(run, events.shape[0], n_steps, tolerance, max_n_steps)
     return ev, st, change, delta, steps
 
 
@@ -162,17 +177,35 @@ def find_input_projection(model):
 
 def layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
                                internal_batch_size=None):
-    """LayerIG on the input projection's output, summed over its d_model units per event. The layer
-    baseline is the projection of the same input baseline as IG (padded positions: their own input, so
-    0 attribution); static features stay at their values (they are not on the interpolated path)."""
+    """Captum LayerIntegratedGradients on the input projection's output, summed over its d_model units per
+    event. It interpolates the events only: the static features stay at their real values along the path.
+    So it attributes logit(events, static) - logit(baseline events, static), not IG's
+    logit(events, static) - logit(baseline events, baseline static); where the classifier mixes static and
+    event features the two share out different totals (tested). Padded positions: baseline = input, so 0.
+    Returns event attributions [B,L], its own logit change [B] and completeness delta [B]."""
     F = events.shape[-1]
     event_baseline = torch.zeros(F) if event_baseline is None else event_baseline
     base_events = torch.where(mask.unsqueeze(-1), event_baseline.to(events).expand_as(events), events)
-    lig = LayerIntegratedGradients(LogitForward(model), find_input_projection(model))
-    attr = lig.attribute((events, static), baselines=(base_events, static), target=None,
-                         additional_forward_args=(mask,), n_steps=n_steps,
-                         internal_batch_size=internal_batch_size)
-    return (attr.sum(-1) * mask).detach()
+    forward = LogitForward(model)
+    lig = LayerIntegratedGradients(forward, find_input_projection(model))
+    attr, delta = lig.attribute((events, static), baselines=(base_events, static), target=None,
+                                additional_forward_args=(mask,), n_steps=n_steps,
+                                internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, static, mask)
+    return (attr.sum(-1) * mask).detach(), change.detach(), delta.detach()
+
+
+def refined_layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
+                                       internal_batch_size=None, tolerance=0.05, max_n_steps=256):
+    """LayerIG with its own completeness check and step refinement (refine_steps).
+    Returns (event attributions [B,L], change [B], delta [B], steps [B])."""
+    def run(idx, n):
+        attr, change, delta = layer_integrated_gradients(model, *_rows(idx, events, mask, static), event_baseline,
+                                                         n, internal_batch_size)
+        return (attr,), change, delta
+    (attr,), change, delta, steps = refine_steps(run, events.shape[0], n_steps, tolerance, max_n_steps)
+    return attr, change, delta, steps
 
 
 def static_group_mask(n_static, static_groups, first_id):
@@ -193,8 +226,8 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
     logit(without it). Returns event attributions [B,L] and static attributions [B, n_groups]."""
     B, L, F = events.shape
     S = static.shape[-1]
-    event_ids = torch.arange(L).view(1, L, 1).expand(1, L, F)
-    static_ids = static_group_mask(S, static_groups, first_id=L)
+    event_ids = torch.arange(L, device=events.device).view(1, L, 1).expand(1, L, F)
+    static_ids = static_group_mask(S, static_groups, first_id=L).to(static.device)
     static_baseline = torch.zeros(S) if static_baseline is None else static_baseline
     ablation = FeatureAblation(EventRemovalForward(model))
     with torch.no_grad():
@@ -210,7 +243,25 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
 @torch.no_grad()
 def attention_outputs(model, events, mask, static):
     logits, attn = model(events, mask, static, return_attention=True)
-    return logits, {k: v.detach() for k, v in attn.items()}
+    attn = {k: v.detach() for k, v in attn.items()}
+    scores = pooling_scores(model, attn["transformer_output"])
+    if scores is not None:
+        attn["pooling_scores"] = scores
+    return logits, attn
+
+
+@torch.no_grad()
+def pooling_scores(model, transformer_output):
+    """What attention pooling computes before its softmax: per pooling head h, the query's slice q_h
+    against the event's key slice pool.key(x)_h, / sqrt(d_head): [B, heads, L]. None for a model without
+    train.AttentionPooling's `pool.key`, `pool.query`, `pool.n_heads`."""
+    pool = getattr(model, "pool", None)
+    if pool is None or not all(hasattr(pool, name) for name in ("key", "query", "n_heads")):
+        return None
+    B, L, D = transformer_output.shape
+    h = pool.n_heads
+    keys = pool.key(transformer_output).view(B, L, h, D // h).transpose(1, 2)  # [B, h, L, dh]
+    return (keys @ pool.query.view(1, h, D // h, 1)).squeeze(-1) / math.sqrt(D // h)
 
 
 def pooling_weights(attn):
@@ -223,21 +274,51 @@ def group_static(static_attr, static_groups):
     return torch.stack([static_attr[:, list(cols)].sum(-1) for cols in static_groups.values()], dim=-1)
 
 
-def reinitialised_copy(model, seed=0):
-    """Model-randomisation sanity check (Adebayo et al., 2018): same architecture, fresh random weights.
-    Modules are reset with their own initialiser; parameters no initialiser touched (e.g. a bare pooling
+def _reinitialise(module, seed):
+    """Reset a module with its own initialisers; parameters no initialiser touched (e.g. a bare pooling
     query) are redrawn from N(0, 1/fan_in)."""
     torch.manual_seed(seed)
-    clone = copy.deepcopy(model)
-    before = {name: p.detach().clone() for name, p in clone.named_parameters()}
-    for module in clone.modules():
-        if module is not clone and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    params = [module] if isinstance(module, nn.Parameter) else list(module.parameters())
+    before = [p.detach().clone() for p in params]
+    if isinstance(module, nn.Module):
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
     with torch.no_grad():
-        for name, p in clone.named_parameters():
-            if torch.equal(p, before[name]) and p.numel() > 1:
+        for p, old in zip(params, before):
+            if torch.equal(p, old) and p.numel() > 1:
                 p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]))
-    return clone.eval()
+
+
+def randomisation_groups(model):
+    """The model's parameter groups from the output down (the cascade's order): bare parameters of the
+    model itself, then its child modules in reverse order of definition, a ModuleList layer by layer from
+    the last. For MortalityTransformer: classifier, pool, ln_f, layers.3 ... layers.0, input_proj."""
+    groups = [(name, p) for name, p in model.named_parameters(recurse=False)]
+    children = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            children += [(f"{name}.{i}", layer) for i, layer in enumerate(child)]
+        elif any(True for _ in child.parameters()):
+            children.append((name, child))
+    return groups + children[::-1]
+
+
+def cascading_randomisation(model, seed=0):
+    """Cascading model-randomisation check (Adebayo et al., 2018): [(group name, copy of the model with that
+    group and every group above it re-initialised)], from the top (output side) down to the input."""
+    steps, clone = [], copy.deepcopy(model)
+    names = [name for name, _ in randomisation_groups(model)]
+    for i, name in enumerate(names):
+        group = dict(randomisation_groups(clone))[name]
+        _reinitialise(group, seed + i)
+        steps.append((name, copy.deepcopy(clone).eval()))
+    return steps
+
+
+def reinitialised_copy(model, seed=0):
+    """The model with every group re-initialised (the cascade's last step)."""
+    return cascading_randomisation(model, seed)[-1][1]
 
 
 # -----------------------------------------------------------------------------
@@ -330,13 +411,25 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
                        insertion_auc=float(np.trapezoid(row[n_points:2 * n_points].numpy(), x)),
                        comprehensiveness=(p_full - row[2 * n_points:2 * n_points + nf]).numpy(),
                        sufficiency=(p_full - row[2 * n_points + nf:]).numpy(),
-                       deletion_curve=row[:n_points].numpy(), insertion_curve=row[n_points:2 * n_points].numpy())
+                       deletion_curve=row[:n_points].numpy(), insertion_curve=row[n_points:2 * n_points].numpy(),
+                       stay_position=b, predicted_death=bool(predicted_death[b]))
             if name == "random":
                 random_rows.append(rec)
             else:
                 results[name].append(rec)
-        results["random"].append({k: np.mean([r[k] for r in random_rows], axis=0) for k in random_rows[0]})
+        summary = {k: np.mean([r[k] for r in random_rows], axis=0) for k in random_rows[0]}
+        # each random order as scores over the stay's real events (first = highest), for the planted floor
+        summary["order_scores"] = [_order_to_scores(o, real) for o in random_orders]
+        summary["stay_position"] = b
+        results["random"].append(summary)
     return results
+
+
+def _order_to_scores(order, real):
+    """An order of event positions -> a score per real event (in position order), higher = earlier."""
+    rank = torch.empty(int(real.max()) + 1, dtype=torch.float64)
+    rank[order] = torch.arange(len(order), 0, -1, dtype=torch.float64)
+    return rank[real].numpy()
 
 
 def summarise_faithfulness(records):
@@ -352,29 +445,56 @@ def summarise_faithfulness(records):
                 sufficiency=dict(zip(pct, map(float, suff))),
                 deletion_curve=np.mean([r["deletion_curve"] for r in records], axis=0).tolist(),
                 insertion_curve=np.mean([r["insertion_curve"] for r in records], axis=0).tolist(),
+                sufficiency_by_predicted_class=sufficiency_by_class(records, pct),
                 n_stays=len(records))
 
 
-def mean_rank_correlation(a_by_stay, b_by_stay):
-    """Mean Spearman correlation over stays with >= 3 events (skipping constant rankings)."""
+def sufficiency_by_class(records, pct):
+    """Sufficiency separately for stays predicted to die and to survive: over all stays the two classes'
+    values (keeping few events raises P(death) of one and lowers it of the other) average to about the same
+    number for every method."""
+    out = {}
+    for name, wanted in (("death", True), ("survival", False)):
+        chosen = [r["sufficiency"] for r in records if r.get("predicted_death") == wanted]
+        out[name] = dict(zip(pct, map(float, np.mean(chosen, axis=0)))) if chosen else None
+        out[f"n_{name}"] = len(chosen)
+    return out
+
+
+def mean_rank_correlation(a_by_stay, b_by_stay, absolute=False):
+    """Mean Spearman correlation over stays with >= 3 events (skipping constant rankings); absolute=True
+    compares |a| with |b| (how much each event matters, whatever its direction)."""
     rhos = []
     for a, b in zip(a_by_stay, b_by_stay):
+        if absolute:
+            a, b = np.abs(a), np.abs(b)
         if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
             rhos.append(spearmanr(a, b).statistic)
     return (float(np.mean(rhos)) if rhos else None), len(rhos)
 
 
-def planted_recovery(scores_by_stay, planted_by_stay):
-    """Per-stay AUPRC of ranking the planted events first (stays with both planted and other events),
-    and the random floor = mean fraction of planted events (the expected AUPRC of a random ranking)."""
+def planted_recovery(scores_by_stay, planted_by_stay, random_scores_by_stay=None):
+    """Per-stay AUPRC of ranking the planted events first (stays with both planted and other events).
+    The random floor is the same AUPRC scored on the random orders the faithfulness curves drew
+    (`random_scores_by_stay[i]`: a list of score arrays of stay i): a random ranking's expected average
+    precision is above the share of planted events when a stay has few of them (with one planted event of
+    n it is H_n / n, not 1/n). Returns (mean AUPRC, random floor or None, number of stays)."""
     aps, floor = [], []
-    for s, y in zip(scores_by_stay, planted_by_stay):
+    random_scores_by_stay = random_scores_by_stay or [None] * len(scores_by_stay)
+    for s, y, random_orders in zip(scores_by_stay, planted_by_stay, random_scores_by_stay):
         if 0 < y.sum() < len(y):
             aps.append(average_precision_score(y, s))
-            floor.append(y.mean())
+            if random_orders:
+                floor.append(np.mean([average_precision_score(y, r) for r in random_orders]))
     if not aps:
         return None, None, 0
-    return float(np.mean(aps)), float(np.mean(floor)), len(aps)
+    return float(np.mean(aps)), (float(np.mean(floor)) if floor else None), len(aps)
+
+
+def planted_share(planted_by_stay):
+    """Mean share of planted events per stay (stays with both kinds): a lower bound, not the random floor."""
+    shares = [y.mean() for y in planted_by_stay if 0 < y.sum() < len(y)]
+    return float(np.mean(shares)) if shares else None
 
 
 # -----------------------------------------------------------------------------
@@ -417,6 +537,10 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
     rows = []
     query_ok = m.view(1, B, 1, L).expand(n_layers, B, H, L)  # only real queries count
     entropy = -(A.clamp_min(1e-12).log() * A).sum(-1)
+    n_keys = m.sum(1).float().view(1, B, 1, 1)
+    # / log n: 1 = uniform over the stay's n events, whatever n (undefined for one event: left out)
+    entropy_normalised = entropy / n_keys.clamp_min(2).log()
+    several = (n_keys >= 2).expand_as(entropy)
     peak = A.max(-1).values
     self_w = torch.diagonal(A, dim1=-2, dim2=-1)
     if hours_before is not None:
@@ -430,6 +554,8 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
                 continue
             row = dict(layer=layer, head=head,
                        entropy=float(entropy[layer, :, head][sel].mean()),
+                       entropy_normalised=float(entropy_normalised[layer, :, head][sel & several[layer, :, head]].mean())
+                       if (sel & several[layer, :, head]).any() else float("nan"),
                        max_weight=float(peak[layer, :, head][sel].mean()),
                        self_weight=float(self_w[layer, :, head][sel].mean()))
             if hours_before is not None:
@@ -496,13 +622,9 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
     ig_events, ig_static, ig_change, ig_delta, ig_steps = refined_integrated_gradients(
         model, events, mask, static, event_baseline, static_baseline, settings.n_steps, settings.internal_batch_size,
         settings.ig_tolerance, settings.max_n_steps)
-    lig_events = layer_integrated_gradients(model, events, mask, static, event_baseline, settings.n_steps,
-                                            settings.internal_batch_size)
-    for n in ig_steps.unique().tolist():  # LayerIG with the steps IG needed for each stay
-        if n != settings.n_steps:
-            idx = (ig_steps == n).nonzero().flatten().to(events.device)
-            lig_events[idx] = layer_integrated_gradients(model, events[idx], mask[idx], static[idx], event_baseline,
-                                                         n, settings.internal_batch_size)
+    lig_events, lig_change, lig_delta, lig_steps = refined_layer_integrated_gradients(
+        model, events, mask, static, event_baseline, settings.n_steps, settings.internal_batch_size,
+        settings.ig_tolerance, settings.max_n_steps)
     fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline,
                                             settings.perturbations_per_eval)
     event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
@@ -511,6 +633,7 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
     cpu = lambda d: {k: v.detach().float().cpu() for k, v in d.items()}  # noqa: E731
     return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(),
                 ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), ig_steps=ig_steps,
+                lig_change=lig_change.float().cpu(), lig_delta=lig_delta.float().cpu(), lig_steps=lig_steps,
                 attention=cpu(attn))
 
 
@@ -639,16 +762,23 @@ def choose_stays(table, split_of_stay, split, max_stays, stay_ids, data_path):
     return sorted(set(chosen) | set(stay_ids or []))
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
 def mean_training_baselines(train, model, table, split_of_stay, preprocessor, prepare, batch_size):
     """Training-mean event vector [F] and static vector [S] (the "mean" baseline option)."""
     rows = table[table["stay_id"].isin(split_of_stay.index[split_of_stay == "train"])].reset_index(drop=True)
     stays, embedding_matrix = prepare(rows)
+    device = model_device(model)  # the matrix may come back on another device than the model's
+    embedding_matrix = embedding_matrix.to(device)
     total_events, n_events, statics = 0.0, 0, []
     for i in range(0, len(stays), batch_size):
-        batch = {k: v.to(embedding_matrix.device) for k, v in train.collate_stays(stays[i:i + batch_size]).items()}
+        batch = train.collate_stays(stays[i:i + batch_size])
+        n_events += int(batch["mask"].sum())  # counted on the CPU: no device sync per batch
+        batch = {k: v.to(device) for k, v in batch.items()}
         events = event_features_for_batch(model, batch, embedding_matrix)
         total_events = total_events + events.sum((0, 1))
-        n_events += int(batch["mask"].sum())
         statics.append(batch["static"])
     return total_events / max(n_events, 1), torch.cat(statics).mean(0)
 
@@ -709,7 +839,9 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
 
     # length-sorted batches: little padding, so little wasted compute
     stays = sorted(stays, key=lambda s: (len(s.type_ids), s.stay_id))
-    random_model = reinitialised_copy(model, seed=seed + 1) if randomisation_stays else None
+    cascade = cascading_randomisation(model, seed=seed + 1) if randomisation_stays else []
+    # the randomised models are explained with IG's starting steps: rank correlations need no re-integration
+    cascade_settings = dataclasses.replace(settings, ig_tolerance=0.0)
     collected = Collected(static_names=static_names)
     rng = np.random.default_rng(seed)
     starts = list(range(0, len(stays), batch_size))
@@ -733,14 +865,19 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         faith = faithfulness_for_batch(model, events, mask, static,
                                        {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
         randomised = None
-        if random_model is not None and batch_number in check_batches:
-            randomised = explain_batch(random_model, events, mask, static, static_groups, settings,
-                                       event_baseline, static_baseline)
-        collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted)
+        if cascade and batch_number in check_batches:
+            randomised = [(name, explain_batch(step_model, events, mask, static, static_groups, cascade_settings,
+                                               event_baseline, static_baseline)["event"])
+                          for name, step_model in cascade]
+        in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
+        collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
 
     faithfulness = collected.faithfulness(settings, has_planted)
     faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,
-                                n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)))
+                                n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)),
+                                n_stays_outside_split=int(len(collected.in_split) - sum(collected.in_split)),
+                                note="--stay-ids stays outside the split are explained and drawn but not counted "
+                                     "in the faithfulness measures")
     save_dir = Path(save_dir)
     paths = {"event_attributions.csv": write_csv(collected.event_frame(), save_dir / "event_attributions.csv"),
              "static_attributions.csv": write_csv(collected.static_frame(), save_dir / "static_attributions.csv"),
@@ -760,6 +897,33 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                 analyses=analyses)
 
 
+def convergence_summary(relative_deltas, steps_used, settings):
+    """Completeness of (Layer)IG over stays: quantiles of |delta| / |logit change|, how many stays missed
+    the tolerance, and the steps used."""
+    deltas = np.asarray(relative_deltas, dtype=float)
+    have = len(deltas) > 0
+    return dict(relative_delta_median=float(np.median(deltas)) if have else None,
+                relative_delta_p95=float(np.quantile(deltas, 0.95)) if have else None,
+                relative_delta_max=float(deltas.max()) if have else None,
+                share_within_tolerance=float((deltas <= settings.ig_tolerance).mean()) if have else None,
+                n_stays=int(len(deltas)), n_missed_tolerance=int((deltas > settings.ig_tolerance).sum()),
+                tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
+                steps_used={str(k): int(v) for k, v in zip(*np.unique(steps_used, return_counts=True))},
+                note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+
+
+def rank_agreement(scores):
+    """Mean per-stay Spearman between methods, like with like: two signed methods on their signed scores;
+    attention (>= 0, no direction) against the absolute value of a signed method."""
+    agreement = {}
+    for i, a in enumerate(METHODS):
+        for b in METHODS[i + 1:]:
+            unsigned = a not in SIGNED_METHODS or b not in SIGNED_METHODS
+            key = f"{a} vs {b}" + (" (absolute values)" if unsigned else "")
+            agreement[key] = mean_rank_correlation(scores[a], scores[b], absolute=unsigned)[0]
+    return agreement
+
+
 class Collected:
     """Everything the batches produce that the outputs, faithfulness figures and plots need."""
 
@@ -767,13 +931,23 @@ class Collected:
         self.static_names = static_names
         self.event_parts, self.static_parts, self.predictions, self.stays = [], [], [], []
         self.scores = {m: [] for m in METHODS}
-        self.random_scores = {m: ([], []) for m in METHODS}  # (original, re-initialised model) per stay
+        # cascading randomisation: {step name: {method: (original scores, randomised scores) per stay}}
+        self.cascade = {}
         self.planted, self.faith = [], {}
-        self.ig_relative_delta, self.ig_steps, self.layer_patterns = [], [], []
+        self.in_split, self.random_order_scores = [], []  # per stay, aligned with self.scores
+        self.layer_patterns = []
+        # completeness per stay of IG and LayerIG: |delta| / |logit change| and the steps used
+        self.relative_delta = {"ig": [], "lig": []}
+        self.steps_used = {"ig": [], "lig": []}
         self.pool_by_type, self.count_by_type = {}, {}
         self.query_rows = []
 
-    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted):
+    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None):
+        """in_split[b]: stay b belongs to the explained split (a --stay-ids stay of another split is explained
+        and drawn, but kept out of the faithfulness figures)."""
+        in_split = [True] * len(chunk) if in_split is None else list(in_split)
+        random_orders = {r["stay_position"]: r["order_scores"] for r in faith.get("random", [])}
+        faith = {name: [r for r in records if in_split[r["stay_position"]]] for name, records in faith.items()}
         self.event_parts.append(event_rows)
         self.static_parts.append(static_rows)
         attn = out["attention"]
@@ -786,15 +960,21 @@ class Collected:
                                          mortality=int(stay.label), n_events=n))
             for method in METHODS:
                 self.scores[method].append(out["event"][method][b, :n].double().numpy())
-                if randomised is not None:
-                    self.random_scores[method][0].append(out["event"][method][b, :n].double().numpy())
-                    self.random_scores[method][1].append(randomised["event"][method][b, :n].double().numpy())
+                for step, random_event in (randomised if in_split[b] else None) or []:
+                    pair = self.cascade.setdefault(step, {m: ([], []) for m in METHODS})[method]
+                    pair[0].append(out["event"][method][b, :n].double().numpy())
+                    pair[1].append(random_event[method][b, :n].double().numpy())
             if has_planted:
                 self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=int))
-            self.ig_steps.append(int(out["ig_steps"][b]))
-            change = float(out["ig_change"][b])
-            if abs(change) > 1e-6:
-                self.ig_relative_delta.append(abs(float(out["ig_delta"][b])) / abs(change))
+            self.in_split.append(bool(in_split[b]))
+            self.random_order_scores.append(random_orders.get(b))
+            for key in ("ig", "lig"):
+                if not in_split[b]:
+                    continue
+                self.steps_used[key].append(int(out[f"{key}_steps"][b]))
+                change = float(out[f"{key}_change"][b])
+                if abs(change) > 1e-6:
+                    self.relative_delta[key].append(abs(float(out[f"{key}_delta"][b])) / abs(change))
             received = attn["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
             self.stays.append(dict(stay_id=int(stay.stay_id), meta=m.reset_index(drop=True), label=int(stay.label),
                                    probability=1 / (1 + math.exp(-logit)),
@@ -803,14 +983,16 @@ class Collected:
                                    static={k: out["static"][k][b].numpy() for k in out["static"]}))
             pool = attn["pooling_attention"][b, :, 0, :n]  # [heads, n]
             for j, event_type in enumerate(m["event_type"].astype(str)):
-                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy()
+                # weight x the event's own stay length: 1 = what a uniform head gives an event of that stay
+                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy() * n
                 self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + 1
-            if n:
-                outputs = attn["transformer_output"][b, :n]
-                cos = torch.nn.functional.cosine_similarity(outputs, attn["query"].view(1, -1).to(outputs), dim=-1)
-                self.query_rows.append(pd.DataFrame(dict(event_type=m["event_type"].astype(str).to_numpy(),
-                                                         hours_before=hours[b, :n].numpy(), cosine=cos.numpy(),
-                                                         pooling_weight=pool.mean(0).numpy())))
+            if n and "pooling_scores" in attn:
+                scores = attn["pooling_scores"][b, :, :n]  # [heads, n]
+                heads = scores.shape[0]
+                self.query_rows.append(pd.DataFrame(dict(
+                    event_type=np.tile(m["event_type"].astype(str).to_numpy(), heads),
+                    hours_before=np.tile(hours[b, :n].numpy(), heads), head=np.repeat(np.arange(heads), n),
+                    score=scores.reshape(-1).numpy(), pooling_weight=pool.reshape(-1).numpy())))
         patterns = analyze_layer_attention_patterns(attn["layer_attention"], mask, hours)
         patterns["n_stays"] = int((mask.sum(1) > 0).sum())
         self.layer_patterns.append(patterns)
@@ -844,29 +1026,38 @@ class Collected:
         result = {"methods": {}, "random": summarise_faithfulness(self.faith.get("random", []))}
         for method in METHODS:
             entry = summarise_faithfulness(self.faith.get(method, []))
-            rho, n = mean_rank_correlation(*self.random_scores[method])
-            entry["randomisation_spearman"] = rho  # low = attributions depend on the learned weights
+            last = self.cascade[list(self.cascade)[-1]][method] if self.cascade else ([], [])
+            rho, n = mean_rank_correlation(*last)
+            entry["randomisation_spearman"] = rho  # every group re-initialised; low = depends on learned weights
             entry["randomisation_n_stays"] = n
             if has_planted:
-                auprc, floor, n_planted = planted_recovery(self.scores[method], self.planted)
+                keep = [i for i, ok in enumerate(self.in_split) if ok]
+                auprc, floor, n_planted = planted_recovery([self.scores[method][i] for i in keep],
+                                                           [self.planted[i] for i in keep],
+                                                           [self.random_order_scores[i] for i in keep])
                 entry["planted_auprc"] = auprc
                 entry["planted_n_stays"] = n_planted
                 result["random"]["planted_auprc"] = floor
+                result["random"]["planted_share"] = planted_share([self.planted[i] for i in keep])
             result["methods"][method] = entry
-        agreement = {}
-        for i, a in enumerate(METHODS):
-            for b in METHODS[i + 1:]:
-                agreement[f"{a} vs {b}"] = mean_rank_correlation(self.scores[a], self.scores[b])[0]
-        result["rank_agreement_spearman"] = agreement
-        deltas = np.asarray(self.ig_relative_delta)
-        result["integrated_gradients_convergence"] = dict(
-            relative_delta_median=float(np.median(deltas)) if len(deltas) else None,
-            relative_delta_p95=float(np.quantile(deltas, 0.95)) if len(deltas) else None,
-            relative_delta_max=float(deltas.max()) if len(deltas) else None,
-            share_within_tolerance=float((deltas <= settings.ig_tolerance).mean()) if len(deltas) else None,
-            tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
-            steps_used={str(k): int(v) for k, v in zip(*np.unique(self.ig_steps, return_counts=True))},
-            note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+        result["randomisation_cascade"] = [
+            dict(step=step, methods={m: dict(zip(("spearman", "n_stays"), mean_rank_correlation(*pairs[m])),
+                                              spearman_abs=mean_rank_correlation(*pairs[m], absolute=True)[0])
+                                     for m in METHODS})
+            for step, pairs in self.cascade.items()]
+        result["randomisation_note"] = (
+            "cascading model randomisation (Adebayo et al. 2018): groups of weights re-initialised from the output "
+            "down, cumulatively; Spearman of each method's per-event scores (signed, and of their absolute values) "
+            "between the trained and the randomised model, mean over stays; a method that depends on the learned "
+            "weights falls towards 0 as more groups are randomised")
+        in_split = [i for i, ok in enumerate(self.in_split) if ok]
+        result["rank_agreement_spearman"] = rank_agreement({m: [self.scores[m][i] for i in in_split] for m in METHODS})
+        for key, name in (("ig", "integrated_gradients"), ("lig", "layer_integrated_gradients")):
+            result[f"{name}_convergence"] = convergence_summary(self.relative_delta[key], self.steps_used[key],
+                                                                 settings)
+        result["layer_integrated_gradients_convergence"]["note"] = (
+            "LayerIG's own completeness: logit(events, static) - logit(baseline events, static); static "
+            "features stay at their values on its path")
         result["settings"] = dict(n_steps=settings.n_steps, baseline=settings.baseline,
                                   curve_points=settings.curve_points, random_orders=settings.random_orders,
                                   eraser_fractions=list(ERASER_FRACTIONS),
@@ -874,6 +1065,11 @@ class Collected:
                                          "(insertion) in attribution order towards the predicted class; area "
                                          "over the fraction of events; deletion lower = better, insertion higher "
                                          "= better; comprehensiveness higher = better, sufficiency lower = better")
+        result["eraser_note"] = (
+            "comprehensiveness at 1% removes one event in stays of up to 100 events: the single event whose "
+            "removal changes the prediction most is by construction what feature_ablation ranks first, so "
+            "ablation wins at 1% by construction; compare methods at 5-20%. Sufficiency is given per predicted "
+            "class (sufficiency_by_predicted_class) because its all-stay mean is about the same for every method")
         if not has_planted:
             result["planted_note"] = "no planted_risk column in the data: planted-event recovery not measured"
         return result
@@ -933,15 +1129,27 @@ def fig_layer_attention(collected, path):
                  "; ".join(_short(meta['event_text'].iloc[order[j]], 30) for j in top[:3]), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.025)
     ax = axes[1]
-    pivot = patterns.pivot(index="layer", columns="head", values="entropy")
-    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r")
+    pivot = patterns.pivot(index="layer", columns="head", values="entropy_normalised")
+    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r", vmin=0, vmax=1)
     ax.set_xticks(range(pivot.shape[1]), pivot.columns)
     ax.set_yticks(range(pivot.shape[0]), pivot.index)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("Mean attention entropy over explained stays\n(low = focused on few events)", fontsize=9)
+    ax.set_title("Mean attention entropy / log(events in the stay)\n(1 = uniform, low = focused on few events)",
+                 fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     return save_figure(fig, path)
+
+
+def window_importance(rows, edges=(0, 1, 2, 4, 8, 12, 24, 48, np.inf)):
+    """One method's event_attributions rows -> per window of hours before the prediction: number of events
+    and mean of |attribution| / its stay's mean |attribution| (each stay weighs the same, whatever the
+    scale of its attributions; 1 = the stay's average event)."""
+    magnitude = rows["attribution"].abs()
+    per_stay = magnitude.groupby(rows["stay_id"]).transform("mean")
+    relative = (magnitude / per_stay.where(per_stay > 0)).fillna(0.0).to_numpy()
+    hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    return analyze_critical_time_periods(relative[None], hours[None], np.ones((1, len(rows)), bool), edges)
 
 
 def fig_sequence_importance(collected, path):
@@ -954,22 +1162,18 @@ def fig_sequence_importance(collected, path):
         rows = frame[frame.method == method]
         if rows.empty:
             continue
-        hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
-        table = analyze_critical_time_periods(rows["attribution"].to_numpy()[None], hours[None],
-                                              np.ones((1, len(rows)), bool), edges)
+        table = window_importance(rows, edges)
         table = table[table.n_events > 0]
-        overall = np.abs(rows["attribution"].to_numpy()).mean()
-        # per-event importance relative to the method's average event: windows with many events do not win
-        ax.plot(range(len(table)), table["mean_weight"] / max(overall, 1e-12), marker="o", label=METHOD_LABELS[method])
+        ax.plot(range(len(table)), table["mean_weight"], marker="o", label=METHOD_LABELS[method])
         labels = [f"{w}\n(n={n})" for w, n in zip(table["window"], table["n_events"])]
     if labels:
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.axhline(1.0, color="0.5", lw=0.5, ls="--")
     ax.invert_xaxis()  # the prediction time on the right
     ax.set_xlabel("window of hours before the prediction time [from, to)")
-    ax.set_ylabel("mean |attribution| per event\n/ the method's mean over all events")
+    ax.set_ylabel("mean over events of |attribution|\n/ its stay's mean |attribution|")
     ax.set_title("When, before the prediction, are single events most decisive? "
-                 "(all explained stays; 1 = average event)")
+                 "(every stay weighs the same; 1 = its average event)")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -996,6 +1200,12 @@ def fig_sequence_importance_combined(collected, path):
     return save_figure(fig, path)
 
 
+def head_specialization_lift(weighted_sum_by_type, count_by_type, types):
+    """[heads, types]: mean over events of a type of (pooling weight x its own stay's number of events), so
+    1 = what a uniform head gives that event, whatever the stay's length."""
+    return np.stack([np.asarray(weighted_sum_by_type[t], dtype=float) / count_by_type[t] for t in types], 1)
+
+
 def fig_head_specialization(collected, path):
     plt = _plt()
     types = sorted(collected.pool_by_type)
@@ -1003,17 +1213,17 @@ def fig_head_specialization(collected, path):
         fig, ax = plt.subplots()
         ax.text(0.5, 0.5, "no events", ha="center")
         return save_figure(fig, path)
-    mean_weight = np.stack([collected.pool_by_type[t] / collected.count_by_type[t] for t in types], 1)  # heads x types
-    n_per_stay = np.mean([len(s["meta"]) for s in collected.stays if len(s["meta"])])
-    lift = mean_weight * n_per_stay  # 1 = the weight a uniform head gives an event
+    lift = head_specialization_lift(collected.pool_by_type, collected.count_by_type, types)
     fig, ax = plt.subplots(figsize=(8, 3 + 0.3 * lift.shape[0]))
-    im = ax.imshow(lift, cmap="RdBu_r", vmin=0, vmax=max(2.0, float(lift.max())), aspect="auto")
+    from matplotlib.colors import TwoSlopeNorm
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(0.0, float(lift.min())), vmax=max(2.0, float(lift.max())))
+    im = ax.imshow(lift, cmap="RdBu_r", norm=norm, aspect="auto")  # white = 1 = no preference
     for (h, t), v in np.ndenumerate(lift):
         ax.text(t, h, f"{v:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(types)), [f"{t}\n(n={collected.count_by_type[t]})" for t in types], fontsize=8)
     ax.set_yticks(range(lift.shape[0]), [f"pool head {h}" for h in range(lift.shape[0])])
-    ax.set_title("Do pooling heads specialise in kinds of events?\nmean pooling weight per event / uniform weight "
-                 "(1 = no preference)", fontsize=9)
+    ax.set_title("Do pooling heads specialise in kinds of events?\nmean over events of pooling weight x its stay's "
+                 "number of events (1 = the uniform weight of its own stay; white = no preference)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return save_figure(fig, path)
 
@@ -1047,23 +1257,36 @@ def fig_feature_importance(collected, path):
 
 
 def fig_query_vector(collected, path):
+    """The pooling scores q_h . pool.key(x)_h / sqrt(d_head) per head: what the pooling query looks for."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
-    if collected.query_rows:
-        q = pd.concat(collected.query_rows, ignore_index=True)
-        types = sorted(q.event_type.unique())
-        axes[0].boxplot([q.loc[q.event_type == t, "cosine"] for t in types], tick_labels=types)
-        axes[0].tick_params(axis="x", labelrotation=30)
-        axes[0].set_ylabel("cosine(pooling query, transformer output)")
-        axes[0].set_title("What does the pooling query look for? By event type", fontsize=10)
-        rho = spearmanr(q["cosine"], q["pooling_weight"]).statistic if len(q) > 2 else float("nan")
-        sc = axes[1].scatter(q["hours_before"], q["cosine"], c=q["pooling_weight"], s=6, cmap="viridis")
-        axes[1].invert_xaxis()
-        axes[1].set_xlabel("hours before the prediction time")
-        axes[1].set_ylabel("cosine(query, output)")
-        axes[1].set_title(f"Similarity to the query over time (colour = pooling weight;\nSpearman(cosine, weight) = "
-                          f"{rho:.2f})", fontsize=10)
-        fig.colorbar(sc, ax=axes[1], fraction=0.04)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
+    if not collected.query_rows:
+        axes[0].text(0.5, 0.5, "the model has no train.AttentionPooling (pool.key, pool.query)", ha="center")
+        return save_figure(fig, path)
+    q = pd.concat(collected.query_rows, ignore_index=True)
+    types, heads = sorted(q.event_type.unique()), sorted(q["head"].unique())
+    width = 0.8 / len(heads)
+    for i, h in enumerate(heads):
+        rows = q[q["head"] == h]
+        box = axes[0].boxplot([rows.loc[rows.event_type == t, "score"] for t in types], showfliers=False,
+                              positions=np.arange(len(types)) + (i - (len(heads) - 1) / 2) * width, widths=width * 0.9,
+                              patch_artist=True)
+        for patch in box["boxes"]:
+            patch.set_facecolor(plt.cm.tab10(i))
+        axes[0].plot([], [], color=plt.cm.tab10(i), lw=6, label=f"pool head {h}")
+    axes[0].set_xticks(range(len(types)), types, rotation=30)
+    axes[0].set_ylabel("pooling score  q_h . key_h(x) / sqrt(d_head)")
+    axes[0].set_title("What does each pooling head's query look for? By event type", fontsize=10)
+    axes[0].legend(fontsize=8)
+    for i, h in enumerate(heads):
+        rows = q[q["head"] == h]
+        axes[1].scatter(rows["hours_before"], rows["score"], s=4, alpha=0.4, color=plt.cm.tab10(i), label=f"head {h}")
+    axes[1].invert_xaxis()
+    axes[1].set_xlabel("hours before the prediction time")
+    axes[1].set_ylabel("pooling score")
+    axes[1].set_title("Pooling scores over time (the softmax of a stay's scores is its pooling weights)",
+                      fontsize=10)
+    axes[1].legend(fontsize=8, markerscale=3)
     return save_figure(fig, path)
 
 
@@ -1098,14 +1321,13 @@ def fig_captum(collected, path, method, faithfulness):
     frame = collected.event_frame()
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]), layout="constrained")
     _by_type_and_top(axes[0], axes[1], frame, method)
-    if method == "integrated_gradients":
-        deltas = np.asarray(collected.ig_relative_delta)
-        axes[2].hist(deltas, bins=30)
-        conv = faithfulness["integrated_gradients_convergence"]
-        axes[2].set_title(f"completeness: |delta| / |logit change|\nmedian {conv['relative_delta_median'] or 0:.3g}, "
-                          f"max {conv['relative_delta_max'] or 0:.3g} ({faithfulness['settings']['n_steps']} steps)",
-                          fontsize=10)
-        axes[2].set_xlabel("relative convergence delta per stay")
+    if method in ("integrated_gradients", "layer_integrated_gradients"):
+        key = "ig" if method == "integrated_gradients" else "lig"
+        conv = faithfulness[f"{method}_convergence"]
+        axes[2].hist(np.asarray(collected.relative_delta[key]), bins=30)
+        axes[2].axvline(conv["tolerance"], color="tab:red", lw=0.8, ls="--")
+        axes[2].set_title(convergence_title(conv), fontsize=10)
+        axes[2].set_xlabel("relative completeness error per stay (dashed: tolerance)")
     elif method == "feature_ablation":
         static = collected.static_frame()
         rows = static[static.method == "feature_ablation"].groupby("feature")["attribution"].mean().sort_values()
@@ -1114,6 +1336,22 @@ def fig_captum(collected, path, method, faithfulness):
     else:
         _method_scatter(axes[2], frame, method)
     return save_figure(fig, path)
+
+
+def steps_used_label(steps_used):
+    """{"32": 90, "64": 10} -> "32-64 steps (median 32)": the steps the stays really used."""
+    if not steps_used:
+        return "no stays"
+    steps = np.repeat([int(k) for k in steps_used], [int(v) for v in steps_used.values()])
+    low, high = int(steps.min()), int(steps.max())
+    span = f"{low}" if low == high else f"{low}-{high}"
+    return f"{span} steps (median {int(np.median(steps))})"
+
+
+def convergence_title(conv):
+    return (f"completeness: |delta| / |logit change|, {steps_used_label(conv['steps_used'])}\n"
+            f"median {conv['relative_delta_median'] or 0:.3g}, max {conv['relative_delta_max'] or 0:.3g}; "
+            f"{conv['n_missed_tolerance']} of {conv['n_stays']} stays above {conv['tolerance']:.0%}")
 
 
 def fig_stay_timeline(stay, path, static_names=()):
