@@ -129,41 +129,99 @@ def integrated_gradients(model, events, mask, static, event_baseline=None, stati
     return event_attr.detach(), attr_static.detach(), change.detach(), delta.detach()
 
 
-def refine_steps(run, batch_size, n_steps, tolerance, max_n_steps):
-    """run(idx, n) -> (attributions tuple, logit change [b], completeness delta [b]) for the stays idx
-    (None = all) with n steps. Stays whose |delta| exceeds `tolerance` x |change| are run again with twice
-    the steps until they meet it or reach `max_n_steps`. Returns (attributions, change, delta, steps [B])."""
-    attrs, change, delta = run(None, n_steps)
-    steps = torch.full((batch_size,), n_steps, dtype=torch.long)
-    n = n_steps
-    while tolerance and n * 2 <= max_n_steps:
-        bad = (delta.abs() > tolerance * change.abs() + 1e-4).cpu()
-        if not bad.any():
+def path_baselines(events, mask, static, event_baseline=None, static_baseline=None):
+    """IG's starting point: every real event at `event_baseline` ([F], default zeros), every padded position at
+    itself (so its attribution is exactly 0), the static features at `static_baseline` ([S], default zeros)."""
+    F, S = events.shape[-1], static.shape[-1]
+    event_baseline = torch.zeros(F) if event_baseline is None else event_baseline
+    static_baseline = torch.zeros(S) if static_baseline is None else static_baseline
+    base_events = torch.where(mask.unsqueeze(-1), event_baseline.to(events).expand_as(events), events)
+    return base_events, static_baseline.to(static).expand_as(static).clone()
+
+
+def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps=8, tolerance=0.05,
+                           max_n_steps=256):
+    """(Layer)IG integrated piece by piece, with more pieces where the path is rough.
+
+    Why: on stays of hundreds of events the integrand (gradient . (input - baseline)) is flat near the
+    baseline and rough, with peaks at the scale of 1/200 of the path, where the events' text content grows
+    past the positional signal; doubling the steps of one Gauss-Legendre rule over the whole path spends
+    them mostly where nothing happens (measured in BENCHMARKS, "Explanations"). IG is additive over pieces of
+    the straight path, and each piece's completeness delta is exactly the quadrature error of that piece, so
+    the pieces that need steps are known.
+
+    attribute(stays [R], a [R], b [R], n) -> (attribution tuple of [R, ...], delta [R]): the attributions of the
+    path pieces from baseline + a (input - baseline) to baseline + b (input - baseline) of the given stays,
+    each with n Gauss-Legendre steps (Captum with that piece's start as baseline and its end as input).
+    The path starts as n_steps // segment_steps equal pieces; while a stay's total |delta| exceeds
+    `tolerance` x |change| and it has steps left (max_n_steps in all), its pieces with at least half of its
+    largest |delta| are halved. Returns (attributions summed over each stay's pieces, delta [B], steps [B])."""
+    n_start = max(1, n_steps // segment_steps)
+    edges = torch.linspace(0.0, 1.0, n_start + 1)
+    rows = torch.arange(n_stays).repeat_interleave(n_start)
+    a, b = edges[:-1].repeat(n_stays), edges[1:].repeat(n_stays)
+    attrs, delta = attribute(rows, a, b, segment_steps)
+    attrs, delta = list(attrs), delta.detach().float().cpu()
+    change = change.detach().float().cpu()
+    while True:
+        total = torch.zeros(n_stays).index_add_(0, rows, delta)
+        steps = torch.bincount(rows, minlength=n_stays) * segment_steps
+        bad = (total.abs() > tolerance * change.abs() + 1e-4) & (steps + segment_steps <= max_n_steps)
+        if not tolerance or not bad.any():
             break
-        n *= 2
-        idx = bad.nonzero().flatten()
-        new_attrs, _, new_delta = run(idx, n)
-        for old, new in zip(attrs, new_attrs):
-            old[idx.to(old.device)] = new
-        delta[idx.to(delta.device)] = new_delta
-        steps[idx] = n
-    return attrs, change, delta, steps
+        split = torch.zeros(len(rows), dtype=torch.bool)
+        for stay in bad.nonzero().flatten().tolist():
+            pieces = (rows == stay).nonzero().flatten()
+            size = delta[pieces].abs()
+            budget = int((max_n_steps - steps[stay]) // segment_steps)  # each halving adds one piece
+            worst = pieces[torch.argsort(-size)][:budget]
+            split[worst[delta[worst].abs() >= 0.5 * size.max()]] = True
+        middle = (a[split] + b[split]) / 2
+        new_rows = rows[split].repeat(2)
+        new_a, new_b = torch.cat([a[split], middle]), torch.cat([middle, b[split]])
+        new_attrs, new_delta = attribute(new_rows, new_a, new_b, segment_steps)
+        keep = ~split
+        rows, a, b = torch.cat([rows[keep], new_rows]), torch.cat([a[keep], new_a]), torch.cat([b[keep], new_b])
+        delta = torch.cat([delta[keep], new_delta.detach().float().cpu()])
+        attrs = [torch.cat([old[keep.to(old.device)], new]) for old, new in zip(attrs, new_attrs)]
+    summed = tuple(torch.zeros(n_stays, *t.shape[1:], dtype=t.dtype, device=t.device).index_add_(
+        0, rows.to(t.device), t) for t in attrs)
+    return summed, total, steps
 
 
-def _rows(idx, *tensors):
-    return tensors if idx is None else tuple(t[idx.to(t.device)] for t in tensors)
+def _segment(start, end, rows, a, b):
+    """Points start + a (end - start) and start + b (end - start) of the stays `rows`."""
+    rows = rows.to(end.device)
+    shape = (-1,) + (1,) * (end.dim() - 1)
+    a, b = a.to(end).view(shape), b.to(end).view(shape)
+    s, e = start[rows], end[rows]
+    return s + a * (e - s), s + b * (e - s)
 
 
 def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
-                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256):
-    """IG with `n_steps`, re-integrated with more steps where completeness misses `tolerance` (refine_steps).
-    Returns IG's outputs and the steps used per stay [B]."""
-    def run(idx, n):
-        ev, st, change, delta = integrated_gradients(model, *_rows(idx, events, mask, static), event_baseline,
-                                                     static_baseline, n, internal_batch_size)
-        return (ev, st), change, delta
-    (ev, st), change, delta, steps = refine_steps(run, events.shape[0], n_steps, tolerance, max_n_steps)
-    return ev, st, change, delta, steps
+                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256,
+                                 segment_steps=8):
+    """IG of every event and static column, integrated piece-wise until complete within `tolerance`
+    (adaptive_path_integral). Returns event attributions [B,L], static attributions [B,S], the logit change
+    f(x) - f(baseline) [B], the completeness delta [B] and the steps used per stay [B]."""
+    base_events, base_static = path_baselines(events, mask, static, event_baseline, static_baseline)
+    forward = LogitForward(model)
+    ig = IntegratedGradients(forward)
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, base_static, mask)
+
+    def attribute(rows, a, b, n):
+        ev_a, ev_b = _segment(base_events, events, rows, a, b)
+        st_a, st_b = _segment(base_static, static, rows, a, b)
+        m = mask[rows.to(mask.device)]
+        (attr_events, attr_static), delta = ig.attribute(
+            (ev_b, st_b), baselines=(ev_a, st_a), target=None, additional_forward_args=(m,), n_steps=n,
+            internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        return (attr_events.sum(-1).detach() * m, attr_static.detach()), delta
+
+    (ev, st), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
+                                                    tolerance, max_n_steps)
+    return ev, st, change.detach(), delta.to(change.device), steps
 
 
 def find_input_projection(model):
@@ -197,15 +255,27 @@ def layer_integrated_gradients(model, events, mask, static, event_baseline=None,
 
 
 def refined_layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
-                                       internal_batch_size=None, tolerance=0.05, max_n_steps=256):
-    """LayerIG with its own completeness check and step refinement (refine_steps).
-    Returns (event attributions [B,L], change [B], delta [B], steps [B])."""
-    def run(idx, n):
-        attr, change, delta = layer_integrated_gradients(model, *_rows(idx, events, mask, static), event_baseline,
-                                                         n, internal_batch_size)
-        return (attr,), change, delta
-    (attr,), change, delta, steps = refine_steps(run, events.shape[0], n_steps, tolerance, max_n_steps)
-    return attr, change, delta, steps
+                                       internal_batch_size=None, tolerance=0.05, max_n_steps=256, segment_steps=8):
+    """LayerIG with its own completeness check, integrated piece-wise like IG (adaptive_path_integral; the
+    input projection is linear, so a piece of the input path maps to the same piece of the layer's path).
+    Static features stay at their values. Returns (event attributions [B,L], change [B], delta [B], steps [B])."""
+    base_events, _ = path_baselines(events, mask, static, event_baseline)
+    forward = LogitForward(model)
+    lig = LayerIntegratedGradients(forward, find_input_projection(model))
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, static, mask)
+
+    def attribute(rows, a, b, n):
+        ev_a, ev_b = _segment(base_events, events, rows, a, b)
+        r = rows.to(static.device)
+        attr, delta = lig.attribute((ev_b, static[r]), baselines=(ev_a, static[r]), target=None,
+                                    additional_forward_args=(mask[r],), n_steps=n,
+                                    internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        return (attr.sum(-1).detach() * mask[r],), delta
+
+    (attr,), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
+                                                   tolerance, max_n_steps)
+    return attr, change.detach(), delta.to(change.device), steps
 
 
 def static_group_mask(n_static, static_groups, first_id):
@@ -371,7 +441,7 @@ def eraser_masks(order, n_events, L, fractions=ERASER_FRACTIONS):
     return without, only
 
 
-def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=3, rng=None):
+def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=3, rng=None, max_rows=None):
     """For each stay with >= 1 event and each ranking in `scores` (name -> [B,L] scores towards the
     predicted class), the predicted-class probability along deletion/insertion curves and at the
     ERASER fractions. Returns {name: list of per-stay dicts}. "random" orders are added here."""
@@ -399,7 +469,8 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
             stacked.append(torch.cat([d, i, w, o]))
         width = int(real.max()) + 1  # this stay's own length, not the batch's
         masks = torch.stack(stacked)[..., :width].reshape(1, -1, width).to(events.device)
-        p = probabilities_with_masks(model, events[b:b + 1, :width], static[b:b + 1], masks)[0]
+        rows = max_rows or auto_rows(model, width, events.device, with_grad=False)
+        p = probabilities_with_masks(model, events[b:b + 1, :width], static[b:b + 1], masks, max_rows=rows)[0]
         p_class = p if predicted_death[b] else 1 - p
         p_full = full[b] if predicted_death[b] else 1 - full[b]
         per_order = p_class.view(len(all_orders), -1)
@@ -604,7 +675,8 @@ def _json_default(o):
 @dataclass
 class ExplainSettings:
     n_steps: int = 32                   # IG / LayerIG integration steps (Gauss-Legendre)
-    internal_batch_size: int | None = 512  # rows (stays x steps) per IG forward/backward chunk
+    internal_batch_size: int | None = None  # rows (stays x steps) per IG forward/backward chunk; None = from the
+                                            # free memory (auto_rows); it also bounds ablation and curve forwards
     baseline: str = "zero"              # IG/LayerIG event baseline and static baseline: "zero" or "mean"
     perturbations_per_eval: int = 8     # FeatureAblation: ablated groups per forward
     curve_points: int = 11              # deletion/insertion curves: 0%, 10%, ..., 100% of events
@@ -614,19 +686,47 @@ class ExplainSettings:
     max_n_steps: int = 256              # change are re-integrated with 2x steps, up to max_n_steps
 
 
+def free_memory_bytes(device):
+    """Memory free now on `device` (CUDA: the GPU's; CPU: the machine's available memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def activation_bytes_per_row(model, length, with_grad):
+    """A generous estimate of the activation memory one row (stay x step) of length `length` needs in the
+    model's forward (with_grad: everything kept for the backward pass; without: about one layer at a time)."""
+    config = getattr(model, "config", None)
+    d, layers, d_ff, heads = ((config.d_model, config.n_layers, config.d_ff, config.n_heads) if config is not None
+                              else (256, 4, 512, 8))
+    per_layer = length * (12 * d + 3 * d_ff) + 3 * heads * length * length  # floats; attention weights L x L
+    return 4 * 2 * per_layer * (layers if with_grad else 2)
+
+
+def auto_rows(model, length, device, with_grad, share=0.25, cap=1024):
+    """Rows per forward (with_grad: IG/LayerIG's internal batch) that fit in `share` of the free memory."""
+    rows = int(share * free_memory_bytes(device) // activation_bytes_per_row(model, max(length, 1), with_grad))
+    return max(1, min(cap, rows))
+
+
 def explain_batch(model, events, mask, static, static_groups, settings, event_baseline=None,
                   static_baseline=None):
     """Every method on one batch. Returns event attributions {method: [B,L]}, static attributions
     {method: [B,G]}, the logits, IG's logit change and convergence delta, and the attention outputs."""
     logits, attn = attention_outputs(model, events, mask, static)
+    rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=True)
     ig_events, ig_static, ig_change, ig_delta, ig_steps = refined_integrated_gradients(
-        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, settings.internal_batch_size,
+        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, rows,
         settings.ig_tolerance, settings.max_n_steps)
     lig_events, lig_change, lig_delta, lig_steps = refined_layer_integrated_gradients(
-        model, events, mask, static, event_baseline, settings.n_steps, settings.internal_batch_size,
-        settings.ig_tolerance, settings.max_n_steps)
-    fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline,
-                                            settings.perturbations_per_eval)
+        model, events, mask, static, event_baseline, settings.n_steps, rows, settings.ig_tolerance,
+        settings.max_n_steps)
+    # FeatureAblation runs perturbations_per_eval x B rows per forward: bounded by the same memory budget
+    forward_rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=False)
+    per_eval = max(1, min(settings.perturbations_per_eval, forward_rows // max(1, events.shape[0])))
+    fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline, per_eval)
     event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
                   "feature_ablation": fa_events, "attention_pooling": pooling_weights(attn) * mask}
     static_attr = {"integrated_gradients": group_static(ig_static, static_groups), "feature_ablation": fa_static}
@@ -799,9 +899,9 @@ def _default_cache_dir(args):
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
                                 save_dir=DEFAULT_SAVE_DIR, split="test", max_stays=100, stay_ids=None,
-                                batch_size=16, n_steps=32, internal_batch_size=512, baseline="zero",
+                                batch_size=16, n_steps=32, internal_batch_size=None, baseline="zero",
                                 perturbations_per_eval=8, curve_points=11, random_orders=3,
-                                randomisation_stays=20, cache_dir=None, text_encoder=None, device="cpu",
+                                randomisation_stays=5, cache_dir=None, text_encoder=None, device="cpu",
                                 max_events=None, seed=0, make_figures=True, show_progress=True, ig_tolerance=0.05,
                                 max_n_steps=256):
     """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
@@ -863,11 +963,13 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
                                                    static_names, mask.cpu())
         faith = faithfulness_for_batch(model, events, mask, static,
-                                       {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
+                                       {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng,
+                                       max_rows=internal_batch_size)
         randomised = None
         if cascade and batch_number in check_batches:
-            randomised = [(name, explain_batch(step_model, events, mask, static, static_groups, cascade_settings,
-                                               event_baseline, static_baseline)["event"])
+            k = math.ceil(randomisation_stays / len(check_batches))  # the check's stays spread over the batches
+            randomised = [(name, explain_batch(step_model, events[:k], mask[:k], static[:k], static_groups,
+                                               cascade_settings, event_baseline, static_baseline)["event"])
                           for name, step_model in cascade]
         in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
         collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
@@ -961,6 +1063,8 @@ class Collected:
             for method in METHODS:
                 self.scores[method].append(out["event"][method][b, :n].double().numpy())
                 for step, random_event in (randomised if in_split[b] else None) or []:
+                    if b >= random_event[method].shape[0]:
+                        continue  # not one of the check's stays
                     pair = self.cascade.setdefault(step, {m: ([], []) for m in METHODS})[method]
                     pair[0].append(out["event"][method][b, :n].double().numpy())
                     pair[1].append(random_event[method][b, :n].double().numpy())
@@ -1445,15 +1549,17 @@ def build_arg_parser():
                    help="stays whose IG completeness error exceeds this share of their logit change are "
                    "re-integrated with twice the steps (0 = never)")
     p.add_argument("--max-n-steps", type=int, default=256, help="most IG steps the re-integration may use")
-    p.add_argument("--internal-batch-size", type=int, default=512,
-                   help="rows (stays x steps) per IG forward/backward chunk; lower it to save memory")
+    p.add_argument("--internal-batch-size", type=int, default=None,
+                   help="rows (stays x steps) per IG forward/backward chunk, also the most rows of an ablation or "
+                   "curve forward; default: from the free memory (a quarter of it) and the stays' length")
     p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
                    help="IG baseline of a real event and of the static features: zeros, or the training mean")
     p.add_argument("--perturbations-per-eval", type=int, default=8, help="FeatureAblation: groups per forward")
     p.add_argument("--curve-points", type=int, default=11, help="points of the deletion/insertion curves")
     p.add_argument("--random-orders", type=int, default=3, help="random orders averaged for the random reference")
-    p.add_argument("--randomisation-stays", type=int, default=20,
-                   help="stays explained again with a re-initialised model (sanity check; 0 = skip)")
+    p.add_argument("--randomisation-stays", type=int, default=5,
+                   help="stays explained again by every model of the cascading randomisation check (one model per "
+                   "group of layers re-initialised, from the top; 0 = skip)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: the checkpoint's, else "
                    f"{DEFAULT_CACHE_DIR})")
     p.add_argument("--text-encoder", default=None,

@@ -180,3 +180,39 @@ def test_mean_baseline_is_built_on_the_models_device():
                                                          batch_size=1)
     assert event_mean.device.type == "meta" and static_mean.device.type == "meta"
     assert seen and all(d == "meta" for d in seen)
+
+
+class SharpStepModel(torch.nn.Module):
+    """The logit steps up sharply (width ~1/300 of the path) when the stay's mean text dimension 0 passes 0.47:
+    the shape of IG's integrand on long stays, flat near the baseline and steep in a narrow stretch."""
+
+    def __init__(self, sharpness=300.0, threshold=0.47):
+        super().__init__()
+        from test_explain import F, N_TYPES
+        self.sharpness, self.threshold = sharpness, threshold
+        self.input_projection = torch.nn.Linear(F, 1, bias=False)
+        with torch.no_grad():
+            self.input_projection.weight.zero_()
+            self.input_projection.weight[0, N_TYPES] = 1.0
+
+    def forward(self, events, mask, static, return_attention=False):
+        z = (self.input_projection(events)[..., 0] * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return 3.0 * torch.sigmoid(self.sharpness * (z - self.threshold)) + 0.1 * static.sum(-1)
+
+
+def test_piecewise_ig_is_complete_where_one_rule_over_the_whole_path_is_not():
+    from test_explain import N_TYPES
+    model = SharpStepModel()
+    events, mask, static = make_batch([12, 30, 7])
+    events[..., N_TYPES] = torch.tensor([1.0, 1.1, 0.9]).view(3, 1) * mask
+    _, _, change, delta = ex.integrated_gradients(model, events, mask, static, n_steps=128)
+    assert (delta.abs() > 0.05 * change.abs()).any()  # one Gauss-Legendre rule of 128 steps misses the step
+    ev, st, change, delta, steps = ex.refined_integrated_gradients(model, events, mask, static, n_steps=32,
+                                                                   max_n_steps=64)
+    assert (delta.abs() <= 0.05 * change.abs()).all() and (steps <= 64).all()
+    torch.testing.assert_close(ev.sum(1) + st.sum(1) - change, delta, atol=1e-4, rtol=0)
+    reference, _, _, _ = ex.integrated_gradients(model, events, mask, static, n_steps=1024)
+    assert (ev - reference).abs().sum(1).max() < 0.05 * change.abs().min()
+    lig, lig_change, lig_delta, lig_steps = ex.refined_layer_integrated_gradients(model, events, mask, static,
+                                                                                  n_steps=32, max_n_steps=64)
+    assert (lig_delta.abs() <= 0.05 * lig_change.abs()).all()
