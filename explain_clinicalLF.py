@@ -24,6 +24,7 @@ and sufficiency, rank agreement between methods, a model-randomisation sanity ch
 data has a `planted_risk` column, per-stay AUPRC of recovering the planted events.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -646,6 +647,20 @@ def _atomic_write(path, write):
     return path
 
 
+class StreamingCsv:
+    """A CSV written part by part to an open (temporary) file: the header once, then each part's rows."""
+
+    def __init__(self, path):
+        self.file, self.header = open(path, "w", newline=""), True
+
+    def write(self, frame):
+        frame.to_csv(self.file, index=False, header=self.header)
+        self.header = False
+
+    def close(self):
+        self.file.close()
+
+
 def write_csv(frame, path):
     return _atomic_write(path, lambda f: f.write(frame.to_csv(index=False).encode()))
 
@@ -948,41 +963,51 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     # the sanity check takes batches spread over the length-sorted stays, not only the shortest ones
     n_check = min(len(starts), math.ceil(randomisation_stays / batch_size)) if randomisation_stays else 0
     check_batches = set(np.linspace(0, len(starts) - 1, n_check).round().astype(int).tolist()) if n_check else set()
-    for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
-        chunk = stays[i:i + batch_size]
-        batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
-        mask, static = batch["mask"].bool(), batch["static"].float()
-        events = event_features_for_batch(model, batch, embedding_matrix)
-        out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
-        meta = []
-        for b, stay in enumerate(chunk):
-            n = len(stay.type_ids)
-            if int(mask[b].sum()) != n or (n and not bool(mask[b, :n].all())):
-                raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
-            meta.append(rows.iloc[stay.event_row_index.numpy()])
-        event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
-                                                   static_names, mask.cpu())
-        faith = faithfulness_for_batch(model, events, mask, static,
-                                       {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng,
-                                       max_rows=internal_batch_size)
-        randomised = None
-        if cascade and batch_number in check_batches:
-            k = math.ceil(randomisation_stays / len(check_batches))  # the check's stays spread over the batches
-            randomised = [(name, explain_batch(step_model, events[:k], mask[:k], static[:k], static_groups,
-                                               cascade_settings, event_baseline, static_baseline)["event"])
-                          for name, step_model in cascade]
-        in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
-        collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as outputs:
+        # the attribution tables are written batch by batch to temporary names, published when complete
+        writers = {name: StreamingCsv(outputs.enter_context(atomic_io.atomic_output(save_dir / name)))
+                   for name in ("event_attributions.csv", "static_attributions.csv")}
+        for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
+            chunk = stays[i:i + batch_size]
+            batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
+            mask, static = batch["mask"].bool(), batch["static"].float()
+            events = event_features_for_batch(model, batch, embedding_matrix)
+            out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
+            meta = []
+            for b, stay in enumerate(chunk):
+                n = len(stay.type_ids)
+                if int(mask[b].sum()) != n or (n and not bool(mask[b, :n].all())):
+                    raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
+                meta.append(rows.iloc[stay.event_row_index.numpy()])
+            event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
+                                                       static_names, mask.cpu())
+            faith = faithfulness_for_batch(model, events, mask, static,
+                                           {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng,
+                                           max_rows=internal_batch_size)
+            randomised = None
+            if cascade and batch_number in check_batches:
+                k = math.ceil(randomisation_stays / len(check_batches))  # the check's stays spread over the batches
+                randomised = [(name, explain_batch(step_model, events[:k], mask[:k], static[:k], static_groups,
+                                                   cascade_settings, event_baseline, static_baseline)["event"])
+                              for name, step_model in cascade]
+            in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
+            collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
+            writers["event_attributions.csv"].write(event_rows.sort_values(["stay_id", "method", "event_index"],
+                                                                           kind="stable"))
+            writers["static_attributions.csv"].write(static_rows.sort_values(["stay_id", "method"], kind="stable"))
 
+        for writer in writers.values():
+            writer.close()
     faithfulness = collected.faithfulness(settings, has_planted)
     faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,
                                 n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)),
                                 n_stays_outside_split=int(len(collected.in_split) - sum(collected.in_split)),
                                 note="--stay-ids stays outside the split are explained and drawn but not counted "
                                      "in the faithfulness measures")
-    save_dir = Path(save_dir)
-    paths = {"event_attributions.csv": write_csv(collected.event_frame(), save_dir / "event_attributions.csv"),
-             "static_attributions.csv": write_csv(collected.static_frame(), save_dir / "static_attributions.csv"),
+    paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
+             "static_attributions.csv": save_dir / "static_attributions.csv",
              "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
     if make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, stay_ids or []))
@@ -1043,6 +1068,7 @@ class Collected:
         self.steps_used = {"ig": [], "lig": []}
         self.pool_by_type, self.count_by_type = {}, {}
         self.query_rows = []
+        self._events_sorted = self._static_sorted = False
 
     def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None):
         """in_split[b]: stay b belongs to the explained split (a --stay-ids stay of another split is explained
@@ -1104,16 +1130,24 @@ class Collected:
             self.faith.setdefault(name, []).extend(records)
 
     def event_frame(self):
+        """Every event row, concatenated once (the parts are replaced by the one frame)."""
         if not self.event_parts:
             return pd.DataFrame(columns=["stay_id", *EVENT_COLUMNS, "method", "attribution"])
-        frame = pd.concat(self.event_parts, ignore_index=True)
-        return frame.sort_values(["stay_id", "method", "event_index"], kind="stable", ignore_index=True)
+        if len(self.event_parts) > 1 or not self._events_sorted:
+            frame = pd.concat(self.event_parts, ignore_index=True)
+            self.event_parts = [frame.sort_values(["stay_id", "method", "event_index"], kind="stable",
+                                                  ignore_index=True)]
+            self._events_sorted = True
+        return self.event_parts[0]
 
     def static_frame(self):
         if not self.static_parts:
             return pd.DataFrame(columns=["stay_id", "feature", "method", "attribution"])
-        frame = pd.concat(self.static_parts, ignore_index=True)
-        return frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)
+        if len(self.static_parts) > 1 or not self._static_sorted:
+            frame = pd.concat(self.static_parts, ignore_index=True)
+            self.static_parts = [frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)]
+            self._static_sorted = True
+        return self.static_parts[0]
 
     def prediction_frame(self):
         return pd.DataFrame(self.predictions)

@@ -216,3 +216,12 @@ def test_piecewise_ig_is_complete_where_one_rule_over_the_whole_path_is_not():
     lig, lig_change, lig_delta, lig_steps = ex.refined_layer_integrated_gradients(model, events, mask, static,
                                                                                   n_steps=32, max_n_steps=64)
     assert (lig_delta.abs() <= 0.05 * lig_change.abs()).all()
+
+
+def test_streaming_csv_writes_the_header_once_and_every_part(tmp_path):
+    writer = ex.StreamingCsv(tmp_path / "rows.csv")
+    writer.write(pd.DataFrame({"stay_id": [1, 1], "attribution": [0.5, -0.25]}))
+    writer.write(pd.DataFrame({"stay_id": [2], "attribution": [1.0]}))
+    writer.close()
+    back = pd.read_csv(tmp_path / "rows.csv")
+    assert back.stay_id.tolist() == [1, 1, 2] and back.attribution.tolist() == [0.5, -0.25, 1.0]
