@@ -141,7 +141,7 @@ def path_baselines(events, mask, static, event_baseline=None, static_baseline=No
 
 
 def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps=8, tolerance=0.05,
-                           max_n_steps=256):
+                           max_n_steps=256, max_rows=None):
     """(Layer)IG integrated piece by piece, with more pieces where the path is rough.
 
     Why: on stays of hundreds of events the integrand (gradient . (input - baseline)) is flat near the
@@ -156,7 +156,10 @@ def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps
     each with n Gauss-Legendre steps (Captum with that piece's start as baseline and its end as input).
     The path starts as n_steps // segment_steps equal pieces; while a stay's total |delta| exceeds
     `tolerance` x |change| and it has steps left (max_n_steps in all), its pieces with at least half of its
-    largest |delta| are halved. Returns (attributions summed over each stay's pieces, delta [B], steps [B])."""
+    largest |delta| are halved. At most `max_rows` pieces go into one Captum call (Captum's internal batch
+    cannot be smaller than its number of inputs). Returns (attributions summed over each stay's pieces,
+    delta [B], steps [B])."""
+    attribute = _in_chunks(attribute, max_rows)
     n_start = max(1, n_steps // segment_steps)
     edges = torch.linspace(0.0, 1.0, n_start + 1)
     rows = torch.arange(n_stays).repeat_interleave(n_start)
@@ -190,6 +193,21 @@ def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps
     return summed, total, steps
 
 
+def _in_chunks(attribute, max_rows):
+    """attribute(rows, a, b, n) called on at most max_rows pieces at a time, the results concatenated."""
+    if not max_rows:
+        return attribute
+
+    def chunked(rows, a, b, n):
+        if len(rows) <= max_rows:
+            return attribute(rows, a, b, n)
+        parts = [attribute(rows[i:i + max_rows], a[i:i + max_rows], b[i:i + max_rows], n)
+                 for i in range(0, len(rows), max_rows)]
+        attrs = tuple(torch.cat([p[0][k] for p in parts]) for k in range(len(parts[0][0])))
+        return attrs, torch.cat([p[1] for p in parts])
+    return chunked
+
+
 def _segment(start, end, rows, a, b):
     """Points start + a (end - start) and start + b (end - start) of the stays `rows`."""
     rows = rows.to(end.device)
@@ -221,7 +239,7 @@ def refined_integrated_gradients(model, events, mask, static, event_baseline=Non
         return (attr_events.sum(-1).detach() * m, attr_static.detach()), delta
 
     (ev, st), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
-                                                    tolerance, max_n_steps)
+                                                    tolerance, max_n_steps, internal_batch_size)
     return ev, st, change.detach(), delta.to(change.device), steps
 
 
@@ -275,7 +293,7 @@ def refined_layer_integrated_gradients(model, events, mask, static, event_baseli
         return (attr.sum(-1).detach() * mask[r],), delta
 
     (attr,), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
-                                                   tolerance, max_n_steps)
+                                                   tolerance, max_n_steps, internal_batch_size)
     return attr, change.detach(), delta.to(change.device), steps
 
 

@@ -225,3 +225,17 @@ def test_streaming_csv_writes_the_header_once_and_every_part(tmp_path):
     writer.close()
     back = pd.read_csv(tmp_path / "rows.csv")
     assert back.stay_id.tolist() == [1, 1, 2] and back.attribution.tolist() == [0.5, -0.25, 1.0]
+
+
+def test_no_forward_gets_more_rows_than_the_internal_batch_size():
+    model = HandBuiltModel(scale=1.0).eval()
+    events, mask, static = make_batch([6, 9, 4, 7, 5])
+    rows_seen = []
+    model.register_forward_pre_hook(lambda m, args: rows_seen.append(args[0].shape[0]))
+    settings = ex.ExplainSettings(n_steps=32, internal_batch_size=3, perturbations_per_eval=8)
+    out = ex.explain_batch(model, events, mask, static, STATIC_GROUPS, settings)  # 5 stays x 4 pieces, 5 x 8 ablations
+    assert max(rows_seen) <= 5  # 3 rows per IG pass; ablation: one group x 5 stays per forward
+    unbounded = ex.explain_batch(model, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=32,
+                                                                                               internal_batch_size=512))
+    for method in ex.SIGNED_METHODS:
+        torch.testing.assert_close(out["event"][method], unbounded["event"][method], atol=1e-4, rtol=1e-4)
