@@ -1657,6 +1657,12 @@ def format_summary(f):
                      f"{entry.get('comprehensiveness', {}).get('20%', float('nan')):>9.3f}"
                      f"{entry.get('sufficiency', {}).get('20%', float('nan')):>9.3f}"
                      f"{planted if planted is not None else float('nan'):>9.3f}")
+    for name in ("integrated_gradients", "layer_integrated_gradients"):
+        conv = f.get(f"{name}_convergence")
+        if conv and conv.get("n_stays"):
+            lines.append(f"{name} completeness: {conv['n_stays'] - conv['n_missed_tolerance']} of {conv['n_stays']} "
+                         f"stays within {conv['tolerance']:.0%} (median error {conv['relative_delta_median']:.3g}, "
+                         f"max {conv['relative_delta_max']:.3g}; {steps_used_label(conv['steps_used'])})")
     return "\n".join(lines)
 
 

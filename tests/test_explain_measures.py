@@ -157,6 +157,8 @@ def test_ig_figure_title_shows_the_steps_used_and_the_stays_that_missed_the_tole
     assert summary["n_missed_tolerance"] == 1 and summary["n_stays"] == 3
     title = ex.convergence_title(summary)
     assert "32-256 steps" in title and "1 of 3 stays above 5%" in title
+    printed = ex.format_summary({"methods": {}, "random": {}, "integrated_gradients_convergence": summary})
+    assert "integrated_gradients completeness: 2 of 3 stays within 5%" in printed
 
 
 def test_mean_baseline_is_built_on_the_models_device():
