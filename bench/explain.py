@@ -22,7 +22,9 @@ The model is train.MortalityTransformer with the default ModelConfig (d_model 25
 768-d text vectors; its weights are random, scaled so that its logits move by a few units over a stay as a
 trained model's do (a random model's tiny logit changes make IG converge at once, which would flatter both
 ways). Each (length, way) runs in its own process, so peak memory is its own. The last line holds name=value
-pairs: seconds_per_stay_<L>, straightforward_seconds_per_stay_<L>, speedup_<L>, peak_MiB_<L>.
+pairs: seconds_per_stay_<L>, cpu_seconds_per_stay_<L> (process CPU time: on a shared machine the fairer
+figure; on an idle 2-core machine the wall time is about half of it), straightforward_seconds_per_stay_<L>,
+speedup_<L> (wall), cpu_speedup_<L>, peak_MiB_<L>.
 """
 import argparse
 import json
@@ -69,7 +71,7 @@ def project_way(model, events, mask, static, args):
     settings = ex.ExplainSettings(n_steps=args.n_steps, ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
     rng = np.random.default_rng(0)
     steps, deltas = [], []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(events), args.batch_size):
         sl = slice(i, i + args.batch_size)
         out = ex.explain_batch(model, events[sl], mask[sl], static[sl], STATIC_GROUPS, settings)
@@ -77,16 +79,17 @@ def project_way(model, events, mask, static, args):
                                   settings.curve_points, settings.random_orders, rng)
         steps += out["ig_steps"].tolist()
         deltas += (out["ig_delta"].abs() / out["ig_change"].abs()).tolist()
-    explain_seconds = time.perf_counter() - start
+    explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     # the cascade: one stay explained by every randomised model (the IG start steps, no re-integration)
     import dataclasses
     cascade = ex.cascading_randomisation(model, seed=1)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _, step_model in cascade:
         ex.explain_batch(step_model, events[:1], mask[:1], static[:1], STATIC_GROUPS,
                          dataclasses.replace(settings, ig_tolerance=0.0))
-    cascade_seconds = time.perf_counter() - start
+    cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
+                explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu,
                 ig_steps=steps, ig_relative_delta=deltas)
 
 
@@ -137,7 +140,7 @@ def straightforward_way(model, events, mask, static, args):
     rng = np.random.default_rng(0)
     L = events.shape[1]
     steps = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for b in range(len(events)):
         x, s, m = events[b:b + 1], static[b:b + 1], mask[b:b + 1]
         scores, n_ig = explain_one_stay(model, x, s, m, args.n_steps, args.ig_tolerance, args.max_n_steps)
@@ -152,13 +155,13 @@ def straightforward_way(model, events, mask, static, args):
                 for keep in torch.cat([d, i, w, o]):
                     kept_events, kept = ex.without_absent_events(x, keep.view(1, L))
                     forward(kept_events, s, kept)
-    explain_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _, step_model in ex.cascading_randomisation(model, seed=1):
         explain_one_stay(step_model, events[:1], static[:1], mask[:1], args.n_steps, float("inf"), args.n_steps)
-    cascade_seconds = time.perf_counter() - start
+    cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
-                ig_steps=steps)
+                explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu, ig_steps=steps)
 
 
 def worker(args):
@@ -167,8 +170,9 @@ def worker(args):
     n = args.stays if args.way == "project" else args.straightforward_stays
     model, events, mask, static = build(args.worker_length, n, args.text_dim, args.seed)
     result = (project_way if args.way == "project" else straightforward_way)(model, events, mask, static, args)
-    result["seconds_per_stay"] = (result["explain_seconds_per_stay"]
-                                  + result["cascade_seconds_per_stay"] * args.randomisation_stays / 100)
+    share = args.randomisation_stays / 100
+    result["seconds_per_stay"] = result["explain_seconds_per_stay"] + result["cascade_seconds_per_stay"] * share
+    result["cpu_seconds_per_stay"] = result["explain_cpu_per_stay"] + result["cascade_cpu_per_stay"] * share
     result["peak_MiB"] = _common.peak_rss_mib()
     print(json.dumps(result))
 
@@ -207,20 +211,25 @@ def main():
                                                   *common])
         import numpy as np
         row = dict(events=length, stays=args.stays, seconds_per_stay=ours["seconds_per_stay"],
+                   cpu_s_per_stay=ours["cpu_seconds_per_stay"],
                    cascade_s_per_stay=ours["cascade_seconds_per_stay"], peak_MiB=ours["peak_MiB"],
                    ig_steps_median=float(np.median(ours["ig_steps"])), ig_steps_max=int(max(ours["ig_steps"])),
                    ig_within_tol=float(np.mean(np.asarray(ours["ig_relative_delta"]) <= args.ig_tolerance)),
                    load_avg=round(load, 1))
         headline[f"seconds_per_stay_{length}"] = ours["seconds_per_stay"]
+        headline[f"cpu_seconds_per_stay_{length}"] = ours["cpu_seconds_per_stay"]
         headline[f"peak_MiB_{length}"] = ours["peak_MiB"]
         if theirs is not None:
             row.update(straightforward_stays=args.straightforward_stays,
                        straightforward_s_per_stay=theirs["seconds_per_stay"],
+                       straightforward_cpu_s_per_stay=theirs["cpu_seconds_per_stay"],
                        straightforward_ig_steps_median=float(np.median(theirs["ig_steps"])),
                        straightforward_peak_MiB=theirs["peak_MiB"],
-                       speedup=theirs["seconds_per_stay"] / ours["seconds_per_stay"])
+                       speedup=theirs["seconds_per_stay"] / ours["seconds_per_stay"],
+                       cpu_speedup=theirs["cpu_seconds_per_stay"] / ours["cpu_seconds_per_stay"])
             headline[f"straightforward_seconds_per_stay_{length}"] = theirs["seconds_per_stay"]
             headline[f"speedup_{length}"] = row["speedup"]
+            headline[f"cpu_speedup_{length}"] = row["cpu_speedup"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     _common.print_table(rows, "explanation cost per stay (every method and measure; cascade amortised)")
