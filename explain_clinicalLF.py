@@ -24,7 +24,9 @@ and sufficiency, rank agreement between methods, a model-randomisation sanity ch
 data has a `planted_risk` column, per-stay AUPRC of recovering the planted events.
 """
 import argparse
+import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -128,27 +130,117 @@ def integrated_gradients(model, events, mask, static, event_baseline=None, stati
     return event_attr.detach(), attr_static.detach(), change.detach(), delta.detach()
 
 
-def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
-                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256):
-    """IG with `n_steps`, then, for the stays whose completeness error |delta| exceeds `tolerance` x |logit
-    change|, again with twice the steps, until they meet it or reach `max_n_steps`. Returns IG's outputs and
-    the steps used per stay [B]."""
-    ev, st, change, delta = integrated_gradients(model, events, mask, static, event_baseline, static_baseline,
-                                                 n_steps, internal_batch_size)
-    steps = torch.full((events.shape[0],), n_steps, dtype=torch.long)
-    n = n_steps
-    while tolerance and n * 2 <= max_n_steps:
-        bad = (delta.abs() > tolerance * change.abs() + 1e-4).cpu()
-        if not bad.any():
+def path_baselines(events, mask, static, event_baseline=None, static_baseline=None):
+    """IG's starting point: every real event at `event_baseline` ([F], default zeros), every padded position at
+    itself (so its attribution is exactly 0), the static features at `static_baseline` ([S], default zeros)."""
+    F, S = events.shape[-1], static.shape[-1]
+    event_baseline = torch.zeros(F) if event_baseline is None else event_baseline
+    static_baseline = torch.zeros(S) if static_baseline is None else static_baseline
+    base_events = torch.where(mask.unsqueeze(-1), event_baseline.to(events).expand_as(events), events)
+    return base_events, static_baseline.to(static).expand_as(static).clone()
+
+
+def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps=8, tolerance=0.05,
+                           max_n_steps=256, max_rows=None):
+    """(Layer)IG integrated piece by piece, with more pieces where the path is rough.
+
+    Why: on stays of hundreds of events the integrand (gradient . (input - baseline)) is flat near the
+    baseline and rough, with peaks at the scale of 1/200 of the path, where the events' text content grows
+    past the positional signal; doubling the steps of one Gauss-Legendre rule over the whole path spends
+    them mostly where nothing happens (measured in BENCHMARKS, "Explanations"). IG is additive over pieces of
+    the straight path, and each piece's completeness delta is exactly the quadrature error of that piece, so
+    the pieces that need steps are known.
+
+    attribute(stays [R], a [R], b [R], n) -> (attribution tuple of [R, ...], delta [R]): the attributions of the
+    path pieces from baseline + a (input - baseline) to baseline + b (input - baseline) of the given stays,
+    each with n Gauss-Legendre steps (Captum with that piece's start as baseline and its end as input).
+    The path starts as n_steps // segment_steps equal pieces; while a stay's total |delta| exceeds
+    `tolerance` x |change| and it has steps left (max_n_steps in all), its pieces with at least half of its
+    largest |delta| are halved. At most `max_rows` pieces go into one Captum call (Captum's internal batch
+    cannot be smaller than its number of inputs). Returns (attributions summed over each stay's pieces,
+    delta [B], steps [B])."""
+    attribute = _in_chunks(attribute, max_rows)
+    n_start = max(1, n_steps // segment_steps)
+    edges = torch.linspace(0.0, 1.0, n_start + 1)
+    rows = torch.arange(n_stays).repeat_interleave(n_start)
+    a, b = edges[:-1].repeat(n_stays), edges[1:].repeat(n_stays)
+    attrs, delta = attribute(rows, a, b, segment_steps)
+    attrs, delta = list(attrs), delta.detach().float().cpu()
+    change = change.detach().float().cpu()
+    while True:
+        total = torch.zeros(n_stays).index_add_(0, rows, delta)
+        steps = torch.bincount(rows, minlength=n_stays) * segment_steps
+        bad = (total.abs() > tolerance * change.abs() + 1e-4) & (steps + segment_steps <= max_n_steps)
+        if not tolerance or not bad.any():
             break
-        n *= 2
-        idx = bad.nonzero().flatten()
-        e2, s2, _, d2 = integrated_gradients(model, events[idx.to(events.device)], mask[idx.to(events.device)],
-                                             static[idx.to(events.device)], event_baseline, static_baseline, n,
-                                             internal_batch_size)
-        ev[idx.to(ev.device)], st[idx.to(st.device)], delta[idx.to(delta.device)] = e2, s2, d2
-        steps[idx] = n
-    return ev, st, change, delta, steps
+        split = torch.zeros(len(rows), dtype=torch.bool)
+        for stay in bad.nonzero().flatten().tolist():
+            pieces = (rows == stay).nonzero().flatten()
+            size = delta[pieces].abs()
+            budget = int((max_n_steps - steps[stay]) // segment_steps)  # each halving adds one piece
+            worst = pieces[torch.argsort(-size)][:budget]
+            split[worst[delta[worst].abs() >= 0.5 * size.max()]] = True
+        middle = (a[split] + b[split]) / 2
+        new_rows = rows[split].repeat(2)
+        new_a, new_b = torch.cat([a[split], middle]), torch.cat([middle, b[split]])
+        new_attrs, new_delta = attribute(new_rows, new_a, new_b, segment_steps)
+        keep = ~split
+        rows, a, b = torch.cat([rows[keep], new_rows]), torch.cat([a[keep], new_a]), torch.cat([b[keep], new_b])
+        delta = torch.cat([delta[keep], new_delta.detach().float().cpu()])
+        attrs = [torch.cat([old[keep.to(old.device)], new]) for old, new in zip(attrs, new_attrs)]
+    summed = tuple(torch.zeros(n_stays, *t.shape[1:], dtype=t.dtype, device=t.device).index_add_(
+        0, rows.to(t.device), t) for t in attrs)
+    return summed, total, steps
+
+
+def _in_chunks(attribute, max_rows):
+    """attribute(rows, a, b, n) called on at most max_rows pieces at a time, the results concatenated."""
+    if not max_rows:
+        return attribute
+
+    def chunked(rows, a, b, n):
+        if len(rows) <= max_rows:
+            return attribute(rows, a, b, n)
+        parts = [attribute(rows[i:i + max_rows], a[i:i + max_rows], b[i:i + max_rows], n)
+                 for i in range(0, len(rows), max_rows)]
+        attrs = tuple(torch.cat([p[0][k] for p in parts]) for k in range(len(parts[0][0])))
+        return attrs, torch.cat([p[1] for p in parts])
+    return chunked
+
+
+def _segment(start, end, rows, a, b):
+    """Points start + a (end - start) and start + b (end - start) of the stays `rows`."""
+    rows = rows.to(end.device)
+    shape = (-1,) + (1,) * (end.dim() - 1)
+    a, b = a.to(end).view(shape), b.to(end).view(shape)
+    s, e = start[rows], end[rows]
+    return s + a * (e - s), s + b * (e - s)
+
+
+def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
+                                 n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256,
+                                 segment_steps=8):
+    """IG of every event and static column, integrated piece-wise until complete within `tolerance`
+    (adaptive_path_integral). Returns event attributions [B,L], static attributions [B,S], the logit change
+    f(x) - f(baseline) [B], the completeness delta [B] and the steps used per stay [B]."""
+    base_events, base_static = path_baselines(events, mask, static, event_baseline, static_baseline)
+    forward = LogitForward(model)
+    ig = IntegratedGradients(forward)
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, base_static, mask)
+
+    def attribute(rows, a, b, n):
+        ev_a, ev_b = _segment(base_events, events, rows, a, b)
+        st_a, st_b = _segment(base_static, static, rows, a, b)
+        m = mask[rows.to(mask.device)]
+        (attr_events, attr_static), delta = ig.attribute(
+            (ev_b, st_b), baselines=(ev_a, st_a), target=None, additional_forward_args=(m,), n_steps=n,
+            internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        return (attr_events.sum(-1).detach() * m, attr_static.detach()), delta
+
+    (ev, st), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
+                                                    tolerance, max_n_steps, internal_batch_size)
+    return ev, st, change.detach(), delta.to(change.device), steps
 
 
 def find_input_projection(model):
@@ -162,17 +254,47 @@ def find_input_projection(model):
 
 def layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
                                internal_batch_size=None):
-    """LayerIG on the input projection's output, summed over its d_model units per event. The layer
-    baseline is the projection of the same input baseline as IG (padded positions: their own input, so
-    0 attribution); static features stay at their values (they are not on the interpolated path)."""
+    """Captum LayerIntegratedGradients on the input projection's output, summed over its d_model units per
+    event. It interpolates the events only: the static features stay at their real values along the path.
+    So it attributes logit(events, static) - logit(baseline events, static), not IG's
+    logit(events, static) - logit(baseline events, baseline static); where the classifier mixes static and
+    event features the two share out different totals (tested). Padded positions: baseline = input, so 0.
+    Returns event attributions [B,L], its own logit change [B] and completeness delta [B]."""
     F = events.shape[-1]
     event_baseline = torch.zeros(F) if event_baseline is None else event_baseline
     base_events = torch.where(mask.unsqueeze(-1), event_baseline.to(events).expand_as(events), events)
-    lig = LayerIntegratedGradients(LogitForward(model), find_input_projection(model))
-    attr = lig.attribute((events, static), baselines=(base_events, static), target=None,
-                         additional_forward_args=(mask,), n_steps=n_steps,
-                         internal_batch_size=internal_batch_size)
-    return (attr.sum(-1) * mask).detach()
+    forward = LogitForward(model)
+    lig = LayerIntegratedGradients(forward, find_input_projection(model))
+    attr, delta = lig.attribute((events, static), baselines=(base_events, static), target=None,
+                                additional_forward_args=(mask,), n_steps=n_steps,
+                                internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, static, mask)
+    return (attr.sum(-1) * mask).detach(), change.detach(), delta.detach()
+
+
+def refined_layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
+                                       internal_batch_size=None, tolerance=0.05, max_n_steps=256, segment_steps=8):
+    """LayerIG with its own completeness check, integrated piece-wise like IG (adaptive_path_integral; the
+    input projection is linear, so a piece of the input path maps to the same piece of the layer's path).
+    Static features stay at their values. Returns (event attributions [B,L], change [B], delta [B], steps [B])."""
+    base_events, _ = path_baselines(events, mask, static, event_baseline)
+    forward = LogitForward(model)
+    lig = LayerIntegratedGradients(forward, find_input_projection(model))
+    with torch.no_grad():
+        change = forward(events, static, mask) - forward(base_events, static, mask)
+
+    def attribute(rows, a, b, n):
+        ev_a, ev_b = _segment(base_events, events, rows, a, b)
+        r = rows.to(static.device)
+        attr, delta = lig.attribute((ev_b, static[r]), baselines=(ev_a, static[r]), target=None,
+                                    additional_forward_args=(mask[r],), n_steps=n,
+                                    internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        return (attr.sum(-1).detach() * mask[r],), delta
+
+    (attr,), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
+                                                   tolerance, max_n_steps, internal_batch_size)
+    return attr, change.detach(), delta.to(change.device), steps
 
 
 def static_group_mask(n_static, static_groups, first_id):
@@ -193,8 +315,8 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
     logit(without it). Returns event attributions [B,L] and static attributions [B, n_groups]."""
     B, L, F = events.shape
     S = static.shape[-1]
-    event_ids = torch.arange(L).view(1, L, 1).expand(1, L, F)
-    static_ids = static_group_mask(S, static_groups, first_id=L)
+    event_ids = torch.arange(L, device=events.device).view(1, L, 1).expand(1, L, F)
+    static_ids = static_group_mask(S, static_groups, first_id=L).to(static.device)
     static_baseline = torch.zeros(S) if static_baseline is None else static_baseline
     ablation = FeatureAblation(EventRemovalForward(model))
     with torch.no_grad():
@@ -210,7 +332,25 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
 @torch.no_grad()
 def attention_outputs(model, events, mask, static):
     logits, attn = model(events, mask, static, return_attention=True)
-    return logits, {k: v.detach() for k, v in attn.items()}
+    attn = {k: v.detach() for k, v in attn.items()}
+    scores = pooling_scores(model, attn["transformer_output"])
+    if scores is not None:
+        attn["pooling_scores"] = scores
+    return logits, attn
+
+
+@torch.no_grad()
+def pooling_scores(model, transformer_output):
+    """What attention pooling computes before its softmax: per pooling head h, the query's slice q_h
+    against the event's key slice pool.key(x)_h, / sqrt(d_head): [B, heads, L]. None for a model without
+    train.AttentionPooling's `pool.key`, `pool.query`, `pool.n_heads`."""
+    pool = getattr(model, "pool", None)
+    if pool is None or not all(hasattr(pool, name) for name in ("key", "query", "n_heads")):
+        return None
+    B, L, D = transformer_output.shape
+    h = pool.n_heads
+    keys = pool.key(transformer_output).view(B, L, h, D // h).transpose(1, 2)  # [B, h, L, dh]
+    return (keys @ pool.query.view(1, h, D // h, 1)).squeeze(-1) / math.sqrt(D // h)
 
 
 def pooling_weights(attn):
@@ -223,21 +363,51 @@ def group_static(static_attr, static_groups):
     return torch.stack([static_attr[:, list(cols)].sum(-1) for cols in static_groups.values()], dim=-1)
 
 
-def reinitialised_copy(model, seed=0):
-    """Model-randomisation sanity check (Adebayo et al., 2018): same architecture, fresh random weights.
-    Modules are reset with their own initialiser; parameters no initialiser touched (e.g. a bare pooling
+def _reinitialise(module, seed):
+    """Reset a module with its own initialisers; parameters no initialiser touched (e.g. a bare pooling
     query) are redrawn from N(0, 1/fan_in)."""
     torch.manual_seed(seed)
-    clone = copy.deepcopy(model)
-    before = {name: p.detach().clone() for name, p in clone.named_parameters()}
-    for module in clone.modules():
-        if module is not clone and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    params = [module] if isinstance(module, nn.Parameter) else list(module.parameters())
+    before = [p.detach().clone() for p in params]
+    if isinstance(module, nn.Module):
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
     with torch.no_grad():
-        for name, p in clone.named_parameters():
-            if torch.equal(p, before[name]) and p.numel() > 1:
+        for p, old in zip(params, before):
+            if torch.equal(p, old) and p.numel() > 1:
                 p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]))
-    return clone.eval()
+
+
+def randomisation_groups(model):
+    """The model's parameter groups from the output down (the cascade's order): bare parameters of the
+    model itself, then its child modules in reverse order of definition, a ModuleList layer by layer from
+    the last. For MortalityTransformer: classifier, pool, ln_f, layers.3 ... layers.0, input_proj."""
+    groups = [(name, p) for name, p in model.named_parameters(recurse=False)]
+    children = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            children += [(f"{name}.{i}", layer) for i, layer in enumerate(child)]
+        elif any(True for _ in child.parameters()):
+            children.append((name, child))
+    return groups + children[::-1]
+
+
+def cascading_randomisation(model, seed=0):
+    """Cascading model-randomisation check (Adebayo et al., 2018): [(group name, copy of the model with that
+    group and every group above it re-initialised)], from the top (output side) down to the input."""
+    steps, clone = [], copy.deepcopy(model)
+    names = [name for name, _ in randomisation_groups(model)]
+    for i, name in enumerate(names):
+        group = dict(randomisation_groups(clone))[name]
+        _reinitialise(group, seed + i)
+        steps.append((name, copy.deepcopy(clone).eval()))
+    return steps
+
+
+def reinitialised_copy(model, seed=0):
+    """The model with every group re-initialised (the cascade's last step)."""
+    return cascading_randomisation(model, seed)[-1][1]
 
 
 # -----------------------------------------------------------------------------
@@ -290,7 +460,7 @@ def eraser_masks(order, n_events, L, fractions=ERASER_FRACTIONS):
     return without, only
 
 
-def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=3, rng=None):
+def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=3, rng=None, max_rows=None):
     """For each stay with >= 1 event and each ranking in `scores` (name -> [B,L] scores towards the
     predicted class), the predicted-class probability along deletion/insertion curves and at the
     ERASER fractions. Returns {name: list of per-stay dicts}. "random" orders are added here."""
@@ -318,7 +488,8 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
             stacked.append(torch.cat([d, i, w, o]))
         width = int(real.max()) + 1  # this stay's own length, not the batch's
         masks = torch.stack(stacked)[..., :width].reshape(1, -1, width).to(events.device)
-        p = probabilities_with_masks(model, events[b:b + 1, :width], static[b:b + 1], masks)[0]
+        rows = max_rows or auto_rows(model, width, events.device, with_grad=False)
+        p = probabilities_with_masks(model, events[b:b + 1, :width], static[b:b + 1], masks, max_rows=rows)[0]
         p_class = p if predicted_death[b] else 1 - p
         p_full = full[b] if predicted_death[b] else 1 - full[b]
         per_order = p_class.view(len(all_orders), -1)
@@ -330,13 +501,25 @@ def faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_r
                        insertion_auc=float(np.trapezoid(row[n_points:2 * n_points].numpy(), x)),
                        comprehensiveness=(p_full - row[2 * n_points:2 * n_points + nf]).numpy(),
                        sufficiency=(p_full - row[2 * n_points + nf:]).numpy(),
-                       deletion_curve=row[:n_points].numpy(), insertion_curve=row[n_points:2 * n_points].numpy())
+                       deletion_curve=row[:n_points].numpy(), insertion_curve=row[n_points:2 * n_points].numpy(),
+                       stay_position=b, predicted_death=bool(predicted_death[b]))
             if name == "random":
                 random_rows.append(rec)
             else:
                 results[name].append(rec)
-        results["random"].append({k: np.mean([r[k] for r in random_rows], axis=0) for k in random_rows[0]})
+        summary = {k: np.mean([r[k] for r in random_rows], axis=0) for k in random_rows[0]}
+        # each random order as scores over the stay's real events (first = highest), for the planted floor
+        summary["order_scores"] = [_order_to_scores(o, real) for o in random_orders]
+        summary["stay_position"] = b
+        results["random"].append(summary)
     return results
+
+
+def _order_to_scores(order, real):
+    """An order of event positions -> a score per real event (in position order), higher = earlier."""
+    rank = torch.empty(int(real.max()) + 1, dtype=torch.float64)
+    rank[order] = torch.arange(len(order), 0, -1, dtype=torch.float64)
+    return rank[real].numpy()
 
 
 def summarise_faithfulness(records):
@@ -352,29 +535,56 @@ def summarise_faithfulness(records):
                 sufficiency=dict(zip(pct, map(float, suff))),
                 deletion_curve=np.mean([r["deletion_curve"] for r in records], axis=0).tolist(),
                 insertion_curve=np.mean([r["insertion_curve"] for r in records], axis=0).tolist(),
+                sufficiency_by_predicted_class=sufficiency_by_class(records, pct),
                 n_stays=len(records))
 
 
-def mean_rank_correlation(a_by_stay, b_by_stay):
-    """Mean Spearman correlation over stays with >= 3 events (skipping constant rankings)."""
+def sufficiency_by_class(records, pct):
+    """Sufficiency separately for stays predicted to die and to survive: over all stays the two classes'
+    values (keeping few events raises P(death) of one and lowers it of the other) average to about the same
+    number for every method."""
+    out = {}
+    for name, wanted in (("death", True), ("survival", False)):
+        chosen = [r["sufficiency"] for r in records if r.get("predicted_death") == wanted]
+        out[name] = dict(zip(pct, map(float, np.mean(chosen, axis=0)))) if chosen else None
+        out[f"n_{name}"] = len(chosen)
+    return out
+
+
+def mean_rank_correlation(a_by_stay, b_by_stay, absolute=False):
+    """Mean Spearman correlation over stays with >= 3 events (skipping constant rankings); absolute=True
+    compares |a| with |b| (how much each event matters, whatever its direction)."""
     rhos = []
     for a, b in zip(a_by_stay, b_by_stay):
+        if absolute:
+            a, b = np.abs(a), np.abs(b)
         if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
             rhos.append(spearmanr(a, b).statistic)
     return (float(np.mean(rhos)) if rhos else None), len(rhos)
 
 
-def planted_recovery(scores_by_stay, planted_by_stay):
-    """Per-stay AUPRC of ranking the planted events first (stays with both planted and other events),
-    and the random floor = mean fraction of planted events (the expected AUPRC of a random ranking)."""
+def planted_recovery(scores_by_stay, planted_by_stay, random_scores_by_stay=None):
+    """Per-stay AUPRC of ranking the planted events first (stays with both planted and other events).
+    The random floor is the same AUPRC scored on the random orders the faithfulness curves drew
+    (`random_scores_by_stay[i]`: a list of score arrays of stay i): a random ranking's expected average
+    precision is above the share of planted events when a stay has few of them (with one planted event of
+    n it is H_n / n, not 1/n). Returns (mean AUPRC, random floor or None, number of stays)."""
     aps, floor = [], []
-    for s, y in zip(scores_by_stay, planted_by_stay):
+    random_scores_by_stay = random_scores_by_stay or [None] * len(scores_by_stay)
+    for s, y, random_orders in zip(scores_by_stay, planted_by_stay, random_scores_by_stay):
         if 0 < y.sum() < len(y):
             aps.append(average_precision_score(y, s))
-            floor.append(y.mean())
+            if random_orders:
+                floor.append(np.mean([average_precision_score(y, r) for r in random_orders]))
     if not aps:
         return None, None, 0
-    return float(np.mean(aps)), float(np.mean(floor)), len(aps)
+    return float(np.mean(aps)), (float(np.mean(floor)) if floor else None), len(aps)
+
+
+def planted_share(planted_by_stay):
+    """Mean share of planted events per stay (stays with both kinds): a lower bound, not the random floor."""
+    shares = [y.mean() for y in planted_by_stay if 0 < y.sum() < len(y)]
+    return float(np.mean(shares)) if shares else None
 
 
 # -----------------------------------------------------------------------------
@@ -417,6 +627,10 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
     rows = []
     query_ok = m.view(1, B, 1, L).expand(n_layers, B, H, L)  # only real queries count
     entropy = -(A.clamp_min(1e-12).log() * A).sum(-1)
+    n_keys = m.sum(1).float().view(1, B, 1, 1)
+    # / log n: 1 = uniform over the stay's n events, whatever n (undefined for one event: left out)
+    entropy_normalised = entropy / n_keys.clamp_min(2).log()
+    several = (n_keys >= 2).expand_as(entropy)
     peak = A.max(-1).values
     self_w = torch.diagonal(A, dim1=-2, dim2=-1)
     if hours_before is not None:
@@ -430,6 +644,8 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
                 continue
             row = dict(layer=layer, head=head,
                        entropy=float(entropy[layer, :, head][sel].mean()),
+                       entropy_normalised=float(entropy_normalised[layer, :, head][sel & several[layer, :, head]].mean())
+                       if (sel & several[layer, :, head]).any() else float("nan"),
                        max_weight=float(peak[layer, :, head][sel].mean()),
                        self_weight=float(self_w[layer, :, head][sel].mean()))
             if hours_before is not None:
@@ -447,6 +663,20 @@ def _atomic_write(path, write):
     with atomic_io.atomic_output(path) as tmp, open(tmp, "wb") as f:
         write(f)
     return path
+
+
+class StreamingCsv:
+    """A CSV written part by part to an open (temporary) file: the header once, then each part's rows."""
+
+    def __init__(self, path):
+        self.file, self.header = open(path, "w", newline=""), True
+
+    def write(self, frame):
+        frame.to_csv(self.file, index=False, header=self.header)
+        self.header = False
+
+    def close(self):
+        self.file.close()
 
 
 def write_csv(frame, path):
@@ -478,7 +708,8 @@ def _json_default(o):
 @dataclass
 class ExplainSettings:
     n_steps: int = 32                   # IG / LayerIG integration steps (Gauss-Legendre)
-    internal_batch_size: int | None = 512  # rows (stays x steps) per IG forward/backward chunk
+    internal_batch_size: int | None = None  # rows (stays x steps) per IG forward/backward chunk; None = from the
+                                            # free memory (auto_rows); it also bounds ablation and curve forwards
     baseline: str = "zero"              # IG/LayerIG event baseline and static baseline: "zero" or "mean"
     perturbations_per_eval: int = 8     # FeatureAblation: ablated groups per forward
     curve_points: int = 11              # deletion/insertion curves: 0%, 10%, ..., 100% of events
@@ -488,29 +719,54 @@ class ExplainSettings:
     max_n_steps: int = 256              # change are re-integrated with 2x steps, up to max_n_steps
 
 
+def free_memory_bytes(device):
+    """Memory free now on `device` (CUDA: the GPU's; CPU: the machine's available memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def activation_bytes_per_row(model, length, with_grad):
+    """A generous estimate of the activation memory one row (stay x step) of length `length` needs in the
+    model's forward (with_grad: everything kept for the backward pass; without: about one layer at a time)."""
+    config = getattr(model, "config", None)
+    d, layers, d_ff, heads = ((config.d_model, config.n_layers, config.d_ff, config.n_heads) if config is not None
+                              else (256, 4, 512, 8))
+    per_layer = length * (12 * d + 3 * d_ff) + 3 * heads * length * length  # floats; attention weights L x L
+    return 4 * 2 * per_layer * (layers if with_grad else 2)
+
+
+def auto_rows(model, length, device, with_grad, share=0.25, cap=1024):
+    """Rows per forward (with_grad: IG/LayerIG's internal batch) that fit in `share` of the free memory."""
+    rows = int(share * free_memory_bytes(device) // activation_bytes_per_row(model, max(length, 1), with_grad))
+    return max(1, min(cap, rows))
+
+
 def explain_batch(model, events, mask, static, static_groups, settings, event_baseline=None,
                   static_baseline=None):
     """Every method on one batch. Returns event attributions {method: [B,L]}, static attributions
     {method: [B,G]}, the logits, IG's logit change and convergence delta, and the attention outputs."""
     logits, attn = attention_outputs(model, events, mask, static)
+    rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=True)
     ig_events, ig_static, ig_change, ig_delta, ig_steps = refined_integrated_gradients(
-        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, settings.internal_batch_size,
+        model, events, mask, static, event_baseline, static_baseline, settings.n_steps, rows,
         settings.ig_tolerance, settings.max_n_steps)
-    lig_events = layer_integrated_gradients(model, events, mask, static, event_baseline, settings.n_steps,
-                                            settings.internal_batch_size)
-    for n in ig_steps.unique().tolist():  # LayerIG with the steps IG needed for each stay
-        if n != settings.n_steps:
-            idx = (ig_steps == n).nonzero().flatten().to(events.device)
-            lig_events[idx] = layer_integrated_gradients(model, events[idx], mask[idx], static[idx], event_baseline,
-                                                         n, settings.internal_batch_size)
-    fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline,
-                                            settings.perturbations_per_eval)
+    lig_events, lig_change, lig_delta, lig_steps = refined_layer_integrated_gradients(
+        model, events, mask, static, event_baseline, settings.n_steps, rows, settings.ig_tolerance,
+        settings.max_n_steps)
+    # FeatureAblation runs perturbations_per_eval x B rows per forward: bounded by the same memory budget
+    forward_rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=False)
+    per_eval = max(1, min(settings.perturbations_per_eval, forward_rows // max(1, events.shape[0])))
+    fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline, per_eval)
     event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
                   "feature_ablation": fa_events, "attention_pooling": pooling_weights(attn) * mask}
     static_attr = {"integrated_gradients": group_static(ig_static, static_groups), "feature_ablation": fa_static}
     cpu = lambda d: {k: v.detach().float().cpu() for k, v in d.items()}  # noqa: E731
     return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(),
                 ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), ig_steps=ig_steps,
+                lig_change=lig_change.float().cpu(), lig_delta=lig_delta.float().cpu(), lig_steps=lig_steps,
                 attention=cpu(attn))
 
 
@@ -640,16 +896,23 @@ def choose_stays(table, split_of_stay, split, max_stays, stay_ids, data_path):
     return sorted(set(chosen) | set(stay_ids or []))
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
 def mean_training_baselines(train, model, table, split_of_stay, preprocessor, prepare, batch_size):
     """Training-mean event vector [F] and static vector [S] (the "mean" baseline option)."""
     rows = table[table["stay_id"].isin(split_of_stay.index[split_of_stay == "train"])].reset_index(drop=True)
     stays, embedding_matrix = prepare(rows)
+    device = model_device(model)  # the matrix may come back on another device than the model's
+    embedding_matrix = embedding_matrix.to(device)
     total_events, n_events, statics = 0.0, 0, []
     for i in range(0, len(stays), batch_size):
-        batch = {k: v.to(embedding_matrix.device) for k, v in train.collate_stays(stays[i:i + batch_size]).items()}
+        batch = train.collate_stays(stays[i:i + batch_size])
+        n_events += int(batch["mask"].sum())  # counted on the CPU: no device sync per batch
+        batch = {k: v.to(device) for k, v in batch.items()}
         events = event_features_for_batch(model, batch, embedding_matrix)
         total_events = total_events + events.sum((0, 1))
-        n_events += int(batch["mask"].sum())
         statics.append(batch["static"])
     return total_events / max(n_events, 1), torch.cat(statics).mean(0)
 
@@ -670,9 +933,9 @@ def _default_cache_dir(args):
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
                                 save_dir=DEFAULT_SAVE_DIR, split="test", max_stays=100, stay_ids=None,
-                                batch_size=16, n_steps=32, internal_batch_size=512, baseline="zero",
+                                batch_size=16, n_steps=32, internal_batch_size=None, baseline="zero",
                                 perturbations_per_eval=8, curve_points=11, random_orders=3,
-                                randomisation_stays=20, cache_dir=None, text_encoder=None, device="cpu",
+                                randomisation_stays=5, cache_dir=None, text_encoder=None, device="cpu",
                                 max_events=None, seed=0, make_figures=True, show_progress=True, ig_tolerance=0.05,
                                 max_n_steps=256):
     """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
@@ -710,41 +973,60 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
 
     # length-sorted batches: little padding, so little wasted compute
     stays = sorted(stays, key=lambda s: (len(s.type_ids), s.stay_id))
-    random_model = reinitialised_copy(model, seed=seed + 1) if randomisation_stays else None
+    cascade = cascading_randomisation(model, seed=seed + 1) if randomisation_stays else []
+    # the randomised models are explained with IG's starting steps: rank correlations need no re-integration
+    cascade_settings = dataclasses.replace(settings, ig_tolerance=0.0)
     collected = Collected(static_names=static_names)
     rng = np.random.default_rng(seed)
     starts = list(range(0, len(stays), batch_size))
     # the sanity check takes batches spread over the length-sorted stays, not only the shortest ones
     n_check = min(len(starts), math.ceil(randomisation_stays / batch_size)) if randomisation_stays else 0
     check_batches = set(np.linspace(0, len(starts) - 1, n_check).round().astype(int).tolist()) if n_check else set()
-    for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
-        chunk = stays[i:i + batch_size]
-        batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
-        mask, static = batch["mask"].bool(), batch["static"].float()
-        events = event_features_for_batch(model, batch, embedding_matrix)
-        out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
-        meta = []
-        for b, stay in enumerate(chunk):
-            n = len(stay.type_ids)
-            if int(mask[b].sum()) != n or (n and not bool(mask[b, :n].all())):
-                raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
-            meta.append(rows.iloc[stay.event_row_index.numpy()])
-        event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
-                                                   static_names, mask.cpu())
-        faith = faithfulness_for_batch(model, events, mask, static,
-                                       {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng)
-        randomised = None
-        if random_model is not None and batch_number in check_batches:
-            randomised = explain_batch(random_model, events, mask, static, static_groups, settings,
-                                       event_baseline, static_baseline)
-        collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as outputs:
+        # the attribution tables are written batch by batch to temporary names, published when complete
+        writers = {name: StreamingCsv(outputs.enter_context(atomic_io.atomic_output(save_dir / name)))
+                   for name in ("event_attributions.csv", "static_attributions.csv")}
+        for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
+            chunk = stays[i:i + batch_size]
+            batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
+            mask, static = batch["mask"].bool(), batch["static"].float()
+            events = event_features_for_batch(model, batch, embedding_matrix)
+            out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
+            meta = []
+            for b, stay in enumerate(chunk):
+                n = len(stay.type_ids)
+                if int(mask[b].sum()) != n or (n and not bool(mask[b, :n].all())):
+                    raise RuntimeError(f"stay {stay.stay_id}: collate_stays did not put its {n} events first")
+                meta.append(rows.iloc[stay.event_row_index.numpy()])
+            event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
+                                                       static_names, mask.cpu())
+            faith = faithfulness_for_batch(model, events, mask, static,
+                                           {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng,
+                                           max_rows=internal_batch_size)
+            randomised = None
+            if cascade and batch_number in check_batches:
+                k = math.ceil(randomisation_stays / len(check_batches))  # the check's stays spread over the batches
+                randomised = [(name, explain_batch(step_model, events[:k], mask[:k], static[:k], static_groups,
+                                                   cascade_settings, event_baseline, static_baseline)["event"])
+                              for name, step_model in cascade]
+            in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
+            collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
+            writers["event_attributions.csv"].write(event_rows.sort_values(["stay_id", "method", "event_index"],
+                                                                           kind="stable"))
+            writers["static_attributions.csv"].write(static_rows.sort_values(["stay_id", "method"], kind="stable"))
 
+        for writer in writers.values():
+            writer.close()
     faithfulness = collected.faithfulness(settings, has_planted)
     faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,
-                                n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)))
-    save_dir = Path(save_dir)
-    paths = {"event_attributions.csv": write_csv(collected.event_frame(), save_dir / "event_attributions.csv"),
-             "static_attributions.csv": write_csv(collected.static_frame(), save_dir / "static_attributions.csv"),
+                                n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)),
+                                n_stays_outside_split=int(len(collected.in_split) - sum(collected.in_split)),
+                                note="--stay-ids stays outside the split are explained and drawn but not counted "
+                                     "in the faithfulness measures")
+    paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
+             "static_attributions.csv": save_dir / "static_attributions.csv",
              "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
     if make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, stay_ids or []))
@@ -761,6 +1043,33 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                 analyses=analyses)
 
 
+def convergence_summary(relative_deltas, steps_used, settings):
+    """Completeness of (Layer)IG over stays: quantiles of |delta| / |logit change|, how many stays missed
+    the tolerance, and the steps used."""
+    deltas = np.asarray(relative_deltas, dtype=float)
+    have = len(deltas) > 0
+    return dict(relative_delta_median=float(np.median(deltas)) if have else None,
+                relative_delta_p95=float(np.quantile(deltas, 0.95)) if have else None,
+                relative_delta_max=float(deltas.max()) if have else None,
+                share_within_tolerance=float((deltas <= settings.ig_tolerance).mean()) if have else None,
+                n_stays=int(len(deltas)), n_missed_tolerance=int((deltas > settings.ig_tolerance).sum()),
+                tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
+                steps_used={str(k): int(v) for k, v in zip(*np.unique(steps_used, return_counts=True))},
+                note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+
+
+def rank_agreement(scores):
+    """Mean per-stay Spearman between methods, like with like: two signed methods on their signed scores;
+    attention (>= 0, no direction) against the absolute value of a signed method."""
+    agreement = {}
+    for i, a in enumerate(METHODS):
+        for b in METHODS[i + 1:]:
+            unsigned = a not in SIGNED_METHODS or b not in SIGNED_METHODS
+            key = f"{a} vs {b}" + (" (absolute values)" if unsigned else "")
+            agreement[key] = mean_rank_correlation(scores[a], scores[b], absolute=unsigned)[0]
+    return agreement
+
+
 class Collected:
     """Everything the batches produce that the outputs, faithfulness figures and plots need."""
 
@@ -768,13 +1077,24 @@ class Collected:
         self.static_names = static_names
         self.event_parts, self.static_parts, self.predictions, self.stays = [], [], [], []
         self.scores = {m: [] for m in METHODS}
-        self.random_scores = {m: ([], []) for m in METHODS}  # (original, re-initialised model) per stay
+        # cascading randomisation: {step name: {method: (original scores, randomised scores) per stay}}
+        self.cascade = {}
         self.planted, self.faith = [], {}
-        self.ig_relative_delta, self.ig_steps, self.layer_patterns = [], [], []
+        self.in_split, self.random_order_scores = [], []  # per stay, aligned with self.scores
+        self.layer_patterns = []
+        # completeness per stay of IG and LayerIG: |delta| / |logit change| and the steps used
+        self.relative_delta = {"ig": [], "lig": []}
+        self.steps_used = {"ig": [], "lig": []}
         self.pool_by_type, self.count_by_type = {}, {}
         self.query_rows = []
+        self._events_sorted = self._static_sorted = False
 
-    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted):
+    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None):
+        """in_split[b]: stay b belongs to the explained split (a --stay-ids stay of another split is explained
+        and drawn, but kept out of the faithfulness figures)."""
+        in_split = [True] * len(chunk) if in_split is None else list(in_split)
+        random_orders = {r["stay_position"]: r["order_scores"] for r in faith.get("random", [])}
+        faith = {name: [r for r in records if in_split[r["stay_position"]]] for name, records in faith.items()}
         self.event_parts.append(event_rows)
         self.static_parts.append(static_rows)
         attn = out["attention"]
@@ -787,15 +1107,23 @@ class Collected:
                                          mortality=int(stay.label), n_events=n))
             for method in METHODS:
                 self.scores[method].append(out["event"][method][b, :n].double().numpy())
-                if randomised is not None:
-                    self.random_scores[method][0].append(out["event"][method][b, :n].double().numpy())
-                    self.random_scores[method][1].append(randomised["event"][method][b, :n].double().numpy())
+                for step, random_event in (randomised if in_split[b] else None) or []:
+                    if b >= random_event[method].shape[0]:
+                        continue  # not one of the check's stays
+                    pair = self.cascade.setdefault(step, {m: ([], []) for m in METHODS})[method]
+                    pair[0].append(out["event"][method][b, :n].double().numpy())
+                    pair[1].append(random_event[method][b, :n].double().numpy())
             if has_planted:
                 self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=int))
-            self.ig_steps.append(int(out["ig_steps"][b]))
-            change = float(out["ig_change"][b])
-            if abs(change) > 1e-6:
-                self.ig_relative_delta.append(abs(float(out["ig_delta"][b])) / abs(change))
+            self.in_split.append(bool(in_split[b]))
+            self.random_order_scores.append(random_orders.get(b))
+            for key in ("ig", "lig"):
+                if not in_split[b]:
+                    continue
+                self.steps_used[key].append(int(out[f"{key}_steps"][b]))
+                change = float(out[f"{key}_change"][b])
+                if abs(change) > 1e-6:
+                    self.relative_delta[key].append(abs(float(out[f"{key}_delta"][b])) / abs(change))
             received = attn["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
             self.stays.append(dict(stay_id=int(stay.stay_id), meta=m.reset_index(drop=True), label=int(stay.label),
                                    probability=1 / (1 + math.exp(-logit)),
@@ -804,14 +1132,16 @@ class Collected:
                                    static={k: out["static"][k][b].numpy() for k in out["static"]}))
             pool = attn["pooling_attention"][b, :, 0, :n]  # [heads, n]
             for j, event_type in enumerate(m["event_type"].astype(str)):
-                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy()
+                # weight x the event's own stay length: 1 = what a uniform head gives an event of that stay
+                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy() * n
                 self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + 1
-            if n:
-                outputs = attn["transformer_output"][b, :n]
-                cos = torch.nn.functional.cosine_similarity(outputs, attn["query"].view(1, -1).to(outputs), dim=-1)
-                self.query_rows.append(pd.DataFrame(dict(event_type=m["event_type"].astype(str).to_numpy(),
-                                                         hours_before=hours[b, :n].numpy(), cosine=cos.numpy(),
-                                                         pooling_weight=pool.mean(0).numpy())))
+            if n and "pooling_scores" in attn:
+                scores = attn["pooling_scores"][b, :, :n]  # [heads, n]
+                heads = scores.shape[0]
+                self.query_rows.append(pd.DataFrame(dict(
+                    event_type=np.tile(m["event_type"].astype(str).to_numpy(), heads),
+                    hours_before=np.tile(hours[b, :n].numpy(), heads), head=np.repeat(np.arange(heads), n),
+                    score=scores.reshape(-1).numpy(), pooling_weight=pool.reshape(-1).numpy())))
         patterns = analyze_layer_attention_patterns(attn["layer_attention"], mask, hours)
         patterns["n_stays"] = int((mask.sum(1) > 0).sum())
         self.layer_patterns.append(patterns)
@@ -819,16 +1149,24 @@ class Collected:
             self.faith.setdefault(name, []).extend(records)
 
     def event_frame(self):
+        """Every event row, concatenated once (the parts are replaced by the one frame)."""
         if not self.event_parts:
             return pd.DataFrame(columns=["stay_id", *EVENT_COLUMNS, "method", "attribution"])
-        frame = pd.concat(self.event_parts, ignore_index=True)
-        return frame.sort_values(["stay_id", "method", "event_index"], kind="stable", ignore_index=True)
+        if len(self.event_parts) > 1 or not self._events_sorted:
+            frame = pd.concat(self.event_parts, ignore_index=True)
+            self.event_parts = [frame.sort_values(["stay_id", "method", "event_index"], kind="stable",
+                                                  ignore_index=True)]
+            self._events_sorted = True
+        return self.event_parts[0]
 
     def static_frame(self):
         if not self.static_parts:
             return pd.DataFrame(columns=["stay_id", "feature", "method", "attribution"])
-        frame = pd.concat(self.static_parts, ignore_index=True)
-        return frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)
+        if len(self.static_parts) > 1 or not self._static_sorted:
+            frame = pd.concat(self.static_parts, ignore_index=True)
+            self.static_parts = [frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)]
+            self._static_sorted = True
+        return self.static_parts[0]
 
     def prediction_frame(self):
         return pd.DataFrame(self.predictions)
@@ -845,29 +1183,38 @@ class Collected:
         result = {"methods": {}, "random": summarise_faithfulness(self.faith.get("random", []))}
         for method in METHODS:
             entry = summarise_faithfulness(self.faith.get(method, []))
-            rho, n = mean_rank_correlation(*self.random_scores[method])
-            entry["randomisation_spearman"] = rho  # low = attributions depend on the learned weights
+            last = self.cascade[list(self.cascade)[-1]][method] if self.cascade else ([], [])
+            rho, n = mean_rank_correlation(*last)
+            entry["randomisation_spearman"] = rho  # every group re-initialised; low = depends on learned weights
             entry["randomisation_n_stays"] = n
             if has_planted:
-                auprc, floor, n_planted = planted_recovery(self.scores[method], self.planted)
+                keep = [i for i, ok in enumerate(self.in_split) if ok]
+                auprc, floor, n_planted = planted_recovery([self.scores[method][i] for i in keep],
+                                                           [self.planted[i] for i in keep],
+                                                           [self.random_order_scores[i] for i in keep])
                 entry["planted_auprc"] = auprc
                 entry["planted_n_stays"] = n_planted
                 result["random"]["planted_auprc"] = floor
+                result["random"]["planted_share"] = planted_share([self.planted[i] for i in keep])
             result["methods"][method] = entry
-        agreement = {}
-        for i, a in enumerate(METHODS):
-            for b in METHODS[i + 1:]:
-                agreement[f"{a} vs {b}"] = mean_rank_correlation(self.scores[a], self.scores[b])[0]
-        result["rank_agreement_spearman"] = agreement
-        deltas = np.asarray(self.ig_relative_delta)
-        result["integrated_gradients_convergence"] = dict(
-            relative_delta_median=float(np.median(deltas)) if len(deltas) else None,
-            relative_delta_p95=float(np.quantile(deltas, 0.95)) if len(deltas) else None,
-            relative_delta_max=float(deltas.max()) if len(deltas) else None,
-            share_within_tolerance=float((deltas <= settings.ig_tolerance).mean()) if len(deltas) else None,
-            tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
-            steps_used={str(k): int(v) for k, v in zip(*np.unique(self.ig_steps, return_counts=True))},
-            note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+        result["randomisation_cascade"] = [
+            dict(step=step, methods={m: dict(zip(("spearman", "n_stays"), mean_rank_correlation(*pairs[m])),
+                                              spearman_abs=mean_rank_correlation(*pairs[m], absolute=True)[0])
+                                     for m in METHODS})
+            for step, pairs in self.cascade.items()]
+        result["randomisation_note"] = (
+            "cascading model randomisation (Adebayo et al. 2018): groups of weights re-initialised from the output "
+            "down, cumulatively; Spearman of each method's per-event scores (signed, and of their absolute values) "
+            "between the trained and the randomised model, mean over stays; a method that depends on the learned "
+            "weights falls towards 0 as more groups are randomised")
+        in_split = [i for i, ok in enumerate(self.in_split) if ok]
+        result["rank_agreement_spearman"] = rank_agreement({m: [self.scores[m][i] for i in in_split] for m in METHODS})
+        for key, name in (("ig", "integrated_gradients"), ("lig", "layer_integrated_gradients")):
+            result[f"{name}_convergence"] = convergence_summary(self.relative_delta[key], self.steps_used[key],
+                                                                 settings)
+        result["layer_integrated_gradients_convergence"]["note"] = (
+            "LayerIG's own completeness: logit(events, static) - logit(baseline events, static); static "
+            "features stay at their values on its path")
         result["settings"] = dict(n_steps=settings.n_steps, baseline=settings.baseline,
                                   curve_points=settings.curve_points, random_orders=settings.random_orders,
                                   eraser_fractions=list(ERASER_FRACTIONS),
@@ -875,6 +1222,11 @@ class Collected:
                                          "(insertion) in attribution order towards the predicted class; area "
                                          "over the fraction of events; deletion lower = better, insertion higher "
                                          "= better; comprehensiveness higher = better, sufficiency lower = better")
+        result["eraser_note"] = (
+            "comprehensiveness at 1% removes one event in stays of up to 100 events: the single event whose "
+            "removal changes the prediction most is by construction what feature_ablation ranks first, so "
+            "ablation wins at 1% by construction; compare methods at 5-20%. Sufficiency is given per predicted "
+            "class (sufficiency_by_predicted_class) because its all-stay mean is about the same for every method")
         if not has_planted:
             result["planted_note"] = "no planted_risk column in the data: planted-event recovery not measured"
         return result
@@ -934,15 +1286,27 @@ def fig_layer_attention(collected, path):
                  "; ".join(_short(meta['event_text'].iloc[order[j]], 30) for j in top[:3]), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.025)
     ax = axes[1]
-    pivot = patterns.pivot(index="layer", columns="head", values="entropy")
-    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r")
+    pivot = patterns.pivot(index="layer", columns="head", values="entropy_normalised")
+    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r", vmin=0, vmax=1)
     ax.set_xticks(range(pivot.shape[1]), pivot.columns)
     ax.set_yticks(range(pivot.shape[0]), pivot.index)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("Mean attention entropy over explained stays\n(low = focused on few events)", fontsize=9)
+    ax.set_title("Mean attention entropy / log(events in the stay)\n(1 = uniform, low = focused on few events)",
+                 fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     return save_figure(fig, path)
+
+
+def window_importance(rows, edges=(0, 1, 2, 4, 8, 12, 24, 48, np.inf)):
+    """One method's event_attributions rows -> per window of hours before the prediction: number of events
+    and mean of |attribution| / its stay's mean |attribution| (each stay weighs the same, whatever the
+    scale of its attributions; 1 = the stay's average event)."""
+    magnitude = rows["attribution"].abs()
+    per_stay = magnitude.groupby(rows["stay_id"]).transform("mean")
+    relative = (magnitude / per_stay.where(per_stay > 0)).fillna(0.0).to_numpy()
+    hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    return analyze_critical_time_periods(relative[None], hours[None], np.ones((1, len(rows)), bool), edges)
 
 
 def fig_sequence_importance(collected, path):
@@ -955,22 +1319,18 @@ def fig_sequence_importance(collected, path):
         rows = frame[frame.method == method]
         if rows.empty:
             continue
-        hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
-        table = analyze_critical_time_periods(rows["attribution"].to_numpy()[None], hours[None],
-                                              np.ones((1, len(rows)), bool), edges)
+        table = window_importance(rows, edges)
         table = table[table.n_events > 0]
-        overall = np.abs(rows["attribution"].to_numpy()).mean()
-        # per-event importance relative to the method's average event: windows with many events do not win
-        ax.plot(range(len(table)), table["mean_weight"] / max(overall, 1e-12), marker="o", label=METHOD_LABELS[method])
+        ax.plot(range(len(table)), table["mean_weight"], marker="o", label=METHOD_LABELS[method])
         labels = [f"{w}\n(n={n})" for w, n in zip(table["window"], table["n_events"])]
     if labels:
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.axhline(1.0, color="0.5", lw=0.5, ls="--")
     ax.invert_xaxis()  # the prediction time on the right
     ax.set_xlabel("window of hours before the prediction time [from, to)")
-    ax.set_ylabel("mean |attribution| per event\n/ the method's mean over all events")
+    ax.set_ylabel("mean over events of |attribution|\n/ its stay's mean |attribution|")
     ax.set_title("When, before the prediction, are single events most decisive? "
-                 "(all explained stays; 1 = average event)")
+                 "(every stay weighs the same; 1 = its average event)")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -997,6 +1357,12 @@ def fig_sequence_importance_combined(collected, path):
     return save_figure(fig, path)
 
 
+def head_specialization_lift(weighted_sum_by_type, count_by_type, types):
+    """[heads, types]: mean over events of a type of (pooling weight x its own stay's number of events), so
+    1 = what a uniform head gives that event, whatever the stay's length."""
+    return np.stack([np.asarray(weighted_sum_by_type[t], dtype=float) / count_by_type[t] for t in types], 1)
+
+
 def fig_head_specialization(collected, path):
     plt = _plt()
     types = sorted(collected.pool_by_type)
@@ -1004,17 +1370,17 @@ def fig_head_specialization(collected, path):
         fig, ax = plt.subplots()
         ax.text(0.5, 0.5, "no events", ha="center")
         return save_figure(fig, path)
-    mean_weight = np.stack([collected.pool_by_type[t] / collected.count_by_type[t] for t in types], 1)  # heads x types
-    n_per_stay = np.mean([len(s["meta"]) for s in collected.stays if len(s["meta"])])
-    lift = mean_weight * n_per_stay  # 1 = the weight a uniform head gives an event
+    lift = head_specialization_lift(collected.pool_by_type, collected.count_by_type, types)
     fig, ax = plt.subplots(figsize=(8, 3 + 0.3 * lift.shape[0]))
-    im = ax.imshow(lift, cmap="RdBu_r", vmin=0, vmax=max(2.0, float(lift.max())), aspect="auto")
+    from matplotlib.colors import TwoSlopeNorm
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(0.0, float(lift.min())), vmax=max(2.0, float(lift.max())))
+    im = ax.imshow(lift, cmap="RdBu_r", norm=norm, aspect="auto")  # white = 1 = no preference
     for (h, t), v in np.ndenumerate(lift):
         ax.text(t, h, f"{v:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(types)), [f"{t}\n(n={collected.count_by_type[t]})" for t in types], fontsize=8)
     ax.set_yticks(range(lift.shape[0]), [f"pool head {h}" for h in range(lift.shape[0])])
-    ax.set_title("Do pooling heads specialise in kinds of events?\nmean pooling weight per event / uniform weight "
-                 "(1 = no preference)", fontsize=9)
+    ax.set_title("Do pooling heads specialise in kinds of events?\nmean over events of pooling weight x its stay's "
+                 "number of events (1 = the uniform weight of its own stay; white = no preference)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return save_figure(fig, path)
 
@@ -1048,23 +1414,36 @@ def fig_feature_importance(collected, path):
 
 
 def fig_query_vector(collected, path):
+    """The pooling scores q_h . pool.key(x)_h / sqrt(d_head) per head: what the pooling query looks for."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
-    if collected.query_rows:
-        q = pd.concat(collected.query_rows, ignore_index=True)
-        types = sorted(q.event_type.unique())
-        axes[0].boxplot([q.loc[q.event_type == t, "cosine"] for t in types], tick_labels=types)
-        axes[0].tick_params(axis="x", labelrotation=30)
-        axes[0].set_ylabel("cosine(pooling query, transformer output)")
-        axes[0].set_title("What does the pooling query look for? By event type", fontsize=10)
-        rho = spearmanr(q["cosine"], q["pooling_weight"]).statistic if len(q) > 2 else float("nan")
-        sc = axes[1].scatter(q["hours_before"], q["cosine"], c=q["pooling_weight"], s=6, cmap="viridis")
-        axes[1].invert_xaxis()
-        axes[1].set_xlabel("hours before the prediction time")
-        axes[1].set_ylabel("cosine(query, output)")
-        axes[1].set_title(f"Similarity to the query over time (colour = pooling weight;\nSpearman(cosine, weight) = "
-                          f"{rho:.2f})", fontsize=10)
-        fig.colorbar(sc, ax=axes[1], fraction=0.04)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
+    if not collected.query_rows:
+        axes[0].text(0.5, 0.5, "the model has no train.AttentionPooling (pool.key, pool.query)", ha="center")
+        return save_figure(fig, path)
+    q = pd.concat(collected.query_rows, ignore_index=True)
+    types, heads = sorted(q.event_type.unique()), sorted(q["head"].unique())
+    width = 0.8 / len(heads)
+    for i, h in enumerate(heads):
+        rows = q[q["head"] == h]
+        box = axes[0].boxplot([rows.loc[rows.event_type == t, "score"] for t in types], showfliers=False,
+                              positions=np.arange(len(types)) + (i - (len(heads) - 1) / 2) * width, widths=width * 0.9,
+                              patch_artist=True)
+        for patch in box["boxes"]:
+            patch.set_facecolor(plt.cm.tab10(i))
+        axes[0].plot([], [], color=plt.cm.tab10(i), lw=6, label=f"pool head {h}")
+    axes[0].set_xticks(range(len(types)), types, rotation=30)
+    axes[0].set_ylabel("pooling score  q_h . key_h(x) / sqrt(d_head)")
+    axes[0].set_title("What does each pooling head's query look for? By event type", fontsize=10)
+    axes[0].legend(fontsize=8)
+    for i, h in enumerate(heads):
+        rows = q[q["head"] == h]
+        axes[1].scatter(rows["hours_before"], rows["score"], s=4, alpha=0.4, color=plt.cm.tab10(i), label=f"head {h}")
+    axes[1].invert_xaxis()
+    axes[1].set_xlabel("hours before the prediction time")
+    axes[1].set_ylabel("pooling score")
+    axes[1].set_title("Pooling scores over time (the softmax of a stay's scores is its pooling weights)",
+                      fontsize=10)
+    axes[1].legend(fontsize=8, markerscale=3)
     return save_figure(fig, path)
 
 
@@ -1099,14 +1478,13 @@ def fig_captum(collected, path, method, faithfulness):
     frame = collected.event_frame()
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]), layout="constrained")
     _by_type_and_top(axes[0], axes[1], frame, method)
-    if method == "integrated_gradients":
-        deltas = np.asarray(collected.ig_relative_delta)
-        axes[2].hist(deltas, bins=30)
-        conv = faithfulness["integrated_gradients_convergence"]
-        axes[2].set_title(f"completeness: |delta| / |logit change|\nmedian {conv['relative_delta_median'] or 0:.3g}, "
-                          f"max {conv['relative_delta_max'] or 0:.3g} ({faithfulness['settings']['n_steps']} steps)",
-                          fontsize=10)
-        axes[2].set_xlabel("relative convergence delta per stay")
+    if method in ("integrated_gradients", "layer_integrated_gradients"):
+        key = "ig" if method == "integrated_gradients" else "lig"
+        conv = faithfulness[f"{method}_convergence"]
+        axes[2].hist(np.asarray(collected.relative_delta[key]), bins=30)
+        axes[2].axvline(conv["tolerance"], color="tab:red", lw=0.8, ls="--")
+        axes[2].set_title(convergence_title(conv), fontsize=10)
+        axes[2].set_xlabel("relative completeness error per stay (dashed: tolerance)")
     elif method == "feature_ablation":
         static = collected.static_frame()
         rows = static[static.method == "feature_ablation"].groupby("feature")["attribution"].mean().sort_values()
@@ -1115,6 +1493,22 @@ def fig_captum(collected, path, method, faithfulness):
     else:
         _method_scatter(axes[2], frame, method)
     return save_figure(fig, path)
+
+
+def steps_used_label(steps_used):
+    """{"32": 90, "64": 10} -> "32-64 steps (median 32)": the steps the stays really used."""
+    if not steps_used:
+        return "no stays"
+    steps = np.repeat([int(k) for k in steps_used], [int(v) for v in steps_used.values()])
+    low, high = int(steps.min()), int(steps.max())
+    span = f"{low}" if low == high else f"{low}-{high}"
+    return f"{span} steps (median {int(np.median(steps))})"
+
+
+def convergence_title(conv):
+    return (f"completeness: |delta| / |logit change|, {steps_used_label(conv['steps_used'])}\n"
+            f"median {conv['relative_delta_median'] or 0:.3g}, max {conv['relative_delta_max'] or 0:.3g}; "
+            f"{conv['n_missed_tolerance']} of {conv['n_stays']} stays above {conv['tolerance']:.0%}")
 
 
 def fig_stay_timeline(stay, path, static_names=()):
@@ -1208,15 +1602,17 @@ def build_arg_parser():
                    help="stays whose IG completeness error exceeds this share of their logit change are "
                    "re-integrated with twice the steps (0 = never)")
     p.add_argument("--max-n-steps", type=int, default=256, help="most IG steps the re-integration may use")
-    p.add_argument("--internal-batch-size", type=int, default=512,
-                   help="rows (stays x steps) per IG forward/backward chunk; lower it to save memory")
+    p.add_argument("--internal-batch-size", type=int, default=None,
+                   help="rows (stays x steps) per IG forward/backward chunk, also the most rows of an ablation or "
+                   "curve forward; default: from the free memory (a quarter of it) and the stays' length")
     p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
                    help="IG baseline of a real event and of the static features: zeros, or the training mean")
     p.add_argument("--perturbations-per-eval", type=int, default=8, help="FeatureAblation: groups per forward")
     p.add_argument("--curve-points", type=int, default=11, help="points of the deletion/insertion curves")
     p.add_argument("--random-orders", type=int, default=3, help="random orders averaged for the random reference")
-    p.add_argument("--randomisation-stays", type=int, default=20,
-                   help="stays explained again with a re-initialised model (sanity check; 0 = skip)")
+    p.add_argument("--randomisation-stays", type=int, default=5,
+                   help="stays explained again by every model of the cascading randomisation check (one model per "
+                   "group of layers re-initialised, from the top; 0 = skip)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: the checkpoint's, else "
                    f"{DEFAULT_CACHE_DIR})")
     p.add_argument("--text-encoder", default=None,
@@ -1262,6 +1658,12 @@ def format_summary(f):
                      f"{entry.get('comprehensiveness', {}).get('20%', float('nan')):>9.3f}"
                      f"{entry.get('sufficiency', {}).get('20%', float('nan')):>9.3f}"
                      f"{planted if planted is not None else float('nan'):>9.3f}")
+    for name in ("integrated_gradients", "layer_integrated_gradients"):
+        conv = f.get(f"{name}_convergence")
+        if conv and conv.get("n_stays"):
+            lines.append(f"{name} completeness: {conv['n_stays'] - conv['n_missed_tolerance']} of {conv['n_stays']} "
+                         f"stays within {conv['tolerance']:.0%} (median error {conv['relative_delta_median']:.3g}, "
+                         f"max {conv['relative_delta_max']:.3g}; {steps_used_label(conv['steps_used'])})")
     return "\n".join(lines)
 
 

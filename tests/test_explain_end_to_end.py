@@ -181,3 +181,23 @@ def test_help_lists_every_option_with_its_default():
                    "--internal-batch-size", "--baseline", "--batch-size"):
         assert option in text
     assert ex.DEFAULT_CHECKPOINT in text and "(default: test)" in text
+
+
+def test_stay_ids_of_another_split_are_explained_but_kept_out_of_the_faithfulness_measures(trained, tmp_path):
+    table = trained["table"]
+    split = train.split_stays_by_patient(table, seed=train.load_checkpoint(trained["checkpoint"])["args"]["seed"])
+    counts = table.groupby("stay_id")["event_type"].count()
+    with_events = counts.index[counts >= 3]
+    test_stays = [s for s in sorted(split.index[split == "test"]) if s in with_events][:2]
+    other = int(next(s for s in with_events if split[s] == "train"))
+    result = ex.run_explainability_analysis(
+        trained["checkpoint"], trained["data"], tmp_path, max_stays=0, stay_ids=[other], n_steps=8,
+        randomisation_stays=0, cache_dir=trained["cache"], make_figures=False, show_progress=False)
+    f = result["faithfulness"]
+    n_test_with_events = sum(1 for s in split.index[split == "test"] if counts.get(s, 0) > 0)
+    assert len(test_stays) == 2 and other in set(result["event_attributions"].stay_id)
+    assert f["data"]["n_stays_outside_split"] == 1
+    for method in ex.METHODS:
+        assert f["methods"][method]["n_stays"] == n_test_with_events, method
+    n_test = int((split == "test").sum())
+    assert f["integrated_gradients_convergence"]["n_stays"] <= n_test  # the other split's stay is not counted

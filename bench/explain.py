@@ -1,0 +1,243 @@
+"""Explanation cost on MIMIC-sized stays: seconds per stay and peak memory of explain_clinicalLF's way, and of
+the straightforward use of Captum on the same stays, for stays of 64, 128, 256 and 512 events with 768-d text
+vectors (a Longformer-sized encoder's width).
+
+    python bench/explain.py                          # 4 stays per length, 2 for the straightforward way
+    python bench/explain.py --lengths 256 --stays 16 --straightforward-stays 4
+
+What is timed per stay, both ways, on the same model and the same stays:
+  every method        IG and LayerIG (to within --ig-tolerance of completeness, at most --max-n-steps steps),
+                      FeatureAblation of every event and static column, the attention outputs;
+  every measure       deletion/insertion curves and ERASER masks for the four methods and the random orders;
+  the sanity check    the cascading randomisation, once per cascade step on `randomisation_stays` of 100 stays
+                      (amortised per stay: one stay's cascade cost x randomisation_stays / 100).
+The project's way: explain_batch + faithfulness_for_batch on batches of --batch-size stays (piece-wise IG,
+ablation and curve forwards batched, each curve forward cut to the events it keeps, rows bounded by the free
+memory). The straightforward way: one stay per Captum call: IntegratedGradients and LayerIntegratedGradients
+with one Gauss-Legendre rule over the whole path, doubling its steps until complete within the same tolerance
+(the project's earlier method), FeatureAblation with perturbations_per_eval=1, one forward per curve or ERASER
+point at the stay's full length.
+
+The model is train.MortalityTransformer with the default ModelConfig (d_model 256, 4 layers, 8 heads) and
+768-d text vectors; its weights are random, scaled so that its logits move by a few units over a stay as a
+trained model's do (a random model's tiny logit changes make IG converge at once, which would flatter both
+ways). Each (length, way) runs in its own process, so peak memory is its own. The last line holds name=value
+pairs: seconds_per_stay_<L>, cpu_seconds_per_stay_<L> (process CPU time: on a shared machine the fairer
+figure; on an idle 2-core machine the wall time is about half of it), straightforward_seconds_per_stay_<L>,
+speedup_<L> (wall), cpu_speedup_<L>, peak_MiB_<L>.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (puts the repository root first on sys.path)
+
+N_STATIC = 40
+STATIC_GROUPS = {f"static_{i}": [2 * i, 2 * i + 1] for i in range(N_STATIC // 2)}
+
+
+def build(length, n_stays, text_dim, seed):
+    """A default-sized MortalityTransformer and n_stays stays of `length` events (features as the model builds
+    them: type one-hot, standardised text vector, scaled time)."""
+    import torch
+    import train
+    torch.manual_seed(seed)
+    model = train.MortalityTransformer(train.ModelConfig(text_dim=text_dim, n_static=N_STATIC)).eval()
+    with torch.no_grad():  # sharper than the initialisation, as after training (see the module docstring)
+        for layer in model.layers:
+            layer.attn.qkv.weight.mul_(3.0)
+        model.pool.key.weight.mul_(3.0)
+        for module in model.classifier:
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(3.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    text = torch.randn(n_stays, length, text_dim, generator=g)
+    types = torch.randint(0, model.config.n_event_types, (n_stays, length), generator=g)
+    times = torch.sort(torch.rand(n_stays, length, generator=g) * 4, dim=1, descending=True).values
+    events = model.event_features(text, types, times)
+    mask = torch.ones(n_stays, length, dtype=torch.bool)
+    static = torch.zeros(n_stays, N_STATIC)
+    static[torch.arange(n_stays).unsqueeze(1), 2 * torch.arange(N_STATIC // 2) + torch.randint(0, 2, (n_stays, N_STATIC // 2), generator=g)] = 1.0
+    return model, events, mask, static
+
+
+def project_way(model, events, mask, static, args):
+    import numpy as np
+    import explain_clinicalLF as ex
+    settings = ex.ExplainSettings(n_steps=args.n_steps, ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
+    rng = np.random.default_rng(0)
+    steps, deltas = [], []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i in range(0, len(events), args.batch_size):
+        sl = slice(i, i + args.batch_size)
+        out = ex.explain_batch(model, events[sl], mask[sl], static[sl], STATIC_GROUPS, settings)
+        ex.faithfulness_for_batch(model, events[sl], mask[sl], static[sl], {m: out["event"][m] for m in ex.METHODS},
+                                  settings.curve_points, settings.random_orders, rng)
+        steps += out["ig_steps"].tolist()
+        deltas += (out["ig_delta"].abs() / out["ig_change"].abs()).tolist()
+    explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    # the cascade: one stay explained by every randomised model (the IG start steps, no re-integration)
+    import dataclasses
+    cascade = ex.cascading_randomisation(model, seed=1)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _, step_model in cascade:
+        ex.explain_batch(step_model, events[:1], mask[:1], static[:1], STATIC_GROUPS,
+                         dataclasses.replace(settings, ig_tolerance=0.0))
+    cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
+                explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu,
+                ig_steps=steps, ig_relative_delta=deltas)
+
+
+def whole_path_ig(explainer, forward, x, s, m, with_static, n_steps, tolerance, max_n_steps):
+    """(Layer)IG with one Gauss-Legendre rule over the whole path from zeros, doubling the steps until complete
+    within `tolerance` (or at max_n_steps). Returns (event attributions [L], steps)."""
+    import torch
+    x0, s0 = torch.zeros_like(x), (torch.zeros_like(s) if with_static else s)
+    with torch.no_grad():
+        change = float(forward(x, s, m) - forward(x0, s0, m))
+    n = n_steps
+    while True:
+        attr, delta = explainer.attribute((x, s), baselines=(x0, s0), additional_forward_args=(m,), n_steps=n,
+                                          internal_batch_size=n, return_convergence_delta=True)
+        if abs(float(delta)) <= tolerance * abs(change) + 1e-4 or n * 2 > max_n_steps:
+            event_attr = attr[0] if isinstance(attr, tuple) else attr
+            return event_attr[0].sum(-1).detach(), n
+        n *= 2
+
+
+def explain_one_stay(model, x, s, m, n_steps, tolerance, max_n_steps):
+    """Every method on one stay, one Captum call each; FeatureAblation one ablation per forward."""
+    import torch
+    from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
+    import explain_clinicalLF as ex
+    forward = ex.LogitForward(model)
+    L, F = x.shape[1:]
+    with torch.no_grad():
+        model(x, m, s, return_attention=True)
+    ig, n_ig = whole_path_ig(IntegratedGradients(forward), forward, x, s, m, True, n_steps, tolerance, max_n_steps)
+    lig, _ = whole_path_ig(LayerIntegratedGradients(forward, ex.find_input_projection(model)), forward, x, s, m, False,
+                           n_steps, tolerance, max_n_steps)
+    event_ids = torch.arange(L).view(1, L, 1).expand(1, L, F)
+    static_ids = ex.static_group_mask(s.shape[-1], STATIC_GROUPS, first_id=L)
+    with torch.no_grad():
+        fa, _ = FeatureAblation(ex.EventRemovalForward(model)).attribute(
+            (x, s), baselines=(0.0, 0.0), additional_forward_args=(m,), feature_mask=(event_ids, static_ids),
+            perturbations_per_eval=1)
+    return dict(ig=ig, lig=lig, fa=fa[0, :, 0]), n_ig
+
+
+def straightforward_way(model, events, mask, static, args):
+    """One stay per Captum call; one ablation per forward; one forward per curve point at the stay's length."""
+    import numpy as np
+    import torch
+    import explain_clinicalLF as ex
+    forward = ex.LogitForward(model)
+    rng = np.random.default_rng(0)
+    L = events.shape[1]
+    steps = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for b in range(len(events)):
+        x, s, m = events[b:b + 1], static[b:b + 1], mask[b:b + 1]
+        scores, n_ig = explain_one_stay(model, x, s, m, args.n_steps, args.ig_tolerance, args.max_n_steps)
+        steps.append(n_ig)
+        # the measures: 4 methods + 3 random orders, 11 + 11 curve points and 4 + 4 ERASER sizes, one forward each
+        orders = [torch.argsort(-v) for v in scores.values()] + [torch.argsort(-scores["ig"].abs())] + \
+                 [torch.as_tensor(rng.permutation(L)) for _ in range(3)]
+        with torch.no_grad():
+            for order in orders:
+                d, i = ex.curve_masks(order, L, L, 11)
+                w, o = ex.eraser_masks(order, L, L)
+                for keep in torch.cat([d, i, w, o]):
+                    kept_events, kept = ex.without_absent_events(x, keep.view(1, L))
+                    forward(kept_events, s, kept)
+    explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _, step_model in ex.cascading_randomisation(model, seed=1):
+        explain_one_stay(step_model, events[:1], static[:1], mask[:1], args.n_steps, float("inf"), args.n_steps)
+    cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
+                explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu, ig_steps=steps)
+
+
+def worker(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    n = args.stays if args.way == "project" else args.straightforward_stays
+    model, events, mask, static = build(args.worker_length, n, args.text_dim, args.seed)
+    result = (project_way if args.way == "project" else straightforward_way)(model, events, mask, static, args)
+    share = args.randomisation_stays / 100
+    result["seconds_per_stay"] = result["explain_seconds_per_stay"] + result["cascade_seconds_per_stay"] * share
+    result["cpu_seconds_per_stay"] = result["explain_cpu_per_stay"] + result["cascade_cpu_per_stay"] * share
+    result["peak_MiB"] = _common.peak_rss_mib()
+    print(json.dumps(result))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--stays", type=int, default=4, help="stays per length, the project's way")
+    p.add_argument("--straightforward-stays", type=int, default=2, help="stays per length, the straightforward way")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--text-dim", type=int, default=768)
+    p.add_argument("--n-steps", type=int, default=32)
+    p.add_argument("--ig-tolerance", type=float, default=0.05)
+    p.add_argument("--max-n-steps", type=int, default=256)
+    p.add_argument("--randomisation-stays", type=int, default=5, help="explain_clinicalLF's default")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-straightforward", action="store_true")
+    p.add_argument("--way", choices=("project", "straightforward"), help=argparse.SUPPRESS)
+    p.add_argument("--worker-length", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.way:
+        return worker(args)
+    print(_common.machine_description(), flush=True)
+    rows, headline = [], {}
+    common = ["--text-dim", str(args.text_dim), "--n-steps", str(args.n_steps), "--ig-tolerance", str(args.ig_tolerance),
+              "--max-n-steps", str(args.max_n_steps), "--randomisation-stays", str(args.randomisation_stays),
+              "--threads", str(args.threads), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+              "--stays", str(args.stays), "--straightforward-stays", str(args.straightforward_stays)]
+    for length in args.lengths:
+        load = os.getloadavg()[0]
+        ours = _common.run_json_subprocess([__file__, "--way", "project", "--worker-length", str(length), *common])
+        theirs = None
+        if not args.skip_straightforward:
+            theirs = _common.run_json_subprocess([__file__, "--way", "straightforward", "--worker-length", str(length),
+                                                  *common])
+        import numpy as np
+        row = dict(events=length, stays=args.stays, seconds_per_stay=ours["seconds_per_stay"],
+                   cpu_s_per_stay=ours["cpu_seconds_per_stay"],
+                   cascade_s_per_stay=ours["cascade_seconds_per_stay"], peak_MiB=ours["peak_MiB"],
+                   ig_steps_median=float(np.median(ours["ig_steps"])), ig_steps_max=int(max(ours["ig_steps"])),
+                   ig_within_tol=float(np.mean(np.asarray(ours["ig_relative_delta"]) <= args.ig_tolerance)),
+                   load_avg=round(load, 1))
+        headline[f"seconds_per_stay_{length}"] = ours["seconds_per_stay"]
+        headline[f"cpu_seconds_per_stay_{length}"] = ours["cpu_seconds_per_stay"]
+        headline[f"peak_MiB_{length}"] = ours["peak_MiB"]
+        if theirs is not None:
+            row.update(straightforward_stays=args.straightforward_stays,
+                       straightforward_s_per_stay=theirs["seconds_per_stay"],
+                       straightforward_cpu_s_per_stay=theirs["cpu_seconds_per_stay"],
+                       straightforward_ig_steps_median=float(np.median(theirs["ig_steps"])),
+                       straightforward_peak_MiB=theirs["peak_MiB"],
+                       speedup=theirs["seconds_per_stay"] / ours["seconds_per_stay"],
+                       cpu_speedup=theirs["cpu_seconds_per_stay"] / ours["cpu_seconds_per_stay"])
+            headline[f"straightforward_seconds_per_stay_{length}"] = theirs["seconds_per_stay"]
+            headline[f"speedup_{length}"] = row["speedup"]
+            headline[f"cpu_speedup_{length}"] = row["cpu_speedup"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    _common.print_table(rows, "explanation cost per stay (every method and measure; cascade amortised)")
+    if 256 in args.lengths:
+        headline["minutes_for_100_stays_256"] = headline["seconds_per_stay_256"] * 100 / 60
+    headline["load_average_end"] = round(os.getloadavg()[0], 1)
+    _common.print_headline(**headline)
+
+
+if __name__ == "__main__":
+    main()
