@@ -201,3 +201,24 @@ def test_stay_ids_of_another_split_are_explained_but_kept_out_of_the_faithfulnes
         assert f["methods"][method]["n_stays"] == n_test_with_events, method
     n_test = int((split == "test").sum())
     assert f["integrated_gradients_convergence"]["n_stays"] <= n_test  # the other split's stay is not counted
+
+
+def test_every_output_file_column_and_faithfulness_key_is_in_the_interfaces_document(explained):
+    from interfaces_doc import undocumented
+    save_dir = explained["root"] / "explain"
+    names = {p.name for p in explained["result"]["paths"].values() if not p.name.startswith("timeline_stay_")}
+    names |= set(pd.read_csv(save_dir / "event_attributions.csv").columns)
+    names |= set(pd.read_csv(save_dir / "static_attributions.csv").columns)
+    faithfulness = json.loads((save_dir / "faithfulness.json").read_text())
+    names |= set(faithfulness)
+    for section in ("methods", "settings", "data", "integrated_gradients_convergence",
+                    "layer_integrated_gradients_convergence"):
+        names |= set(faithfulness[section])
+    for method in faithfulness["methods"].values():
+        names |= set(method)
+    names |= set(faithfulness["random"])
+    for step in faithfulness["randomisation_cascade"]:
+        names |= set(step) - {"methods"}
+        for scores in step["methods"].values():
+            names |= set(scores)
+    assert undocumented(names) == []

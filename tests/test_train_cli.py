@@ -164,3 +164,22 @@ def test_out_of_memory_says_what_to_do(small_run, tiny_bert_dir, tmp_path, monke
         train.main(["--data", str(data), "--output-dir", str(tmp_path), "--cache-dir", str(cache),
                     "--text-encoder", str(tiny_bert_dir), "--epochs", "1", *SMALL_MODEL_ARGS])
     assert "out of memory" in str(e.value) and "--max-events" in str(e.value) and "--resume" in str(e.value)
+
+
+def test_every_output_column_key_and_figure_is_in_the_interfaces_document(small_run):
+    from interfaces_doc import undocumented
+    _, out, _, _ = small_run
+    names = set(pd.read_csv(out / "predictions.csv").columns)
+    names |= {p.name for p in (out / "plots").glob("*.png")}
+    metrics = json.loads((out / "metrics.json").read_text())
+    names |= set(metrics)
+    for section in ("train", "val", "test", "calibration", "baselines", "subgroups", "data"):
+        names |= set(metrics[section])
+    for baseline in metrics["baselines"].values():
+        names |= set(baseline)
+    for groups in metrics["subgroups"].values():
+        for group in groups.values():
+            names |= set(group)
+    for checkpoint in ("best_model.pth", "latest_checkpoint.pth"):
+        names |= set(torch.load(out / "checkpoints" / checkpoint, weights_only=True))
+    assert undocumented(names) == []
