@@ -21,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import duckdb
@@ -2066,6 +2066,111 @@ def data_fingerprint(table) -> str:
 
 
 def main(argv=None):
+    """Train, validate and checkpoint each epoch, then write the outputs of the best model."""
+    args, procs, paths, resume = set_up_run(argv)
+    data = load_training_data(args, procs, paths, resume)
+    if getattr(args, "embed_only", False):
+        log.info("--embed-only: %d unique texts cached under %s", data.embed_stats["unique_texts"], args.cache_dir)
+        return
+    trainer = build_trainer(args, procs, data)
+    state = TrainingState()
+    if resume is not None:
+        trainer.load_state_dict(resume)
+        state = TrainingState.from_checkpoint(resume, procs.rank)
+    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
+    train_stays, val_stays = data.by_split["train"], data.by_split["val"]
+    order = np.random.default_rng(args.seed).permutation(len(train_stays))
+    train_probe = [train_stays[i] for i in order[:max(len(val_stays), 1)]]
+    t_train = time.time()
+    while state.epoch < args.epochs and not state.finished:
+        t0 = time.time()
+        train_epoch(args, procs, paths, data, trainer, state)
+        validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0)
+
+    if procs.master:
+        write_outputs(args, paths.out_dir, paths.best, data.stays, data.stay_split, data.table, data.embedding_matrix,
+                      procs.device, state.history,
+                      {"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events, **data.embed_stats,
+                       "train_seconds": round(time.time() - t_train, 1)})
+    if procs.ddp:
+        procs.wait_for_all()
+        torch.distributed.destroy_process_group()
+
+
+@dataclass
+class Processes:
+    """This process's place in a torchrun job (one process without torchrun)."""
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    wait_group: object = None  # the gloo group with a long timeout for waiting on rank 0 (init_distributed)
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def wait_for_all(self):
+        if self.ddp:
+            torch.distributed.barrier(group=self.wait_group)
+
+
+@dataclass
+class RunPaths:
+    out_dir: Path
+
+    def __post_init__(self):
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.plots = self.out_dir / "plots"
+        self.attention = self.out_dir / "attention_weights"
+        self.latest = self.checkpoints / "latest_checkpoint.pth"
+        self.best = self.checkpoints / "best_model.pth"
+
+
+@dataclass
+class TrainingState:
+    """Everything the training loop changes. Saved in latest_checkpoint.pth as top-level keys (the per-process
+    fields under `ranks`, one entry per process) and restored as a whole by --resume; plain types only."""
+    epoch: int = 0             # the epoch being trained (= epochs done, at an epoch's end)
+    batch_in_epoch: int = 0    # batches of `epoch` already done
+    global_step: int = 0
+    best_val_score: float = float("-inf")  # best val AUROC; -val loss where the val split has one class
+    bad_epochs: int = 0        # epochs since the best, for early stopping
+    finished: bool = False
+    history: dict = field(default_factory=lambda: {"train_loss": [], "train_bce": [], "val_loss": [], "val_auroc": [],
+                                                   "lr": []})
+    epoch_loss_sum: float = 0.0  # this process's running training loss of the epoch (per process)
+    epoch_loss_n: int = 0
+
+    PER_PROCESS = ("epoch_loss_sum", "epoch_loss_n")
+
+    def checkpoint(self, procs) -> dict:
+        """The shared fields, and `ranks`: each process's fields and random state (collective: every rank calls it)."""
+        shared = {k: v for k, v in asdict(self).items() if k not in self.PER_PROCESS}
+        own = {"rng": rng_state(), **{k: getattr(self, k) for k in self.PER_PROCESS}}
+        ranks = [own]
+        if procs.ddp:
+            ranks = [None] * procs.world_size
+            torch.distributed.all_gather_object(ranks, own)
+        return {**shared, "ranks": ranks}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, rank):
+        """The state a checkpoint saved, for process `rank`; sets that process's random state."""
+        own = ckpt["ranks"][rank]
+        set_rng_state(own["rng"])
+        if "best_val_score" not in ckpt:  # written before best_val_auroc was renamed (same format version)
+            ckpt = {**ckpt, "best_val_score": ckpt["best_val_auroc"]}
+        shared = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in cls.PER_PROCESS}
+        return cls(**shared, **{k: own[k] for k in cls.PER_PROCESS})
+
+
+def set_up_run(argv):
+    """(args, Processes, RunPaths, the checkpoint to resume or None): options checked, logging, torchrun's
+    process group, output folders, seeds. --resume continues with the run's original options."""
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
@@ -2079,38 +2184,55 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
 
-    # --- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ddp = world_size > 1
-    rank = int(os.environ.get("RANK", "0"))
+    # torchrun sets WORLD_SIZE/RANK/LOCAL_RANK
+    procs = Processes(device=torch.device("cpu"), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                      rank=int(os.environ.get("RANK", "0")))
     if args.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        procs.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(args.device)
-    wait_group = init_distributed(device, args.ddp_timeout) if ddp else None
-    master = rank == 0
-    if not master:
+        procs.device = torch.device(args.device)
+    if procs.ddp:
+        procs.wait_group = init_distributed(procs.device, args.ddp_timeout)
+    if not procs.master:
         log.setLevel(logging.WARNING)
 
-    out_dir = Path(args.output_dir)
-    ckpt_dir, plots_dir, attn_dir = out_dir / "checkpoints", out_dir / "plots", out_dir / "attention_weights"
-    latest_path, best_path = ckpt_dir / "latest_checkpoint.pth", ckpt_dir / "best_model.pth"
+    paths = RunPaths(Path(args.output_dir))
     resume = None
     if args.resume:
-        resume = load_checkpoint(latest_path)
-        check_resume_world_size(resume, world_size, latest_path)
+        resume = load_checkpoint(paths.latest)
+        check_resume_world_size(resume, procs.world_size, paths.latest)
         saved = dict(resume["args"])
         saved.update(resume=True, device=args.device, output_dir=args.output_dir)
         args = argparse.Namespace(**saved)
-        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", latest_path,
+        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", paths.latest,
                  resume["epoch"], resume["batch_in_epoch"])
-    if master:
-        for d in (ckpt_dir, plots_dir, attn_dir):
+    if procs.master:
+        for d in (paths.checkpoints, paths.plots, paths.attention):
             d.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    return args, procs, paths, resume
 
-    # --- data, split, preprocessor (fitted on the training split only)
+
+@dataclass
+class TrainingData:
+    table: pd.DataFrame
+    fingerprint: str
+    preprocessor: "EventPreprocessor"
+    encoder_info: dict
+    stays: list
+    stay_split: np.ndarray        # "train"/"val"/"test" per stay, in the order of `stays`
+    embedding_matrix: torch.Tensor  # float16, one row per distinct text, on the device
+    embed_stats: dict
+    by_split: dict = None         # split name -> its stays
+    n_cut: int = 0                # stays with more than --max-events events
+    pos_weight: float = 1.0
+
+
+def load_training_data(args, procs, paths, resume) -> TrainingData:
+    """The event table, its patient split, the preprocessor (fitted on the training split only), the text
+    encoder and the stays with their embedding matrix (rank 0 embeds what is missing; the other ranks then
+    read the cache)."""
     table = read_event_table(args.data)
     split = split_stays_by_patient(table, args.seed)
     stay_split = table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
@@ -2120,7 +2242,7 @@ def main(argv=None):
     train_rows = table["stay_id"].map(split).to_numpy() == "train"
     fingerprint = data_fingerprint(table)
     if resume is not None and resume.get("data_fingerprint") != fingerprint:
-        raise CheckpointError(f"{latest_path}: was trained on other data than {args.data} (the table changed since); "
+        raise CheckpointError(f"{paths.latest}: was trained on other data than {args.data} (the table changed since); "
                               "start a new run (without --resume) or restore the original table")
     if resume is not None:
         preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
@@ -2130,59 +2252,87 @@ def main(argv=None):
         if args.item_dim or args.value_channel == "on":
             preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
         folder = resolve_text_encoder(args.text_encoder)
-        dtype = resolve_embed_dtype(args.embed_dtype, device)
+        dtype = resolve_embed_dtype(args.embed_dtype, procs.device)
         encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
                         "dim": encoder_dim(folder), "pooling": args.pooling, "dtype": dtype,
                         "max_length": encoder_max_length(folder, args.text_max_length)}
-    # Rank 0 embeds what is missing; the other ranks then read the cache.
     embed_stats = {}
-    if ddp and not master:
-        torch.distributed.barrier(group=wait_group)
-    stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, device, args.max_events, encoder_info,
-                                            args.embed_batch_size, embed_stats, args.embed_dtype)
-    if ddp and master:
-        torch.distributed.barrier(group=wait_group)
-    if ddp:  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
-        torch.distributed.barrier(group=wait_group)
+    if not procs.master:
+        procs.wait_for_all()
+    stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, procs.device, args.max_events,
+                                            encoder_info, args.embed_batch_size, embed_stats, args.embed_dtype)
+    if procs.master:
+        procs.wait_for_all()
+    procs.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
+    data = TrainingData(table, fingerprint, preprocessor, encoder_info, stays, stay_split, embedding_matrix, embed_stats)
     if getattr(args, "embed_only", False):
-        log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
-        return
-    embedding_matrix = embedding_matrix.to(device)
+        return data
+    data.embedding_matrix = embedding_matrix.to(procs.device)
     lengths = np.array([len(s.type_ids) for s in stays])
-    n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
-    by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
-    train_stays, val_stays = by_split["train"], by_split["val"]
-    y_train = np.array([s.label for s in train_stays])
+    data.n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
+    data.by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
+    y_train = np.array([s.label for s in data.by_split["train"]])
     n_pos = y_train.sum()
-    pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
+    data.pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
     if getattr(args, "pos_weight", "balanced") == "none":
-        pos_weight = 1.0
+        data.pos_weight = 1.0
     log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
-             "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(train_stays),
-             len(val_stays), len(by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
-             int((lengths == 0).sum()), int(n_pos), pos_weight)
+             "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(data.by_split["train"]),
+             len(data.by_split["val"]), len(data.by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
+             int((lengths == 0).sum()), int(n_pos), data.pos_weight)
+    return data
 
-    # --- model, optimiser, schedule
-    config = ModelConfig(text_dim=int(embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
+
+@dataclass
+class Trainer:
+    """The model (`model` is DDP-wrapped under torchrun, `raw_model` never), optimiser, schedule and mixed precision."""
+    config: ModelConfig
+    model: nn.Module
+    raw_model: "MortalityTransformer"
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: "LengthBucketSampler"
+    use_amp: bool
+    amp_dtype: torch.dtype
+    pos_weight: torch.Tensor
+    kill_after: int = None  # fault injection (_fault_kill_point)
+    batches_run: int = 0    # by this process since it started
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, ckpt):
+        self.raw_model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def build_trainer(args, procs, data) -> Trainer:
+    """The model (same initialisation on every rank, text statistics of the training split), AdamW, the
+    warm-up + cosine schedule, and the length-bucketed sampler of this process's share of the training stays."""
+    stays, preprocessor, device = data.stays, data.preprocessor, procs.device
+    config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                          dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
-    seed_rank_streams(args.seed, rank)
+    seed_rank_streams(args.seed, procs.rank)
+    train_stays = data.by_split["train"]
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
-    model.set_text_normalization(embedding_matrix, train_text_rows)
-    model = model.to(device)
-    raw_model = model
-    if ddp:
+    model.set_text_normalization(data.embedding_matrix, train_text_rows)
+    raw_model = model = model.to(device)
+    if procs.ddp:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = LengthBucketSampler([len(s.type_ids) for s in train_stays], args.batch_size, shuffle=True,
-                                  seed=args.seed, num_replicas=world_size, rank=rank)
-    steps_per_epoch = len(sampler)
-    total_steps = max(1, steps_per_epoch * args.epochs)
+                                  seed=args.seed, num_replicas=procs.world_size, rank=procs.rank)
+    total_steps = max(1, len(sampler) * args.epochs)
     warmup = max(1, int(args.warmup_frac * total_steps))
 
     def lr_factor(step):  # linear warm-up, then cosine decay to 10% of the peak
@@ -2195,143 +2345,114 @@ def main(argv=None):
     use_amp = args.amp == "auto" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    pos_weight_t = torch.tensor(pos_weight, device=device)
+    return Trainer(config, model, raw_model, optimizer, scheduler, scaler, sampler, use_amp, amp_dtype,
+                   torch.tensor(data.pos_weight, device=device), kill_after=_fault_kill_point())
 
-    history = {"train_loss": [], "train_bce": [], "val_loss": [], "val_auroc": [], "lr": []}
-    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
-    train_probe = [train_stays[i] for i in np.random.default_rng(args.seed).permutation(len(train_stays))[:max(len(val_stays), 1)]]
-    t_train = time.time()
-    start_epoch, start_batch, global_step, best_auroc, bad_epochs, finished = 0, 0, 0, float("-inf"), 0, False
-    epoch_loss_sum, epoch_loss_n = 0.0, 0
-    if resume is not None:
-        raw_model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        history = resume["history"]
-        start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
-        best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
-        own = resume["ranks"][rank]
-        epoch_loss_sum, epoch_loss_n = own["epoch_loss_sum"], own["epoch_loss_n"]
-        set_rng_state(own["rng"])
 
-    def gather_rank_states():
-        """Each process's RNG state and running loss (collective: every rank calls it at the same point)."""
-        state = {"rng": rng_state(), "epoch_loss_sum": epoch_loss_sum, "epoch_loss_n": epoch_loss_n}
-        if not ddp:
-            return [state]
-        states = [None] * world_size
-        torch.distributed.all_gather_object(states, state)
-        return states
+def checkpoint_payload(args, data, trainer, state, procs=None):
+    """What a checkpoint holds: the model and what rebuilds its inputs; with `procs` (latest_checkpoint.pth)
+    also the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
+    payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(trainer.config),
+               "model_state": trainer.raw_model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
+               "text_encoder": data.encoder_info, "args": vars(args), "epoch": state.epoch,
+               "best_val_score": state.best_val_score,
+               "static_feature_names": data.preprocessor.static_feature_names, "data_fingerprint": data.fingerprint}
+    if procs is not None:
+        payload.update(trainer.state_dict(), **state.checkpoint(procs))
+    return payload
 
-    def payload(epoch, batch_in_epoch, full, ranks=None):
-        p = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(config),
-             "model_state": raw_model.state_dict(), "preprocessor": preprocessor.state_dict(),
-             "text_encoder": encoder_info, "args": vars(args), "epoch": epoch, "best_val_auroc": best_auroc,
-             "static_feature_names": preprocessor.static_feature_names, "data_fingerprint": fingerprint}
-        if full:
-            p.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                     ranks=ranks, history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,
-                     bad_epochs=bad_epochs, finished=finished)
-        return p
 
-    kill_after = _fault_kill_point()
-    batches_this_process = 0
-    for epoch in range(start_epoch, args.epochs):
-        if finished:
-            break
-        sampler.set_epoch(epoch)
-        model.train()
-        batches = sampler.batches()
-        t0 = time.time()
-        for b, idx in enumerate(batches):
-            if epoch == start_epoch and b < start_batch:
-                continue  # already done before the resume
-            batch = collate_stays([train_stays[i] for i in idx])
-            try:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits, pool_weights = model(*_batch_inputs(raw_model, batch, embedding_matrix), return_pooling=True)
-                label = batch["label"].to(device)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=pos_weight_t)
-                if args.temporal_loss_weight > 0:
-                    hours = preprocessor.hours_from_times(batch["times"].to(device))
-                    loss = loss + args.temporal_loss_weight * temporal_aware_loss(
-                        pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            except torch.OutOfMemoryError:
-                raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
-                                 f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
-                                 "--max-events or --batch-size; resume with --resume.") from None
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            batches_this_process += 1
-            epoch_loss_sum += float(loss.detach()) * len(idx)
-            epoch_loss_n += len(idx)
-            if master and args.attention_every and global_step % args.attention_every == 0:
-                path = save_attention(raw_model, batch, embedding_matrix, args.attention_stays,
-                                      attn_dir / f"attention_epoch_{epoch}_batch_{b}.npz")
-                plot_attention(path, plots_dir)
-            if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
-                ranks = gather_rank_states()
-                if master:
-                    save_checkpoint(latest_path, payload(epoch, b + 1, full=True, ranks=ranks))
-            if kill_after is not None and batches_this_process >= kill_after:
-                import signal
-                os.kill(os.getpid(), signal.SIGKILL)
+def train_epoch(args, procs, paths, data, trainer, state):
+    """Train `state.epoch` from batch `state.batch_in_epoch` on (after --resume: where the run stopped)."""
+    device, model, raw_model = procs.device, trainer.model, trainer.raw_model
+    train_stays = data.by_split["train"]
+    trainer.sampler.set_epoch(state.epoch)
+    model.train()
+    batches = trainer.sampler.batches()
+    for b, idx in enumerate(batches):
+        if b < state.batch_in_epoch:
+            continue  # already done before the resume
+        batch = collate_stays([train_stays[i] for i in idx])
+        try:
+            with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
+                logits, pool_weights = model(*_batch_inputs(raw_model, batch, data.embedding_matrix), return_pooling=True)
+            label = batch["label"].to(device)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=trainer.pos_weight)
+            if args.temporal_loss_weight > 0:
+                hours = data.preprocessor.hours_from_times(batch["times"].to(device))
+                loss = loss + args.temporal_loss_weight * temporal_aware_loss(
+                    pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.scaler.scale(loss).backward()
+        except torch.OutOfMemoryError:
+            raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
+                             f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
+                             "--max-events or --batch-size; resume with --resume.") from None
+        trainer.scaler.unscale_(trainer.optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.scheduler.step()
+        state.global_step += 1
+        state.batch_in_epoch = b + 1
+        state.epoch_loss_sum += float(loss.detach()) * len(idx)
+        state.epoch_loss_n += len(idx)
+        trainer.batches_run += 1
+        if procs.master and args.attention_every and state.global_step % args.attention_every == 0:
+            path = save_attention(raw_model, batch, data.embedding_matrix, args.attention_stays,
+                                  paths.attention / f"attention_epoch_{state.epoch}_batch_{b}.npz")
+            plot_attention(path, paths.plots)
+        if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
+            payload = checkpoint_payload(args, data, trainer, state, procs)
+            if procs.master:
+                save_checkpoint(paths.latest, payload)
+        if trainer.kill_after is not None and trainer.batches_run >= trainer.kill_after:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        # --- end of epoch: validate, keep the best, stop early
-        train_loss = epoch_loss_sum / max(1, epoch_loss_n)
-        if ddp:
-            t = torch.tensor([epoch_loss_sum, epoch_loss_n], device=device, dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            train_loss = float(t[0] / t[1].clamp_min(1))
-        val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
-        history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
-                                                           device)[1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
-        val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), ddp)  # one early-stopping decision
-        history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss)
-        history["val_auroc"].append(val_auroc)
-        history["lr"].append(scheduler.get_last_lr()[0])
-        score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
-        improved = score > best_auroc
-        if improved:
-            best_auroc, bad_epochs = score, 0
-            if master:
-                save_checkpoint(best_path, payload(epoch, 0, full=False))
-        else:
-            bad_epochs += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", epoch, train_loss, val_loss,
-                 "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
-        epoch_loss_sum, epoch_loss_n, start_batch = 0.0, 0, 0
-        if bad_epochs >= args.patience:
-            log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
-            finished = True
-        if epoch + 1 == args.epochs:
-            finished = True
-        ranks = gather_rank_states()
-        if master:
-            save_checkpoint(latest_path, payload(epoch + 1, 0, full=True, ranks=ranks))
-            plot_curves(history, plots_dir)
-        if ddp:
-            torch.distributed.barrier(group=wait_group)
 
-    # --- outputs from the best model
-    if master:
-        write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
-                      {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats,
-                       "train_seconds": round(time.time() - t_train, 1)})
-    if ddp:
-        torch.distributed.barrier(group=wait_group)
-        torch.distributed.destroy_process_group()
+def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0):
+    """End of an epoch: validate, keep the best model, stop early, save latest_checkpoint.pth and the curves."""
+    device, raw_model, embedding_matrix = procs.device, trainer.raw_model, data.embedding_matrix
+    val_stays = data.by_split["val"]
+    train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_n)
+    if procs.ddp:
+        t = torch.tensor([state.epoch_loss_sum, state.epoch_loss_n], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        train_loss = float(t[0] / t[1].clamp_min(1))
+    val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
+    history = state.history
+    history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
+                                                       device)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+    val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), procs.ddp)  # one early-stopping decision
+    history["train_loss"].append(train_loss)
+    history["val_loss"].append(val_loss)
+    history["val_auroc"].append(val_auroc)
+    history["lr"].append(trainer.scheduler.get_last_lr()[0])
+    score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
+    improved = score > state.best_val_score
+    if improved:
+        state.best_val_score, state.bad_epochs = score, 0
+        if procs.master:
+            save_checkpoint(paths.best, checkpoint_payload(args, data, trainer, state))
+    else:
+        state.bad_epochs += 1
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch, train_loss, val_loss,
+             "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
+    if state.bad_epochs >= args.patience:
+        log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
+        state.finished = True
+    if state.epoch + 1 == args.epochs:
+        state.finished = True
+    state.epoch, state.batch_in_epoch, state.epoch_loss_sum, state.epoch_loss_n = state.epoch + 1, 0, 0.0, 0
+    payload = checkpoint_payload(args, data, trainer, state, procs)
+    if procs.master:
+        save_checkpoint(paths.latest, payload)
+        plot_curves(history, paths.plots)
+    procs.wait_for_all()
 
 
 def _batch_inputs(raw_model, batch, embedding_matrix):

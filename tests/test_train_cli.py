@@ -40,7 +40,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     latest = torch.load(out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
     assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest["ranks"][0]
     assert best["args"]["seed"] == 5 and best["text_encoder"]["dim"] == 24
-    assert best["best_val_auroc"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
+    assert best["best_val_score"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
 
     pred = pd.read_csv(out / "predictions.csv")
     assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "probability_uncalibrated",
