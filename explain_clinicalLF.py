@@ -44,6 +44,7 @@ from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 import atomic_io
+import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
 
@@ -80,7 +81,7 @@ class LogitForward(nn.Module):
         self.model = model
 
     def forward(self, events, static, mask):
-        return self.model(events, mask, static)
+        return self.model(events, mask, static)[0]
 
 
 def without_absent_events(events, present):
@@ -99,7 +100,7 @@ class EventRemovalForward(LogitForward):
 
     def forward(self, events, static, mask):
         present = mask & (events[..., :N_TYPE_COLUMNS].abs().sum(-1) > 0)
-        return self.model(*without_absent_events(events, present), static)
+        return self.model(*without_absent_events(events, present), static)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -428,7 +429,7 @@ def probabilities_with_masks(model, events, static, masks, max_rows=256):
         idx = rows[i:i + max_rows].to(flat.device)
         chunk_events, chunk_mask = without_absent_events(ev[idx], flat[idx])
         width = max(1, int(chunk_mask.sum(1).max()))
-        logits = model(chunk_events[:, :width], chunk_mask[:, :width], st[idx])
+        logits, _ = model(chunk_events[:, :width], chunk_mask[:, :width], st[idx])
         out[idx.cpu()] = torch.sigmoid(logits).float().cpu()
     return out.view(B, K)
 
@@ -770,26 +771,10 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
                 attention=cpu(attn))
 
 
-def event_features_for_batch(model, batch, embedding_matrix):
-    """The tensor Captum attributes: [type one-hot | text vector | scaled time | value | item vector] per
-    event (train.MortalityTransformer.event_features), padding = 0."""
-    with torch.no_grad():
-        events = model.batch_event_features(batch, embedding_matrix)
-    return events * batch["mask"].unsqueeze(-1)  # padding rows must be exactly zero
-
-
 # -----------------------------------------------------------------------------
 # Loading: checkpoint, data, stays — all through train.py's own functions.
 
-def _train_module():
-    try:
-        import train
-    except ImportError as e:  # pragma: no cover - the repo ships train.py
-        raise ExplainError(f"cannot import train.py ({e}); run from the repository root") from e
-    return train
-
-
-def check_checkpoint_compatible(ckpt, train, encoder_identity_now=None, embedding_dim=None):
+def check_checkpoint_compatible(ckpt, encoder_identity_now=None, embedding_dim=None):
     """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
     problems = []
     config, state = ckpt["model_config"], ckpt["preprocessor"]
@@ -855,7 +840,6 @@ def attribution_rows(stay_ids, event_meta, event_attr, static_attr, static_names
 def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     """Checkpoint (weights_only), model + preprocessor rebuilt from it, and the event table, with errors
     that say which file is wrong and what to do."""
-    train = _train_module()
     checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
     if not checkpoint_path.is_file():
         raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
@@ -870,7 +854,7 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
         identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"),
                                               enc.get("dtype", "float32"))
     try:
-        check_checkpoint_compatible(ckpt, train, identity_now)
+        check_checkpoint_compatible(ckpt, identity_now)
     except ExplainError as e:
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     try:
@@ -879,7 +863,7 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     model.eval()
     table = train.read_event_table(data_path)
-    return train, model, preprocessor, ckpt, table
+    return model, preprocessor, ckpt, table
 
 
 def choose_stays(table, split_of_stay, split, max_stays, stay_ids, data_path):
@@ -900,7 +884,7 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def mean_training_baselines(train, model, table, split_of_stay, preprocessor, prepare, batch_size):
+def mean_training_baselines(model, table, split_of_stay, preprocessor, prepare, batch_size):
     """Training-mean event vector [F] and static vector [S] (the "mean" baseline option)."""
     rows = table[table["stay_id"].isin(split_of_stay.index[split_of_stay == "train"])].reset_index(drop=True)
     stays, embedding_matrix = prepare(rows)
@@ -911,19 +895,11 @@ def mean_training_baselines(train, model, table, split_of_stay, preprocessor, pr
         batch = train.collate_stays(stays[i:i + batch_size])
         n_events += int(batch["mask"].sum())  # counted on the CPU: no device sync per batch
         batch = {k: v.to(device) for k, v in batch.items()}
-        events = event_features_for_batch(model, batch, embedding_matrix)
+        with torch.no_grad():
+            events, _, _ = train.batch_inputs(model, batch, embedding_matrix)  # padding rows are zeros
         total_events = total_events + events.sum((0, 1))
         statics.append(batch["static"])
     return total_events / max(n_events, 1), torch.cat(statics).mean(0)
-
-
-def _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder):
-    """rows -> (stays, embedding_matrix) through train.py, with the checkpoint's preprocessor and encoder
-    (texts missing from the cache are embedded; without the encoder folder a clear error names it)."""
-    def prepare(rows):
-        return train.prepare_stays(rows, ckpt, cache_dir, device=device, max_events=max_events,
-                                   text_encoder=text_encoder)
-    return prepare
 
 
 def _default_cache_dir(args):
@@ -949,24 +925,29 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                                perturbations_per_eval=perturbations_per_eval, curve_points=curve_points,
                                random_orders=random_orders, seed=seed, ig_tolerance=ig_tolerance,
                                max_n_steps=max_n_steps)
-    train, model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, text_encoder)
+    model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, text_encoder)
     args = ckpt.get("args", {})
     max_events = max_events or args.get("max_events")
     cache_dir = cache_dir or _default_cache_dir(args)
     split_of_stay = train.split_stays_by_patient(table, seed=args.get("seed", 0))
     chosen = choose_stays(table, split_of_stay, split, max_stays, stay_ids, test_data_path)
-    prepare = _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder)
+
+    def prepare(rows):
+        """rows -> (stays, embedding_matrix) with the checkpoint's preprocessor and encoder (texts missing from
+        the cache are embedded; without the encoder folder a clear error names it)."""
+        return train.prepare_stays(rows, ckpt, cache_dir, device=device, max_events=max_events,
+                                   text_encoder=text_encoder)
 
     rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
     is_event = rows["event_type"].notna()
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
-    check_checkpoint_compatible(ckpt, train, embedding_dim=int(embedding_matrix.shape[1]))
+    check_checkpoint_compatible(ckpt, embedding_dim=int(embedding_matrix.shape[1]))
     model, embedding_matrix = model.to(device), embedding_matrix.to(device)
     event_baseline = static_baseline = None
     if baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(
-            train, model, table, split_of_stay, preprocessor, prepare, batch_size)
+            model, table, split_of_stay, preprocessor, prepare, batch_size)
     static_groups = preprocessor.static_feature_groups
     static_names = list(static_groups)
     has_planted = "planted_risk" in rows.columns
@@ -991,8 +972,8 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
             chunk = stays[i:i + batch_size]
             batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
-            mask, static = batch["mask"].bool(), batch["static"].float()
-            events = event_features_for_batch(model, batch, embedding_matrix)
+            with torch.no_grad():  # the tensor Captum attributes (train.MortalityTransformer.event_features)
+                events, mask, static = train.batch_inputs(model, batch, embedding_matrix)
             out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
             meta = []
             for b, stay in enumerate(chunk):
@@ -1627,7 +1608,6 @@ def build_arg_parser():
 
 def main(argv=None):
     args = build_arg_parser().parse_args(argv)
-    train = _train_module()
     user_errors = (ExplainError, train.EventTableError, train.CheckpointError, train.TextEncoderError)
     try:
         result = run_explainability_analysis(

@@ -1417,7 +1417,10 @@ class MortalityTransformer(nn.Module):
             parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
         return torch.cat(parts, dim=-1) * real
 
-    def forward(self, events, mask, static, return_attention=False, return_pooling=False):
+    def forward(self, events, mask, static, return_attention=False):
+        """(logits [B], attention): attention["pooling_attention"] [B, pool_heads, 1, L] always (the temporal loss
+        reads it); with return_attention also each layer's attention, the transformer output, the pooling query
+        and the pooled vector."""
         B, L, _ = events.shape
         has_events = mask.any(1)
         # A stay with no real event attends to everything (finite numbers) and its pooled vector is zeroed.
@@ -1432,25 +1435,22 @@ class MortalityTransformer(nn.Module):
         pooled = torch.where(has_events[:, None], pooled, torch.zeros_like(pooled))
         pool_weights = pool_weights * has_events[:, None, None, None]
         logits = self.classifier(torch.cat([pooled, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+        attention = {"pooling_attention": pool_weights}
         if return_attention:
-            return logits, dict(layer_attention=torch.stack(layer_attention), pooling_attention=pool_weights,
-                                transformer_output=x, query=self.pool.query, pooled=pooled)
-        if return_pooling:
-            return logits, pool_weights
-        return logits
+            attention.update(layer_attention=torch.stack(layer_attention), transformer_output=x, query=self.pool.query,
+                             pooled=pooled)
+        return logits, attention
 
-    def batch_event_features(self, batch, embedding_matrix):
-        """event_features of a collate_stays batch: the one place a batch's inputs are built."""
-        device = embedding_matrix.device
-        vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-        extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
-        return self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
 
-    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
-        device = embedding_matrix.device
-        events = self.batch_event_features(batch, embedding_matrix)
-        return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
-                    return_pooling=return_pooling)
+def batch_inputs(model, batch, embedding_matrix):
+    """(events, mask, static) of a collate_stays batch on the embedding matrix's device, for model(*inputs): the one
+    place a batch's inputs are built. Gathers each event's row of the float16 matrix, widens it, and builds the
+    event features (`model`: the MortalityTransformer itself, not a DDP wrapper; padding rows are zeros)."""
+    device = embedding_matrix.device
+    vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
+    extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
+    events = model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
+    return events, batch["mask"].to(device), batch["static"].to(device)
 
 # -----------------------------------------------------------------------------
 # Loss
@@ -1954,7 +1954,8 @@ def predict_logits(model, stays, embedding_matrix, batch_size, device):
     sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
     out = np.zeros(len(stays))
     for idx in sampler:
-        out[idx] = model.forward_batch(collate_stays([stays[i] for i in idx]), embedding_matrix).float().cpu().numpy()
+        logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
+        out[idx] = logits.float().cpu().numpy()
     return out
 
 
@@ -2375,7 +2376,8 @@ def train_epoch(args, procs, paths, data, trainer, state):
         batch = collate_stays([train_stays[i] for i in idx])
         try:
             with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
-                logits, pool_weights = model(*_batch_inputs(raw_model, batch, data.embedding_matrix), return_pooling=True)
+                logits, attention = model(*batch_inputs(raw_model, batch, data.embedding_matrix))
+                pool_weights = attention["pooling_attention"]
             label = batch["label"].to(device)
             loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=trainer.pos_weight)
             if args.temporal_loss_weight > 0:
@@ -2455,13 +2457,6 @@ def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_prob
     procs.wait_for_all()
 
 
-def _batch_inputs(raw_model, batch, embedding_matrix):
-    """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
-    device = embedding_matrix.device
-    events = raw_model.batch_event_features(batch, embedding_matrix)
-    return events, batch["mask"].to(device), batch["static"].to(device)
-
-
 @torch.no_grad()
 def save_attention(model, batch, embedding_matrix, n_stays, path):
     """Attention of the first `n_stays` stays of a batch (eval mode, no RNG used), float16 npz."""
@@ -2470,7 +2465,7 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
     small = {k: v[:n_stays] for k, v in batch.items()}
     n = max(1, int(small["mask"].sum(1).max()))
     small = {k: (v[:, :n] if v.dim() == 2 and k != "static" else v) for k, v in small.items()}
-    _, att = model.forward_batch(small, embedding_matrix, return_attention=True)
+    _, att = model(*batch_inputs(model, small, embedding_matrix), return_attention=True)
     model.train(was_training)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, layer_attention=att["layer_attention"].float().cpu().numpy().astype(np.float16),

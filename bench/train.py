@@ -6,7 +6,7 @@ only the data path differs:
 
 - project: train.build_stays (integer rows into one embedding matrix + type ids + scaled times),
   train.LengthBucketSampler (shuffled batches of similar length), train.collate_stays (right padding to the
-  batch's longest stay) and MortalityTransformer.forward_batch (gathers the vectors on the device);
+  batch's longest stay) and train.batch_inputs (gathers the vectors on the device);
 - prototype-style baseline (written out here): a torch Dataset whose items are built by concatenating float
   arrays per stay ([type one-hot | text vector | time] for every event, a copy of every vector), random
   batches (DataLoader shuffle=True) padded to the longest stay of the batch.
@@ -116,14 +116,14 @@ def batches(way, stays, embedding_matrix, args, epoch, model):
         sampler.set_epoch(epoch)
         for idx in sampler:
             batch = train.collate_stays([stays[i] for i in idx])
-            logits = model.forward_batch(batch, embedding_matrix)
+            logits, _ = model(*train.batch_inputs(model, batch, embedding_matrix))
             yield logits, batch["label"], int(batch["mask"].sum()), batch["mask"].numel()
     else:
         loader = torch.utils.data.DataLoader(PrototypeDataset(stays, embedding_matrix, len(train.EVENT_TYPES)),
                                              batch_size=args.batch_size, shuffle=True, collate_fn=prototype_collate,
                                              generator=torch.Generator().manual_seed(args.seed + epoch))
         for events, mask, static, labels in loader:
-            logits = model(events, mask, static)
+            logits, _ = model(events, mask, static)
             yield logits, labels, int(mask.sum()), mask.numel()
 
 
