@@ -849,10 +849,9 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     ckpt = train.load_checkpoint(checkpoint_path)  # CheckpointError names the file and what is wrong
     identity_now = None
     if text_encoder is not None:
-        enc = ckpt.get("text_encoder", {})
-        folder = train.resolve_text_encoder(text_encoder)
-        identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"),
-                                              enc.get("dtype", "float32"))
+        saved = train.EncoderSpec.from_checkpoint(ckpt)
+        identity_now = train.EncoderSpec.of_folder(train.resolve_text_encoder(text_encoder), saved.pooling,
+                                                   saved.max_length, saved.dtype).identity
     try:
         check_checkpoint_compatible(ckpt, identity_now)
     except ExplainError as e:
@@ -935,8 +934,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     def prepare(rows):
         """rows -> (stays, embedding_matrix) with the checkpoint's preprocessor and encoder (texts missing from
         the cache are embedded; without the encoder folder a clear error names it)."""
-        return train.prepare_stays(rows, ckpt, cache_dir, device=device, max_events=max_events,
-                                   text_encoder=text_encoder)
+        return train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir, device, max_events, text_encoder)
 
     rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
     is_event = rows["event_type"].notna()

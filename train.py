@@ -689,6 +689,33 @@ def _encoder_identity(folder, pooling, max_length, _file_stamps) -> str:
     return f"{model_type}-h{encoder_dim(folder)}-{pooling}-len{encoder_max_length(folder, max_length)}-{digest.hexdigest()[:16]}"
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which text encoder made the vectors, worked out once (EncoderSpec.of_folder); checkpoints keep it as a plain
+    dict under "text_encoder" (asdict), so that a checkpoint finds its vectors in the cache without the folder."""
+    folder: str       # where the encoder was when the vectors were made (--text-encoder may point elsewhere later)
+    identity: str     # encoder_identity(): the name of its folder in the embedding cache
+    dim: int          # vector width
+    pooling: str      # "cls" or "mean"
+    max_length: int   # tokens per text
+    dtype: str = "float32"  # precision the vectors were made with (checkpoints from before it was saved: float32)
+
+    @classmethod
+    def of_folder(cls, folder, pooling="cls", max_length=None, dtype="float32"):
+        """`max_length`: the requested limit (None: the encoder's own), capped by what the encoder allows."""
+        return cls(folder=str(folder), identity=encoder_identity(folder, pooling, max_length, dtype),
+                   dim=encoder_dim(folder), pooling=pooling, max_length=encoder_max_length(folder, max_length),
+                   dtype=dtype)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, folder=None):
+        """The checkpoint's encoder; `folder`: where that encoder is on this machine, if elsewhere."""
+        saved = dict(ckpt["text_encoder"])
+        if folder is not None:
+            saved["folder"] = str(folder)
+        return cls(**saved)
+
+
 class TextEncoder:
     """Embeds texts with a local Hugging Face encoder (never a hub): unique texts, length-sorted batches,
     dynamic padding, inference_mode, bf16/fp16 on a GPU."""
@@ -697,10 +724,9 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
         self.folder, self.device, self.pooling, self.batch_size = Path(folder), torch.device(device), pooling, batch_size
-        self.max_length = encoder_max_length(folder, max_length)
         dtype = resolve_embed_dtype(dtype, self.device)
-        self.identity = encoder_identity(folder, pooling, max_length, dtype)
-        self.dim = encoder_dim(folder)
+        spec = EncoderSpec.of_folder(folder, pooling, max_length, dtype)
+        self.max_length, self.identity, self.dim = spec.max_length, spec.identity, spec.dim
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
@@ -1085,7 +1111,8 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
     uniques = texts.iloc[first]
     if identity is None:
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
-        identity, dim = encoder_identity(folder, pooling, max_length, resolve_embed_dtype(dtype, device)), encoder_dim(folder)
+        spec = EncoderSpec.of_folder(folder, pooling, max_length, resolve_embed_dtype(dtype, device))
+        identity, dim = spec.identity, spec.dim
     cache = EmbeddingCache(cache_dir, identity, dim)
     located = cache.locate(keys)
     view = cache.shard_view(keys, rows=located)
@@ -1212,31 +1239,25 @@ def collate_stays(stays):
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
 
 
-def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_events=None, text_encoder=None,
-                  embed_batch_size=64, stats=None, embed_dtype="auto"):
-    """Embed the table's texts (cache first) and build its stays; returns (stays, embedding_matrix).
-
-    `ckpt_or_preprocessor`: a checkpoint dict (its preprocessor, encoder identity and max_events are used;
-    `text_encoder` may point at the encoder folder on this machine), or a fitted EventPreprocessor with
-    `text_encoder` a dict {folder, identity, dim, pooling, max_length}."""
-    if isinstance(ckpt_or_preprocessor, dict):
-        ckpt = ckpt_or_preprocessor
-        preprocessor = EventPreprocessor.from_state_dict(ckpt["preprocessor"])
-        info = dict(ckpt["text_encoder"])
-        if text_encoder is not None:
-            info["folder"] = str(text_encoder)
-        max_events = max_events or ckpt["args"]["max_events"]
-    else:
-        preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
-    if embed_dtype == "auto":  # the precision the vectors were made with (checkpoints before it was saved: float32)
-        embed_dtype = info.get("dtype", "float32")
+def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="cpu", max_events=None,
+                  embed_batch_size=64, stats=None):
+    """Embed the table's texts with `encoder` (cache first; the encoder folder is needed only for texts
+    missing from the cache) and build its stays; returns (stays, embedding_matrix)."""
     is_event = table["event_type"].notna().to_numpy()
-    matrix, rows = embed_texts(table.loc[is_event, "event_text"], info.get("folder"), cache_dir, device,
-                               info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
-                               dim=info["dim"], stats=stats, dtype=embed_dtype)
+    matrix, rows = embed_texts(table.loc[is_event, "event_text"], encoder.folder, cache_dir, device, encoder.pooling,
+                               encoder.max_length, embed_batch_size, identity=encoder.identity, dim=encoder.dim,
+                               stats=stats, dtype=encoder.dtype)
     text_rows = np.zeros(len(table), dtype=np.int64)
     text_rows[is_event] = rows
     return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9), matrix
+
+
+def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events=None, text_encoder=None):
+    """prepare_stays with a checkpoint's preprocessor, encoder and --max-events; `text_encoder`: the encoder
+    folder on this machine, where it is not where the checkpoint was trained."""
+    return prepare_stays(table, EventPreprocessor.from_state_dict(ckpt["preprocessor"]),
+                         EncoderSpec.from_checkpoint(ckpt, text_encoder), cache_dir, device,
+                         max_events or ckpt["args"]["max_events"])
 
 
 class LengthBucketSampler:
@@ -2220,7 +2241,7 @@ class TrainingData:
     table: pd.DataFrame
     fingerprint: str
     preprocessor: "EventPreprocessor"
-    encoder_info: dict
+    encoder: EncoderSpec
     stays: list
     stay_split: np.ndarray        # "train"/"val"/"test" per stay, in the order of `stays`
     embedding_matrix: torch.Tensor  # float16, one row per distinct text, on the device
@@ -2247,25 +2268,22 @@ def load_training_data(args, procs, paths, resume) -> TrainingData:
                               "start a new run (without --resume) or restore the original table")
     if resume is not None:
         preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
-        encoder_info = dict(resume["text_encoder"])
+        encoder = EncoderSpec.from_checkpoint(resume)
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
         if args.item_dim or args.value_channel == "on":
             preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
-        folder = resolve_text_encoder(args.text_encoder)
-        dtype = resolve_embed_dtype(args.embed_dtype, procs.device)
-        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
-                        "dim": encoder_dim(folder), "pooling": args.pooling, "dtype": dtype,
-                        "max_length": encoder_max_length(folder, args.text_max_length)}
+        encoder = EncoderSpec.of_folder(resolve_text_encoder(args.text_encoder), args.pooling, args.text_max_length,
+                                        resolve_embed_dtype(args.embed_dtype, procs.device))
     embed_stats = {}
     if not procs.master:
         procs.wait_for_all()
-    stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, procs.device, args.max_events,
-                                            encoder_info, args.embed_batch_size, embed_stats, args.embed_dtype)
+    stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, procs.device, args.max_events,
+                                            args.embed_batch_size, embed_stats)
     if procs.master:
         procs.wait_for_all()
     procs.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
-    data = TrainingData(table, fingerprint, preprocessor, encoder_info, stays, stay_split, embedding_matrix, embed_stats)
+    data = TrainingData(table, fingerprint, preprocessor, encoder, stays, stay_split, embedding_matrix, embed_stats)
     if getattr(args, "embed_only", False):
         return data
     data.embedding_matrix = embedding_matrix.to(procs.device)
@@ -2355,7 +2373,7 @@ def checkpoint_payload(args, data, trainer, state, procs=None):
     also the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
     payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(trainer.config),
                "model_state": trainer.raw_model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
-               "text_encoder": data.encoder_info, "args": vars(args), "epoch": state.epoch,
+               "text_encoder": asdict(data.encoder), "args": vars(args), "epoch": state.epoch,
                "best_val_score": state.best_val_score,
                "static_feature_names": data.preprocessor.static_feature_names, "data_fingerprint": data.fingerprint}
     if procs is not None:

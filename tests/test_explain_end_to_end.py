@@ -84,7 +84,7 @@ def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(expl
     model, _, ckpt = train.model_from_checkpoint(train.load_checkpoint(explained["checkpoint"]))
     table = explained["table"]
     stay_rows = table[table.stay_id == stay_id].reset_index(drop=True)
-    (stay,), matrix = train.prepare_stays(stay_rows, ckpt, explained["cache"])
+    (stay,), matrix = train.prepare_stays_of_checkpoint(stay_rows, ckpt, explained["cache"])
     fa = rows[(rows.stay_id == stay_id) & (rows.method == "feature_ablation")].attribution.to_numpy()
     with torch.no_grad():
         full = model(*train.batch_inputs(model, train.collate_stays([stay]), matrix))[0][0]

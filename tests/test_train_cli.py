@@ -72,7 +72,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
 
     # The probabilities are those of the best model, rebuilt the way explain_clinicalLF.py does.
     model, pre, ckpt = train.model_from_checkpoint(best)
-    stays, matrix = train.prepare_stays(table, ckpt, cache, text_encoder=tiny_bert_dir)
+    stays, matrix = train.prepare_stays_of_checkpoint(table, ckpt, cache, text_encoder=tiny_bert_dir)
     probs, _ = train.predict(model, stays, matrix, 16, "cpu")
     by_stay = pred.set_index("stay_id").loc[[s.stay_id for s in stays]]
     np.testing.assert_allclose(probs, by_stay["probability_uncalibrated"], atol=1e-6)
