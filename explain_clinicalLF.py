@@ -49,7 +49,7 @@ import train
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
 
 # -----------------------------------------------------------------------------
-# defaults (CONTRACT §2)
+# defaults (docs/interfaces.md §2)
 DEFAULT_CHECKPOINT = "trained_models/clinical_LF/checkpoints/best_model.pth"
 DEFAULT_DATA = "sample_train.csv"
 DEFAULT_SAVE_DIR = "trained_models/clinical_LF/explainability"
@@ -60,7 +60,7 @@ ERASER_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 FIGURES = ("layer_attention_weights.png", "sequence_importance.png", "sequence_importance_combined.png",
            "head_specialization.png", "feature_importance.png", "query_vector_analysis.png",
            "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png")
-N_TYPE_COLUMNS = 6  # the first columns of an event's feature vector are its type one-hot (len(train.EVENT_TYPES))
+N_TYPE_COLUMNS = len(train.EVENT_TYPES)  # the first columns of an event's feature vector: its type one-hot
 # -----------------------------------------------------------------------------
 
 
@@ -824,7 +824,7 @@ EVENT_COLUMNS = ("event_index", "event_time", "event_type", "event_text", "relat
 
 
 def attribution_rows(stay_ids, event_meta, event_attr, static_attr, static_names, mask):
-    """CONTRACT §4 rows for one batch. event_meta[b]: the stay's real events (EVENT_COLUMNS) in sequence
+    """docs/interfaces.md §4 rows for one batch. event_meta[b]: the stay's real events (EVENT_COLUMNS) in sequence
     order, one row per real position of mask[b]. Padding never becomes a row; a stay without events gets
     static rows only."""
     event_parts, static_rows = [], []
@@ -861,7 +861,8 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
         raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
                            "pass --checkpoint FILE.")
     if not data_path.is_file():
-        raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, CONTRACT §1).")
+        raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, "
+                           "docs/interfaces.md §1).")
     ckpt = train.load_checkpoint(checkpoint_path)  # CheckpointError names the file and what is wrong
     identity_now = None
     if text_encoder is not None:
@@ -935,7 +936,7 @@ def explain_options(options):
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
                                 save_dir=DEFAULT_SAVE_DIR, **options):
-    """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
+    """Explain the chosen stays with every method and write docs/interfaces.md §4's outputs under save_dir.
     `options`: any field of ExplainRun or ExplainSettings by name (their defaults are the command's).
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
     static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
@@ -1581,7 +1582,7 @@ def make_all_figures(collected, save_dir, faithfulness, stay_ids):
 
 
 # -----------------------------------------------------------------------------
-# CLI (CONTRACT §2)
+# CLI (docs/interfaces.md §2)
 
 def build_arg_parser():
     run, settings = ExplainRun(), ExplainSettings()  # the defaults, written once

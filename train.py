@@ -1,4 +1,4 @@
-"""Train the in-hospital mortality model on an event table (CONTRACT.md section 1).
+"""Train the in-hospital mortality model on an event table (docs/interfaces.md section 1).
 
 One script, read top to bottom: config -> event table -> split and preprocessor -> text encoder and
 embedding cache -> dataset -> model -> loss -> training loop -> outputs.
@@ -112,7 +112,7 @@ def build_arg_parser():
     return p
 
 
-# CONTRACT.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
+# docs/interfaces.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
 EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
 STATIC_CATEGORICAL = ("gender", "race", "marital_status", "admission_type", "admission_location",
                       "insurance", "first_careunit")
@@ -293,11 +293,11 @@ def read_event_table(path) -> pd.DataFrame:
     if not path.is_file():
         raise EventTableError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (docs/interfaces.md section 1)")
     try:
         df = _read_raw(path)
     except pd.errors.EmptyDataError:
-        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (docs/interfaces.md section 1)")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise EventTableError(f"{path}: required column(s) missing: {', '.join(missing)} "
@@ -511,18 +511,19 @@ class EventPreprocessor:
         return pd.to_numeric(rows["relative_time_to_final_event"], errors="coerce").to_numpy(dtype="float64") / 60.0
 
     def transform_events(self, rows):
-        """(type_ids int64, times float32) for event rows (rows with an empty event_type are rejected)."""
+        """(type_ids int64, log_hours float32: standardised log(1 + hours before the prediction time)) for event
+        rows (rows with an empty event_type are rejected)."""
         etype = rows["event_type"].astype("string")
         ids = pd.Index(list(EVENT_TYPES)).get_indexer(etype.fillna("")).astype(np.int64)
         if (ids < 0).any():
             bad = sorted(set(etype[ids < 0].fillna("<empty>").tolist()))
             raise EventTableError(f"unknown event_type(s) {bad}; expected one of {list(EVENT_TYPES)}")
-        times = (np.log1p(self._hours(rows)) - self.time_mean) / self.time_std
-        return ids, times.astype(np.float32)
+        log_hours = (np.log1p(self._hours(rows)) - self.time_mean) / self.time_std
+        return ids, log_hours.astype(np.float32)
 
-    def hours_from_times(self, times: torch.Tensor) -> torch.Tensor:
+    def hours_from_log_hours(self, log_hours: torch.Tensor) -> torch.Tensor:
         """Invert the time scaling: hours before the prediction time."""
-        return torch.expm1(times * self.time_std + self.time_mean).clamp_min(0)
+        return torch.expm1(log_hours * self.time_std + self.time_mean).clamp_min(0)
 
     def state_dict(self) -> dict:
         ct = self.column_transformer.named_transformers_
@@ -1172,7 +1173,7 @@ class Stay:
     subject_id: int
     text_rows: torch.Tensor       # Long[L] rows of the embedding matrix
     type_ids: torch.Tensor        # Long[L] index into EVENT_TYPES
-    times: torch.Tensor           # Float[L] scaled time before the prediction time
+    log_hours: torch.Tensor       # Float[L] standardised log(1 + hours before the prediction time)
     static: torch.Tensor          # Float[S]
     label: float
     event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
@@ -1185,11 +1186,11 @@ def build_stays(table, preprocessor, text_rows, max_events):
     static = torch.from_numpy(preprocessor.transform_static(table))
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
-    times = np.zeros(len(table), dtype=np.float32)
+    log_hours = np.zeros(len(table), dtype=np.float32)
     item_ids = np.zeros(len(table), dtype=np.int64)
     values = np.zeros(len(table), dtype=np.float32)
     if is_event.any():
-        type_ids[is_event], times[is_event] = preprocessor.transform_events(table.loc[is_event])
+        type_ids[is_event], log_hours[is_event] = preprocessor.transform_events(table.loc[is_event])
         if preprocessor.items:
             item_ids[is_event], values[is_event] = preprocessor.transform_items(table.loc[is_event])
     text_rows = np.asarray(text_rows, dtype=np.int64)
@@ -1207,7 +1208,7 @@ def build_stays(table, preprocessor, text_rows, max_events):
             n_cut += 1
             rows = rows[-max_events:]  # rows are time-ordered: keep the most recent
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
-                          torch.from_numpy(type_ids[rows]), torch.from_numpy(times[rows]), static[i],
+                          torch.from_numpy(type_ids[rows]), torch.from_numpy(log_hours[rows]), static[i],
                           float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
                           torch.from_numpy(values[rows])))
     if n_cut:
@@ -1224,15 +1225,15 @@ def collate_stays(stays):
     B = len(stays)
     text_rows = torch.zeros(B, L, dtype=torch.long)
     type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
-    times = torch.zeros(B, L)
+    log_hours = torch.zeros(B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)
     item_ids, values = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L)
     for i, s in enumerate(stays):
         n = len(s.type_ids)
-        text_rows[i, :n], type_ids[i, :n], times[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.times, True
+        text_rows[i, :n], type_ids[i, :n], log_hours[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.log_hours, True
         if s.item_ids is not None:
             item_ids[i, :n], values[i, :n] = s.item_ids, s.values
-    return {"text_rows": text_rows, "type_ids": type_ids, "times": times, "mask": mask,
+    return {"text_rows": text_rows, "type_ids": type_ids, "log_hours": log_hours, "mask": mask,
             "item_ids": item_ids, "values": values,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
@@ -1422,13 +1423,13 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, times, item_ids=None, values=None):
-        """[type one-hot | standardised text vector | scaled time | value | item embedding] per event (the last
+    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None):
+        """[type one-hot | standardised text vector | standardised log-hours | value | item embedding] per event (the last
         two where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
-        parts = [onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)]
+        parts = [onehot, text, log_hours.unsqueeze(-1).to(text_vectors.dtype)]
         if (self.config.value_channel or self.item_embedding is not None) and item_ids is None:
             raise ValueError("this model also reads each event's item id and value: pass the batch's item_ids "
                              "and values (collate_stays makes them)")
@@ -1470,7 +1471,7 @@ def batch_inputs(model, batch, embedding_matrix):
     device = embedding_matrix.device
     vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
     extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
-    events = model.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
+    events = model.event_features(vectors, batch["type_ids"].to(device), batch["log_hours"].to(device), **extra)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
 # -----------------------------------------------------------------------------
@@ -2399,7 +2400,7 @@ def train_epoch(args, procs, paths, data, trainer, state):
             label = batch["label"].to(device)
             loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=trainer.pos_weight)
             if args.temporal_loss_weight > 0:
-                hours = data.preprocessor.hours_from_times(batch["times"].to(device))
+                hours = data.preprocessor.hours_from_log_hours(batch["log_hours"].to(device))
                 loss = loss + args.temporal_loss_weight * temporal_aware_loss(
                     pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
             trainer.optimizer.zero_grad(set_to_none=True)

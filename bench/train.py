@@ -4,7 +4,7 @@ Both ways train train.py's MortalityTransformer (same config, same initial weigh
 BCE with pos_weight, AdamW, gradient clipping) for whole epochs over the training split of an event table;
 only the data path differs:
 
-- project: train.build_stays (integer rows into one embedding matrix + type ids + scaled times),
+- project: train.build_stays (integer rows into one embedding matrix + type ids + standardised log-hours),
   train.LengthBucketSampler (shuffled batches of similar length), train.collate_stays (right padding to the
   batch's longest stay) and train.batch_inputs (gathers the vectors on the device);
 - prototype-style baseline (written out here): a torch Dataset whose items are built by concatenating float
@@ -34,7 +34,8 @@ from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--data", default=None,
-                    help="event table (CONTRACT section 1); default: a synthetic one (synthetic_mimic.py + extract_cohort.py)")
+                    help="event table (docs/interfaces.md section 1); default: a synthetic one (synthetic_mimic.py "
+                    "+ extract_cohort.py)")
 parser.add_argument("--synthetic-stays", type=int, default=500, help="stays of the synthetic table (no --data)")
 parser.add_argument("--regime", choices=["realistic", "small"], default="realistic",
                     help="synthetic_mimic.py --regime of the synthetic table (no --data)")
@@ -89,8 +90,8 @@ class PrototypeDataset(torch.utils.data.Dataset):
         stay = self.stays[i]
         onehot = np.eye(self.n_types, dtype=np.float32)[stay.type_ids.numpy()]
         vectors = self.vectors[stay.text_rows.numpy()]
-        times = stay.times.numpy()[:, None]
-        return np.concatenate([onehot, vectors, times], axis=1), stay.static.numpy(), stay.label
+        log_hours = stay.log_hours.numpy()[:, None]
+        return np.concatenate([onehot, vectors, log_hours], axis=1), stay.static.numpy(), stay.label
 
 
 def prototype_collate(items):

@@ -91,7 +91,7 @@ def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(expl
         for j in (0, len(stay.type_ids) // 2, len(stay.type_ids) - 1):
             keep = [i for i in range(len(stay.type_ids)) if i != j]
             without = train.Stay(stay.stay_id, stay.subject_id, stay.text_rows[keep], stay.type_ids[keep],
-                                 stay.times[keep], stay.static, stay.label, stay.event_row_index[keep],
+                                 stay.log_hours[keep], stay.static, stay.label, stay.event_row_index[keep],
                                  stay.item_ids[keep], stay.values[keep])
             rerun = model(*train.batch_inputs(model, train.collate_stays([without]), matrix))[0][0]
             assert fa[j] == pytest.approx(float(full - rerun), abs=1e-5)

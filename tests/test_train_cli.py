@@ -1,4 +1,4 @@
-"""train.py end to end as a command: outputs of CONTRACT.md section 3, DDP, degenerate data."""
+"""train.py end to end as a command: outputs of docs/interfaces.md section 3, DDP, degenerate data."""
 import json
 import re
 

@@ -13,7 +13,7 @@ def random_stays(n, dim=8, n_static=5, max_len=12, seed=0, n_texts=20):
     for i in range(n):
         L = int(torch.randint(0, max_len + 1, (1,), generator=g)) if i % 4 else (0 if i == 0 else max_len)
         stays.append(train.Stay(stay_id=i, subject_id=100 + i, text_rows=torch.randint(0, n_texts, (L,), generator=g),
-                                 type_ids=torch.randint(0, 5, (L,), generator=g), times=torch.randn(L, generator=g),
+                                 type_ids=torch.randint(0, 5, (L,), generator=g), log_hours=torch.randn(L, generator=g),
                                  static=torch.randn(n_static, generator=g), label=float(i % 2),
                                  event_row_index=torch.arange(L)))
     matrix = torch.randn(n_texts, dim, generator=g)
@@ -42,12 +42,12 @@ def test_event_features_zero_on_padding():
     stays, matrix = random_stays(6)
     model = small_model()
     batch = train.collate_stays(stays)
-    feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["times"])
+    feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["log_hours"])
     assert feats.shape == (6, batch["mask"].shape[1], len(train.EVENT_TYPES) + 8 + 1)
     assert (feats[~batch["mask"]] == 0).all()
     real = feats[batch["mask"]]
     assert (real[:, :len(train.EVENT_TYPES)].sum(1) == 1).all()
-    torch.testing.assert_close(real[:, -1], batch["times"][batch["mask"]])
+    torch.testing.assert_close(real[:, -1], batch["log_hours"][batch["mask"]])
 
 
 def test_padding_invariance():
