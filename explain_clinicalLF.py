@@ -44,11 +44,12 @@ from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 import atomic_io
+import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
 
 # -----------------------------------------------------------------------------
-# defaults (CONTRACT §2)
+# defaults (docs/interfaces.md §2)
 DEFAULT_CHECKPOINT = "trained_models/clinical_LF/checkpoints/best_model.pth"
 DEFAULT_DATA = "sample_train.csv"
 DEFAULT_SAVE_DIR = "trained_models/clinical_LF/explainability"
@@ -59,7 +60,7 @@ ERASER_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 FIGURES = ("layer_attention_weights.png", "sequence_importance.png", "sequence_importance_combined.png",
            "head_specialization.png", "feature_importance.png", "query_vector_analysis.png",
            "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png")
-N_TYPE_COLUMNS = 6  # the first columns of an event's feature vector are its type one-hot (len(train.EVENT_TYPES))
+N_TYPE_COLUMNS = len(train.EVENT_TYPES)  # the first columns of an event's feature vector: its type one-hot
 # -----------------------------------------------------------------------------
 
 
@@ -80,7 +81,7 @@ class LogitForward(nn.Module):
         self.model = model
 
     def forward(self, events, static, mask):
-        return self.model(events, mask, static)
+        return self.model(events, mask, static)[0]
 
 
 def without_absent_events(events, present):
@@ -99,7 +100,7 @@ class EventRemovalForward(LogitForward):
 
     def forward(self, events, static, mask):
         present = mask & (events[..., :N_TYPE_COLUMNS].abs().sum(-1) > 0)
-        return self.model(*without_absent_events(events, present), static)
+        return self.model(*without_absent_events(events, present), static)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -428,7 +429,7 @@ def probabilities_with_masks(model, events, static, masks, max_rows=256):
         idx = rows[i:i + max_rows].to(flat.device)
         chunk_events, chunk_mask = without_absent_events(ev[idx], flat[idx])
         width = max(1, int(chunk_mask.sum(1).max()))
-        logits = model(chunk_events[:, :width], chunk_mask[:, :width], st[idx])
+        logits, _ = model(chunk_events[:, :width], chunk_mask[:, :width], st[idx])
         out[idx.cpu()] = torch.sigmoid(logits).float().cpu()
     return out.view(B, K)
 
@@ -706,6 +707,22 @@ def _json_default(o):
 # One batch, every method.
 
 @dataclass
+class ExplainRun:
+    """Which stays run_explainability_analysis explains and where; the defaults are also the command's."""
+    split: str = "test"             # the checkpoint's patient-level split to explain ("all": every stay)
+    max_stays: int = 100            # the first N stays (by id) of the split; 0 = all
+    stay_ids: list | None = None    # also explain these stays and draw a timeline for each
+    batch_size: int = 16            # stays per explanation batch
+    randomisation_stays: int = 5    # stays explained again by every model of the cascading randomisation; 0 = skip
+    cache_dir: str | None = None    # embedding cache; None = the checkpoint's, else DEFAULT_CACHE_DIR
+    text_encoder: str | None = None  # encoder folder, only for texts missing from the cache
+    device: str = "cpu"
+    max_events: int | None = None   # most recent events per stay; None = the checkpoint's --max-events
+    make_figures: bool = True
+    show_progress: bool = True
+
+
+@dataclass
 class ExplainSettings:
     n_steps: int = 32                   # IG / LayerIG integration steps (Gauss-Legendre)
     internal_batch_size: int | None = None  # rows (stays x steps) per IG forward/backward chunk; None = from the
@@ -770,26 +787,10 @@ def explain_batch(model, events, mask, static, static_groups, settings, event_ba
                 attention=cpu(attn))
 
 
-def event_features_for_batch(model, batch, embedding_matrix):
-    """The tensor Captum attributes: [type one-hot | text vector | scaled time | value | item vector] per
-    event (train.MortalityTransformer.event_features), padding = 0."""
-    with torch.no_grad():
-        events = model.batch_event_features(batch, embedding_matrix)
-    return events * batch["mask"].unsqueeze(-1)  # padding rows must be exactly zero
-
-
 # -----------------------------------------------------------------------------
 # Loading: checkpoint, data, stays — all through train.py's own functions.
 
-def _train_module():
-    try:
-        import train
-    except ImportError as e:  # pragma: no cover - the repo ships train.py
-        raise ExplainError(f"cannot import train.py ({e}); run from the repository root") from e
-    return train
-
-
-def check_checkpoint_compatible(ckpt, train, encoder_identity_now=None, embedding_dim=None):
+def check_checkpoint_compatible(ckpt, encoder_identity_now=None, embedding_dim=None):
     """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
     problems = []
     config, state = ckpt["model_config"], ckpt["preprocessor"]
@@ -823,7 +824,7 @@ EVENT_COLUMNS = ("event_index", "event_time", "event_type", "event_text", "relat
 
 
 def attribution_rows(stay_ids, event_meta, event_attr, static_attr, static_names, mask):
-    """CONTRACT §4 rows for one batch. event_meta[b]: the stay's real events (EVENT_COLUMNS) in sequence
+    """docs/interfaces.md §4 rows for one batch. event_meta[b]: the stay's real events (EVENT_COLUMNS) in sequence
     order, one row per real position of mask[b]. Padding never becomes a row; a stay without events gets
     static rows only."""
     event_parts, static_rows = [], []
@@ -855,22 +856,21 @@ def attribution_rows(stay_ids, event_meta, event_attr, static_attr, static_names
 def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     """Checkpoint (weights_only), model + preprocessor rebuilt from it, and the event table, with errors
     that say which file is wrong and what to do."""
-    train = _train_module()
     checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
     if not checkpoint_path.is_file():
         raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
                            "pass --checkpoint FILE.")
     if not data_path.is_file():
-        raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, CONTRACT §1).")
+        raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, "
+                           "docs/interfaces.md §1).")
     ckpt = train.load_checkpoint(checkpoint_path)  # CheckpointError names the file and what is wrong
     identity_now = None
     if text_encoder is not None:
-        enc = ckpt.get("text_encoder", {})
-        folder = train.resolve_text_encoder(text_encoder)
-        identity_now = train.encoder_identity(folder, enc.get("pooling", "cls"), enc.get("max_length"),
-                                              enc.get("dtype", "float32"))
+        saved = train.EncoderSpec.from_checkpoint(ckpt)
+        identity_now = train.EncoderSpec.of_folder(train.resolve_text_encoder(text_encoder), saved.pooling,
+                                                   saved.max_length, saved.dtype).identity
     try:
-        check_checkpoint_compatible(ckpt, train, identity_now)
+        check_checkpoint_compatible(ckpt, identity_now)
     except ExplainError as e:
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     try:
@@ -879,7 +879,7 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     model.eval()
     table = train.read_event_table(data_path)
-    return train, model, preprocessor, ckpt, table
+    return model, preprocessor, ckpt, table
 
 
 def choose_stays(table, split_of_stay, split, max_stays, stay_ids, data_path):
@@ -900,7 +900,7 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def mean_training_baselines(train, model, table, split_of_stay, preprocessor, prepare, batch_size):
+def mean_training_baselines(model, table, split_of_stay, preprocessor, prepare, batch_size):
     """Training-mean event vector [F] and static vector [S] (the "mean" baseline option)."""
     rows = table[table["stay_id"].isin(split_of_stay.index[split_of_stay == "train"])].reset_index(drop=True)
     stays, embedding_matrix = prepare(rows)
@@ -911,19 +911,11 @@ def mean_training_baselines(train, model, table, split_of_stay, preprocessor, pr
         batch = train.collate_stays(stays[i:i + batch_size])
         n_events += int(batch["mask"].sum())  # counted on the CPU: no device sync per batch
         batch = {k: v.to(device) for k, v in batch.items()}
-        events = event_features_for_batch(model, batch, embedding_matrix)
+        with torch.no_grad():
+            events, _, _ = train.batch_inputs(model, batch, embedding_matrix)  # padding rows are zeros
         total_events = total_events + events.sum((0, 1))
         statics.append(batch["static"])
     return total_events / max(n_events, 1), torch.cat(statics).mean(0)
-
-
-def _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder):
-    """rows -> (stays, embedding_matrix) through train.py, with the checkpoint's preprocessor and encoder
-    (texts missing from the cache are embedded; without the encoder folder a clear error names it)."""
-    def prepare(rows):
-        return train.prepare_stays(rows, ckpt, cache_dir, device=device, max_events=max_events,
-                                   text_encoder=text_encoder)
-    return prepare
 
 
 def _default_cache_dir(args):
@@ -931,56 +923,65 @@ def _default_cache_dir(args):
     return saved if saved and Path(saved).is_dir() else DEFAULT_CACHE_DIR
 
 
+def explain_options(options):
+    """(ExplainRun, ExplainSettings) from keyword options named as their fields."""
+    run_names = {f.name for f in dataclasses.fields(ExplainRun)}
+    setting_names = {f.name for f in dataclasses.fields(ExplainSettings)}
+    unknown = sorted(set(options) - run_names - setting_names)
+    if unknown:
+        raise TypeError(f"run_explainability_analysis() got unexpected options {unknown}")
+    return (ExplainRun(**{k: v for k, v in options.items() if k in run_names}),
+            ExplainSettings(**{k: v for k, v in options.items() if k in setting_names}))
+
+
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
-                                save_dir=DEFAULT_SAVE_DIR, split="test", max_stays=100, stay_ids=None,
-                                batch_size=16, n_steps=32, internal_batch_size=None, baseline="zero",
-                                perturbations_per_eval=8, curve_points=11, random_orders=3,
-                                randomisation_stays=5, cache_dir=None, text_encoder=None, device="cpu",
-                                max_events=None, seed=0, make_figures=True, show_progress=True, ig_tolerance=0.05,
-                                max_n_steps=256):
-    """Explain the chosen stays with every method and write CONTRACT §4's outputs under save_dir.
+                                save_dir=DEFAULT_SAVE_DIR, **options):
+    """Explain the chosen stays with every method and write docs/interfaces.md §4's outputs under save_dir.
+    `options`: any field of ExplainRun or ExplainSettings by name (their defaults are the command's).
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
     static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
     feature_importance_over_time, critical_time_periods: {method: DataFrame}})."""
-    if baseline not in ("zero", "mean"):
-        raise ExplainError(f"--baseline must be 'zero' or 'mean', not {baseline!r}")
-    torch.manual_seed(seed)
-    settings = ExplainSettings(n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=baseline,
-                               perturbations_per_eval=perturbations_per_eval, curve_points=curve_points,
-                               random_orders=random_orders, seed=seed, ig_tolerance=ig_tolerance,
-                               max_n_steps=max_n_steps)
-    train, model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, text_encoder)
+    run, settings = explain_options(options)
+    if settings.baseline not in ("zero", "mean"):
+        raise ExplainError(f"--baseline must be 'zero' or 'mean', not {settings.baseline!r}")
+    torch.manual_seed(settings.seed)
+    model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, test_data_path, run.text_encoder)
     args = ckpt.get("args", {})
-    max_events = max_events or args.get("max_events")
-    cache_dir = cache_dir or _default_cache_dir(args)
+    max_events = run.max_events or args.get("max_events")
+    cache_dir = run.cache_dir or _default_cache_dir(args)
     split_of_stay = train.split_stays_by_patient(table, seed=args.get("seed", 0))
-    chosen = choose_stays(table, split_of_stay, split, max_stays, stay_ids, test_data_path)
-    prepare = _prepare_stays_fn(train, ckpt, cache_dir, device, max_events, text_encoder)
+    chosen = choose_stays(table, split_of_stay, run.split, run.max_stays, run.stay_ids, test_data_path)
+
+    def prepare(rows):
+        """rows -> (stays, embedding_matrix) with the checkpoint's preprocessor and encoder (texts missing from
+        the cache are embedded; without the encoder folder a clear error names it)."""
+        return train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir, run.device, max_events, run.text_encoder)
 
     rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
     is_event = rows["event_type"].notna()
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
-    check_checkpoint_compatible(ckpt, train, embedding_dim=int(embedding_matrix.shape[1]))
-    model, embedding_matrix = model.to(device), embedding_matrix.to(device)
+    check_checkpoint_compatible(ckpt, embedding_dim=int(embedding_matrix.shape[1]))
+    model, embedding_matrix = model.to(run.device), embedding_matrix.to(run.device)
     event_baseline = static_baseline = None
-    if baseline == "mean":
+    if settings.baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(
-            train, model, table, split_of_stay, preprocessor, prepare, batch_size)
+            model, table, split_of_stay, preprocessor, prepare, run.batch_size)
     static_groups = preprocessor.static_feature_groups
     static_names = list(static_groups)
     has_planted = "planted_risk" in rows.columns
 
     # length-sorted batches: little padding, so little wasted compute
     stays = sorted(stays, key=lambda s: (len(s.type_ids), s.stay_id))
-    cascade = cascading_randomisation(model, seed=seed + 1) if randomisation_stays else []
+    cascade = cascading_randomisation(model, seed=settings.seed + 1) if run.randomisation_stays else []
     # the randomised models are explained with IG's starting steps: rank correlations need no re-integration
     cascade_settings = dataclasses.replace(settings, ig_tolerance=0.0)
     collected = Collected(static_names=static_names)
-    rng = np.random.default_rng(seed)
-    starts = list(range(0, len(stays), batch_size))
+    rng = np.random.default_rng(settings.seed)
+    starts = list(range(0, len(stays), run.batch_size))
     # the sanity check takes batches spread over the length-sorted stays, not only the shortest ones
-    n_check = min(len(starts), math.ceil(randomisation_stays / batch_size)) if randomisation_stays else 0
+    n_check = math.ceil(run.randomisation_stays / run.batch_size) if run.randomisation_stays else 0
+    n_check = min(len(starts), n_check)
     check_batches = set(np.linspace(0, len(starts) - 1, n_check).round().astype(int).tolist()) if n_check else set()
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -988,11 +989,12 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         # the attribution tables are written batch by batch to temporary names, published when complete
         writers = {name: StreamingCsv(outputs.enter_context(atomic_io.atomic_output(save_dir / name)))
                    for name in ("event_attributions.csv", "static_attributions.csv")}
-        for batch_number, i in enumerate(tqdm(starts, desc="explaining", unit="batch", disable=not show_progress)):
-            chunk = stays[i:i + batch_size]
-            batch = {k: v.to(device) for k, v in train.collate_stays(chunk).items()}
-            mask, static = batch["mask"].bool(), batch["static"].float()
-            events = event_features_for_batch(model, batch, embedding_matrix)
+        progress = tqdm(starts, desc="explaining", unit="batch", disable=not run.show_progress)
+        for batch_number, i in enumerate(progress):
+            chunk = stays[i:i + run.batch_size]
+            batch = {k: v.to(run.device) for k, v in train.collate_stays(chunk).items()}
+            with torch.no_grad():  # the tensor Captum attributes (train.MortalityTransformer.event_features)
+                events, mask, static = train.batch_inputs(model, batch, embedding_matrix)
             out = explain_batch(model, events, mask, static, static_groups, settings, event_baseline, static_baseline)
             meta = []
             for b, stay in enumerate(chunk):
@@ -1003,15 +1005,15 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
             event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
                                                        static_names, mask.cpu())
             faith = faithfulness_for_batch(model, events, mask, static,
-                                           {m: out["event"][m] for m in METHODS}, curve_points, random_orders, rng,
-                                           max_rows=internal_batch_size)
+                                           {m: out["event"][m] for m in METHODS}, settings.curve_points,
+                                           settings.random_orders, rng, max_rows=settings.internal_batch_size)
             randomised = None
             if cascade and batch_number in check_batches:
-                k = math.ceil(randomisation_stays / len(check_batches))  # the check's stays spread over the batches
+                k = math.ceil(run.randomisation_stays / len(check_batches))  # the check's stays, spread over batches
                 randomised = [(name, explain_batch(step_model, events[:k], mask[:k], static[:k], static_groups,
                                                    cascade_settings, event_baseline, static_baseline)["event"])
                               for name, step_model in cascade]
-            in_split = [split == "all" or split_of_stay.get(stay.stay_id) == split for stay in chunk]
+            in_split = [run.split == "all" or split_of_stay.get(stay.stay_id) == run.split for stay in chunk]
             collected.add(chunk, meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, has_planted, in_split)
             writers["event_attributions.csv"].write(event_rows.sort_values(["stay_id", "method", "event_index"],
                                                                            kind="stable"))
@@ -1020,7 +1022,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         for writer in writers.values():
             writer.close()
     faithfulness = collected.faithfulness(settings, has_planted)
-    faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=split,
+    faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=run.split,
                                 n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)),
                                 n_stays_outside_split=int(len(collected.in_split) - sum(collected.in_split)),
                                 note="--stay-ids stays outside the split are explained and drawn but not counted "
@@ -1028,8 +1030,8 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
              "static_attributions.csv": save_dir / "static_attributions.csv",
              "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
-    if make_figures:
-        paths.update(make_all_figures(collected, save_dir, faithfulness, stay_ids or []))
+    if run.make_figures:
+        paths.update(make_all_figures(collected, save_dir, faithfulness, run.stay_ids or []))
     events_frame = collected.event_frame()
     hours = events_frame["relative_time_to_final_event"].to_numpy(dtype=float)[None] / 60
     analyses = dict(
@@ -1580,65 +1582,65 @@ def make_all_figures(collected, save_dir, faithfulness, stay_ids):
 
 
 # -----------------------------------------------------------------------------
-# CLI (CONTRACT §2)
+# CLI (docs/interfaces.md §2)
 
 def build_arg_parser():
+    run, settings = ExplainRun(), ExplainSettings()  # the defaults, written once
     p = argparse.ArgumentParser(description="Explain a trained mortality model: Captum attributions, attention "
                                 "analysis and measured faithfulness.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint written by train.py")
     p.add_argument("--data", default=DEFAULT_DATA, help="event table (.csv, .csv.gz, .parquet)")
     p.add_argument("--save-dir", default=DEFAULT_SAVE_DIR, help="where the figures, CSVs and faithfulness.json go")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=run.split,
                    help="which stays to explain (the checkpoint's patient-level split and seed)")
-    p.add_argument("--max-stays", type=int, default=100, help="explain the first N stays of the split (0 = all)")
-    p.add_argument("--stay-ids", type=int, nargs="*", default=[],
+    p.add_argument("--max-stays", type=int, default=run.max_stays,
+                   help="explain the first N stays of the split (0 = all)")
+    p.add_argument("--stay-ids", type=int, nargs="*", default=run.stay_ids,
                    help="also explain these stays and draw a timeline for each")
-    p.add_argument("--batch-size", type=int, default=16, help="stays per explanation batch")
-    p.add_argument("--n-steps", type=int, default=32,
+    p.add_argument("--batch-size", type=int, default=run.batch_size, help="stays per explanation batch")
+    p.add_argument("--n-steps", type=int, default=settings.n_steps,
                    help="integration steps of (Layer) Integrated Gradients (Gauss-Legendre; check the reported "
                    "convergence delta)")
-    p.add_argument("--ig-tolerance", type=float, default=0.05,
+    p.add_argument("--ig-tolerance", type=float, default=settings.ig_tolerance,
                    help="stays whose IG completeness error exceeds this share of their logit change are "
                    "re-integrated with twice the steps (0 = never)")
-    p.add_argument("--max-n-steps", type=int, default=256, help="most IG steps the re-integration may use")
-    p.add_argument("--internal-batch-size", type=int, default=None,
+    p.add_argument("--max-n-steps", type=int, default=settings.max_n_steps,
+                   help="most IG steps the re-integration may use")
+    p.add_argument("--internal-batch-size", type=int, default=settings.internal_batch_size,
                    help="rows (stays x steps) per IG forward/backward chunk, also the most rows of an ablation or "
                    "curve forward; default: from the free memory (a quarter of it) and the stays' length")
-    p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
+    p.add_argument("--baseline", choices=("zero", "mean"), default=settings.baseline,
                    help="IG baseline of a real event and of the static features: zeros, or the training mean")
-    p.add_argument("--perturbations-per-eval", type=int, default=8, help="FeatureAblation: groups per forward")
-    p.add_argument("--curve-points", type=int, default=11, help="points of the deletion/insertion curves")
-    p.add_argument("--random-orders", type=int, default=3, help="random orders averaged for the random reference")
-    p.add_argument("--randomisation-stays", type=int, default=5,
+    p.add_argument("--perturbations-per-eval", type=int, default=settings.perturbations_per_eval,
+                   help="FeatureAblation: groups per forward")
+    p.add_argument("--curve-points", type=int, default=settings.curve_points,
+                   help="points of the deletion/insertion curves")
+    p.add_argument("--random-orders", type=int, default=settings.random_orders,
+                   help="random orders averaged for the random reference")
+    p.add_argument("--randomisation-stays", type=int, default=run.randomisation_stays,
                    help="stays explained again by every model of the cascading randomisation check (one model per "
                    "group of layers re-initialised, from the top; 0 = skip)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache (default: the checkpoint's, else "
+    p.add_argument("--cache-dir", default=run.cache_dir, help="embedding cache (default: the checkpoint's, else "
                    f"{DEFAULT_CACHE_DIR})")
-    p.add_argument("--text-encoder", default=None,
+    p.add_argument("--text-encoder", default=run.text_encoder,
                    help="encoder folder, needed only for texts missing from the cache (default: the checkpoint's)")
-    p.add_argument("--max-events", type=int, default=None, help="most recent events per stay (default: the "
-                   "checkpoint's --max-events)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-events", type=int, default=run.max_events, help="most recent events per stay (default: "
+                   "the checkpoint's --max-events)")
+    p.add_argument("--device", default=run.device)
+    p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--no-figures", action="store_true", help="write the CSVs and faithfulness.json only")
     return p
 
 
 def main(argv=None):
-    args = build_arg_parser().parse_args(argv)
-    train = _train_module()
+    args = vars(build_arg_parser().parse_args(argv))
+    paths = args.pop("checkpoint"), args.pop("data"), args.pop("save_dir")
+    args["make_figures"] = not args.pop("no_figures")  # the other options are named as their ExplainRun or
+    # ExplainSettings fields
     user_errors = (ExplainError, train.EventTableError, train.CheckpointError, train.TextEncoderError)
     try:
-        result = run_explainability_analysis(
-            checkpoint_path=args.checkpoint, test_data_path=args.data, save_dir=args.save_dir, split=args.split,
-            max_stays=args.max_stays, stay_ids=args.stay_ids, batch_size=args.batch_size, n_steps=args.n_steps,
-            internal_batch_size=args.internal_batch_size, baseline=args.baseline,
-            perturbations_per_eval=args.perturbations_per_eval, curve_points=args.curve_points,
-            random_orders=args.random_orders, randomisation_stays=args.randomisation_stays,
-            cache_dir=args.cache_dir, text_encoder=args.text_encoder, device=args.device,
-            max_events=args.max_events, seed=args.seed, make_figures=not args.no_figures,
-            ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
+        result = run_explainability_analysis(*paths, **args)
     except user_errors as e:  # a message for the user (it names the file, stay or setting); bugs keep their traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

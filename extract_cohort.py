@@ -1,5 +1,5 @@
 """
-Cohort extraction: runs query.sql on MIMIC-IV and writes the event table of CONTRACT.md §1.
+Cohort extraction: runs query.sql on MIMIC-IV and writes the event table of docs/interfaces.md §1.
 
     python extract_cohort.py --mimic-dir ../shared/mimic-iv-demo --output /tmp/demo.csv
     python extract_cohort.py --engine bigquery --project my-gcp-project --output cohort.parquet
@@ -68,7 +68,7 @@ MIMIC_TABLES = {
                              "amountuom": "VARCHAR", "orderid": "BIGINT", "statusdescription": "VARCHAR"},
     "icu/d_items": {"itemid": "BIGINT", "label": "VARCHAR"},
 }
-# The event types query.sql can write (CONTRACT.md §1) and those a default run writes: `ingredient` rows
+# The event types query.sql can write (docs/interfaces.md §1) and those a default run writes: `ingredient` rows
 # are the components (Water, IVF ingredient, Calories) of the `input` rows of the same order and were a
 # third of the demo's events (BENCHMARKS.md, "Cohort fidelity"), so they are written only on request.
 EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")

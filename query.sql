@@ -1,4 +1,4 @@
--- ICU mortality cohort and its event table (CONTRACT.md §1), for MIMIC-IV 2.2 / 3.1.
+-- ICU mortality cohort and its event table (docs/interfaces.md §1), for MIMIC-IV 2.2 / 3.1.
 --
 -- Written once, in BigQuery Standard SQL (the dialect of MIT-LCP mimic-code); extract_cohort.py
 -- runs it on BigQuery as is and translates it with sqlglot for DuckDB. Do not edit it to choose

@@ -38,6 +38,7 @@ import gzip
 import json
 import shutil
 import tempfile
+from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,8 +72,12 @@ RISK_FACTORS = {
 OBSERVATION_HOURS = 48.0
 
 # ----------------------------------------------------------------------------- embedded dictionaries
-# (itemid, label, fluid, category, unit, ref_lower, ref_upper, mean, sd, decimals, weight, min, max)
-LAB_ITEMS = [
+# A numeric lab item: its reference range, the background values' normal distribution (clipped to [low, high],
+# rounded to `decimals`) and `weight`, its relative frequency (Zipf-like draw).
+LabItem = namedtuple("LabItem", "itemid label fluid category unit ref_lower ref_upper mean sd decimals weight low high")
+# A lab item whose results are words.
+TextLabItem = namedtuple("TextLabItem", "itemid label fluid category values weight")
+LAB_ITEMS = [LabItem(*row) for row in [
     (50971, "Potassium", "Blood", "Chemistry", "mEq/L", 3.3, 5.1, 4.1, 0.5, 1, 10, 2.5, 6.5),
     (50983, "Sodium", "Blood", "Chemistry", "mEq/L", 135, 147, 139, 4, 0, 10, 120, 160),
     (50912, "Creatinine", "Blood", "Chemistry", "mg/dL", 0.5, 1.2, 1.0, 0.4, 1, 10, 0.3, 2.5),
@@ -100,8 +105,8 @@ LAB_ITEMS = [
     (50878, "Asparate Aminotransferase (AST)", "Blood", "Chemistry", "IU/L", 0, 40, 35, 25, 0, 2, 8, 250),
     (51491, "pH", "Urine", "Hematology", "units", 5, 8, 6, 0.7, 1, 1, 5, 8),
     (51498, "Specific Gravity", "Urine", "Hematology", None, 1.001, 1.035, 1.015, 0.007, 3, 1, 1.002, 1.04),
-]
-LAB_TEXT_ITEM = (51463, "Bacteria", "Urine", "Hematology", ("NONE", "FEW", "MOD", "MANY"), 1)
+]]
+LAB_TEXT_ITEM = TextLabItem(51463, "Bacteria", "Urine", "Hematology", ("NONE", "FEW", "MOD", "MANY"), 1)
 LACTATE, CREATININE = 50813, 50912
 
 # (drug, dose values, unit, route, weight); a dose value with a dash is a range, as in MIMIC
@@ -474,12 +479,13 @@ def small_events(w, rng, s, next_ids, planted, events_per_stay_mean):
     # --- labs (background)
     idx, off = events_per_stay(rng, counts[0], hosp_start, end_h - 2)
     lab_table = list(LAB_ITEMS) + [None]
-    item = pick(rng, len(idx), lab_table, zipf_weights([r[10] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[5]]))
+    item = pick(rng, len(idx), lab_table, zipf_weights([r.weight for r in LAB_ITEMS] + [LAB_TEXT_ITEM.weight]))
     numeric = item < len(LAB_ITEMS)
-    params = np.array([r[5:10] + r[11:13] for r in LAB_ITEMS], dtype=float)  # lo, hi, mean, sd, dec, min, max
     it = np.where(numeric, item, 0)
-    value = np.clip(rng.normal(params[it, 2], params[it, 3]), params[it, 5], params[it, 6])
-    value = np.round(value * 10 ** params[it, 4]) / 10 ** params[it, 4]
+    mean, sd, low, high, decimals = (np.array([getattr(r, name) for r in LAB_ITEMS], dtype=float)[it]
+                                     for name in ("mean", "sd", "low", "high", "decimals"))
+    value = np.clip(rng.normal(mean, sd), low, high)
+    value = np.round(value * 10 ** decimals) / 10 ** decimals
     add_labs(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, item, value, numeric)
 
     # --- labs (planted): lactate > 4 and creatinine > 3, 1-3 results each, all stored inside the window
@@ -488,7 +494,7 @@ def small_events(w, rng, s, next_ids, planted, events_per_stay_mean):
         k = rng.integers(1, 4, len(stays))
         idx = np.repeat(stays, k)
         off = rng.random(len(idx)) * (OBSERVATION_HOURS - 4)
-        item = np.full(len(idx), [r[0] for r in LAB_ITEMS].index(itemid))
+        item = np.full(len(idx), [r.itemid for r in LAB_ITEMS].index(itemid))
         value = np.round(rng.uniform(low, high, len(idx)), 1)
         lab_ids = add_labs(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, item, value,
                            np.ones(len(idx), bool), store_always=True)
@@ -537,10 +543,10 @@ def small_events(w, rng, s, next_ids, planted, events_per_stay_mean):
 
 def small_dictionaries(w):
     w.add("hosp/d_labitems", len(LAB_ITEMS) + 1,
-          itemid=np.array([r[0] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[0]]),
-          label=pa.array([r[1] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[1]]),
-          fluid=pa.array([r[2] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[2]]),
-          category=pa.array([r[3] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[3]]))
+          itemid=np.array([r.itemid for r in LAB_ITEMS] + [LAB_TEXT_ITEM.itemid]),
+          label=pa.array([r.label for r in LAB_ITEMS] + [LAB_TEXT_ITEM.label]),
+          fluid=pa.array([r.fluid for r in LAB_ITEMS] + [LAB_TEXT_ITEM.fluid]),
+          category=pa.array([r.category for r in LAB_ITEMS] + [LAB_TEXT_ITEM.category]))
     d_items = [p[0] for p in PROCEDURE_ITEMS] + PLANTED_PROCEDURE_ITEMS + [i[0] for i in INGREDIENT_ITEMS]
     w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
                                           for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
@@ -573,17 +579,17 @@ def add_labs(w, rng, next_ids, subject, hadm, idx, off, intime, item, value, num
     store = chart + rng.integers(20, 180, n) * 60
     store_missing = np.zeros(n, bool) if store_always else rng.random(n) < 0.03
     it = np.where(numeric, item, 0)
-    lo = np.array([r[5] for r in LAB_ITEMS], float)[it]
-    hi = np.array([r[6] for r in LAB_ITEMS], float)[it]
-    text_value = rng.integers(0, len(LAB_TEXT_ITEM[4]), n)
+    lo = np.array([r.ref_lower for r in LAB_ITEMS], float)[it]
+    hi = np.array([r.ref_upper for r in LAB_ITEMS], float)[it]
+    text_value = rng.integers(0, len(LAB_TEXT_ITEM.values), n)
     value_str = pa.array(np.where(numeric, value, np.nan)).cast(pa.string())
     value_str = pa.array(np.where(numeric, value_str.to_numpy(zero_copy_only=False),
-                                  np.asarray(LAB_TEXT_ITEM[4], dtype=object)[text_value]))
+                                  np.asarray(LAB_TEXT_ITEM.values, dtype=object)[text_value]))
     abnormal = numeric & ((value < lo) | (value > hi)) | (~numeric & (text_value >= 2))
-    units = [r[4] for r in LAB_ITEMS]
+    units = [r.unit for r in LAB_ITEMS]
     unit_index = np.where(numeric, it, len(units))
     w.add("hosp/labevents", n, labevent_id=ids, subject_id=subject[idx], hadm_id=hadm[idx],
-          specimen_id=ids * 3 + 1_000_000, itemid=np.array([r[0] for r in LAB_ITEMS] + [LAB_TEXT_ITEM[0]])[item],
+          specimen_id=ids * 3 + 1_000_000, itemid=np.array([r.itemid for r in LAB_ITEMS] + [LAB_TEXT_ITEM.itemid])[item],
           charttime=stamp(chart), storetime=pa.array(stamp(store), mask=store_missing),
           value=value_str, valuenum=pa.array(value, mask=~numeric),
           valueuom=strings(units + [None], unit_index, mask=(unit_index == len(units)) |

@@ -1,4 +1,4 @@
-"""Train the in-hospital mortality model on an event table (CONTRACT.md section 1).
+"""Train the in-hospital mortality model on an event table (docs/interfaces.md section 1).
 
 One script, read top to bottom: config -> event table -> split and preprocessor -> text encoder and
 embedding cache -> dataset -> model -> loss -> training loop -> outputs.
@@ -21,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import duckdb
@@ -112,7 +112,7 @@ def build_arg_parser():
     return p
 
 
-# CONTRACT.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
+# docs/interfaces.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
 EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
 STATIC_CATEGORICAL = ("gender", "race", "marital_status", "admission_type", "admission_location",
                       "insurance", "first_careunit")
@@ -293,11 +293,11 @@ def read_event_table(path) -> pd.DataFrame:
     if not path.is_file():
         raise EventTableError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (docs/interfaces.md section 1)")
     try:
         df = _read_raw(path)
     except pd.errors.EmptyDataError:
-        raise EventTableError(f"{path}: the file is empty; expected one row per event (CONTRACT.md section 1)")
+        raise EventTableError(f"{path}: the file is empty; expected one row per event (docs/interfaces.md section 1)")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise EventTableError(f"{path}: required column(s) missing: {', '.join(missing)} "
@@ -511,18 +511,19 @@ class EventPreprocessor:
         return pd.to_numeric(rows["relative_time_to_final_event"], errors="coerce").to_numpy(dtype="float64") / 60.0
 
     def transform_events(self, rows):
-        """(type_ids int64, times float32) for event rows (rows with an empty event_type are rejected)."""
+        """(type_ids int64, log_hours float32: standardised log(1 + hours before the prediction time)) for event
+        rows (rows with an empty event_type are rejected)."""
         etype = rows["event_type"].astype("string")
         ids = pd.Index(list(EVENT_TYPES)).get_indexer(etype.fillna("")).astype(np.int64)
         if (ids < 0).any():
             bad = sorted(set(etype[ids < 0].fillna("<empty>").tolist()))
             raise EventTableError(f"unknown event_type(s) {bad}; expected one of {list(EVENT_TYPES)}")
-        times = (np.log1p(self._hours(rows)) - self.time_mean) / self.time_std
-        return ids, times.astype(np.float32)
+        log_hours = (np.log1p(self._hours(rows)) - self.time_mean) / self.time_std
+        return ids, log_hours.astype(np.float32)
 
-    def hours_from_times(self, times: torch.Tensor) -> torch.Tensor:
+    def hours_from_log_hours(self, log_hours: torch.Tensor) -> torch.Tensor:
         """Invert the time scaling: hours before the prediction time."""
-        return torch.expm1(times * self.time_std + self.time_mean).clamp_min(0)
+        return torch.expm1(log_hours * self.time_std + self.time_mean).clamp_min(0)
 
     def state_dict(self) -> dict:
         ct = self.column_transformer.named_transformers_
@@ -689,6 +690,33 @@ def _encoder_identity(folder, pooling, max_length, _file_stamps) -> str:
     return f"{model_type}-h{encoder_dim(folder)}-{pooling}-len{encoder_max_length(folder, max_length)}-{digest.hexdigest()[:16]}"
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which text encoder made the vectors, worked out once (EncoderSpec.of_folder); checkpoints keep it as a plain
+    dict under "text_encoder" (asdict), so that a checkpoint finds its vectors in the cache without the folder."""
+    folder: str       # where the encoder was when the vectors were made (--text-encoder may point elsewhere later)
+    identity: str     # encoder_identity(): the name of its folder in the embedding cache
+    dim: int          # vector width
+    pooling: str      # "cls" or "mean"
+    max_length: int   # tokens per text
+    dtype: str = "float32"  # precision the vectors were made with (checkpoints from before it was saved: float32)
+
+    @classmethod
+    def of_folder(cls, folder, pooling="cls", max_length=None, dtype="float32"):
+        """`max_length`: the requested limit (None: the encoder's own), capped by what the encoder allows."""
+        return cls(folder=str(folder), identity=encoder_identity(folder, pooling, max_length, dtype),
+                   dim=encoder_dim(folder), pooling=pooling, max_length=encoder_max_length(folder, max_length),
+                   dtype=dtype)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, folder=None):
+        """The checkpoint's encoder; `folder`: where that encoder is on this machine, if elsewhere."""
+        saved = dict(ckpt["text_encoder"])
+        if folder is not None:
+            saved["folder"] = str(folder)
+        return cls(**saved)
+
+
 class TextEncoder:
     """Embeds texts with a local Hugging Face encoder (never a hub): unique texts, length-sorted batches,
     dynamic padding, inference_mode, bf16/fp16 on a GPU."""
@@ -697,10 +725,9 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
         self.folder, self.device, self.pooling, self.batch_size = Path(folder), torch.device(device), pooling, batch_size
-        self.max_length = encoder_max_length(folder, max_length)
         dtype = resolve_embed_dtype(dtype, self.device)
-        self.identity = encoder_identity(folder, pooling, max_length, dtype)
-        self.dim = encoder_dim(folder)
+        spec = EncoderSpec.of_folder(folder, pooling, max_length, dtype)
+        self.max_length, self.identity, self.dim = spec.max_length, spec.identity, spec.dim
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
@@ -1085,7 +1112,8 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
     uniques = texts.iloc[first]
     if identity is None:
         folder = resolve_text_encoder(encoder_folder) if encoder_folder is None else Path(encoder_folder)
-        identity, dim = encoder_identity(folder, pooling, max_length, resolve_embed_dtype(dtype, device)), encoder_dim(folder)
+        spec = EncoderSpec.of_folder(folder, pooling, max_length, resolve_embed_dtype(dtype, device))
+        identity, dim = spec.identity, spec.dim
     cache = EmbeddingCache(cache_dir, identity, dim)
     located = cache.locate(keys)
     view = cache.shard_view(keys, rows=located)
@@ -1145,7 +1173,7 @@ class Stay:
     subject_id: int
     text_rows: torch.Tensor       # Long[L] rows of the embedding matrix
     type_ids: torch.Tensor        # Long[L] index into EVENT_TYPES
-    times: torch.Tensor           # Float[L] scaled time before the prediction time
+    log_hours: torch.Tensor       # Float[L] standardised log(1 + hours before the prediction time)
     static: torch.Tensor          # Float[S]
     label: float
     event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
@@ -1158,11 +1186,11 @@ def build_stays(table, preprocessor, text_rows, max_events):
     static = torch.from_numpy(preprocessor.transform_static(table))
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
-    times = np.zeros(len(table), dtype=np.float32)
+    log_hours = np.zeros(len(table), dtype=np.float32)
     item_ids = np.zeros(len(table), dtype=np.int64)
     values = np.zeros(len(table), dtype=np.float32)
     if is_event.any():
-        type_ids[is_event], times[is_event] = preprocessor.transform_events(table.loc[is_event])
+        type_ids[is_event], log_hours[is_event] = preprocessor.transform_events(table.loc[is_event])
         if preprocessor.items:
             item_ids[is_event], values[is_event] = preprocessor.transform_items(table.loc[is_event])
     text_rows = np.asarray(text_rows, dtype=np.int64)
@@ -1180,7 +1208,7 @@ def build_stays(table, preprocessor, text_rows, max_events):
             n_cut += 1
             rows = rows[-max_events:]  # rows are time-ordered: keep the most recent
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
-                          torch.from_numpy(type_ids[rows]), torch.from_numpy(times[rows]), static[i],
+                          torch.from_numpy(type_ids[rows]), torch.from_numpy(log_hours[rows]), static[i],
                           float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
                           torch.from_numpy(values[rows])))
     if n_cut:
@@ -1197,46 +1225,40 @@ def collate_stays(stays):
     B = len(stays)
     text_rows = torch.zeros(B, L, dtype=torch.long)
     type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
-    times = torch.zeros(B, L)
+    log_hours = torch.zeros(B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)
     item_ids, values = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L)
     for i, s in enumerate(stays):
         n = len(s.type_ids)
-        text_rows[i, :n], type_ids[i, :n], times[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.times, True
+        text_rows[i, :n], type_ids[i, :n], log_hours[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.log_hours, True
         if s.item_ids is not None:
             item_ids[i, :n], values[i, :n] = s.item_ids, s.values
-    return {"text_rows": text_rows, "type_ids": type_ids, "times": times, "mask": mask,
+    return {"text_rows": text_rows, "type_ids": type_ids, "log_hours": log_hours, "mask": mask,
             "item_ids": item_ids, "values": values,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
 
 
-def prepare_stays(table, ckpt_or_preprocessor, cache_dir, device="cpu", max_events=None, text_encoder=None,
-                  embed_batch_size=64, stats=None, embed_dtype="auto"):
-    """Embed the table's texts (cache first) and build its stays; returns (stays, embedding_matrix).
-
-    `ckpt_or_preprocessor`: a checkpoint dict (its preprocessor, encoder identity and max_events are used;
-    `text_encoder` may point at the encoder folder on this machine), or a fitted EventPreprocessor with
-    `text_encoder` a dict {folder, identity, dim, pooling, max_length}."""
-    if isinstance(ckpt_or_preprocessor, dict):
-        ckpt = ckpt_or_preprocessor
-        preprocessor = EventPreprocessor.from_state_dict(ckpt["preprocessor"])
-        info = dict(ckpt["text_encoder"])
-        if text_encoder is not None:
-            info["folder"] = str(text_encoder)
-        max_events = max_events or ckpt["args"]["max_events"]
-    else:
-        preprocessor, info = ckpt_or_preprocessor, dict(text_encoder)
-    if embed_dtype == "auto":  # the precision the vectors were made with (checkpoints before it was saved: float32)
-        embed_dtype = info.get("dtype", "float32")
+def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="cpu", max_events=None,
+                  embed_batch_size=64, stats=None):
+    """Embed the table's texts with `encoder` (cache first; the encoder folder is needed only for texts
+    missing from the cache) and build its stays; returns (stays, embedding_matrix)."""
     is_event = table["event_type"].notna().to_numpy()
-    matrix, rows = embed_texts(table.loc[is_event, "event_text"], info.get("folder"), cache_dir, device,
-                               info["pooling"], info["max_length"], embed_batch_size, identity=info["identity"],
-                               dim=info["dim"], stats=stats, dtype=embed_dtype)
+    matrix, rows = embed_texts(table.loc[is_event, "event_text"], encoder.folder, cache_dir, device, encoder.pooling,
+                               encoder.max_length, embed_batch_size, identity=encoder.identity, dim=encoder.dim,
+                               stats=stats, dtype=encoder.dtype)
     text_rows = np.zeros(len(table), dtype=np.int64)
     text_rows[is_event] = rows
     return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9), matrix
+
+
+def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events=None, text_encoder=None):
+    """prepare_stays with a checkpoint's preprocessor, encoder and --max-events; `text_encoder`: the encoder
+    folder on this machine, where it is not where the checkpoint was trained."""
+    return prepare_stays(table, EventPreprocessor.from_state_dict(ckpt["preprocessor"]),
+                         EncoderSpec.from_checkpoint(ckpt, text_encoder), cache_dir, device,
+                         max_events or ckpt["args"]["max_events"])
 
 
 class LengthBucketSampler:
@@ -1401,13 +1423,13 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, times, item_ids=None, values=None):
-        """[type one-hot | standardised text vector | scaled time | value | item embedding] per event (the last
+    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None):
+        """[type one-hot | standardised text vector | standardised log-hours | value | item embedding] per event (the last
         two where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
-        parts = [onehot, text, times.unsqueeze(-1).to(text_vectors.dtype)]
+        parts = [onehot, text, log_hours.unsqueeze(-1).to(text_vectors.dtype)]
         if (self.config.value_channel or self.item_embedding is not None) and item_ids is None:
             raise ValueError("this model also reads each event's item id and value: pass the batch's item_ids "
                              "and values (collate_stays makes them)")
@@ -1417,7 +1439,10 @@ class MortalityTransformer(nn.Module):
             parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
         return torch.cat(parts, dim=-1) * real
 
-    def forward(self, events, mask, static, return_attention=False, return_pooling=False):
+    def forward(self, events, mask, static, return_attention=False):
+        """(logits [B], attention): attention["pooling_attention"] [B, pool_heads, 1, L] always (the temporal loss
+        reads it); with return_attention also each layer's attention, the transformer output, the pooling query
+        and the pooled vector."""
         B, L, _ = events.shape
         has_events = mask.any(1)
         # A stay with no real event attends to everything (finite numbers) and its pooled vector is zeroed.
@@ -1432,25 +1457,22 @@ class MortalityTransformer(nn.Module):
         pooled = torch.where(has_events[:, None], pooled, torch.zeros_like(pooled))
         pool_weights = pool_weights * has_events[:, None, None, None]
         logits = self.classifier(torch.cat([pooled, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+        attention = {"pooling_attention": pool_weights}
         if return_attention:
-            return logits, dict(layer_attention=torch.stack(layer_attention), pooling_attention=pool_weights,
-                                transformer_output=x, query=self.pool.query, pooled=pooled)
-        if return_pooling:
-            return logits, pool_weights
-        return logits
+            attention.update(layer_attention=torch.stack(layer_attention), transformer_output=x, query=self.pool.query,
+                             pooled=pooled)
+        return logits, attention
 
-    def batch_event_features(self, batch, embedding_matrix):
-        """event_features of a collate_stays batch: the one place a batch's inputs are built."""
-        device = embedding_matrix.device
-        vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-        extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
-        return self.event_features(vectors, batch["type_ids"].to(device), batch["times"].to(device), **extra)
 
-    def forward_batch(self, batch, embedding_matrix, return_attention=False, return_pooling=False):
-        device = embedding_matrix.device
-        events = self.batch_event_features(batch, embedding_matrix)
-        return self(events, batch["mask"].to(device), batch["static"].to(device), return_attention=return_attention,
-                    return_pooling=return_pooling)
+def batch_inputs(model, batch, embedding_matrix):
+    """(events, mask, static) of a collate_stays batch on the embedding matrix's device, for model(*inputs): the one
+    place a batch's inputs are built. Gathers each event's row of the float16 matrix, widens it, and builds the
+    event features (`model`: the MortalityTransformer itself, not a DDP wrapper; padding rows are zeros)."""
+    device = embedding_matrix.device
+    vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
+    extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
+    events = model.event_features(vectors, batch["type_ids"].to(device), batch["log_hours"].to(device), **extra)
+    return events, batch["mask"].to(device), batch["static"].to(device)
 
 # -----------------------------------------------------------------------------
 # Loss
@@ -1954,7 +1976,8 @@ def predict_logits(model, stays, embedding_matrix, batch_size, device):
     sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
     out = np.zeros(len(stays))
     for idx in sampler:
-        out[idx] = model.forward_batch(collate_stays([stays[i] for i in idx]), embedding_matrix).float().cpu().numpy()
+        logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
+        out[idx] = logits.float().cpu().numpy()
     return out
 
 
@@ -2066,6 +2089,111 @@ def data_fingerprint(table) -> str:
 
 
 def main(argv=None):
+    """Train, validate and checkpoint each epoch, then write the outputs of the best model."""
+    args, procs, paths, resume = set_up_run(argv)
+    data = load_training_data(args, procs, paths, resume)
+    if getattr(args, "embed_only", False):
+        log.info("--embed-only: %d unique texts cached under %s", data.embed_stats["unique_texts"], args.cache_dir)
+        return
+    trainer = build_trainer(args, procs, data)
+    state = TrainingState()
+    if resume is not None:
+        trainer.load_state_dict(resume)
+        state = TrainingState.from_checkpoint(resume, procs.rank)
+    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
+    train_stays, val_stays = data.by_split["train"], data.by_split["val"]
+    order = np.random.default_rng(args.seed).permutation(len(train_stays))
+    train_probe = [train_stays[i] for i in order[:max(len(val_stays), 1)]]
+    t_train = time.time()
+    while state.epoch < args.epochs and not state.finished:
+        t0 = time.time()
+        train_epoch(args, procs, paths, data, trainer, state)
+        validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0)
+
+    if procs.master:
+        write_outputs(args, paths.out_dir, paths.best, data.stays, data.stay_split, data.table, data.embedding_matrix,
+                      procs.device, state.history,
+                      {"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events, **data.embed_stats,
+                       "train_seconds": round(time.time() - t_train, 1)})
+    if procs.ddp:
+        procs.wait_for_all()
+        torch.distributed.destroy_process_group()
+
+
+@dataclass
+class Processes:
+    """This process's place in a torchrun job (one process without torchrun)."""
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    wait_group: object = None  # the gloo group with a long timeout for waiting on rank 0 (init_distributed)
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def wait_for_all(self):
+        if self.ddp:
+            torch.distributed.barrier(group=self.wait_group)
+
+
+@dataclass
+class RunPaths:
+    out_dir: Path
+
+    def __post_init__(self):
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.plots = self.out_dir / "plots"
+        self.attention = self.out_dir / "attention_weights"
+        self.latest = self.checkpoints / "latest_checkpoint.pth"
+        self.best = self.checkpoints / "best_model.pth"
+
+
+@dataclass
+class TrainingState:
+    """Everything the training loop changes. Saved in latest_checkpoint.pth as top-level keys (the per-process
+    fields under `ranks`, one entry per process) and restored as a whole by --resume; plain types only."""
+    epoch: int = 0             # the epoch being trained (= epochs done, at an epoch's end)
+    batch_in_epoch: int = 0    # batches of `epoch` already done
+    global_step: int = 0
+    best_val_score: float = float("-inf")  # best val AUROC; -val loss where the val split has one class
+    bad_epochs: int = 0        # epochs since the best, for early stopping
+    finished: bool = False
+    history: dict = field(default_factory=lambda: {"train_loss": [], "train_bce": [], "val_loss": [], "val_auroc": [],
+                                                   "lr": []})
+    epoch_loss_sum: float = 0.0  # this process's running training loss of the epoch (per process)
+    epoch_loss_n: int = 0
+
+    PER_PROCESS = ("epoch_loss_sum", "epoch_loss_n")
+
+    def checkpoint(self, procs) -> dict:
+        """The shared fields, and `ranks`: each process's fields and random state (collective: every rank calls it)."""
+        shared = {k: v for k, v in asdict(self).items() if k not in self.PER_PROCESS}
+        own = {"rng": rng_state(), **{k: getattr(self, k) for k in self.PER_PROCESS}}
+        ranks = [own]
+        if procs.ddp:
+            ranks = [None] * procs.world_size
+            torch.distributed.all_gather_object(ranks, own)
+        return {**shared, "ranks": ranks}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, rank):
+        """The state a checkpoint saved, for process `rank`; sets that process's random state."""
+        own = ckpt["ranks"][rank]
+        set_rng_state(own["rng"])
+        if "best_val_score" not in ckpt:  # written before best_val_auroc was renamed (same format version)
+            ckpt = {**ckpt, "best_val_score": ckpt["best_val_auroc"]}
+        shared = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in cls.PER_PROCESS}
+        return cls(**shared, **{k: own[k] for k in cls.PER_PROCESS})
+
+
+def set_up_run(argv):
+    """(args, Processes, RunPaths, the checkpoint to resume or None): options checked, logging, torchrun's
+    process group, output folders, seeds. --resume continues with the run's original options."""
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
@@ -2079,38 +2207,55 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
 
-    # --- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ddp = world_size > 1
-    rank = int(os.environ.get("RANK", "0"))
+    # torchrun sets WORLD_SIZE/RANK/LOCAL_RANK
+    procs = Processes(device=torch.device("cpu"), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                      rank=int(os.environ.get("RANK", "0")))
     if args.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        procs.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(args.device)
-    wait_group = init_distributed(device, args.ddp_timeout) if ddp else None
-    master = rank == 0
-    if not master:
+        procs.device = torch.device(args.device)
+    if procs.ddp:
+        procs.wait_group = init_distributed(procs.device, args.ddp_timeout)
+    if not procs.master:
         log.setLevel(logging.WARNING)
 
-    out_dir = Path(args.output_dir)
-    ckpt_dir, plots_dir, attn_dir = out_dir / "checkpoints", out_dir / "plots", out_dir / "attention_weights"
-    latest_path, best_path = ckpt_dir / "latest_checkpoint.pth", ckpt_dir / "best_model.pth"
+    paths = RunPaths(Path(args.output_dir))
     resume = None
     if args.resume:
-        resume = load_checkpoint(latest_path)
-        check_resume_world_size(resume, world_size, latest_path)
+        resume = load_checkpoint(paths.latest)
+        check_resume_world_size(resume, procs.world_size, paths.latest)
         saved = dict(resume["args"])
         saved.update(resume=True, device=args.device, output_dir=args.output_dir)
         args = argparse.Namespace(**saved)
-        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", latest_path,
+        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", paths.latest,
                  resume["epoch"], resume["batch_in_epoch"])
-    if master:
-        for d in (ckpt_dir, plots_dir, attn_dir):
+    if procs.master:
+        for d in (paths.checkpoints, paths.plots, paths.attention):
             d.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    return args, procs, paths, resume
 
-    # --- data, split, preprocessor (fitted on the training split only)
+
+@dataclass
+class TrainingData:
+    table: pd.DataFrame
+    fingerprint: str
+    preprocessor: "EventPreprocessor"
+    encoder: EncoderSpec
+    stays: list
+    stay_split: np.ndarray        # "train"/"val"/"test" per stay, in the order of `stays`
+    embedding_matrix: torch.Tensor  # float16, one row per distinct text, on the device
+    embed_stats: dict
+    by_split: dict = None         # split name -> its stays
+    n_cut: int = 0                # stays with more than --max-events events
+    pos_weight: float = 1.0
+
+
+def load_training_data(args, procs, paths, resume) -> TrainingData:
+    """The event table, its patient split, the preprocessor (fitted on the training split only), the text
+    encoder and the stays with their embedding matrix (rank 0 embeds what is missing; the other ranks then
+    read the cache)."""
     table = read_event_table(args.data)
     split = split_stays_by_patient(table, args.seed)
     stay_split = table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
@@ -2120,69 +2265,94 @@ def main(argv=None):
     train_rows = table["stay_id"].map(split).to_numpy() == "train"
     fingerprint = data_fingerprint(table)
     if resume is not None and resume.get("data_fingerprint") != fingerprint:
-        raise CheckpointError(f"{latest_path}: was trained on other data than {args.data} (the table changed since); "
+        raise CheckpointError(f"{paths.latest}: was trained on other data than {args.data} (the table changed since); "
                               "start a new run (without --resume) or restore the original table")
     if resume is not None:
         preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
-        encoder_info = dict(resume["text_encoder"])
+        encoder = EncoderSpec.from_checkpoint(resume)
     else:
         preprocessor = EventPreprocessor().fit(table.loc[train_rows])
         if args.item_dim or args.value_channel == "on":
             preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
-        folder = resolve_text_encoder(args.text_encoder)
-        dtype = resolve_embed_dtype(args.embed_dtype, device)
-        encoder_info = {"folder": str(folder), "identity": encoder_identity(folder, args.pooling, args.text_max_length, dtype),
-                        "dim": encoder_dim(folder), "pooling": args.pooling, "dtype": dtype,
-                        "max_length": encoder_max_length(folder, args.text_max_length)}
-    # Rank 0 embeds what is missing; the other ranks then read the cache.
+        encoder = EncoderSpec.of_folder(resolve_text_encoder(args.text_encoder), args.pooling, args.text_max_length,
+                                        resolve_embed_dtype(args.embed_dtype, procs.device))
     embed_stats = {}
-    if ddp and not master:
-        torch.distributed.barrier(group=wait_group)
-    stays, embedding_matrix = prepare_stays(table, preprocessor, args.cache_dir, device, args.max_events, encoder_info,
-                                            args.embed_batch_size, embed_stats, args.embed_dtype)
-    if ddp and master:
-        torch.distributed.barrier(group=wait_group)
-    if ddp:  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
-        torch.distributed.barrier(group=wait_group)
+    if not procs.master:
+        procs.wait_for_all()
+    stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, procs.device, args.max_events,
+                                            args.embed_batch_size, embed_stats)
+    if procs.master:
+        procs.wait_for_all()
+    procs.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
+    data = TrainingData(table, fingerprint, preprocessor, encoder, stays, stay_split, embedding_matrix, embed_stats)
     if getattr(args, "embed_only", False):
-        log.info("--embed-only: %d unique texts cached under %s", embed_stats["unique_texts"], args.cache_dir)
-        return
-    embedding_matrix = embedding_matrix.to(device)
+        return data
+    data.embedding_matrix = embedding_matrix.to(procs.device)
     lengths = np.array([len(s.type_ids) for s in stays])
-    n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
-    by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
-    train_stays, val_stays = by_split["train"], by_split["val"]
-    y_train = np.array([s.label for s in train_stays])
+    data.n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
+    data.by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
+    y_train = np.array([s.label for s in data.by_split["train"]])
     n_pos = y_train.sum()
-    pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
+    data.pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
     if getattr(args, "pos_weight", "balanced") == "none":
-        pos_weight = 1.0
+        data.pos_weight = 1.0
     log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
-             "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(train_stays),
-             len(val_stays), len(by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
-             int((lengths == 0).sum()), int(n_pos), pos_weight)
+             "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(data.by_split["train"]),
+             len(data.by_split["val"]), len(data.by_split["test"]), int(lengths.sum()), int(np.median(lengths)),
+             int((lengths == 0).sum()), int(n_pos), data.pos_weight)
+    return data
 
-    # --- model, optimiser, schedule
-    config = ModelConfig(text_dim=int(embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
+
+@dataclass
+class Trainer:
+    """The model (`model` is DDP-wrapped under torchrun, `raw_model` never), optimiser, schedule and mixed precision."""
+    config: ModelConfig
+    model: nn.Module
+    raw_model: "MortalityTransformer"
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: "LengthBucketSampler"
+    use_amp: bool
+    amp_dtype: torch.dtype
+    pos_weight: torch.Tensor
+    kill_after: int = None  # fault injection (_fault_kill_point)
+    batches_run: int = 0    # by this process since it started
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, ckpt):
+        self.raw_model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def build_trainer(args, procs, data) -> Trainer:
+    """The model (same initialisation on every rank, text statistics of the training split), AdamW, the
+    warm-up + cosine schedule, and the length-bucketed sampler of this process's share of the training stays."""
+    stays, preprocessor, device = data.stays, data.preprocessor, procs.device
+    config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                          dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
-    seed_rank_streams(args.seed, rank)
+    seed_rank_streams(args.seed, procs.rank)
+    train_stays = data.by_split["train"]
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
-    model.set_text_normalization(embedding_matrix, train_text_rows)
-    model = model.to(device)
-    raw_model = model
-    if ddp:
+    model.set_text_normalization(data.embedding_matrix, train_text_rows)
+    raw_model = model = model.to(device)
+    if procs.ddp:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = LengthBucketSampler([len(s.type_ids) for s in train_stays], args.batch_size, shuffle=True,
-                                  seed=args.seed, num_replicas=world_size, rank=rank)
-    steps_per_epoch = len(sampler)
-    total_steps = max(1, steps_per_epoch * args.epochs)
+                                  seed=args.seed, num_replicas=procs.world_size, rank=procs.rank)
+    total_steps = max(1, len(sampler) * args.epochs)
     warmup = max(1, int(args.warmup_frac * total_steps))
 
     def lr_factor(step):  # linear warm-up, then cosine decay to 10% of the peak
@@ -2195,150 +2365,115 @@ def main(argv=None):
     use_amp = args.amp == "auto" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    pos_weight_t = torch.tensor(pos_weight, device=device)
-
-    history = {"train_loss": [], "train_bce": [], "val_loss": [], "val_auroc": [], "lr": []}
-    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
-    train_probe = [train_stays[i] for i in np.random.default_rng(args.seed).permutation(len(train_stays))[:max(len(val_stays), 1)]]
-    t_train = time.time()
-    start_epoch, start_batch, global_step, best_auroc, bad_epochs, finished = 0, 0, 0, float("-inf"), 0, False
-    epoch_loss_sum, epoch_loss_n = 0.0, 0
-    if resume is not None:
-        raw_model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        history = resume["history"]
-        start_epoch, start_batch, global_step = resume["epoch"], resume["batch_in_epoch"], resume["global_step"]
-        best_auroc, bad_epochs, finished = resume["best_val_auroc"], resume["bad_epochs"], resume["finished"]
-        own = resume["ranks"][rank]
-        epoch_loss_sum, epoch_loss_n = own["epoch_loss_sum"], own["epoch_loss_n"]
-        set_rng_state(own["rng"])
-
-    def gather_rank_states():
-        """Each process's RNG state and running loss (collective: every rank calls it at the same point)."""
-        state = {"rng": rng_state(), "epoch_loss_sum": epoch_loss_sum, "epoch_loss_n": epoch_loss_n}
-        if not ddp:
-            return [state]
-        states = [None] * world_size
-        torch.distributed.all_gather_object(states, state)
-        return states
-
-    def payload(epoch, batch_in_epoch, full, ranks=None):
-        p = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(config),
-             "model_state": raw_model.state_dict(), "preprocessor": preprocessor.state_dict(),
-             "text_encoder": encoder_info, "args": vars(args), "epoch": epoch, "best_val_auroc": best_auroc,
-             "static_feature_names": preprocessor.static_feature_names, "data_fingerprint": fingerprint}
-        if full:
-            p.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                     ranks=ranks, history=history, batch_in_epoch=batch_in_epoch, global_step=global_step,
-                     bad_epochs=bad_epochs, finished=finished)
-        return p
-
-    kill_after = _fault_kill_point()
-    batches_this_process = 0
-    for epoch in range(start_epoch, args.epochs):
-        if finished:
-            break
-        sampler.set_epoch(epoch)
-        model.train()
-        batches = sampler.batches()
-        t0 = time.time()
-        for b, idx in enumerate(batches):
-            if epoch == start_epoch and b < start_batch:
-                continue  # already done before the resume
-            batch = collate_stays([train_stays[i] for i in idx])
-            try:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits, pool_weights = model(*_batch_inputs(raw_model, batch, embedding_matrix), return_pooling=True)
-                label = batch["label"].to(device)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=pos_weight_t)
-                if args.temporal_loss_weight > 0:
-                    hours = preprocessor.hours_from_times(batch["times"].to(device))
-                    loss = loss + args.temporal_loss_weight * temporal_aware_loss(
-                        pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            except torch.OutOfMemoryError:
-                raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
-                                 f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
-                                 "--max-events or --batch-size; resume with --resume.") from None
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            batches_this_process += 1
-            epoch_loss_sum += float(loss.detach()) * len(idx)
-            epoch_loss_n += len(idx)
-            if master and args.attention_every and global_step % args.attention_every == 0:
-                path = save_attention(raw_model, batch, embedding_matrix, args.attention_stays,
-                                      attn_dir / f"attention_epoch_{epoch}_batch_{b}.npz")
-                plot_attention(path, plots_dir)
-            if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
-                ranks = gather_rank_states()
-                if master:
-                    save_checkpoint(latest_path, payload(epoch, b + 1, full=True, ranks=ranks))
-            if kill_after is not None and batches_this_process >= kill_after:
-                import signal
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        # --- end of epoch: validate, keep the best, stop early
-        train_loss = epoch_loss_sum / max(1, epoch_loss_n)
-        if ddp:
-            t = torch.tensor([epoch_loss_sum, epoch_loss_n], device=device, dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            train_loss = float(t[0] / t[1].clamp_min(1))
-        val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
-        history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
-                                                           device)[1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
-        val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), ddp)  # one early-stopping decision
-        history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss)
-        history["val_auroc"].append(val_auroc)
-        history["lr"].append(scheduler.get_last_lr()[0])
-        score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
-        improved = score > best_auroc
-        if improved:
-            best_auroc, bad_epochs = score, 0
-            if master:
-                save_checkpoint(best_path, payload(epoch, 0, full=False))
-        else:
-            bad_epochs += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", epoch, train_loss, val_loss,
-                 "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
-        epoch_loss_sum, epoch_loss_n, start_batch = 0.0, 0, 0
-        if bad_epochs >= args.patience:
-            log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
-            finished = True
-        if epoch + 1 == args.epochs:
-            finished = True
-        ranks = gather_rank_states()
-        if master:
-            save_checkpoint(latest_path, payload(epoch + 1, 0, full=True, ranks=ranks))
-            plot_curves(history, plots_dir)
-        if ddp:
-            torch.distributed.barrier(group=wait_group)
-
-    # --- outputs from the best model
-    if master:
-        write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history,
-                      {"n_stays_cut_to_max_events": n_cut, "max_events": args.max_events, **embed_stats,
-                       "train_seconds": round(time.time() - t_train, 1)})
-    if ddp:
-        torch.distributed.barrier(group=wait_group)
-        torch.distributed.destroy_process_group()
+    return Trainer(config, model, raw_model, optimizer, scheduler, scaler, sampler, use_amp, amp_dtype,
+                   torch.tensor(data.pos_weight, device=device), kill_after=_fault_kill_point())
 
 
-def _batch_inputs(raw_model, batch, embedding_matrix):
-    """(events, mask, static) for calling a DDP-wrapped model (DDP hooks run only through forward)."""
-    device = embedding_matrix.device
-    events = raw_model.batch_event_features(batch, embedding_matrix)
-    return events, batch["mask"].to(device), batch["static"].to(device)
+def checkpoint_payload(args, data, trainer, state, procs=None):
+    """What a checkpoint holds: the model and what rebuilds its inputs; with `procs` (latest_checkpoint.pth)
+    also the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
+    payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(trainer.config),
+               "model_state": trainer.raw_model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
+               "text_encoder": asdict(data.encoder), "args": vars(args), "epoch": state.epoch,
+               "best_val_score": state.best_val_score,
+               "static_feature_names": data.preprocessor.static_feature_names, "data_fingerprint": data.fingerprint}
+    if procs is not None:
+        payload.update(trainer.state_dict(), **state.checkpoint(procs))
+    return payload
+
+
+def train_epoch(args, procs, paths, data, trainer, state):
+    """Train `state.epoch` from batch `state.batch_in_epoch` on (after --resume: where the run stopped)."""
+    device, model, raw_model = procs.device, trainer.model, trainer.raw_model
+    train_stays = data.by_split["train"]
+    trainer.sampler.set_epoch(state.epoch)
+    model.train()
+    batches = trainer.sampler.batches()
+    for b, idx in enumerate(batches):
+        if b < state.batch_in_epoch:
+            continue  # already done before the resume
+        batch = collate_stays([train_stays[i] for i in idx])
+        try:
+            with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
+                logits, attention = model(*batch_inputs(raw_model, batch, data.embedding_matrix))
+                pool_weights = attention["pooling_attention"]
+            label = batch["label"].to(device)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=trainer.pos_weight)
+            if args.temporal_loss_weight > 0:
+                hours = data.preprocessor.hours_from_log_hours(batch["log_hours"].to(device))
+                loss = loss + args.temporal_loss_weight * temporal_aware_loss(
+                    pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.scaler.scale(loss).backward()
+        except torch.OutOfMemoryError:
+            raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
+                             f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
+                             "--max-events or --batch-size; resume with --resume.") from None
+        trainer.scaler.unscale_(trainer.optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.scheduler.step()
+        state.global_step += 1
+        state.batch_in_epoch = b + 1
+        state.epoch_loss_sum += float(loss.detach()) * len(idx)
+        state.epoch_loss_n += len(idx)
+        trainer.batches_run += 1
+        if procs.master and args.attention_every and state.global_step % args.attention_every == 0:
+            path = save_attention(raw_model, batch, data.embedding_matrix, args.attention_stays,
+                                  paths.attention / f"attention_epoch_{state.epoch}_batch_{b}.npz")
+            plot_attention(path, paths.plots)
+        if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
+            payload = checkpoint_payload(args, data, trainer, state, procs)
+            if procs.master:
+                save_checkpoint(paths.latest, payload)
+        if trainer.kill_after is not None and trainer.batches_run >= trainer.kill_after:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0):
+    """End of an epoch: validate, keep the best model, stop early, save latest_checkpoint.pth and the curves."""
+    device, raw_model, embedding_matrix = procs.device, trainer.raw_model, data.embedding_matrix
+    val_stays = data.by_split["val"]
+    train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_n)
+    if procs.ddp:
+        t = torch.tensor([state.epoch_loss_sum, state.epoch_loss_n], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        train_loss = float(t[0] / t[1].clamp_min(1))
+    val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
+    history = state.history
+    history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
+                                                       device)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+    val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), procs.ddp)  # one early-stopping decision
+    history["train_loss"].append(train_loss)
+    history["val_loss"].append(val_loss)
+    history["val_auroc"].append(val_auroc)
+    history["lr"].append(trainer.scheduler.get_last_lr()[0])
+    score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
+    improved = score > state.best_val_score
+    if improved:
+        state.best_val_score, state.bad_epochs = score, 0
+        if procs.master:
+            save_checkpoint(paths.best, checkpoint_payload(args, data, trainer, state))
+    else:
+        state.bad_epochs += 1
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch, train_loss, val_loss,
+             "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
+    if state.bad_epochs >= args.patience:
+        log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
+        state.finished = True
+    if state.epoch + 1 == args.epochs:
+        state.finished = True
+    state.epoch, state.batch_in_epoch, state.epoch_loss_sum, state.epoch_loss_n = state.epoch + 1, 0, 0.0, 0
+    payload = checkpoint_payload(args, data, trainer, state, procs)
+    if procs.master:
+        save_checkpoint(paths.latest, payload)
+        plot_curves(history, paths.plots)
+    procs.wait_for_all()
 
 
 @torch.no_grad()
@@ -2349,7 +2484,7 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
     small = {k: v[:n_stays] for k, v in batch.items()}
     n = max(1, int(small["mask"].sum(1).max()))
     small = {k: (v[:, :n] if v.dim() == 2 and k != "static" else v) for k, v in small.items()}
-    _, att = model.forward_batch(small, embedding_matrix, return_attention=True)
+    _, att = model(*batch_inputs(model, small, embedding_matrix), return_attention=True)
     model.train(was_training)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, layer_attention=att["layer_attention"].float().cpu().numpy().astype(np.float16),

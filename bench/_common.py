@@ -142,8 +142,8 @@ class WorkDir:
 # ----------------------------------------------------------------------------- synthetic cohorts
 
 def synthetic_cohort(path: Path, n_stays: int, seed: int = 0, regime: str = "realistic") -> Path:
-    """An event table (CONTRACT section 1) at `path`: synthetic_mimic.py's tables of the given regime (realistic:
-    the demo's volume and mix, ~340 events per stay) through extract_cohort.py with its defaults."""
+    """An event table (docs/interfaces.md section 1) at `path`: synthetic_mimic.py's tables of the given regime
+    (realistic: the demo's volume and mix, ~340 events per stay) through extract_cohort.py with its defaults."""
     import extract_cohort
     import synthetic_mimic
     path = Path(path)

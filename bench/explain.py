@@ -42,7 +42,7 @@ STATIC_GROUPS = {f"static_{i}": [2 * i, 2 * i + 1] for i in range(N_STATIC // 2)
 
 def build(length, n_stays, text_dim, seed):
     """A default-sized MortalityTransformer and n_stays stays of `length` events (features as the model builds
-    them: type one-hot, standardised text vector, scaled time)."""
+    them: type one-hot, standardised text vector, standardised log-hours)."""
     import torch
     import train
     torch.manual_seed(seed)

@@ -34,7 +34,7 @@ def worker(length, batch_size, threads):
     mask = torch.ones(batch_size, length, dtype=torch.bool)
     static = torch.randn(batch_size, config.n_static)
     start = time.perf_counter()
-    model(events, mask, static).sum().backward()
+    model(events, mask, static)[0].sum().backward()
     print(json.dumps({"events per stay": length, "batch": batch_size, "step s": time.perf_counter() - start,
                       "peak RSS MiB": peak_rss_mib()}))
 

@@ -4,9 +4,9 @@ Both ways train train.py's MortalityTransformer (same config, same initial weigh
 BCE with pos_weight, AdamW, gradient clipping) for whole epochs over the training split of an event table;
 only the data path differs:
 
-- project: train.build_stays (integer rows into one embedding matrix + type ids + scaled times),
+- project: train.build_stays (integer rows into one embedding matrix + type ids + standardised log-hours),
   train.LengthBucketSampler (shuffled batches of similar length), train.collate_stays (right padding to the
-  batch's longest stay) and MortalityTransformer.forward_batch (gathers the vectors on the device);
+  batch's longest stay) and train.batch_inputs (gathers the vectors on the device);
 - prototype-style baseline (written out here): a torch Dataset whose items are built by concatenating float
   arrays per stay ([type one-hot | text vector | time] for every event, a copy of every vector), random
   batches (DataLoader shuffle=True) padded to the longest stay of the batch.
@@ -34,7 +34,8 @@ from _common import print_headline, print_table
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--data", default=None,
-                    help="event table (CONTRACT section 1); default: a synthetic one (synthetic_mimic.py + extract_cohort.py)")
+                    help="event table (docs/interfaces.md section 1); default: a synthetic one (synthetic_mimic.py "
+                    "+ extract_cohort.py)")
 parser.add_argument("--synthetic-stays", type=int, default=500, help="stays of the synthetic table (no --data)")
 parser.add_argument("--regime", choices=["realistic", "small"], default="realistic",
                     help="synthetic_mimic.py --regime of the synthetic table (no --data)")
@@ -89,8 +90,8 @@ class PrototypeDataset(torch.utils.data.Dataset):
         stay = self.stays[i]
         onehot = np.eye(self.n_types, dtype=np.float32)[stay.type_ids.numpy()]
         vectors = self.vectors[stay.text_rows.numpy()]
-        times = stay.times.numpy()[:, None]
-        return np.concatenate([onehot, vectors, times], axis=1), stay.static.numpy(), stay.label
+        log_hours = stay.log_hours.numpy()[:, None]
+        return np.concatenate([onehot, vectors, log_hours], axis=1), stay.static.numpy(), stay.label
 
 
 def prototype_collate(items):
@@ -116,14 +117,14 @@ def batches(way, stays, embedding_matrix, args, epoch, model):
         sampler.set_epoch(epoch)
         for idx in sampler:
             batch = train.collate_stays([stays[i] for i in idx])
-            logits = model.forward_batch(batch, embedding_matrix)
+            logits, _ = model(*train.batch_inputs(model, batch, embedding_matrix))
             yield logits, batch["label"], int(batch["mask"].sum()), batch["mask"].numel()
     else:
         loader = torch.utils.data.DataLoader(PrototypeDataset(stays, embedding_matrix, len(train.EVENT_TYPES)),
                                              batch_size=args.batch_size, shuffle=True, collate_fn=prototype_collate,
                                              generator=torch.Generator().manual_seed(args.seed + epoch))
         for events, mask, static, labels in loader:
-            logits = model(events, mask, static)
+            logits, _ = model(events, mask, static)
             yield logits, labels, int(mask.sum()), mask.numel()
 
 

@@ -72,10 +72,11 @@ class HandBuiltModel(nn.Module):
         pooled = (pool @ out.unsqueeze(1)).squeeze(2).mean(1)  # [B, d]; 0 for a stay without events
         logits = (0.1 + static @ self.static_weights + additive * (1 + self.interaction * (static @ self.static_mix))
                   + self.scale * self.head(pooled).squeeze(-1))
+        attention = dict(pooling_attention=pool)
         if return_attention:
-            return logits, dict(layer_attention=attn.unsqueeze(0), pooling_attention=pool, transformer_output=out,
-                                query=self.query.detach(), pooled=pooled)
-        return logits
+            attention.update(layer_attention=attn.unsqueeze(0), transformer_output=out, query=self.query.detach(),
+                             pooled=pooled)
+        return logits, attention
 
 
 def make_batch(lengths, planted=None, seed=1):
@@ -141,16 +142,16 @@ def test_ablating_an_event_equals_rerunning_the_model_without_it():
     model = HandBuiltModel(scale=3.0).eval()  # attention and positions matter here
     events, mask, static = make_batch([5, 8, 3])
     fa_events, fa_static = ex.feature_ablation(model, events, mask, static, STATIC_GROUPS, perturbations_per_eval=3)
-    full = model(events, mask, static)
+    full, _ = model(events, mask, static)
     for b, l in [(0, 0), (0, 4), (1, 3), (1, 7), (2, 1)]:
         n = int(mask[b].sum())
         keep = [i for i in range(n) if i != l]  # physically remove the event: later events shift left
-        without = model(events[b:b + 1, keep], torch.ones(1, n - 1, dtype=torch.bool), static[b:b + 1])
+        without, _ = model(events[b:b + 1, keep], torch.ones(1, n - 1, dtype=torch.bool), static[b:b + 1])
         torch.testing.assert_close(fa_events[b, l], (full[b] - without[0]).detach(), atol=1e-5, rtol=0)
     # a static column: all its one-hot columns ablated together (baseline zero)
     ablated = static.clone()
     ablated[:, STATIC_GROUPS["race"]] = 0
-    expected = full - model(events, mask, ablated)
+    expected = full - model(events, mask, ablated)[0]
     torch.testing.assert_close(fa_static[:, 1], expected.detach(), atol=1e-5, rtol=0)
 
 
@@ -276,7 +277,7 @@ def test_probabilities_with_masks_equal_running_the_stay_without_the_removed_eve
         keep = sorted(keep)
         with torch.no_grad():
             only_kept = torch.ones(1, len(keep), dtype=torch.bool)
-            direct = torch.sigmoid(model(events[b:b + 1, keep], only_kept, static[b:b + 1]))
+            direct = torch.sigmoid(model(events[b:b + 1, keep], only_kept, static[b:b + 1])[0])
         assert float(p[b, k]) == pytest.approx(float(direct), abs=1e-6)
 
 

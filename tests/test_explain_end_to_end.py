@@ -84,16 +84,16 @@ def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(expl
     model, _, ckpt = train.model_from_checkpoint(train.load_checkpoint(explained["checkpoint"]))
     table = explained["table"]
     stay_rows = table[table.stay_id == stay_id].reset_index(drop=True)
-    (stay,), matrix = train.prepare_stays(stay_rows, ckpt, explained["cache"])
+    (stay,), matrix = train.prepare_stays_of_checkpoint(stay_rows, ckpt, explained["cache"])
     fa = rows[(rows.stay_id == stay_id) & (rows.method == "feature_ablation")].attribution.to_numpy()
     with torch.no_grad():
-        full = model.forward_batch(train.collate_stays([stay]), matrix)[0]
+        full = model(*train.batch_inputs(model, train.collate_stays([stay]), matrix))[0][0]
         for j in (0, len(stay.type_ids) // 2, len(stay.type_ids) - 1):
             keep = [i for i in range(len(stay.type_ids)) if i != j]
             without = train.Stay(stay.stay_id, stay.subject_id, stay.text_rows[keep], stay.type_ids[keep],
-                                 stay.times[keep], stay.static, stay.label, stay.event_row_index[keep],
+                                 stay.log_hours[keep], stay.static, stay.label, stay.event_row_index[keep],
                                  stay.item_ids[keep], stay.values[keep])
-            rerun = model.forward_batch(train.collate_stays([without]), matrix)[0]
+            rerun = model(*train.batch_inputs(model, train.collate_stays([without]), matrix))[0][0]
             assert fa[j] == pytest.approx(float(full - rerun), abs=1e-5)
 
 

@@ -105,7 +105,7 @@ def test_sufficiency_is_reported_per_predicted_class_and_comprehensiveness_at_1_
     res = ex.faithfulness_for_batch(model, events, mask, static, {"integrated_gradients": exact}, n_points=3)
     summary = ex.summarise_faithfulness(res["integrated_gradients"])
     by_class = summary["sufficiency_by_predicted_class"]
-    predicted_death = torch.sigmoid(model(events, mask, static)) >= 0.5
+    predicted_death = torch.sigmoid(model(events, mask, static)[0]) >= 0.5
     assert by_class["n_death"] == int(predicted_death.sum()) and by_class["n_survival"] == int((~predicted_death).sum())
     assert by_class["n_death"] > 0 and by_class["n_survival"] > 0
     assert set(by_class["death"]) == {"1%", "5%", "10%", "20%"}
@@ -168,9 +168,9 @@ def test_mean_baseline_is_built_on_the_models_device():
     seen = []
     event_features = model.event_features
 
-    def checked_event_features(*args):  # every tensor the model is given, recorded
-        seen.extend(a.device.type for a in args if torch.is_tensor(a))
-        return event_features(*args)
+    def checked_event_features(*args, **kwargs):  # every tensor the model is given, recorded
+        seen.extend(a.device.type for a in (*args, *kwargs.values()) if torch.is_tensor(a))
+        return event_features(*args, **kwargs)
     model.event_features = checked_event_features
     lengths = [3, 5]
     stays = [train.Stay(i, i, torch.arange(n), torch.zeros(n, dtype=torch.long), torch.rand(n),
@@ -178,8 +178,7 @@ def test_mean_baseline_is_built_on_the_models_device():
     matrix = torch.randn(8, 6).half()  # on the CPU, as prepare_stays returns it
     table = pd.DataFrame({"stay_id": [0, 1]})
     split = pd.Series(["train", "train"], index=[0, 1])
-    event_mean, static_mean = ex.mean_training_baselines(train, model, table, split, None, lambda rows: (stays, matrix),
-                                                         batch_size=1)
+    event_mean, static_mean = ex.mean_training_baselines(model, table, split, None, lambda rows: (stays, matrix), batch_size=1)
     assert event_mean.device.type == "meta" and static_mean.device.type == "meta"
     assert seen and all(d == "meta" for d in seen)
 
@@ -199,7 +198,7 @@ class SharpStepModel(torch.nn.Module):
 
     def forward(self, events, mask, static, return_attention=False):
         z = (self.input_projection(events)[..., 0] * mask).sum(1) / mask.sum(1).clamp_min(1)
-        return 3.0 * torch.sigmoid(self.sharpness * (z - self.threshold)) + 0.1 * static.sum(-1)
+        return 3.0 * torch.sigmoid(self.sharpness * (z - self.threshold)) + 0.1 * static.sum(-1), {}
 
 
 def test_piecewise_ig_is_complete_where_one_rule_over_the_whole_path_is_not():

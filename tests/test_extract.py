@@ -17,7 +17,7 @@ import extract_cohort
 from extract_cohort import ExtractionError, extract_cohort as run_extraction
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONTRACT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_type", "event_text",
+EVENT_TABLE_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_type", "event_text",
                     "relative_time_to_final_event", "gender", "race", "marital_status", "admission_type",
                     "admission_location", "insurance", "first_careunit", "patient_age", "mortality"]
 STATIC = ["gender", "race", "marital_status", "admission_type", "admission_location", "insurance",
@@ -61,7 +61,7 @@ def test_cohort_counts_match_independent_count(demo_table, mimic_demo_dir):
     assert counts["deaths"] == int(expected["hospital_expire_flag"].sum()) > 0
     assert counts["patients"] == expected["subject_id"].nunique()
     assert counts["events"] == table["event_type"].notna().sum()
-    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert list(table.columns[:len(EVENT_TABLE_COLUMNS)]) == EVENT_TABLE_COLUMNS
 
 
 def test_events_lie_in_observation_window(demo_table, mimic_demo_dir):

@@ -14,7 +14,7 @@ import extract_cohort
 import synthetic_mimic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONTRACT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_type", "event_text",
+EVENT_TABLE_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_type", "event_text",
                     "relative_time_to_final_event", "gender", "race", "marital_status", "admission_type",
                     "admission_location", "insurance", "first_careunit", "patient_age", "mortality"]
 
@@ -236,7 +236,7 @@ def test_one_command_makes_a_realistic_cohort_with_its_truth(tmp_path):
     synthetic_mimic.main(["--out-dir", str(tmp_path / "mimic"), "--n-stays", "120", "--seed", "5",
                           "--extract", str(events)])
     table = pd.read_csv(events, dtype={"source_id": str})
-    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert list(table.columns[:len(EVENT_TABLE_COLUMNS)]) == EVENT_TABLE_COLUMNS
     plain = tmp_path / "plain.csv.gz"
     extract_cohort.extract_cohort(plain, tmp_path / "mimic", progress=False)
     plain = pd.read_csv(plain, dtype={"source_id": str})
@@ -253,7 +253,7 @@ def test_sample_file_matches_contract_and_truth():
     path = REPO_ROOT / "sample_train.csv"
     assert path.stat().st_size <= 10_000_000
     table = pd.read_csv(path)
-    assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert list(table.columns[:len(EVENT_TABLE_COLUMNS)]) == EVENT_TABLE_COLUMNS
     assert {"planted_risk", "true_probability"} <= set(table.columns)
     stays = table.drop_duplicates("stay_id")
     assert 900 <= len(stays) <= 1100

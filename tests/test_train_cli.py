@@ -1,4 +1,4 @@
-"""train.py end to end as a command: outputs of CONTRACT.md section 3, DDP, degenerate data."""
+"""train.py end to end as a command: outputs of docs/interfaces.md section 3, DDP, degenerate data."""
 import json
 import re
 
@@ -40,7 +40,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     latest = torch.load(out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
     assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest["ranks"][0]
     assert best["args"]["seed"] == 5 and best["text_encoder"]["dim"] == 24
-    assert best["best_val_auroc"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
+    assert best["best_val_score"] == max(v for v in latest["history"]["val_auroc"] if v is not None)
 
     pred = pd.read_csv(out / "predictions.csv")
     assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "probability_uncalibrated",
@@ -72,7 +72,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
 
     # The probabilities are those of the best model, rebuilt the way explain_clinicalLF.py does.
     model, pre, ckpt = train.model_from_checkpoint(best)
-    stays, matrix = train.prepare_stays(table, ckpt, cache, text_encoder=tiny_bert_dir)
+    stays, matrix = train.prepare_stays_of_checkpoint(table, ckpt, cache, text_encoder=tiny_bert_dir)
     probs, _ = train.predict(model, stays, matrix, 16, "cpu")
     by_stay = pred.set_index("stay_id").loc[[s.stay_id for s in stays]]
     np.testing.assert_allclose(probs, by_stay["probability_uncalibrated"], atol=1e-6)

@@ -13,7 +13,7 @@ def random_stays(n, dim=8, n_static=5, max_len=12, seed=0, n_texts=20):
     for i in range(n):
         L = int(torch.randint(0, max_len + 1, (1,), generator=g)) if i % 4 else (0 if i == 0 else max_len)
         stays.append(train.Stay(stay_id=i, subject_id=100 + i, text_rows=torch.randint(0, n_texts, (L,), generator=g),
-                                 type_ids=torch.randint(0, 5, (L,), generator=g), times=torch.randn(L, generator=g),
+                                 type_ids=torch.randint(0, 5, (L,), generator=g), log_hours=torch.randn(L, generator=g),
                                  static=torch.randn(n_static, generator=g), label=float(i % 2),
                                  event_row_index=torch.arange(L)))
     matrix = torch.randn(n_texts, dim, generator=g)
@@ -42,12 +42,12 @@ def test_event_features_zero_on_padding():
     stays, matrix = random_stays(6)
     model = small_model()
     batch = train.collate_stays(stays)
-    feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["times"])
+    feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["log_hours"])
     assert feats.shape == (6, batch["mask"].shape[1], len(train.EVENT_TYPES) + 8 + 1)
     assert (feats[~batch["mask"]] == 0).all()
     real = feats[batch["mask"]]
     assert (real[:, :len(train.EVENT_TYPES)].sum(1) == 1).all()
-    torch.testing.assert_close(real[:, -1], batch["times"][batch["mask"]])
+    torch.testing.assert_close(real[:, -1], batch["log_hours"][batch["mask"]])
 
 
 def test_padding_invariance():
@@ -55,9 +55,9 @@ def test_padding_invariance():
     stays, matrix = random_stays(10, max_len=30)
     model = small_model()
     with torch.no_grad():
-        together = model.forward_batch(train.collate_stays(stays), matrix)
+        together = model(*train.batch_inputs(model, train.collate_stays(stays), matrix))[0]
         for i, s in enumerate(stays):
-            alone = model.forward_batch(train.collate_stays([s]), matrix)
+            alone = model(*train.batch_inputs(model, train.collate_stays([s]), matrix))[0]
             assert abs(float(alone[0]) - float(together[i])) < 1e-5
 
 
@@ -66,8 +66,8 @@ def test_attention_return_parity_and_shapes():
     model = small_model()
     batch = train.collate_stays(stays)
     with torch.no_grad():
-        plain = model.forward_batch(batch, matrix)
-        logits, att = model.forward_batch(batch, matrix, return_attention=True)
+        plain = model(*train.batch_inputs(model, batch, matrix))[0]
+        logits, att = model(*train.batch_inputs(model, batch, matrix), return_attention=True)
     assert torch.equal(plain, logits)  # same computation, identical logits
     B, L = batch["mask"].shape
     assert att["layer_attention"].shape == (2, B, 4, L, L)
@@ -93,13 +93,13 @@ def test_empty_stays_predicted_from_static_without_nan():
                         torch.randn(5), 0.0, torch.zeros(0, dtype=torch.long)) for i in range(3)]
     model = small_model()
     model.train()  # dropout on: gradients must stay finite too
-    logits, att = model.forward_batch(train.collate_stays(empty), matrix, return_attention=True)
+    logits, att = model(*train.batch_inputs(model, train.collate_stays(empty), matrix), return_attention=True)
     assert torch.isfinite(logits).all() and (att["pooled"] == 0).all()
     logits.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
     with torch.no_grad():
-        mixed = model.forward_batch(train.collate_stays(empty + stays), matrix)
+        mixed = model(*train.batch_inputs(model, train.collate_stays(empty + stays), matrix))[0]
         static_only = model.classifier(torch.cat([torch.zeros(3, 32), torch.stack([s.static for s in empty])], 1))
     torch.testing.assert_close(mixed[:3], static_only.squeeze(-1), rtol=1e-5, atol=1e-5)
 
@@ -179,7 +179,7 @@ def test_returned_attention_weights_are_the_ones_used():
     captured = {}
     hook = model.layers[1].attn.register_forward_hook(lambda m, inp, out: captured.update(x=inp[0], out=out[0]))
     with torch.no_grad():
-        _, att = model.forward_batch(batch, matrix, return_attention=True)
+        _, att = model(*train.batch_inputs(model, batch, matrix), return_attention=True)
         hook.remove()
         attn = model.layers[1].attn
         B, L, D = captured["x"].shape

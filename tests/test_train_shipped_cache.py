@@ -22,12 +22,12 @@ def test_default_run_embeds_zero_texts_with_the_shipped_cache(tmp_path):
     shutil.copytree(shipped, cache_dir / identity)  # never write into the repository's cache
     table = train.read_event_table(SAMPLE)
     pre = train.EventPreprocessor().fit(table)
-    info = {"folder": str(folder), "identity": identity, "dim": train.encoder_dim(folder), "pooling": "cls",
-            "max_length": train.encoder_max_length(folder)}
+    encoder = train.EncoderSpec.of_folder(folder)
+    assert encoder.identity == identity
     stats = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the shipped shards pass their checksum
-        stays, matrix = train.prepare_stays(table, pre, cache_dir, "cpu", 256, info, stats=stats)
+        stays, matrix = train.prepare_stays(table, pre, encoder, cache_dir, "cpu", 256, stats=stats)
     assert stats["embedded"] == 0 and stats["from_cache"] == table["event_text"].nunique()
     assert matrix.shape == (stats["unique_texts"], 384) and len(stays) == table.stay_id.nunique()
     shard_bytes = sum(p.stat().st_size for p in shipped.glob("shard-*.arrow"))

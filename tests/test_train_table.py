@@ -1,4 +1,4 @@
-"""train.py: event table validation (CONTRACT.md section 1), patient split, preprocessor."""
+"""train.py: event table validation (docs/interfaces.md section 1), patient split, preprocessor."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,9 +124,9 @@ def test_preprocessor_fitted_on_train_only_and_roundtrips(table_df, tmp_path):
     ev = t[t.event_type.notna()]
     for a, b in zip(pre.transform_events(ev), again.transform_events(ev)):
         np.testing.assert_array_equal(a, b)
-    ids, times = pre.transform_events(ev)
-    assert ids.dtype == np.int64 and times.dtype == np.float32
-    hours = pre.hours_from_times(torch.from_numpy(times)).numpy()
+    ids, log_hours = pre.transform_events(ev)
+    assert ids.dtype == np.int64 and log_hours.dtype == np.float32
+    hours = pre.hours_from_log_hours(torch.from_numpy(log_hours)).numpy()
     np.testing.assert_allclose(hours, ev.relative_time_to_final_event.to_numpy() / 60, rtol=1e-4, atol=1e-4)
     assert again.static_feature_groups == pre.static_feature_groups
 

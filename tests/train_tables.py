@@ -1,4 +1,4 @@
-"""Small synthetic event tables (CONTRACT.md section 1) for the train.py tests, with a planted risk."""
+"""Small synthetic event tables (docs/interfaces.md section 1) for the train.py tests, with a planted risk."""
 import numpy as np
 import pandas as pd
 
