@@ -591,7 +591,14 @@ def planted_share(planted_by_stay):
 # -----------------------------------------------------------------------------
 # The prototype's attention analyses, on real outputs.
 
-def analyze_critical_time_periods(weights, hours_before, mask, bin_edges=(0, 1, 2, 4, 8, 12, 24, 48, np.inf)):
+HOUR_WINDOW_EDGES = (0, 1, 2, 4, 8, 12, 24, 48, np.inf)  # windows of hours before the prediction time
+
+
+def hours_before_prediction(events):
+    """Hours from each event (rows of the event table or of event_attributions.csv) to the prediction time."""
+    return events["relative_time_to_final_event"].to_numpy(dtype=float) / 60.0
+
+def analyze_critical_time_periods(weights, hours_before, mask, bin_edges=HOUR_WINDOW_EDGES):
     """How much weight (attention or |attribution|) falls in each window of hours before the prediction
     time. weights, hours_before: [B,L] arrays/tensors; mask Bool[B,L]. Returns one row per window with
     the number of events, the mean weight per event and the share of the total weight."""
@@ -608,11 +615,11 @@ def analyze_critical_time_periods(weights, hours_before, mask, bin_edges=(0, 1, 
 
 
 def analyze_feature_importance_over_time(event_attributions, method="integrated_gradients",
-                                         bin_edges=(0, 1, 2, 4, 8, 12, 24, 48, np.inf)):
+                                         bin_edges=HOUR_WINDOW_EDGES):
     """Mean attribution per (event type, window of hours before prediction) from event_attributions.csv
     rows: which kinds of event matter, and when."""
     rows = event_attributions[event_attributions["method"] == method].copy()
-    rows["hours_before"] = rows["relative_time_to_final_event"].astype(float) / 60.0
+    rows["hours_before"] = hours_before_prediction(rows)
     rows["window"] = pd.cut(rows["hours_before"], bins=list(bin_edges), right=False).astype(str)
     return rows.pivot_table(index="event_type", columns="window", values="attribution", aggfunc="mean",
                             observed=False)
@@ -1033,7 +1040,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     if run.make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, run.stay_ids or []))
     events_frame = collected.event_frame()
-    hours = events_frame["relative_time_to_final_event"].to_numpy(dtype=float)[None] / 60
+    hours = hours_before_prediction(events_frame)[None]
     analyses = dict(
         layer_attention_patterns=collected.layer_pattern_frame(),
         feature_importance_over_time=analyze_feature_importance_over_time(events_frame),
@@ -1103,7 +1110,7 @@ class Collected:
         hours = torch.zeros(mask.shape)
         for b, (stay, m) in enumerate(zip(chunk, meta)):
             n = len(m)
-            hours[b, :n] = torch.as_tensor(m["relative_time_to_final_event"].to_numpy(dtype=float) / 60.0)
+            hours[b, :n] = torch.as_tensor(hours_before_prediction(m))
             logit = float(out["logits"][b])
             self.predictions.append(dict(stay_id=int(stay.stay_id), logit=logit, probability=1 / (1 + math.exp(-logit)),
                                          mortality=int(stay.label), n_events=n))
@@ -1271,7 +1278,7 @@ def fig_layer_attention(collected, path):
     plt = _plt()
     stay = _example_stay(collected)
     meta, received = stay["meta"], stay["layer_received"]
-    hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    hours = hours_before_prediction(meta)
     order = np.argsort(-hours)  # oldest left, prediction time right
     patterns = collected.layer_pattern_frame()
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw=dict(width_ratios=[3, 1.2]), layout="constrained")
@@ -1300,14 +1307,14 @@ def fig_layer_attention(collected, path):
     return save_figure(fig, path)
 
 
-def window_importance(rows, edges=(0, 1, 2, 4, 8, 12, 24, 48, np.inf)):
+def window_importance(rows, edges=HOUR_WINDOW_EDGES):
     """One method's event_attributions rows -> per window of hours before the prediction: number of events
     and mean of |attribution| / its stay's mean |attribution| (each stay weighs the same, whatever the
     scale of its attributions; 1 = the stay's average event)."""
     magnitude = rows["attribution"].abs()
     per_stay = magnitude.groupby(rows["stay_id"]).transform("mean")
     relative = (magnitude / per_stay.where(per_stay > 0)).fillna(0.0).to_numpy()
-    hours = rows["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    hours = hours_before_prediction(rows)
     return analyze_critical_time_periods(relative[None], hours[None], np.ones((1, len(rows)), bool), edges)
 
 
@@ -1315,7 +1322,7 @@ def fig_sequence_importance(collected, path):
     plt = _plt()
     frame = collected.event_frame()
     fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
-    edges = (0, 1, 2, 4, 8, 12, 24, 48, np.inf)
+    edges = HOUR_WINDOW_EDGES
     labels = None
     for method in METHODS:
         rows = frame[frame.method == method]
@@ -1341,7 +1348,7 @@ def fig_sequence_importance_combined(collected, path):
     plt = _plt()
     stay = _example_stay(collected)
     meta = stay["meta"]
-    hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+    hours = hours_before_prediction(meta)
     texts = meta["event_text"].astype(str).to_numpy()
     fig, axes = plt.subplots(len(METHODS), 1, figsize=(12, 2.6 * len(METHODS)), sharex=True)
     for ax, method in zip(axes, METHODS):
@@ -1458,8 +1465,8 @@ def _by_type_and_top(ax_box, ax_top, frame, method):
     ax_box.set_ylabel("attribution to the logit")
     ax_box.set_title(f"{METHOD_LABELS[method]}: by event type", fontsize=10)
     top = rows.reindex(rows["attribution"].abs().sort_values(ascending=False).index).head(12).iloc[::-1]
-    ax_top.barh([f"{_short(t, 45)} [{s}, {h / 60:.1f}h]" for t, s, h in
-                 zip(top.event_text, top.stay_id, top.relative_time_to_final_event)], top["attribution"],
+    ax_top.barh([f"{_short(t, 45)} [{s}, {h:.1f}h]" for t, s, h in
+                 zip(top.event_text, top.stay_id, hours_before_prediction(top))], top["attribution"],
                 color=np.where(top["attribution"] >= 0, "tab:red", "tab:blue"))
     ax_top.tick_params(axis="y", labelsize=7)
     ax_top.set_title("largest single-event attributions [stay, hours before prediction]", fontsize=10)
@@ -1523,7 +1530,7 @@ def fig_stay_timeline(stay, path, static_names=()):
     title = f"Stay {stay['stay_id']}: predicted P(death) = {stay['probability']:.2f}, outcome: " + \
         ("died" if stay["label"] else "survived")
     if len(meta):
-        hours = meta["relative_time_to_final_event"].to_numpy(dtype=float) / 60
+        hours = hours_before_prediction(meta)
         types = list(dict.fromkeys(sorted(meta.event_type.astype(str))))
         y = np.array([types.index(t) for t in meta.event_type.astype(str)])
         values = stay["attributions"]["integrated_gradients"]
