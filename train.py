@@ -986,15 +986,6 @@ class EmbeddingCache:
             return None
         return self._vectors[shard], rows - bounds[shard]
 
-    def lookup(self, keys):
-        """(found bool[n], vectors float32[n, dim]) for keys (uint64 [n, 2]); missing rows are zeros."""
-        positions, cached = self.read(keys)
-        vectors = torch.zeros(len(keys), self.dim, dtype=torch.float16)
-        vectors[torch.from_numpy(positions)] = cached
-        found = np.zeros(len(keys), dtype=bool)
-        found[positions] = True
-        return found, vectors.float().numpy()
-
     # Arrow's IPC format limits an array to 2^31 - 1 values: a shard holds at most that many float16 values
     # (2.8 million vectors of 768), so a larger run is saved as several shards (append_all).
     MAX_SHARD_VALUES = 2**31 - 1

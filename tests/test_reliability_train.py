@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from train_tables import SMALL_MODEL_ARGS, make_event_table, run_train
+from train_tables import SMALL_MODEL_ARGS, cached_vectors, make_event_table, run_train
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def _append_many(cache_dir, worker, n_shards, queue):
         texts = [f"shared text {i}", f"text {worker}-{i}-a", f"text {worker}-{i}-b"]
         vectors = np.array([[hash_vec(t)] * 8 for t in texts], dtype=np.float32)
         cache.append(train.text_keys(texts), vectors)
-        cache.lookup(train.text_keys(texts[:1]))  # read while the other process writes
+        cached_vectors(cache, train.text_keys(texts[:1]))  # read while the other process writes
     queue.put(worker)
 
 
@@ -79,7 +79,7 @@ def test_two_processes_appending_to_the_cache_at_once(tmp_path):
         warnings.simplefilter("error")  # no shard may look corrupted
         cache = train.EmbeddingCache(tmp_path, "enc-x", 8).load()
     texts = [f"shared text {i}" for i in range(25)] + [f"text {w}-{i}-{s}" for w in range(2) for i in range(25) for s in "ab"]
-    found, vectors = cache.lookup(train.text_keys(texts))
+    found, vectors = cached_vectors(cache, train.text_keys(texts))
     assert found.all() and len(cache) == len(texts)
     expected = np.array([[hash_vec(t)] * 8 for t in texts], dtype=np.float16).astype(np.float32)
     np.testing.assert_array_equal(vectors, expected)
@@ -177,7 +177,7 @@ def test_reliability_killed_while_appending_to_the_cache_leaves_a_usable_cache(t
     monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the half-written temporary file is not a shard, and nothing looks corrupted
-        found, vectors = train.EmbeddingCache(tmp_path, "some-encoder", 8).lookup(
+        found, vectors = cached_vectors(train.EmbeddingCache(tmp_path, "some-encoder", 8),
             train.text_keys(["old", "new"]))
     assert found.tolist() == [True, False]  # the new text is simply embedded again next time
     np.testing.assert_array_equal(vectors[0], np.full(8, 0.5, dtype=np.float32))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import train
+from train_tables import cached_vectors
 
 TEXTS = ["Lab: Lactate 4.2 mmol/L", "Procedure: Intubation", "Prescription: Heparin 5000 UNIT", "Lab: Sodium 140"]
 
@@ -104,5 +105,5 @@ def test_a_run_larger_than_arrows_array_limit_is_saved_as_several_shards(tmp_pat
         cache.append(train.text_keys(texts), vectors)
     paths = cache.append_all(train.text_keys(texts), vectors)
     assert len(paths) == 3 and len(set(paths)) == 3
-    found, got = train.EmbeddingCache(tmp_path, "enc", 8).lookup(train.text_keys(texts))
+    found, got = cached_vectors(train.EmbeddingCache(tmp_path, "enc", 8), train.text_keys(texts))
     assert found.all() and np.array_equal(got, vectors.astype(np.float32))

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import train
+from train_tables import cached_vectors
 
 TEXTS = ["Lab: Lactate 4.2 mmol/L (ref 0.5-2.0) abnormal", "Procedure: Arterial Line",
          "Prescription: Vancomycin 1000 mg IV", "Lab: Lactate 4.2 mmol/L (ref 0.5-2.0) abnormal",
@@ -131,7 +132,7 @@ def test_truncated_or_corrupted_shard_is_detected_and_rebuilt(tiny_bert_dir, tmp
     flipped[-3] ^= 0xFF  # same size, one corrupted byte
     shard.write_bytes(bytes(flipped))
     with pytest.warns(UserWarning, match="checksum"):
-        assert train.EmbeddingCache(tmp_path, stats["identity"], 24).load().lookup(train.text_keys(TEXTS[:1]))[0].sum() == 0
+        assert cached_vectors(train.EmbeddingCache(tmp_path, stats["identity"], 24).load(), train.text_keys(TEXTS[:1]))[0].sum() == 0
 
 
 
@@ -158,7 +159,7 @@ def test_verified_shard_is_not_checksummed_again_until_it_changes(tiny_bert_dir,
 def test_hidden_size_mismatch_is_a_clear_error(tmp_path):
     train.EmbeddingCache(tmp_path, "some-encoder", 24).append(train.text_keys(["a"]), np.ones((1, 24)))
     with pytest.raises(train.TextEncoderError, match="size 24 .* hidden size 32"):
-        train.EmbeddingCache(tmp_path, "some-encoder", 32).lookup(train.text_keys(["a"]))
+        cached_vectors(train.EmbeddingCache(tmp_path, "some-encoder", 32), train.text_keys(["a"]))
 
 
 def test_keys_sharing_their_first_eight_bytes_stay_apart(tmp_path):
@@ -167,14 +168,14 @@ def test_keys_sharing_their_first_eight_bytes_stay_apart(tmp_path):
     a, b, c = [[7, 1]], [[7, 2]], [[7, 3]]
     cache.append(np.array(a, dtype=np.uint64), np.full((1, 4), 1.0))
     cache.append(np.array(b, dtype=np.uint64), np.full((1, 4), 2.0))
-    found, vectors = train.EmbeddingCache(tmp_path, "some-encoder", 4).lookup(np.array(b + a + c, dtype=np.uint64))
+    found, vectors = cached_vectors(train.EmbeddingCache(tmp_path, "some-encoder", 4), np.array(b + a + c, dtype=np.uint64))
     assert found.tolist() == [True, True, False]
     np.testing.assert_array_equal(vectors[:, 0], [2.0, 1.0, 0.0])
     assert len(train.EmbeddingCache(tmp_path, "some-encoder", 4)) == 2
     train.EmbeddingCache(tmp_path, "some-encoder", 4).append(np.array(a + c, dtype=np.uint64), np.full((2, 4), 3.0))
     cache = train.EmbeddingCache(tmp_path, "some-encoder", 4)
     assert len(cache) == 3  # a again (first copy wins) and c, whose prefix is taken
-    np.testing.assert_array_equal(cache.lookup(np.array(a + b + c, dtype=np.uint64))[1][:, 0], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(cached_vectors(cache, np.array(a + b + c, dtype=np.uint64))[1][:, 0], [1.0, 2.0, 3.0])
 
 
 def test_text_keys_are_the_md5_digests_of_the_utf8_texts():
@@ -194,8 +195,8 @@ def test_text_keys_are_the_md5_digests_of_the_utf8_texts():
 def test_matrix_is_float16_and_model_inputs_are_the_cached_values(tiny_bert_dir, tmp_path):
     matrix, rows = train.embed_texts(TEXTS, tiny_bert_dir, tmp_path)
     assert matrix.dtype == torch.float16  # half the memory of float32; widened per batch
-    found, cached = train.EmbeddingCache(tmp_path, train.encoder_identity(tiny_bert_dir), 24).lookup(
-        train.text_keys(TEXTS))
+    found, cached = cached_vectors(train.EmbeddingCache(tmp_path, train.encoder_identity(tiny_bert_dir), 24),
+                                   train.text_keys(TEXTS))
     assert found.all()
     np.testing.assert_array_equal(matrix[rows].float().numpy(), cached)
 
@@ -242,12 +243,12 @@ def test_distinct_texts_by_md5_with_an_exact_fallback_when_prefixes_collide(monk
     assert len(train.distinct_texts(pd.Series([], dtype="string"))[2]) == 0
 
 
-def test_lookup_of_consecutive_and_scattered_rows(tmp_path):
+def test_reading_consecutive_and_scattered_rows(tmp_path):
     keys = train.text_keys([f"text {i}" for i in range(5)])
     train.EmbeddingCache(tmp_path, "some-encoder", 3).append(keys, np.arange(15).reshape(5, 3))
     cache = train.EmbeddingCache(tmp_path, "some-encoder", 3)
     for wanted in ([4, 0, 2], [1, 2, 3], [3]):  # rows 0, 2, 4 are gathered; 1-3 copied as one run
-        found, vectors = cache.lookup(keys[wanted])
+        found, vectors = cached_vectors(cache, keys[wanted])
         assert found.all()
         np.testing.assert_array_equal(vectors, np.arange(15).reshape(5, 3)[wanted])
 

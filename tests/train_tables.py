@@ -62,3 +62,14 @@ def run_train(args, env_extra=None, timeout=300, launcher=None):
            **(env_extra or {})}
     cmd = [sys.executable, *(launcher or []), str(repo / "train.py"), *map(str, args)]
     return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def cached_vectors(cache, keys):
+    """What the cache holds for keys (uint64 [n, 2], train.text_keys): (found bool[n], float32 [n, dim] vectors,
+    zeros where missing), read through EmbeddingCache.read as training reads them."""
+    positions, cached = cache.read(keys)
+    vectors = np.zeros((len(keys), cache.dim), dtype=np.float32)
+    vectors[positions] = cached.float().numpy()
+    found = np.zeros(len(keys), dtype=bool)
+    found[positions] = True
+    return found, vectors
