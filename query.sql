@@ -33,6 +33,23 @@ CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
   END
 );
 
+-- When an ICU row (procedure, input, ingredient) is known at the bedside: when it was charted, if that was
+-- before the prediction time (and not before it started); else at its start, for a row still running at the
+-- prediction time (the WHERE clauses keep no other row).
+CREATE TEMP FUNCTION known_at(starttime DATETIME, storetime DATETIME, prediction_time DATETIME) AS (
+  CASE WHEN storetime < prediction_time THEN GREATEST(starttime, storetime) ELSE starttime END
+);
+
+-- The share of an amount given over [starttime, endtime] that was given before the prediction time (the
+-- full amount of a row running past it would reveal how long the patient lived).
+CREATE TEMP FUNCTION amount_before(amount FLOAT64, starttime DATETIME, endtime DATETIME, prediction_time DATETIME) AS (
+  CASE
+    WHEN endtime > prediction_time AND endtime > starttime
+      THEN amount * DATETIME_DIFF(prediction_time, starttime, SECOND) / DATETIME_DIFF(endtime, starttime, SECOND)
+    ELSE amount
+  END
+);
+
 -- The result a microbiology comment states, in a few words, for rows without an organism (MIMIC-IV keeps
 -- many results only in `comments`). Findings and positives are matched before negatives, and negatives
 -- only by explicit phrasings, so a positive never reads as negative; anything else keeps the lab's first
@@ -226,8 +243,7 @@ procedure_events AS (
   -- is left out. A procedure's duration (value) is known only at its end, so it is not shown.
   SELECT
     c.stay_id,
-    CASE WHEN pe.storetime < c.prediction_time THEN GREATEST(pe.starttime, pe.storetime) ELSE pe.starttime END
-      AS event_time,
+    known_at(pe.starttime, pe.storetime, c.prediction_time) AS event_time,
     'procedure' AS event_type,
     CONCAT('Procedure: ', COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(pe.itemid AS STRING)))) AS event_text,
     'procedureevents' AS source_table,
@@ -247,17 +263,11 @@ input_events AS (
   -- Amounts and rates at two significant figures: a 54.32109 mL segment is 54 mL.
   SELECT
     c.stay_id,
-    CASE WHEN ip.storetime < c.prediction_time THEN GREATEST(ip.starttime, ip.storetime) ELSE ip.starttime END
-      AS event_time,
+    known_at(ip.starttime, ip.storetime, c.prediction_time) AS event_time,
     'input' AS event_type,
     CONCAT('Input: ', ARRAY_TO_STRING([
       COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ip.itemid AS STRING))),
-      fmt_num(CASE
-        WHEN ip.endtime > c.prediction_time AND ip.endtime > ip.starttime
-          THEN ip.amount * DATETIME_DIFF(c.prediction_time, ip.starttime, SECOND)
-                         / DATETIME_DIFF(ip.endtime, ip.starttime, SECOND)
-        ELSE ip.amount
-      END, 2),
+      fmt_num(amount_before(ip.amount, ip.starttime, ip.endtime, c.prediction_time), 2),
       NULLIF(TRIM(ip.amountuom), ''),
       CASE WHEN ip.rate IS NOT NULL THEN CONCAT('at ', fmt_num(ip.rate, 2), ' ', COALESCE(TRIM(ip.rateuom), '')) END
     ], ' ')) AS event_text,
@@ -277,17 +287,11 @@ ingredient_events AS (
   -- only when @event_kinds asks for them. Same charting rule and pro-rating as input_events.
   SELECT
     c.stay_id,
-    CASE WHEN ig.storetime < c.prediction_time THEN GREATEST(ig.starttime, ig.storetime) ELSE ig.starttime END
-      AS event_time,
+    known_at(ig.starttime, ig.storetime, c.prediction_time) AS event_time,
     'ingredient' AS event_type,
     CONCAT('Ingredient: ', ARRAY_TO_STRING([
       COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ig.itemid AS STRING))),
-      fmt_num(CASE
-        WHEN ig.endtime > c.prediction_time AND ig.endtime > ig.starttime
-          THEN ig.amount * DATETIME_DIFF(c.prediction_time, ig.starttime, SECOND)
-                         / DATETIME_DIFF(ig.endtime, ig.starttime, SECOND)
-        ELSE ig.amount
-      END, 2),
+      fmt_num(amount_before(ig.amount, ig.starttime, ig.endtime, c.prediction_time), 2),
       NULLIF(TRIM(ig.amountuom), '')
     ], ' ')) AS event_text,
     'ingredientevents' AS source_table,
