@@ -174,13 +174,14 @@ INGREDIENT_ITEMS = [
     ((226221, "Enteral Nutrition Ingredient", "Enteral Nutrition Ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 1, (), 40),
     ((226509, "Blood Ingredient", "Blood Ingredient", "ingredientevents", "Ingredients", "mL", "Ingredient"), "ml", 1, (250, 300, 350), 0),
 ]
-# microbiology background: (spec_itemid, spec_type_desc, test_itemid, test_name, organism or None, weight)
+# microbiology background specimens; organism: (org_itemid, org_name) or None for a negative culture
+MicroSpecimen = namedtuple("MicroSpecimen", "spec_itemid spec_type_desc test_itemid test_name organism weight")
 MICRO_BACKGROUND = [
-    (70012, "BLOOD CULTURE", 90201, "Blood Culture, Routine", None, 6),
-    (70079, "URINE", 90039, "URINE CULTURE", None, 3),
-    (70091, "MRSA SCREEN", 90083, "MRSA SCREEN", None, 2),
-    (70079, "URINE", 90039, "URINE CULTURE", (80002, "ESCHERICHIA COLI"), 1),
-    (70062, "SPUTUM", 90042, "GRAM STAIN", None, 1),
+    MicroSpecimen(70012, "BLOOD CULTURE", 90201, "Blood Culture, Routine", None, 6),
+    MicroSpecimen(70079, "URINE", 90039, "URINE CULTURE", None, 3),
+    MicroSpecimen(70091, "MRSA SCREEN", 90083, "MRSA SCREEN", None, 2),
+    MicroSpecimen(70079, "URINE", 90039, "URINE CULTURE", (80002, "ESCHERICHIA COLI"), 1),
+    MicroSpecimen(70062, "SPUTUM", 90042, "GRAM STAIN", None, 1),
 ]
 BACTEREMIA_ORGANISMS = [(80023, "STAPH AUREUS COAG +"), (80002, "ESCHERICHIA COLI"), (80004, "KLEBSIELLA PNEUMONIAE")]
 ANTIBIOTICS = [(90016, "OXACILLIN"), (90015, "VANCOMYCIN"), (90004, "CEFTRIAXONE"), (90025, "GENTAMICIN"),
@@ -531,7 +532,7 @@ def small_events(w, rng, s, next_ids, planted, events_per_stay_mean):
 
     # --- microbiology: background specimens, then positive blood cultures with susceptibilities
     idx, off = events_per_stay(rng, counts[4], hosp_start, end_h)
-    spec = pick(rng, len(idx), MICRO_BACKGROUND, zipf_weights([m[5] for m in MICRO_BACKGROUND]))
+    spec = pick(rng, len(idx), MICRO_BACKGROUND, zipf_weights([m.weight for m in MICRO_BACKGROUND]))
     add_micro(w, rng, next_ids, stay_subject, hadm_id, idx, off, intime, spec)
     stays = np.flatnonzero(factors["bacteremia"])
     off = rng.random(len(stays)) * 18  # drawn early enough to be reported (+24-28 h) inside the window
@@ -669,14 +670,13 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
     """Background specimens (spec = index into MICRO_BACKGROUND) or positive blood cultures (organism)."""
     n = len(idx)
     if organism is None:
-        rows = np.array(MICRO_BACKGROUND, dtype=object)[spec]
-        has_org = np.array([r[4] is not None for r in rows], dtype=bool)
-        org = [r[4] if r[4] else (0, None) for r in rows]
-        spec_rows = rows
+        spec_rows = [MICRO_BACKGROUND[i] for i in spec]
+        has_org = np.array([s.organism is not None for s in spec_rows], dtype=bool)
+        org = [s.organism or (0, None) for s in spec_rows]
     else:
         has_org = np.ones(n, bool)
         org = [BACTEREMIA_ORGANISMS[o] for o in organism]
-        spec_rows = np.array([MICRO_BACKGROUND[0]] * n, dtype=object)
+        spec_rows = [MICRO_BACKGROUND[0]] * n
     # each positive specimen: one organism row plus 2-3 susceptibility rows
     n_ab = np.where(has_org, rng.integers(2, 4, n), 0)
     rows_per = 1 + n_ab
@@ -694,11 +694,11 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
     w.add("hosp/microbiologyevents", len(r), microevent_id=ids, subject_id=subject[idx][r],
           hadm_id=pa.array(hadm[idx][r], mask=no_hadm[r]), micro_specimen_id=1_000_000 + idx[r] * 100 + r % 100,
           chartdate=stamp(chart[r] - chart[r] % 86400), charttime=stamp(chart[r]),
-          spec_itemid=np.array([s[0] for s in spec_rows], np.int64)[r],
-          spec_type_desc=pa.array([s[1] for s in spec_rows], pa.string()).take(pa.array(r)),
+          spec_itemid=np.array([s.spec_itemid for s in spec_rows], np.int64)[r],
+          spec_type_desc=pa.array([s.spec_type_desc for s in spec_rows], pa.string()).take(pa.array(r)),
           test_seq=np.ones(len(r), np.int64), storedate=stamp(store[r] - store[r] % 86400), storetime=stamp(store[r]),
-          test_itemid=np.array([s[2] for s in spec_rows], np.int64)[r],
-          test_name=pa.array([s[3] for s in spec_rows], pa.string()).take(pa.array(r)),
+          test_itemid=np.array([s.test_itemid for s in spec_rows], np.int64)[r],
+          test_name=pa.array([s.test_name for s in spec_rows], pa.string()).take(pa.array(r)),
           org_itemid=pa.array(np.array([o[0] for o in org], np.int64)[r], mask=~has_org[r]),
           org_name=pa.array([o[1] for o in org], pa.string()).take(pa.array(r)),
           isolate_num=pa.array(np.ones(len(r), np.int64), mask=~has_org[r]),
