@@ -1735,7 +1735,7 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
     from sklearn.pipeline import make_pipeline
     stays = table.drop_duplicates("stay_id")
     y = stays["mortality"].to_numpy(dtype=int)
@@ -1749,7 +1749,7 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
         for value in grid:
             model = model_of(value).fit(x_train, y[is_train])
             val_p = model.predict_proba(x_val)[:, 1]
-            auroc = roc_auc_score(y[is_val], val_p) if len(np.unique(y[is_val])) == 2 else -log_loss_of(y[is_val], val_p)
+            auroc = roc_auc_score(y[is_val], val_p) if len(np.unique(y[is_val])) == 2 else -log_loss(y[is_val], val_p, labels=[0, 1])
             if auroc > best[0]:
                 best = (auroc, value, model)
         _, value, model = best
@@ -1791,10 +1791,6 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
     score(boosting, (0.03, 0.1), "gradient_boosting", tree_x[is_train], tree_x[is_val], tree_x[is_test])
     return results, test_probs
 
-
-def log_loss_of(y, p):
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 # -----------------------------------------------------------------------------
 # Subgroups of the test split
