@@ -66,12 +66,12 @@ def build_arg_parser():
     # "Cohort fidelity"); the run logs how many stays are cut
     p.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
     # model
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=256)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--pool-heads", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=ModelConfig.d_model)
+    p.add_argument("--n-layers", type=int, default=ModelConfig.n_layers)
+    p.add_argument("--n-heads", type=int, default=ModelConfig.n_heads)
+    p.add_argument("--d-ff", type=int, default=ModelConfig.d_ff)
+    p.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    p.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
     p.add_argument("--item-dim", type=int, default=32,
                    help="width of a learned embedding per frequent item (the event text without its numbers), "
                         "beside the frozen text vector; 0 switches it off")
@@ -1298,14 +1298,16 @@ class ModelConfig:
     text_dim: int
     n_static: int
     n_event_types: int = len(EVENT_TYPES)
-    d_model: int = 256
-    n_layers: int = 4
+    # The defaults are train.py's (its options read them from here): 2 layers of 128 fit a 6,000-stay cohort
+    # better than 4 of 256 (BENCHMARKS.md, "Model quality").
+    d_model: int = 128
+    n_layers: int = 2
     n_heads: int = 8
-    d_ff: int = 512
+    d_ff: int = 256
     dropout: float = 0.1
     pool_heads: int = 4
     n_items: int = 0             # frequent items with a learned embedding (0: none)
-    item_dim: int = 0
+    item_dim: int = 0            # their width (train.py: 32 where the training split has frequent items)
     value_channel: bool = False  # the event's standardised number as an input
 
 

@@ -18,8 +18,8 @@ with one Gauss-Legendre rule over the whole path, doubling its steps until compl
 (the project's earlier method), FeatureAblation with perturbations_per_eval=1, one forward per curve or ERASER
 point at the stay's full length.
 
-The model is train.MortalityTransformer with the default ModelConfig (d_model 256, 4 layers, 8 heads) and
-768-d text vectors; its weights are random, scaled so that its logits move by a few units over a stay as a
+The model is the one `python train.py` builds by default (train.ModelConfig's defaults: d_model 128, 2 layers,
+8 heads; a learned 32-d embedding for each of N_ITEMS frequent items and the value channel) with 768-d text vectors; its weights are random, scaled so that its logits move by a few units over a stay as a
 trained model's do (a random model's tiny logit changes make IG converge at once, which would flatter both
 ways). Each (length, way) runs in its own process, so peak memory is its own. The last line holds name=value
 pairs: seconds_per_stay_<L>, cpu_seconds_per_stay_<L> (process CPU time: on a shared machine the fairer
@@ -37,16 +37,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root first on sys.path)
 
 N_STATIC = 40
+N_ITEMS = 400  # frequent items with their own embedding (a realistic cohort's training split has a few hundred)
 STATIC_GROUPS = {f"static_{i}": [2 * i, 2 * i + 1] for i in range(N_STATIC // 2)}
 
 
 def build(length, n_stays, text_dim, seed):
     """A default-sized MortalityTransformer and n_stays stays of `length` events (features as the model builds
-    them: type one-hot, standardised text vector, standardised log-hours)."""
+    them: type one-hot, standardised text vector, standardised log-hours, value, item embedding)."""
     import torch
     import train
     torch.manual_seed(seed)
-    model = train.MortalityTransformer(train.ModelConfig(text_dim=text_dim, n_static=N_STATIC)).eval()
+    defaults = train.build_arg_parser().parse_args([])
+    config = train.ModelConfig(text_dim=text_dim, n_static=N_STATIC, n_items=N_ITEMS, item_dim=defaults.item_dim,
+                               value_channel=defaults.value_channel == "on")
+    model = train.MortalityTransformer(config).eval()
     with torch.no_grad():  # sharper than the initialisation, as after training (see the module docstring)
         for layer in model.layers:
             layer.attn.qkv.weight.mul_(3.0)
@@ -58,7 +62,10 @@ def build(length, n_stays, text_dim, seed):
     text = torch.randn(n_stays, length, text_dim, generator=g)
     types = torch.randint(0, model.config.n_event_types, (n_stays, length), generator=g)
     times = torch.sort(torch.rand(n_stays, length, generator=g) * 4, dim=1, descending=True).values
-    events = model.event_features(text, types, times)
+    items = torch.randint(0, N_ITEMS + 1, (n_stays, length), generator=g)
+    values = torch.randn(n_stays, length, generator=g)
+    with torch.no_grad():
+        events = model.event_features(text, types, times, items, values)
     mask = torch.ones(n_stays, length, dtype=torch.bool)
     static = torch.zeros(n_stays, N_STATIC)
     static[torch.arange(n_stays).unsqueeze(1), 2 * torch.arange(N_STATIC // 2) + torch.randint(0, 2, (n_stays, N_STATIC // 2), generator=g)] = 1.0
