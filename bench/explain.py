@@ -4,6 +4,9 @@ vectors (a Longformer-sized encoder's width).
 
     python bench/explain.py                          # 4 stays per length, 2 for the straightforward way
     python bench/explain.py --lengths 256 --stays 16 --straightforward-stays 4
+    python bench/explain.py --checkpoint RUN/checkpoints/best_model.pth --data cohort.parquet --lengths 256 512
+                                                     # a trained model on its own test stays (their most recent
+                                                     # 256 / 512 events): what users run, IG as it converges there
 
 What is timed per stay, both ways, on the same model and the same stays:
   every method        IG and LayerIG (to within --ig-tolerance of completeness, at most --max-n-steps steps),
@@ -72,7 +75,27 @@ def build(length, n_stays, text_dim, seed):
     return model, events, mask, static
 
 
-def project_way(model, events, mask, static, args):
+def trained_stays(checkpoint, data, cache_dir, length, n_stays):
+    """A trained checkpoint and n_stays of its test stays with at least `length` events, each cut to its most
+    recent `length` events (as --max-events does): the model and the stays users explain."""
+    import torch
+    import explain_clinicalLF as ex
+    import train
+    model, preprocessor, ckpt, table = ex.load_for_explanation(checkpoint, data)
+    split_of_stay = train.split_stays_by_patient(table, seed=ckpt["args"].get("seed", 0))
+    n_events = table[table["event_type"].notna()].groupby("stay_id").size()
+    long_enough = sorted(s for s, n in n_events.items() if n >= length and split_of_stay.get(s) == "test")[:n_stays]
+    if len(long_enough) < n_stays:
+        raise SystemExit(f"{data}: only {len(long_enough)} test stays have {length} events or more")
+    rows = table[table["stay_id"].isin(long_enough)].reset_index(drop=True)
+    stays, embedding_matrix = train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir or ex._default_cache_dir(ckpt["args"]),
+                                                                "cpu", max_events=length)
+    with torch.no_grad():
+        events, mask, static = train.batch_inputs(model, train.collate_stays(stays), embedding_matrix)
+    return model, events, mask, static, preprocessor.static_feature_groups
+
+
+def project_way(model, events, mask, static, static_groups, args):
     import numpy as np
     import explain_clinicalLF as ex
     settings = ex.ExplainSettings(n_steps=args.n_steps, ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
@@ -81,7 +104,7 @@ def project_way(model, events, mask, static, args):
     start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(events), args.batch_size):
         sl = slice(i, i + args.batch_size)
-        out = ex.explain_batch(model, events[sl], mask[sl], static[sl], STATIC_GROUPS, settings)
+        out = ex.explain_batch(model, events[sl], mask[sl], static[sl], static_groups, settings)
         ex.faithfulness_for_batch(model, events[sl], mask[sl], static[sl], {m: out["event"][m] for m in ex.METHODS},
                                   settings.curve_points, settings.random_orders, rng)
         steps += out["ig_steps"].tolist()
@@ -92,7 +115,7 @@ def project_way(model, events, mask, static, args):
     cascade = ex.cascading_randomisation(model, seed=1)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _, step_model in cascade:
-        ex.explain_batch(step_model, events[:1], mask[:1], static[:1], STATIC_GROUPS,
+        ex.explain_batch(step_model, events[:1], mask[:1], static[:1], static_groups,
                          dataclasses.replace(settings, ig_tolerance=0.0))
     cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
@@ -117,7 +140,7 @@ def whole_path_ig(explainer, forward, x, s, m, with_static, n_steps, tolerance, 
         n *= 2
 
 
-def explain_one_stay(model, x, s, m, n_steps, tolerance, max_n_steps):
+def explain_one_stay(model, x, s, m, static_groups, n_steps, tolerance, max_n_steps):
     """Every method on one stay, one Captum call each; FeatureAblation one ablation per forward."""
     import torch
     from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
@@ -130,7 +153,7 @@ def explain_one_stay(model, x, s, m, n_steps, tolerance, max_n_steps):
     lig, _ = whole_path_ig(LayerIntegratedGradients(forward, ex.find_input_projection(model)), forward, x, s, m, False,
                            n_steps, tolerance, max_n_steps)
     event_ids = torch.arange(L).view(1, L, 1).expand(1, L, F)
-    static_ids = ex.static_group_mask(s.shape[-1], STATIC_GROUPS, first_id=L)
+    static_ids = ex.static_group_mask(s.shape[-1], static_groups, first_id=L)
     with torch.no_grad():
         fa, _ = FeatureAblation(ex.EventRemovalForward(model)).attribute(
             (x, s), baselines=(0.0, 0.0), additional_forward_args=(m,), feature_mask=(event_ids, static_ids),
@@ -138,7 +161,7 @@ def explain_one_stay(model, x, s, m, n_steps, tolerance, max_n_steps):
     return dict(ig=ig, lig=lig, fa=fa[0, :, 0]), n_ig
 
 
-def straightforward_way(model, events, mask, static, args):
+def straightforward_way(model, events, mask, static, static_groups, args):
     """One stay per Captum call; one ablation per forward; one forward per curve point at the stay's length."""
     import numpy as np
     import torch
@@ -150,7 +173,8 @@ def straightforward_way(model, events, mask, static, args):
     start, cpu_start = time.perf_counter(), time.process_time()
     for b in range(len(events)):
         x, s, m = events[b:b + 1], static[b:b + 1], mask[b:b + 1]
-        scores, n_ig = explain_one_stay(model, x, s, m, args.n_steps, args.ig_tolerance, args.max_n_steps)
+        scores, n_ig = explain_one_stay(model, x, s, m, static_groups, args.n_steps, args.ig_tolerance,
+                                        args.max_n_steps)
         steps.append(n_ig)
         # the measures: 4 methods + 3 random orders, 11 + 11 curve points and 4 + 4 ERASER sizes, one forward each
         orders = [torch.argsort(-v) for v in scores.values()] + [torch.argsort(-scores["ig"].abs())] + \
@@ -165,7 +189,8 @@ def straightforward_way(model, events, mask, static, args):
     explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     start, cpu_start = time.perf_counter(), time.process_time()
     for _, step_model in ex.cascading_randomisation(model, seed=1):
-        explain_one_stay(step_model, events[:1], static[:1], mask[:1], args.n_steps, float("inf"), args.n_steps)
+        explain_one_stay(step_model, events[:1], static[:1], mask[:1], static_groups, args.n_steps, float("inf"),
+                         args.n_steps)
     cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
                 explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu, ig_steps=steps)
@@ -175,8 +200,13 @@ def worker(args):
     import torch
     torch.set_num_threads(args.threads)
     n = args.stays if args.way == "project" else args.straightforward_stays
-    model, events, mask, static = build(args.worker_length, n, args.text_dim, args.seed)
-    result = (project_way if args.way == "project" else straightforward_way)(model, events, mask, static, args)
+    if args.checkpoint:
+        model, events, mask, static, static_groups = trained_stays(args.checkpoint, args.data, args.cache_dir,
+                                                                   args.worker_length, n)
+    else:
+        (model, events, mask, static), static_groups = build(args.worker_length, n, args.text_dim, args.seed), STATIC_GROUPS
+    way = project_way if args.way == "project" else straightforward_way
+    result = way(model, events, mask, static, static_groups, args)
     share = args.randomisation_stays / 100
     result["seconds_per_stay"] = result["explain_seconds_per_stay"] + result["cascade_seconds_per_stay"] * share
     result["cpu_seconds_per_stay"] = result["explain_cpu_per_stay"] + result["cascade_cpu_per_stay"] * share
@@ -198,6 +228,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-straightforward", action="store_true")
+    p.add_argument("--checkpoint", help="a trained model (train.py's best_model.pth): explain its test stays of --data "
+                                        "instead of the random-weight model (--text-dim is then the encoder's)")
+    p.add_argument("--data", help="the event table the checkpoint was trained on (with --checkpoint)")
+    p.add_argument("--cache-dir", help="its embedding cache (with --checkpoint; default: the one it was trained with)")
     p.add_argument("--way", choices=("project", "straightforward"), help=argparse.SUPPRESS)
     p.add_argument("--worker-length", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -209,6 +243,8 @@ def main():
               "--max-n-steps", str(args.max_n_steps), "--randomisation-stays", str(args.randomisation_stays),
               "--threads", str(args.threads), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
               "--stays", str(args.stays), "--straightforward-stays", str(args.straightforward_stays)]
+    if args.checkpoint:
+        common += ["--checkpoint", args.checkpoint, "--data", args.data] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
     for length in args.lengths:
         load = os.getloadavg()[0]
         ours = _common.run_json_subprocess([__file__, "--way", "project", "--worker-length", str(length), *common])
