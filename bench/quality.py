@@ -2,7 +2,8 @@
 
 For each seed, a synthetic MIMIC-IV (synthetic_mimic.py) is extracted with the project's query
 (extract_cohort.py), each stay's true probability of death (truth/stays.csv.gz) is joined as the column
-`true_probability` (train.py reports its test AUROC as `auroc_of_true_probability`: the ceiling), and
+`true_probability` (train.py reports its test AUROC as `auroc_of_true_probability`: the ceiling) and each
+planted event is flagged in `planted_risk` (explain_clinicalLF.py scores planted-event recovery on it), and
 train.py is run once per configuration with the given options. The table gives, per configuration and
 seed, the model's test AUROC, its ratio to the ceiling, the baselines' test AUROC (train.py fits them on
 the same split), ECE before/after calibration, the epoch that stopped the run and the training time.
@@ -29,8 +30,9 @@ REPO = _common.REPO_ROOT
 
 
 def make_cohort(work_dir: Path, n_stays: int, seed: int) -> Path:
-    """WORK_DIR/cohort-seed{S}.parquet: the extracted event table plus each stay's true probability."""
-    import pandas as pd
+    """WORK_DIR/cohort-seed{S}.parquet: the extracted event table with the truth columns planted_risk and
+    true_probability (synthetic_mimic.attach_truth, as sample_train.csv has them)."""
+    import synthetic_mimic
     out = work_dir / f"cohort-seed{seed}-{n_stays}.parquet"
     if out.is_file():
         return out
@@ -40,14 +42,8 @@ def make_cohort(work_dir: Path, n_stays: int, seed: int) -> Path:
     raw = work_dir / f"extracted-seed{seed}-{n_stays}.parquet"
     subprocess.run([sys.executable, "extract_cohort.py", "--mimic-dir", str(mimic), "--output", str(raw),
                     "--no-progress", "--threads", "1"], cwd=REPO, check=True)
-    table = pd.read_parquet(raw)
-    truth = pd.read_csv(mimic / "truth" / "stays.csv.gz", usecols=["stay_id", "true_probability"])
-    table = table.merge(truth, on="stay_id", how="left", validate="many_to_one")
-    if table["true_probability"].isna().any():
-        raise RuntimeError("an extracted stay has no truth row: generator and query disagree")
-    tmp = out.with_suffix(".tmp.parquet")
-    table.to_parquet(tmp, index=False)
-    tmp.rename(out)
+    synthetic_mimic.attach_truth(raw, mimic)
+    raw.rename(out)
     return out
 
 
