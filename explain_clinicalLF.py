@@ -1011,7 +1011,9 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         the cache are embedded; without the encoder folder a clear error names it)."""
         return train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir, run.device, max_events, run.text_encoder)
 
-    rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
+    # every stay of the table (--split all): the table itself, not a second copy of it
+    rows = (table if len(chosen) == table["stay_id"].nunique()
+            else table[table["stay_id"].isin(chosen)].reset_index(drop=True))
     is_event = rows["event_type"].notna()
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
@@ -1021,6 +1023,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     if settings.baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(
             model, table, split_of_stay, preprocessor, prepare, run.batch_size)
+    del table  # from here on only the explained stays' rows
     static_groups = preprocessor.static_feature_groups
     static_names = list(static_groups)
     has_planted = "planted_risk" in rows.columns
