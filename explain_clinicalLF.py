@@ -1164,7 +1164,7 @@ class EventSample:
                                                        sample_order=self.n_added + np.flatnonzero(enters)))
             self.n_held += int(enters.sum())
         self.n_added += len(frame)
-        if self.n_held > 2 * self.size:  # trimmed now and then rather than at every batch
+        if self.n_held > 2 * self.size or len(self.parts) > 64:  # now and then, not at every batch
             self._keep_smallest_keys()
 
     def _keep_smallest_keys(self):
