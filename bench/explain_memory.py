@@ -12,7 +12,8 @@ and once, on the smallest cohort, a tiny model (the explanation's memory is the 
     train    python train.py --epochs 1 --d-model 8 --n-layers 1 --n-heads 2 --d-ff 16 --item-dim 8 ...
 Then for each size, in its own process (its peak is its VmHWM; its CPU time is measured too):
     explain  python explain_clinicalLF.py --split all --max-stays 0 --n-steps 8 --max-n-steps 8
-             --randomisation-stays 0 --curve-points 3 --internal-batch-size 64 --max-events 256 (figures included)
+             --randomisation-stays 0 --curve-points 3 --internal-batch-size 64 --max-events 256 --batch-size 32
+             (figures included)
 --compare-with REV runs REV's explain_clinicalLF.py (`git show REV:explain_clinicalLF.py`, with this tree's
 train.py) the same way on the same cohorts.
 
@@ -24,8 +25,12 @@ slope per event measured here, applied to 360 events per stay, spreads each stay
 instead of 360: an overestimate. The compute's transient memory (activations of one forward and backward) is
 made the same at every size: --internal-batch-size 64 fixes the rows per forward (by default they come from
 the free memory, which varies) and --max-events 256 the longest stay (it would grow with the cohort; 1-2% of
-these stays have more events and lose their oldest).
-Explain runs use one thread (OMP_NUM_THREADS=1; memory does not depend on it).
+these stays have more events and lose their oldest). Explain runs use one thread (OMP_NUM_THREADS=1; memory
+does not depend on it) and glibc's fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=131072): by default the
+threshold rises with the tensors freed, so freed activation buffers stay in the heap and the peak varies by
+a few hundred MiB between identical runs; fixed, every buffer over 128 KiB goes back to the system when freed,
+and the peak follows what the run holds. --batch-size 32: the earlier code's figures fail on a batch made only
+of stays without events (3,000 generated stays have 23 of them; fixed with the running sums).
 
 The last line holds peak_MiB_<N>, bytes_per_event and the extrapolation to 50,000 stays x 360 events, for this
 tree (and with --compare-with, the same with the prefix before_).
@@ -46,7 +51,8 @@ TARGET_STAYS, TARGET_EVENTS_PER_STAY = 50_000, 360  # a whole MIMIC-IV cohort at
 TINY_MODEL = ["--epochs", "1", "--d-model", "8", "--n-layers", "1", "--n-heads", "2", "--d-ff", "16", "--pool-heads", "4",
               "--item-dim", "8", "--baselines", "none", "--bootstrap", "0", "--device", "cpu"]
 CHEAP_EXPLAIN = ["--split", "all", "--max-stays", "0", "--n-steps", "8", "--max-n-steps", "8", "--randomisation-stays",
-                 "0", "--curve-points", "3", "--internal-batch-size", "64", "--max-events", "256", "--device", "cpu"]
+                 "0", "--curve-points", "3", "--internal-batch-size", "64", "--max-events", "256", "--batch-size", "32",
+                 "--device", "cpu"]
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 3000], help="stays generated per cohort")
@@ -127,7 +133,7 @@ def main():
             _common.run_measured(["train.py", "--data", str(cohorts[sizes[0]]["table"]), "--output-dir", str(model),
                                   "--cache-dir", str(cache), "--text-encoder", encoder, "--seed", str(args.seed),
                                   *TINY_MODEL], work / "train.log")
-        os.environ["OMP_NUM_THREADS"] = "1"  # for the explain processes: a shared machine; memory does not depend on it
+        os.environ.update(OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")  # for the explain runs (see above)
         rows = [explain(script, version, n, cohorts[n], checkpoint, cache, work / f"n{n}")
                 for version, script in scripts.items() for n in sizes]
     print_table(rows, "Peak resident memory of explain_clinicalLF.py --split all --max-stays 0")
