@@ -196,6 +196,20 @@ def test_mean_baseline_run(trained, tmp_path):
     assert (tmp_path / "event_attributions.csv").is_file()
 
 
+def test_a_batch_of_stays_without_events_is_explained_and_drawn(trained, tmp_path):
+    """Length-sorted batches put the stays without events first; a batch of only such stays has static rows
+    only, and the figures and analyses come out all the same (the figures failed on it before the running sums)."""
+    counts = trained["table"].groupby("stay_id")["event_type"].count()
+    empty = [int(s) for s in counts.index[counts == 0]]
+    result = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, max_stays=2,
+                                            stay_ids=empty, batch_size=1, n_steps=8, randomisation_stays=0,
+                                            cache_dir=trained["cache"], show_progress=False)
+    assert FIGURES <= set(result["paths"])
+    assert set(empty) <= set(result["static_attributions"].stay_id)
+    assert result["analyses"]["critical_time_periods"]["integrated_gradients"]["n_events"].sum() == \
+        result["predictions"]["n_events"].sum()
+
+
 def test_unknown_stay_missing_file_and_not_a_checkpoint_are_clear_errors(trained, tmp_path):
     with pytest.raises(ex.ExplainError, match="unknown stay id.*123"):
         ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, stay_ids=[123],
