@@ -523,31 +523,50 @@ def _order_to_scores(order, real):
     return rank[real].numpy()
 
 
+RECORD_FIELDS = ("deletion_auc", "insertion_auc", "comprehensiveness", "sufficiency", "deletion_curve",
+                 "insertion_curve", "predicted_death")  # what summarise_faithfulness reads of a per-stay record
+
+
+def stack_records(records):
+    """Per-stay faithfulness records -> {field: array with one row per stay}: the same numbers in a few arrays
+    instead of a dict of small arrays per stay (a run keeps them for every stay)."""
+    return {k: np.stack([np.asarray(r[k]) for r in records]) for k in RECORD_FIELDS}
+
+
+def concatenate_records(parts):
+    """stack_records' arrays of several batches -> one set of arrays."""
+    return {k: np.concatenate([part[k] for part in parts]) for k in RECORD_FIELDS}
+
+
 def summarise_faithfulness(records):
-    """Mean over stays of the per-stay faithfulness records of one method."""
-    if not records:
+    """Mean over stays of the per-stay faithfulness records of one method (a list of records, or their
+    stack_records arrays)."""
+    if isinstance(records, list):
+        if not records:
+            return {}
+        records = stack_records(records)
+    if not len(records["deletion_auc"]):
         return {}
     pct = [f"{round(f * 100)}%" for f in ERASER_FRACTIONS]
-    comp = np.mean([r["comprehensiveness"] for r in records], axis=0)
-    suff = np.mean([r["sufficiency"] for r in records], axis=0)
-    return dict(deletion_auc=float(np.mean([r["deletion_auc"] for r in records])),
-                insertion_auc=float(np.mean([r["insertion_auc"] for r in records])),
-                comprehensiveness=dict(zip(pct, map(float, comp))),
-                sufficiency=dict(zip(pct, map(float, suff))),
-                deletion_curve=np.mean([r["deletion_curve"] for r in records], axis=0).tolist(),
-                insertion_curve=np.mean([r["insertion_curve"] for r in records], axis=0).tolist(),
+    return dict(deletion_auc=float(np.mean(records["deletion_auc"])),
+                insertion_auc=float(np.mean(records["insertion_auc"])),
+                comprehensiveness=dict(zip(pct, map(float, np.mean(records["comprehensiveness"], axis=0)))),
+                sufficiency=dict(zip(pct, map(float, np.mean(records["sufficiency"], axis=0)))),
+                deletion_curve=np.mean(records["deletion_curve"], axis=0).tolist(),
+                insertion_curve=np.mean(records["insertion_curve"], axis=0).tolist(),
                 sufficiency_by_predicted_class=sufficiency_by_class(records, pct),
-                n_stays=len(records))
+                n_stays=len(records["deletion_auc"]))
 
 
 def sufficiency_by_class(records, pct):
-    """Sufficiency separately for stays predicted to die and to survive: over all stays the two classes'
-    values (keeping few events raises P(death) of one and lowers it of the other) average to about the same
-    number for every method."""
+    """Sufficiency separately for stays predicted to die and to survive (records: stack_records' arrays): over
+    all stays the two classes' values (keeping few events raises P(death) of one and lowers it of the other)
+    average to about the same number for every method."""
     out = {}
+    predicted_death = np.asarray(records["predicted_death"]).astype(bool)
     for name, wanted in (("death", True), ("survival", False)):
-        chosen = [r["sufficiency"] for r in records if r.get("predicted_death") == wanted]
-        out[name] = dict(zip(pct, map(float, np.mean(chosen, axis=0)))) if chosen else None
+        chosen = records["sufficiency"][predicted_death == wanted]
+        out[name] = dict(zip(pct, map(float, np.mean(chosen, axis=0)))) if len(chosen) else None
         out[f"n_{name}"] = len(chosen)
     return out
 
@@ -598,20 +617,43 @@ def hours_before_prediction(events):
     """Hours from each event (rows of the event table or of event_attributions.csv) to the prediction time."""
     return events["relative_time_to_final_event"].to_numpy(dtype=float) / 60.0
 
+class WindowSums:
+    """Number of events and sum of a weight per window of hours before the prediction time, added to part by
+    part: analyze_critical_time_periods's table without keeping the events."""
+
+    def __init__(self, bin_edges=HOUR_WINDOW_EDGES):
+        self.edges = list(bin_edges)
+        self.windows = pd.IntervalIndex.from_breaks(self.edges, closed="left").astype(str)  # pd.cut's labels
+        self.n_events = np.zeros(len(self.windows), dtype=np.int64)
+        self.sums = np.zeros(len(self.windows))
+        self.total = 0.0  # of every weight added, the share's denominator
+
+    def add(self, weights, hours_before):
+        weights = np.asarray(weights, dtype=float)
+        window = pd.cut(np.asarray(hours_before, dtype=float), bins=self.edges, right=False, labels=False)
+        inside = ~np.isnan(window)
+        codes = window[inside].astype(int)
+        self.n_events += np.bincount(codes, minlength=len(self.windows))
+        self.sums += np.bincount(codes, weights=weights[inside], minlength=len(self.windows))
+        self.total += weights.sum()
+
+    def table(self):
+        """One row per window: n_events, mean_weight (NaN where no event), share_of_weight."""
+        mean = np.full(len(self.windows), np.nan)
+        np.divide(self.sums, self.n_events, out=mean, where=self.n_events > 0)
+        return pd.DataFrame({"window": self.windows.to_numpy(dtype=object), "n_events": self.n_events,
+                             "mean_weight": mean, "share_of_weight": self.sums / max(self.total, 1e-12)})
+
+
 def analyze_critical_time_periods(weights, hours_before, mask, bin_edges=HOUR_WINDOW_EDGES):
     """How much weight (attention or |attribution|) falls in each window of hours before the prediction
     time. weights, hours_before: [B,L] arrays/tensors; mask Bool[B,L]. Returns one row per window with
     the number of events, the mean weight per event and the share of the total weight."""
     w, h, m = (np.asarray(t, dtype=float) for t in (weights, hours_before, mask))
     m = m.astype(bool)
-    w, h = np.abs(w[m]), h[m]
-    bins = pd.cut(h, bins=list(bin_edges), right=False)
-    frame = pd.DataFrame({"window": bins, "weight": w})
-    out = frame.groupby("window", observed=False)["weight"].agg(n_events="count", mean_weight="mean", total="sum")
-    out["share_of_weight"] = out["total"] / max(w.sum(), 1e-12)
-    out = out.drop(columns="total").reset_index()
-    out["window"] = out["window"].astype(str)
-    return out
+    windows = WindowSums(bin_edges)
+    windows.add(np.abs(w[m]), h[m])
+    return windows.table()
 
 
 def analyze_feature_importance_over_time(event_attributions, method="integrated_gradients",
@@ -942,12 +984,17 @@ def explain_options(options):
 
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
-                                save_dir=DEFAULT_SAVE_DIR, **options):
+                                save_dir=DEFAULT_SAVE_DIR, return_tables=True, **options):
     """Explain the chosen stays with every method and write docs/interfaces.md §4's outputs under save_dir.
     `options`: any field of ExplainRun or ExplainSettings by name (their defaults are the command's).
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
     static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
-    feature_importance_over_time, critical_time_periods: {method: DataFrame}})."""
+    feature_importance_over_time, critical_time_periods: {method: DataFrame}}).
+
+    The run holds no attribution table: both are written batch by batch, and the analyses and figures come from
+    running sums, a bounded sample and the stays they draw (Collected), so memory does not grow with the events
+    explained beyond a few bytes each. With return_tables (default) the two CSVs are read back once at the end
+    (about 50 bytes per event row); return_tables=False returns None for them (the command's way)."""
     run, settings = explain_options(options)
     if settings.baseline not in ("zero", "mean"):
         raise ExplainError(f"--baseline must be 'zero' or 'mean', not {settings.baseline!r}")
@@ -964,7 +1011,9 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
         the cache are embedded; without the encoder folder a clear error names it)."""
         return train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir, run.device, max_events, run.text_encoder)
 
-    rows = table[table["stay_id"].isin(chosen)].reset_index(drop=True)
+    # every stay of the table (--split all): the table itself, not a second copy of it
+    rows = (table if len(chosen) == table["stay_id"].nunique()
+            else table[table["stay_id"].isin(chosen)].reset_index(drop=True))
     is_event = rows["event_type"].notna()
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
@@ -974,6 +1023,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     if settings.baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(
             model, table, split_of_stay, preprocessor, prepare, run.batch_size)
+    del table  # from here on only the explained stays' rows
     static_groups = preprocessor.static_feature_groups
     static_names = list(static_groups)
     has_planted = "planted_risk" in rows.columns
@@ -983,7 +1033,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     cascade = cascading_randomisation(model, seed=settings.seed + 1) if run.randomisation_stays else []
     # the randomised models are explained with IG's starting steps: rank correlations need no re-integration
     cascade_settings = dataclasses.replace(settings, ig_tolerance=0.0)
-    collected = Collected(static_names=static_names)
+    collected = Collected(static_names, detail_stay_ids=run.stay_ids or [], seed=settings.seed)
     rng = np.random.default_rng(settings.seed)
     starts = list(range(0, len(stays), run.batch_size))
     # the sanity check takes batches spread over the length-sorted stays, not only the shortest ones
@@ -1031,7 +1081,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     faithfulness = collected.faithfulness(settings, has_planted)
     faithfulness["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=run.split,
                                 n_stays=len(stays), n_events=int(sum(len(s.type_ids) for s in stays)),
-                                n_stays_outside_split=int(len(collected.in_split) - sum(collected.in_split)),
+                                n_stays_outside_split=collected.n_stays_outside_split,
                                 note="--stay-ids stays outside the split are explained and drawn but not counted "
                                      "in the faithfulness measures")
     paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
@@ -1039,17 +1089,24 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
              "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
     if run.make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, run.stay_ids or []))
-    events_frame = collected.event_frame()
-    hours = hours_before_prediction(events_frame)[None]
-    analyses = dict(
-        layer_attention_patterns=collected.layer_pattern_frame(),
-        feature_importance_over_time=analyze_feature_importance_over_time(events_frame),
-        critical_time_periods={m: analyze_critical_time_periods(
-            events_frame["attribution"].to_numpy()[None] * (events_frame["method"] == m).to_numpy()[None], hours,
-            (events_frame["method"] == m).to_numpy()[None]) for m in METHODS})
-    return dict(paths=paths, faithfulness=faithfulness, event_attributions=events_frame,
-                static_attributions=collected.static_frame(), predictions=collected.prediction_frame(),
-                analyses=analyses)
+    analyses = dict(layer_attention_patterns=collected.layer_pattern_frame(),
+                    feature_importance_over_time=collected.events.feature_importance_over_time(),
+                    critical_time_periods={m: collected.critical_time_periods(m) for m in METHODS})
+    tables = {name: read_attribution_table(paths[f"{name}.csv"]) if return_tables else None
+              for name in ("event_attributions", "static_attributions")}
+    return dict(paths=paths, faithfulness=faithfulness, predictions=collected.prediction_frame(),
+                analyses=analyses, **tables)
+
+
+def read_attribution_table(path):
+    """event_attributions.csv or static_attributions.csv as a DataFrame: strings as categories (each distinct
+    text held once), event_time as timestamps, rows by stay, method and position."""
+    strings = ("event_type", "event_text", "method", "feature")
+    header = pd.read_csv(path, nrows=0).columns
+    frame = pd.read_csv(path, dtype={c: "category" for c in strings if c in header},
+                        parse_dates=["event_time"] if "event_time" in header else False)
+    order = [c for c in ("stay_id", "method", "event_index") if c in frame.columns]
+    return frame.sort_values(order, kind="stable", ignore_index=True)
 
 
 def convergence_summary(relative_deltas, steps_used, settings):
@@ -1079,132 +1136,319 @@ def rank_agreement(scores):
     return agreement
 
 
-class Collected:
-    """Everything the batches produce that the outputs, faithfulness figures and plots need."""
+# -----------------------------------------------------------------------------
+# What a run keeps of its batches: bounded by what the outputs need, not by the number of events explained
+# (a whole-cohort run explains tens of millions).
 
-    def __init__(self, static_names):
+FIGURE_SAMPLE_EVENTS = 200_000  # events kept, a uniform sample (seeded), for the box and scatter plots
+LARGEST_EVENTS = 12             # the largest single-event attributions each captum figure names
+LARGEST_COLUMNS = ["stay_id", "event_index", "event_type", "event_text", "relative_time_to_final_event",
+                   "attribution"]
+
+
+class EventSample:
+    """A uniform random sample of at most `size` of the rows added, the same for the same seed: every row draws
+    a random key and the rows with the `size` smallest keys are kept (a bottom-k reservoir sample). It holds
+    every row while no more than `size` were added."""
+
+    def __init__(self, size=FIGURE_SAMPLE_EVENTS, seed=0):
+        self.size, self.rng = size, np.random.default_rng(seed)
+        self.parts, self.n_held, self.n_added = [], 0, 0
+        self.threshold = np.inf  # once `size` rows are held, a row with a larger key can no longer enter
+
+    def add(self, frame):
+        keys = self.rng.random(len(frame))
+        enters = keys < self.threshold
+        if enters.any():
+            self.parts.append(frame.loc[enters].assign(sample_key=keys[enters],
+                                                       sample_order=self.n_added + np.flatnonzero(enters)))
+            self.n_held += int(enters.sum())
+        self.n_added += len(frame)
+        if self.n_held > 2 * self.size or len(self.parts) > 64:  # now and then, not at every batch
+            self._keep_smallest_keys()
+
+    def _keep_smallest_keys(self):
+        held = pd.concat(self.parts, ignore_index=True).nsmallest(self.size, "sample_key")
+        self.parts, self.n_held = [held], len(held)
+        if len(held) == self.size:
+            self.threshold = float(held["sample_key"].max())
+
+    def frame(self):
+        """The sampled rows in the order they were added; None before any."""
+        if not self.parts:
+            return None
+        self._keep_smallest_keys()
+        return self.parts[0].sort_values("sample_order").drop(columns=["sample_key", "sample_order"])
+
+
+class EventSums:
+    """Running sums over event_attributions rows, added a batch of whole stays at a time, from which analyses and
+    figures are computed without keeping the rows (each equal, up to floating point, to the same computation on
+    the whole table: tested). Per method: the number and sum of |attribution| and of |attribution| / its stay's
+    mean |attribution| per window of hours (critical_time_periods, sequence_importance.png) and the rows of
+    largest |attribution|; of IG: the sum and number per (event type, window) (feature_importance_over_time) and
+    per distinct event text (feature_importance.png; 16 bytes per distinct text of the table)."""
+
+    def __init__(self, n_largest=LARGEST_EVENTS):
+        self.magnitude = {m: WindowSums() for m in METHODS}
+        self.relative = {m: WindowSums() for m in METHODS}
+        self.n_largest, self.largest = n_largest, {}
+        self.type_windows = None  # IG: sum and count per (event type, window)
+        self.event_texts = self.text_sums = self.text_counts = None
+
+    def add(self, rows):
+        if rows.empty:
+            return
+        for method, part in rows.groupby("method", sort=False):
+            hours = hours_before_prediction(part)
+            self.magnitude[method].add(part["attribution"].abs(), hours)
+            self.relative[method].add(relative_magnitude(part), hours)
+            self._keep_largest(method, part)
+            if method == "integrated_gradients":
+                self._add_by_type_and_window(part, hours)
+                self._add_by_text(part)
+
+    def _keep_largest(self, method, part):
+        both = pd.concat([self.largest.get(method), part[LARGEST_COLUMNS]], ignore_index=True)
+        order = np.argsort(-both["attribution"].abs().to_numpy(), kind="stable")[:self.n_largest]
+        self.largest[method] = both.iloc[order].reset_index(drop=True)
+
+    def _add_by_type_and_window(self, part, hours):
+        cells = pd.DataFrame({"event_type": part["event_type"].astype(str).to_numpy(),
+                              "window": pd.cut(hours, bins=list(HOUR_WINDOW_EDGES), right=False).astype(str),
+                              "attribution": part["attribution"].to_numpy()})
+        sums = cells.groupby(["event_type", "window"])["attribution"].agg(["sum", "count"])
+        self.type_windows = sums if self.type_windows is None else self.type_windows.add(sums, fill_value=0)
+
+    def _add_by_text(self, part):
+        texts = part["event_text"]
+        if self.event_texts is None:  # the event table's categorical column lists every text of the table
+            self.event_texts = texts.astype("category").cat.categories
+            self.text_sums = np.zeros(len(self.event_texts))
+            self.text_counts = np.zeros(len(self.event_texts), dtype=np.int64)
+        codes = pd.Categorical(texts, categories=self.event_texts).codes  # no work where the categories are these
+        if (codes < 0).any():
+            raise ValueError("event_text must keep the event table's categories in every batch")
+        np.add.at(self.text_sums, codes, part["attribution"].to_numpy())
+        np.add.at(self.text_counts, codes, 1)
+
+    def feature_importance_over_time(self):
+        """analyze_feature_importance_over_time of IG's rows: the mean per (event type, window)."""
+        if self.type_windows is None:
+            return pd.DataFrame()
+        return (self.type_windows["sum"] / self.type_windows["count"]).unstack("window")
+
+    def mean_by_text(self):
+        """IG's mean attribution and number of events per distinct event text, by text."""
+        if self.text_counts is None:
+            return pd.DataFrame(columns=["mean", "count"])
+        used = np.flatnonzero(self.text_counts)
+        return pd.DataFrame({"mean": self.text_sums[used] / self.text_counts[used], "count": self.text_counts[used]},
+                            index=pd.Index(self.event_texts[used], name="event_text")).sort_index()
+
+
+class Collected:
+    """What a run keeps of its batches for faithfulness.json, the analyses and the figures.
+
+    Per stay of the split, the faithfulness measures' inputs: each method's score per event (float32, as the
+    methods return them) and, where the data names planted events, the planted flags (int8) and the ranks of
+    the random orders (the smallest integer type that holds them); per stay a few numbers (prediction, IG
+    completeness, the faithfulness records as rows of arrays). That is 16 + 1 + 3 x 2 = 23 bytes per event and
+    about 2 KB per stay. Everything else is a running sum (EventSums, static attributions, pooling weight per
+    event type, attention patterns), a seeded sample of at most FIGURE_SAMPLE_EVENTS events (EventSample) for
+    the box and scatter plots, or the whole detail of the stays a figure draws: the example stay and the
+    --stay-ids stays."""
+
+    def __init__(self, static_names, detail_stay_ids=(), sample_size=FIGURE_SAMPLE_EVENTS, seed=0):
         self.static_names = static_names
-        self.event_parts, self.static_parts, self.predictions, self.stays = [], [], [], []
+        # per stay of the split, in the same order: the faithfulness measures' inputs
         self.scores = {m: [] for m in METHODS}
-        # cascading randomisation: {step name: {method: (original scores, randomised scores) per stay}}
-        self.cascade = {}
-        self.planted, self.faith = [], {}
-        self.in_split, self.random_order_scores = [], []  # per stay, aligned with self.scores
-        self.layer_patterns = []
-        # completeness per stay of IG and LayerIG: |delta| / |logit change| and the steps used
-        self.relative_delta = {"ig": [], "lig": []}
+        self.planted, self.random_order_scores = [], []  # only where the data names planted events
+        self.faith = {}  # {method or "random": [stack_records arrays of one batch]}
+        self.cascade = {}  # cascading randomisation: {step: {method: (original, randomised) scores per stay}}
+        self.relative_delta = {"ig": [], "lig": []}  # completeness of IG and LayerIG: |delta| / |logit change|
         self.steps_used = {"ig": [], "lig": []}
-        self.pool_by_type, self.count_by_type = {}, {}
-        self.query_rows = []
-        self._events_sorted = self._static_sorted = False
+        # every stay explained (also --stay-ids stays of another split)
+        self.predictions = []
+        self.n_stays_outside_split = 0
+        self.events = EventSums()
+        self.static_sums = None  # sum of attribution, of |attribution| and count per (feature, method)
+        self.pool_by_type, self.count_by_type = {}, {}  # per event type: pooling weight x stay length per head
+        self.layer_pattern_sums = None  # analyze_layer_attention_patterns of each batch x its stays, summed
+        self.sample = EventSample(sample_size, seed)
+        # the stays figures draw
+        self.detail_stay_ids = {int(s) for s in detail_stay_ids}
+        self.details = {}  # stay_id -> detail of a --stay-ids stay
+        self.example, self._example_rank = None, None
 
     def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None):
         """in_split[b]: stay b belongs to the explained split (a --stay-ids stay of another split is explained
-        and drawn, but kept out of the faithfulness figures)."""
+        and drawn, but kept out of the faithfulness measures)."""
         in_split = [True] * len(chunk) if in_split is None else list(in_split)
         random_orders = {r["stay_position"]: r["order_scores"] for r in faith.get("random", [])}
-        faith = {name: [r for r in records if in_split[r["stay_position"]]] for name, records in faith.items()}
-        self.event_parts.append(event_rows)
-        self.static_parts.append(static_rows)
-        attn = out["attention"]
+        for name, records in faith.items():
+            kept = [r for r in records if in_split[r["stay_position"]]]
+            if kept:
+                self.faith.setdefault(name, []).append(stack_records(kept))
         hours = torch.zeros(mask.shape)
         for b, (stay, m) in enumerate(zip(chunk, meta)):
             n = len(m)
             hours[b, :n] = torch.as_tensor(hours_before_prediction(m))
             logit = float(out["logits"][b])
-            self.predictions.append(dict(stay_id=int(stay.stay_id), logit=logit, probability=1 / (1 + math.exp(-logit)),
+            probability = 1 / (1 + math.exp(-logit))
+            self.predictions.append(dict(stay_id=int(stay.stay_id), logit=logit, probability=probability,
                                          mortality=int(stay.label), n_events=n))
-            for method in METHODS:
-                self.scores[method].append(out["event"][method][b, :n].double().numpy())
-                for step, random_event in (randomised if in_split[b] else None) or []:
-                    if b >= random_event[method].shape[0]:
-                        continue  # not one of the check's stays
-                    pair = self.cascade.setdefault(step, {m: ([], []) for m in METHODS})[method]
-                    pair[0].append(out["event"][method][b, :n].double().numpy())
-                    pair[1].append(random_event[method][b, :n].double().numpy())
-            if has_planted:
-                self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=int))
-            self.in_split.append(bool(in_split[b]))
-            self.random_order_scores.append(random_orders.get(b))
-            for key in ("ig", "lig"):
-                if not in_split[b]:
-                    continue
-                self.steps_used[key].append(int(out[f"{key}_steps"][b]))
-                change = float(out[f"{key}_change"][b])
-                if abs(change) > 1e-6:
-                    self.relative_delta[key].append(abs(float(out[f"{key}_delta"][b])) / abs(change))
-            received = attn["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
-            self.stays.append(dict(stay_id=int(stay.stay_id), meta=m.reset_index(drop=True), label=int(stay.label),
-                                   probability=1 / (1 + math.exp(-logit)),
-                                   layer_received=received.mean(1).numpy() if n else np.zeros((received.shape[0], 0)),
-                                   attributions={k: out["event"][k][b, :n].numpy() for k in METHODS},
-                                   static={k: out["static"][k][b].numpy() for k in out["static"]}))
-            pool = attn["pooling_attention"][b, :, 0, :n]  # [heads, n]
-            for j, event_type in enumerate(m["event_type"].astype(str)):
-                # weight x the event's own stay length: 1 = what a uniform head gives an event of that stay
-                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + pool[:, j].numpy() * n
-                self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + 1
-            if n and "pooling_scores" in attn:
-                scores = attn["pooling_scores"][b, :, :n]  # [heads, n]
-                heads = scores.shape[0]
-                self.query_rows.append(pd.DataFrame(dict(
-                    event_type=np.tile(m["event_type"].astype(str).to_numpy(), heads),
-                    hours_before=np.tile(hours[b, :n].numpy(), heads), head=np.repeat(np.arange(heads), n),
-                    score=scores.reshape(-1).numpy(), pooling_weight=pool.reshape(-1).numpy())))
+            self._keep_detail(stay, m, out, b, probability)
+            if in_split[b]:
+                self._add_stay_of_split(m, out, b, randomised, has_planted, random_orders.get(b))
+            else:
+                self.n_stays_outside_split += 1
+        self._add_pooling_by_type(out["attention"], meta)
+        self._add_layer_patterns(out["attention"], mask, hours)
+        self._add_static(static_rows)
+        self.events.add(event_rows)
+        self.sample.add(self._event_rows_for_sample(chunk, meta, mask, out, hours))
+
+    def _add_stay_of_split(self, m, out, b, randomised, has_planted, random_orders):
+        n = len(m)
+        for method in METHODS:
+            scores = out["event"][method][b, :n]
+            self.scores[method].append(scores.numpy().copy())  # a copy: a view would keep the batch's tensor
+            for step, random_event in randomised or []:
+                if b >= random_event[method].shape[0]:
+                    continue  # not one of the check's stays
+                pair = self.cascade.setdefault(step, {k: ([], []) for k in METHODS})[method]
+                pair[0].append(scores.double().numpy())
+                pair[1].append(random_event[method][b, :n].double().numpy())
+        if has_planted:
+            self.planted.append(m["planted_risk"].fillna(0).to_numpy(dtype=np.int8))
+            # a random order's scores are its ranks n..1: exact in the smallest integer type that holds n
+            self.random_order_scores.append(None if random_orders is None else
+                                            [o.astype(np.min_scalar_type(n)) for o in random_orders])
+        for key in ("ig", "lig"):
+            self.steps_used[key].append(int(out[f"{key}_steps"][b]))
+            change = float(out[f"{key}_change"][b])
+            if abs(change) > 1e-6:
+                self.relative_delta[key].append(abs(float(out[f"{key}_delta"][b])) / abs(change))
+
+    def _keep_detail(self, stay, m, out, b, probability):
+        """Everything the single-stay figures draw, for a --stay-ids stay and for the example stay (the highest
+        predicted risk among stays with >= 3 events, else among all stays; the first of equals)."""
+        stay_id, n = int(stay.stay_id), len(m)
+        rank = (n >= 3, probability)
+        is_example = self.example is None or rank > self._example_rank
+        if stay_id not in self.detail_stay_ids and not is_example:
+            return
+        received = out["attention"]["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
+        detail = dict(stay_id=stay_id, meta=m.reset_index(drop=True), label=int(stay.label), probability=probability,
+                      layer_received=received.mean(1).numpy() if n else np.zeros((received.shape[0], 0)),
+                      attributions={k: out["event"][k][b, :n].numpy().copy() for k in METHODS},
+                      static={k: out["static"][k][b].numpy().copy() for k in out["static"]})
+        if stay_id in self.detail_stay_ids:
+            self.details[stay_id] = detail
+        if is_example:
+            self.example, self._example_rank = detail, rank
+
+    def _add_pooling_by_type(self, attn, meta):
+        for b, m in enumerate(meta):
+            n = len(m)
+            # weight x the event's own stay length: 1 = what a uniform head gives an event of that stay
+            weighted = attn["pooling_attention"][b, :, 0, :n].double().numpy() * n  # [heads, n]
+            types = m["event_type"].astype(str).to_numpy()
+            for event_type in np.unique(types):
+                of_type = types == event_type
+                self.pool_by_type[event_type] = self.pool_by_type.get(event_type, 0) + weighted[:, of_type].sum(1)
+                self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + int(of_type.sum())
+
+    def _add_layer_patterns(self, attn, mask, hours):
         patterns = analyze_layer_attention_patterns(attn["layer_attention"], mask, hours)
-        patterns["n_stays"] = int((mask.sum(1) > 0).sum())
-        self.layer_patterns.append(patterns)
-        for name, records in faith.items():
-            self.faith.setdefault(name, []).extend(records)
+        n_stays = int((mask.sum(1) > 0).sum())
+        if patterns.empty or not n_stays:
+            return
+        weighted = patterns.set_index(["layer", "head"]) * n_stays  # each batch weighs as many stays as it has
+        weighted["n_stays"] = n_stays
+        both = weighted if self.layer_pattern_sums is None else pd.concat([self.layer_pattern_sums, weighted])
+        self.layer_pattern_sums = both.groupby(level=["layer", "head"]).sum()
 
-    def event_frame(self):
-        """Every event row, concatenated once (the parts are replaced by the one frame)."""
-        if not self.event_parts:
-            return pd.DataFrame(columns=["stay_id", *EVENT_COLUMNS, "method", "attribution"])
-        if len(self.event_parts) > 1 or not self._events_sorted:
-            frame = pd.concat(self.event_parts, ignore_index=True)
-            self.event_parts = [frame.sort_values(["stay_id", "method", "event_index"], kind="stable",
-                                                  ignore_index=True)]
-            self._events_sorted = True
-        return self.event_parts[0]
+    def _add_static(self, static_rows):
+        if static_rows.empty:
+            return
+        sums = static_rows.assign(magnitude=static_rows["attribution"].abs(), n=1).groupby(
+            ["feature", "method"])[["attribution", "magnitude", "n"]].sum()
+        self.static_sums = sums if self.static_sums is None else self.static_sums.add(sums, fill_value=0)
 
-    def static_frame(self):
-        if not self.static_parts:
-            return pd.DataFrame(columns=["stay_id", "feature", "method", "attribution"])
-        if len(self.static_parts) > 1 or not self._static_sorted:
-            frame = pd.concat(self.static_parts, ignore_index=True)
-            self.static_parts = [frame.sort_values(["stay_id", "method"], kind="stable", ignore_index=True)]
-            self._static_sorted = True
-        return self.static_parts[0]
+    @staticmethod
+    def _event_rows_for_sample(chunk, meta, mask, out, hours):
+        """One row per event of the batch: its stay, position, type, hours before the prediction, every method's
+        score and, where the model has them, each pooling head's score."""
+        lengths = [len(m) for m in meta]
+        columns = {"stay_id": np.repeat([int(stay.stay_id) for stay in chunk], lengths),
+                   "event_index": np.concatenate([m["event_index"].to_numpy() for m in meta]),
+                   "event_type": np.concatenate([m["event_type"].astype(str).to_numpy(dtype=object) for m in meta]),
+                   "hours_before": hours[mask].numpy()}
+        columns.update({method: out["event"][method][mask].numpy() for method in METHODS})
+        scores = out["attention"].get("pooling_scores")
+        if scores is not None:
+            per_event = scores.transpose(1, 2)[mask]  # [events, heads]
+            columns.update({f"pool_score_{h}": per_event[:, h].numpy() for h in range(per_event.shape[1])})
+        return pd.DataFrame(columns)
+
+    # ---- what the analyses and figures read
 
     def prediction_frame(self):
         return pd.DataFrame(self.predictions)
 
     def layer_pattern_frame(self):
-        frame = pd.concat(self.layer_patterns, ignore_index=True)
-        value_columns = [c for c in frame.columns if c not in ("layer", "head", "n_stays")]
-        weighted = frame[value_columns].mul(frame["n_stays"], axis=0)
-        weighted[["layer", "head", "n_stays"]] = frame[["layer", "head", "n_stays"]]
-        sums = weighted.groupby(["layer", "head"]).sum()
-        return sums[value_columns].div(sums["n_stays"].clip(lower=1), axis=0).reset_index()
+        """analyze_layer_attention_patterns over every batch, each batch weighted by its number of stays."""
+        if self.layer_pattern_sums is None:
+            return pd.DataFrame(columns=["layer", "head"])
+        sums = self.layer_pattern_sums
+        return sums.drop(columns="n_stays").div(sums["n_stays"].clip(lower=1), axis=0).reset_index()
+
+    def window_importance(self, method):
+        """window_importance of the method's event_attributions rows."""
+        return self.events.relative[method].table()
+
+    def critical_time_periods(self, method):
+        """analyze_critical_time_periods of the method's |attribution| over every event."""
+        return self.events.magnitude[method].table()
+
+    def static_means(self):
+        """Mean attribution and mean |attribution| (`magnitude`) per (feature, method) over the explained stays."""
+        if self.static_sums is None:
+            return pd.DataFrame(columns=["attribution", "magnitude"])
+        return self.static_sums[["attribution", "magnitude"]].div(self.static_sums["n"], axis=0)
+
+    def event_sample(self):
+        """The sampled events (every event of a run of up to FIGURE_SAMPLE_EVENTS events), in the order they were
+        explained."""
+        frame = self.sample.frame()
+        if frame is None:
+            return pd.DataFrame(columns=["stay_id", "event_index", "event_type", "hours_before", *METHODS])
+        return frame.reset_index(drop=True)
+
+    def sample_note(self):
+        """"" where the sample holds every event, else what share of them it is (for figure titles)."""
+        sample = self.sample
+        return "" if sample.n_added <= sample.size else f" (a random {sample.size:,} of {sample.n_added:,} events)"
 
     def faithfulness(self, settings, has_planted):
-        result = {"methods": {}, "random": summarise_faithfulness(self.faith.get("random", []))}
+        def summary(name):
+            return summarise_faithfulness(concatenate_records(self.faith[name])) if name in self.faith else {}
+
+        result = {"methods": {}, "random": summary("random")}
         for method in METHODS:
-            entry = summarise_faithfulness(self.faith.get(method, []))
+            entry = summary(method)
             last = self.cascade[list(self.cascade)[-1]][method] if self.cascade else ([], [])
             rho, n = mean_rank_correlation(*last)
             entry["randomisation_spearman"] = rho  # every group re-initialised; low = depends on learned weights
             entry["randomisation_n_stays"] = n
             if has_planted:
-                keep = [i for i, ok in enumerate(self.in_split) if ok]
-                auprc, floor, n_planted = planted_recovery([self.scores[method][i] for i in keep],
-                                                           [self.planted[i] for i in keep],
-                                                           [self.random_order_scores[i] for i in keep])
+                auprc, floor, n_planted = planted_recovery(self.scores[method], self.planted, self.random_order_scores)
                 entry["planted_auprc"] = auprc
                 entry["planted_n_stays"] = n_planted
                 result["random"]["planted_auprc"] = floor
-                result["random"]["planted_share"] = planted_share([self.planted[i] for i in keep])
+                result["random"]["planted_share"] = planted_share(self.planted)
             result["methods"][method] = entry
         result["randomisation_cascade"] = [
             dict(step=step, methods={m: dict(zip(("spearman", "n_stays"), mean_rank_correlation(*pairs[m])),
@@ -1216,8 +1460,7 @@ class Collected:
             "down, cumulatively; Spearman of each method's per-event scores (signed, and of their absolute values) "
             "between the trained and the randomised model, mean over stays; a method that depends on the learned "
             "weights falls towards 0 as more groups are randomised")
-        in_split = [i for i, ok in enumerate(self.in_split) if ok]
-        result["rank_agreement_spearman"] = rank_agreement({m: [self.scores[m][i] for i in in_split] for m in METHODS})
+        result["rank_agreement_spearman"] = rank_agreement(self.scores)
         for key, name in (("ig", "integrated_gradients"), ("lig", "layer_integrated_gradients")):
             result[f"{name}_convergence"] = convergence_summary(self.relative_delta[key], self.steps_used[key],
                                                                  settings)
@@ -1261,12 +1504,6 @@ def _plt():
     return plt
 
 
-def _example_stay(collected):
-    """The stay the single-stay figures show: the highest predicted risk among stays with >= 3 events."""
-    candidates = [s for s in collected.stays if len(s["meta"]) >= 3] or collected.stays
-    return max(candidates, key=lambda s: s["probability"])
-
-
 def _label_top(ax, hours, values, texts, k=5, signed=True):
     order = np.argsort(-(np.abs(values) if signed else values))[:k]
     for rank, j in enumerate(order):
@@ -1276,7 +1513,7 @@ def _label_top(ax, hours, values, texts, k=5, signed=True):
 
 def fig_layer_attention(collected, path):
     plt = _plt()
-    stay = _example_stay(collected)
+    stay = collected.example
     meta, received = stay["meta"], stay["layer_received"]
     hours = hours_before_prediction(meta)
     order = np.argsort(-hours)  # oldest left, prediction time right
@@ -1307,29 +1544,32 @@ def fig_layer_attention(collected, path):
     return save_figure(fig, path)
 
 
+def relative_magnitude(rows):
+    """|attribution| / its stay's mean |attribution| of one method's event_attributions rows (whole stays; 0 where
+    a stay's attributions are all 0): every stay weighs the same, whatever the scale of its attributions."""
+    magnitude = rows["attribution"].abs()
+    per_stay = magnitude.groupby(rows["stay_id"]).transform("mean")
+    return (magnitude / per_stay.where(per_stay > 0)).fillna(0.0).to_numpy()
+
+
 def window_importance(rows, edges=HOUR_WINDOW_EDGES):
     """One method's event_attributions rows -> per window of hours before the prediction: number of events
     and mean of |attribution| / its stay's mean |attribution| (each stay weighs the same, whatever the
     scale of its attributions; 1 = the stay's average event)."""
-    magnitude = rows["attribution"].abs()
-    per_stay = magnitude.groupby(rows["stay_id"]).transform("mean")
-    relative = (magnitude / per_stay.where(per_stay > 0)).fillna(0.0).to_numpy()
-    hours = hours_before_prediction(rows)
-    return analyze_critical_time_periods(relative[None], hours[None], np.ones((1, len(rows)), bool), edges)
+    windows = WindowSums(edges)
+    windows.add(relative_magnitude(rows), hours_before_prediction(rows))
+    return windows.table()
 
 
 def fig_sequence_importance(collected, path):
     plt = _plt()
-    frame = collected.event_frame()
     fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
-    edges = HOUR_WINDOW_EDGES
     labels = None
     for method in METHODS:
-        rows = frame[frame.method == method]
-        if rows.empty:
-            continue
-        table = window_importance(rows, edges)
+        table = collected.window_importance(method)
         table = table[table.n_events > 0]
+        if table.empty:
+            continue
         ax.plot(range(len(table)), table["mean_weight"], marker="o", label=METHOD_LABELS[method])
         labels = [f"{w}\n(n={n})" for w, n in zip(table["window"], table["n_events"])]
     if labels:
@@ -1346,7 +1586,7 @@ def fig_sequence_importance(collected, path):
 
 def fig_sequence_importance_combined(collected, path):
     plt = _plt()
-    stay = _example_stay(collected)
+    stay = collected.example
     meta = stay["meta"]
     hours = hours_before_prediction(meta)
     texts = meta["event_text"].astype(str).to_numpy()
@@ -1396,13 +1636,10 @@ def fig_head_specialization(collected, path):
 
 def fig_feature_importance(collected, path):
     plt = _plt()
-    frame = collected.event_frame()
-    static = collected.static_frame()
     fig, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw=dict(width_ratios=[2, 1]), layout="constrained")
     ax = axes[0]
-    ig = frame[frame.method == "integrated_gradients"]
-    if not ig.empty:
-        by_text = ig.groupby("event_text")["attribution"].agg(["mean", "count"])
+    by_text = collected.events.mean_by_text()
+    if not by_text.empty:
         by_text = by_text[by_text["count"] >= min(3, int(by_text["count"].max()))]
         top = pd.concat([by_text.nlargest(10, "mean"), by_text.nsmallest(10, "mean")]).drop_duplicates()
         top = top.sort_values("mean")
@@ -1413,9 +1650,9 @@ def fig_feature_importance(collected, path):
     ax.set_xlabel("mean Integrated Gradients attribution to the logit (red = towards death)")
     ax.set_title("Which events push predictions, across explained stays?", fontsize=10)
     ax = axes[1]
+    static = collected.static_means()
     if not static.empty:
-        table = static.assign(abs_attr=static["attribution"].abs()).pivot_table(
-            index="feature", columns="method", values="abs_attr", aggfunc="mean")
+        table = static["magnitude"].unstack("method")
         table.sort_values(table.columns[0]).plot.barh(ax=ax)
     ax.set_xlabel("mean |attribution| to the logit")
     ax.set_title("Static features (all one-hot columns of a\nvariable together)", fontsize=10)
@@ -1426,27 +1663,27 @@ def fig_query_vector(collected, path):
     """The pooling scores q_h . pool.key(x)_h / sqrt(d_head) per head: what the pooling query looks for."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
-    if not collected.query_rows:
+    sample = collected.event_sample()
+    heads = [c for c in sample.columns if str(c).startswith("pool_score_")]
+    if sample.empty or not heads:
         axes[0].text(0.5, 0.5, "the model has no train.AttentionPooling (pool.key, pool.query)", ha="center")
         return save_figure(fig, path)
-    q = pd.concat(collected.query_rows, ignore_index=True)
-    types, heads = sorted(q.event_type.unique()), sorted(q["head"].unique())
+    note = collected.sample_note()
+    types = sorted(sample.event_type.unique())
     width = 0.8 / len(heads)
-    for i, h in enumerate(heads):
-        rows = q[q["head"] == h]
-        box = axes[0].boxplot([rows.loc[rows.event_type == t, "score"] for t in types], showfliers=False,
+    for i, column in enumerate(heads):
+        box = axes[0].boxplot([sample.loc[sample.event_type == t, column] for t in types], showfliers=False,
                               positions=np.arange(len(types)) + (i - (len(heads) - 1) / 2) * width, widths=width * 0.9,
                               patch_artist=True)
         for patch in box["boxes"]:
             patch.set_facecolor(plt.cm.tab10(i))
-        axes[0].plot([], [], color=plt.cm.tab10(i), lw=6, label=f"pool head {h}")
+        axes[0].plot([], [], color=plt.cm.tab10(i), lw=6, label=f"pool head {i}")
     axes[0].set_xticks(range(len(types)), types, rotation=30)
     axes[0].set_ylabel("pooling score  q_h . key_h(x) / sqrt(d_head)")
-    axes[0].set_title("What does each pooling head's query look for? By event type", fontsize=10)
+    axes[0].set_title(f"What does each pooling head's query look for? By event type{note}", fontsize=10)
     axes[0].legend(fontsize=8)
-    for i, h in enumerate(heads):
-        rows = q[q["head"] == h]
-        axes[1].scatter(rows["hours_before"], rows["score"], s=4, alpha=0.4, color=plt.cm.tab10(i), label=f"head {h}")
+    for i, column in enumerate(heads):
+        axes[1].scatter(sample["hours_before"], sample[column], s=4, alpha=0.4, color=plt.cm.tab10(i), label=f"head {i}")
     axes[1].invert_xaxis()
     axes[1].set_xlabel("hours before the prediction time")
     axes[1].set_ylabel("pooling score")
@@ -1456,15 +1693,16 @@ def fig_query_vector(collected, path):
     return save_figure(fig, path)
 
 
-def _by_type_and_top(ax_box, ax_top, frame, method):
-    rows = frame[frame.method == method]
-    types = sorted(rows.event_type.astype(str).unique())
-    ax_box.boxplot([rows.loc[rows.event_type == t, "attribution"] for t in types], tick_labels=types, showfliers=False)
+def _by_type_and_top(ax_box, ax_top, sample, largest, method, note=""):
+    """Box plots of the method's scores by event type (of the sampled events) and its largest single-event
+    attributions (of every event)."""
+    types = sorted(sample.event_type.astype(str).unique())
+    ax_box.boxplot([sample.loc[sample.event_type == t, method] for t in types], tick_labels=types, showfliers=False)
     ax_box.tick_params(axis="x", labelrotation=30)
     ax_box.axhline(0, color="0.5", lw=0.5)
     ax_box.set_ylabel("attribution to the logit")
-    ax_box.set_title(f"{METHOD_LABELS[method]}: by event type", fontsize=10)
-    top = rows.reindex(rows["attribution"].abs().sort_values(ascending=False).index).head(12).iloc[::-1]
+    ax_box.set_title(f"{METHOD_LABELS[method]}: by event type{note}", fontsize=10)
+    top = largest.iloc[::-1] if largest is not None else pd.DataFrame(columns=LARGEST_COLUMNS)
     ax_top.barh([f"{_short(t, 45)} [{s}, {h:.1f}h]" for t, s, h in
                  zip(top.event_text, top.stay_id, hours_before_prediction(top))], top["attribution"],
                 color=np.where(top["attribution"] >= 0, "tab:red", "tab:blue"))
@@ -1472,21 +1710,19 @@ def _by_type_and_top(ax_box, ax_top, frame, method):
     ax_top.set_title("largest single-event attributions [stay, hours before prediction]", fontsize=10)
 
 
-def _method_scatter(ax, frame, method, other="integrated_gradients"):
-    a = frame[frame.method == method].reset_index(drop=True)
-    b = frame[frame.method == other].reset_index(drop=True)
-    ax.scatter(b["attribution"], a["attribution"], s=5, alpha=0.5)
-    rho = spearmanr(a["attribution"], b["attribution"]).statistic if len(a) > 2 else float("nan")
+def _method_scatter(ax, sample, method, other="integrated_gradients", note=""):
+    ax.scatter(sample[other], sample[method], s=5, alpha=0.5)
+    rho = spearmanr(sample[method], sample[other]).statistic if len(sample) > 2 else float("nan")
     ax.set_xlabel(METHOD_LABELS[other])
     ax.set_ylabel(METHOD_LABELS[method])
-    ax.set_title(f"per event, all stays (Spearman {rho:.2f})", fontsize=10)
+    ax.set_title(f"per event, all stays{note} (Spearman {rho:.2f})", fontsize=10)
 
 
 def fig_captum(collected, path, method, faithfulness):
     plt = _plt()
-    frame = collected.event_frame()
+    sample, note = collected.event_sample(), collected.sample_note()
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[1, 1.6, 1]), layout="constrained")
-    _by_type_and_top(axes[0], axes[1], frame, method)
+    _by_type_and_top(axes[0], axes[1], sample, collected.events.largest.get(method), method, note)
     if method in ("integrated_gradients", "layer_integrated_gradients"):
         key = "ig" if method == "integrated_gradients" else "lig"
         conv = faithfulness[f"{method}_convergence"]
@@ -1495,12 +1731,13 @@ def fig_captum(collected, path, method, faithfulness):
         axes[2].set_title(convergence_title(conv), fontsize=10)
         axes[2].set_xlabel("relative completeness error per stay (dashed: tolerance)")
     elif method == "feature_ablation":
-        static = collected.static_frame()
-        rows = static[static.method == "feature_ablation"].groupby("feature")["attribution"].mean().sort_values()
+        static = collected.static_means()
+        rows = (static["attribution"].xs("feature_ablation", level="method").sort_values() if not static.empty
+                else pd.Series(dtype=float))
         axes[2].barh(rows.index, rows.to_numpy(), color=np.where(rows >= 0, "tab:red", "tab:blue"))
         axes[2].set_title("static column removed: mean logit change", fontsize=10)
     else:
-        _method_scatter(axes[2], frame, method)
+        _method_scatter(axes[2], sample, method, note=note)
     return save_figure(fig, path)
 
 
@@ -1564,7 +1801,7 @@ def fig_stay_timeline(stay, path, static_names=()):
 
 def make_all_figures(collected, save_dir, faithfulness, stay_ids):
     save_dir = Path(save_dir)
-    if not collected.stays:
+    if not collected.predictions:
         return {}
     paths = {
         "layer_attention_weights.png": fig_layer_attention(collected, save_dir / "layer_attention_weights.png"),
@@ -1581,10 +1818,9 @@ def make_all_figures(collected, save_dir, faithfulness, stay_ids):
         "captum_ablation_attributions.png": fig_captum(collected, save_dir / "captum_ablation_attributions.png",
                                                        "feature_ablation", faithfulness),
     }
-    by_id = {s["stay_id"]: s for s in collected.stays}
     for stay_id in stay_ids:
         name = f"timeline_stay_{stay_id}.png"
-        paths[name] = fig_stay_timeline(by_id[int(stay_id)], save_dir / name, collected.static_names)
+        paths[name] = fig_stay_timeline(collected.details[int(stay_id)], save_dir / name, collected.static_names)
     return paths
 
 
@@ -1647,7 +1883,7 @@ def main(argv=None):
     # ExplainSettings fields
     user_errors = (ExplainError, train.EventTableError, train.CheckpointError, train.TextEncoderError)
     try:
-        result = run_explainability_analysis(*paths, **args)
+        result = run_explainability_analysis(*paths, return_tables=False, **args)
     except user_errors as e:  # a message for the user (it names the file, stay or setting); bugs keep their traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,11 +33,19 @@ def explained(trained):
     table = trained["table"]
     counts = table.groupby("stay_id")["event_type"].count()
     empty_stay, long_stay = int(counts.index[counts == 0][0]), int(counts.idxmax())
-    result = ex.run_explainability_analysis(
-        checkpoint_path=trained["checkpoint"], test_data_path=trained["data"], save_dir=trained["root"] / "explain",
-        split="test", max_stays=8, stay_ids=[empty_stay, long_stay], batch_size=4, n_steps=24,
-        randomisation_stays=4, cache_dir=trained["cache"], show_progress=False)
-    return dict(result=result, empty_stay=empty_stay, long_stay=long_stay, **trained)
+    kept, draw = {}, ex.make_all_figures
+
+    def draw_and_keep(collected, *args):  # what the run kept of its batches, for the tests below
+        kept["collected"] = collected
+        return draw(collected, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ex, "make_all_figures", draw_and_keep)
+        result = ex.run_explainability_analysis(
+            checkpoint_path=trained["checkpoint"], test_data_path=trained["data"], save_dir=trained["root"] / "explain",
+            split="test", max_stays=8, stay_ids=[empty_stay, long_stay], batch_size=4, n_steps=24,
+            randomisation_stays=4, cache_dir=trained["cache"], show_progress=False)
+    return dict(result=result, collected=kept["collected"], empty_stay=empty_stay, long_stay=long_stay, **trained)
 
 
 def test_writes_every_output_of_contract_section_4(explained):
@@ -76,6 +84,69 @@ def test_event_rows_are_the_stays_real_events_per_method(explained):
     empty = static[static.stay_id == explained["empty_stay"]]
     assert set(empty.feature) == set(train.STATIC_CATEGORICAL + train.STATIC_NUMERIC)
     assert set(empty.method) == {"integrated_gradients", "feature_ablation"}
+
+
+def test_analyses_and_figures_from_running_sums_equal_those_of_the_whole_tables(explained):
+    """The run keeps no attribution table: what the analyses and figures show comes from running sums, a sample
+    and the stays they draw. Here the sample holds every event, and each equals the same computation on
+    event_attributions.csv and static_attributions.csv read back whole."""
+    save_dir = explained["root"] / "explain"
+    rows = pd.read_csv(save_dir / "event_attributions.csv")
+    static = pd.read_csv(save_dir / "static_attributions.csv")
+    collected, analyses = explained["collected"], explained["result"]["analyses"]
+    window = pd.cut(rows["relative_time_to_final_event"] / 60, bins=list(ex.HOUR_WINDOW_EDGES), right=False)
+    for method, part in rows.groupby("method"):
+        magnitude, windows = part["attribution"].abs(), window[part.index]
+        # critical_time_periods: |attribution| per window of hours before the prediction
+        expected = magnitude.groupby(windows, observed=False).agg(["count", "mean", "sum"])
+        got = analyses["critical_time_periods"][method]
+        assert got["window"].tolist() == expected.index.astype(str).tolist()
+        np.testing.assert_array_equal(got["n_events"], expected["count"])
+        np.testing.assert_allclose(got["mean_weight"], expected["mean"], rtol=1e-9)
+        np.testing.assert_allclose(got["share_of_weight"], expected["sum"] / magnitude.sum(), rtol=1e-9)
+        # sequence_importance.png: |attribution| / its stay's mean |attribution| (0 where that mean is 0)
+        per_stay = magnitude.groupby(part["stay_id"]).transform("mean")
+        relative = (magnitude / per_stay.where(per_stay > 0)).fillna(0.0)
+        expected = relative.groupby(windows, observed=False).agg(["count", "mean"])
+        got = collected.window_importance(method)
+        np.testing.assert_array_equal(got["n_events"], expected["count"])
+        np.testing.assert_allclose(got["mean_weight"], expected["mean"], rtol=1e-9)
+        # captum figures: the largest single-event attributions
+        top = part.loc[magnitude.sort_values(ascending=False).index[:ex.LARGEST_EVENTS]]
+        largest = collected.events.largest[method]
+        assert sorted(zip(largest.stay_id, largest.event_index)) == sorted(zip(top.stay_id, top.event_index))
+        np.testing.assert_array_equal(np.sort(largest["attribution"]), np.sort(top["attribution"]))
+    # analyses: mean IG attribution per (event type, window)
+    pd.testing.assert_frame_equal(analyses["feature_importance_over_time"], ex.analyze_feature_importance_over_time(rows),
+                                  check_index_type=False, check_column_type=False, rtol=1e-9)
+    # feature_importance.png: mean IG attribution per event text; mean (and |.|) per static column and method
+    ig = rows[rows["method"] == "integrated_gradients"]
+    pd.testing.assert_frame_equal(collected.events.mean_by_text(),
+                                  ig.groupby("event_text")["attribution"].agg(["mean", "count"]),
+                                  check_index_type=False, rtol=1e-9)
+    expected = static.assign(magnitude=static["attribution"].abs()).groupby(["feature", "method"])[
+        ["attribution", "magnitude"]].mean()
+    pd.testing.assert_frame_equal(collected.static_means(), expected, check_index_type=False, rtol=1e-9)
+    # box and scatter plots: the sample is every event, with every method's score
+    sample = collected.event_sample()
+    assert collected.sample_note() == ""
+    wide = rows.pivot_table(index=["stay_id", "event_index"], columns="method", values="attribution")
+    got = sample.set_index(["stay_id", "event_index"])[list(ex.METHODS)].sort_index()
+    np.testing.assert_array_equal(got.to_numpy(dtype=float), wide[list(ex.METHODS)].to_numpy())
+    # query_vector_analysis.png: the softmax of a stay's pooling scores, mean over heads, is its attention weight
+    heads = [c for c in sample.columns if str(c).startswith("pool_score_")]
+    weights = sample.groupby("stay_id")[heads].transform(lambda s: np.exp(s - s.max()) / np.exp(s - s.max()).sum())
+    np.testing.assert_allclose(weights.mean(axis=1), sample["attention_pooling"], atol=1e-6)
+    # head_specialization.png: events per type
+    assert collected.count_by_type == ig["event_type"].value_counts().to_dict()
+    # the single-stay figures: the example stay and each --stay-ids stay, whole
+    assert set(collected.details) == {explained["empty_stay"], explained["long_stay"]}
+    long_stay = rows[(rows.stay_id == explained["long_stay"]) & (rows.method == "integrated_gradients")]
+    np.testing.assert_array_equal(collected.details[explained["long_stay"]]["attributions"]["integrated_gradients"],
+                                  long_stay["attribution"].to_numpy(dtype=np.float32))
+    predictions = explained["result"]["predictions"]
+    with_events = predictions[predictions.n_events >= 3]
+    assert collected.example["stay_id"] == with_events.loc[with_events.probability.idxmax(), "stay_id"]
 
 
 def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(explained):
@@ -117,10 +188,26 @@ def test_faithfulness_json_reports_every_method_and_ig_converges(explained):
 def test_mean_baseline_run(trained, tmp_path):
     result = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, max_stays=3,
                                             n_steps=8, baseline="mean", randomisation_stays=0,
-                                            cache_dir=trained["cache"], make_figures=False, show_progress=False)
+                                            cache_dir=trained["cache"], make_figures=False, show_progress=False,
+                                            return_tables=False)
+    assert result["event_attributions"] is None and result["static_attributions"] is None  # not read back
     assert result["faithfulness"]["settings"]["baseline"] == "mean"
     assert result["faithfulness"]["integrated_gradients_convergence"]["relative_delta_max"] < 0.05
     assert (tmp_path / "event_attributions.csv").is_file()
+
+
+def test_a_batch_of_stays_without_events_is_explained_and_drawn(trained, tmp_path):
+    """Length-sorted batches put the stays without events first; a batch of only such stays has static rows
+    only, and the figures and analyses come out all the same (the figures failed on it before the running sums)."""
+    counts = trained["table"].groupby("stay_id")["event_type"].count()
+    empty = [int(s) for s in counts.index[counts == 0]]
+    result = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, max_stays=2,
+                                            stay_ids=empty, batch_size=1, n_steps=8, randomisation_stays=0,
+                                            cache_dir=trained["cache"], show_progress=False)
+    assert FIGURES <= set(result["paths"])
+    assert set(empty) <= set(result["static_attributions"].stay_id)
+    assert result["analyses"]["critical_time_periods"]["integrated_gradients"]["n_events"].sum() == \
+        result["predictions"]["n_events"].sum()
 
 
 def test_unknown_stay_missing_file_and_not_a_checkpoint_are_clear_errors(trained, tmp_path):
