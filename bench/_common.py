@@ -70,20 +70,22 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def run_measured(args: list[str], log_path: Path) -> dict:
     """Run `python SCRIPT args...` from the repository root in a fresh process, output to log_path;
-    returns its wall time and its own peak resident memory (MiB). Raises with the log's tail on failure."""
+    returns its wall time, its CPU time (user + system) and its own peak resident memory (MiB). Raises with the
+    log's tail on failure."""
     import time
     peak_file = Path(str(log_path) + ".peak")
     peak_file.unlink(missing_ok=True)
     env = dict(os.environ, BENCH_PEAK_FILE=str(peak_file))
-    start = time.perf_counter()
+    start, children_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
         code = subprocess.run([sys.executable, "-c", _MEASURED_MAIN.format(bench=str(Path(__file__).parent)), *args],
                               cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    seconds = time.perf_counter() - start
+    seconds, children = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     if code != 0:
         raise RuntimeError(f"{' '.join(args[:3])} failed with exit code {code}; log {log_path}:\n"
                            f"{Path(log_path).read_text()[-3000:]}")
-    return dict(seconds=seconds, peak_rss_MiB=float(peak_file.read_text()))
+    cpu_seconds = (children.ru_utime - children_before.ru_utime) + (children.ru_stime - children_before.ru_stime)
+    return dict(seconds=seconds, cpu_seconds=cpu_seconds, peak_rss_MiB=float(peak_file.read_text()))
 
 
 def print_table(rows: list[dict], title: str = "") -> None:

@@ -38,7 +38,6 @@ tree (and with --compare-with, the same with the prefix before_).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -62,15 +61,6 @@ parser.add_argument("--work-dir", default=None, help="keep cohorts, cache and ou
 parser.add_argument("--seed", type=int, default=0)
 
 
-def run_with_cpu(args, log):
-    """_common.run_measured plus the CPU seconds (user + system) the process used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = _common.run_measured(args, log)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return result
-
-
 def make_cohort(n_stays, folder, cache, encoder, args):
     """Synthetic tables, the event table (with the planted_risk truth column) and its texts in the cache."""
     import pandas as pd
@@ -88,9 +78,9 @@ def make_cohort(n_stays, folder, cache, encoder, args):
 
 def explain(script, version, n_stays, cohort, checkpoint, cache, folder):
     save_dir = folder / f"explain_{version}"
-    result = run_with_cpu([str(script), "--checkpoint", str(checkpoint), "--data", str(cohort["table"]),
-                           "--save-dir", str(save_dir), "--cache-dir", str(cache), *CHEAP_EXPLAIN],
-                          folder / f"explain_{version}.log")
+    result = _common.run_measured([str(script), "--checkpoint", str(checkpoint), "--data", str(cohort["table"]),
+                                   "--save-dir", str(save_dir), "--cache-dir", str(cache), *CHEAP_EXPLAIN],
+                                  folder / f"explain_{version}.log")
     data = json.loads((save_dir / "faithfulness.json").read_text())["data"]
     row = dict(version=version, generated=n_stays, stays=data["n_stays"], events=data["n_events"],
                distinct_texts=cohort["distinct_texts"], peak_rss_MiB=result["peak_rss_MiB"],
