@@ -240,3 +240,39 @@ def test_no_forward_gets_more_rows_than_the_internal_batch_size():
                                                                                                internal_batch_size=512))
     for method in ex.SIGNED_METHODS:
         torch.testing.assert_close(out["event"][method], unbounded["event"][method], atol=1e-4, rtol=1e-4)
+
+
+def test_faithfulness_runs_each_distinct_subset_once_with_the_same_probabilities(monkeypatch):
+    # Curves start and end at the whole stay or at no event, ERASER points fall on curve points and rankings
+    # that agree give the same subsets: each distinct subset is scored once, and the whole stay not again.
+    model = HandBuiltModel(scale=1.0).eval()
+    events, mask, static = make_batch([6, 9, 5])
+    exact = (events @ model.event_weights) * mask
+    scores = {"integrated_gradients": exact, "layer_integrated_gradients": exact.clone(), "reversed": -exact}
+    seen = []
+    scored = ex.probabilities_with_masks
+
+    def counting(model_, events_, static_, masks, max_rows=256):
+        seen.append(masks.shape[0] * masks.shape[1])
+        return scored(model_, events_, static_, masks, max_rows)
+
+    monkeypatch.setattr(ex, "probabilities_with_masks", counting)
+    res = ex.faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=2,
+                                    rng=np.random.default_rng(0))
+    per_order = 2 * 11 + 2 * len(ex.ERASER_FRACTIONS)
+    assert seen[0] == 3  # the whole stays, once
+    assert sum(seen[1:]) < 0.6 * 3 * 5 * per_order  # 5 orders per stay, each with per_order masks
+    # the probabilities are those of the model run on each subset by itself
+    with torch.no_grad():
+        for b, n in enumerate([6, 9, 5]):
+            rec = res["integrated_gradients"][b]
+            order = torch.argsort(-exact[b, :n], stable=True)
+            p_full = float(torch.sigmoid(model(events[b:b + 1], mask[b:b + 1], static[b:b + 1])[0]))
+            predicted_death = p_full >= 0.5
+            for j, f in enumerate(np.linspace(0, 1, 11)):
+                keep = torch.zeros(1, events.shape[1], dtype=torch.bool)
+                keep[0, order[int(round(f * n)):]] = True
+                p = float(torch.sigmoid(model(*ex.without_absent_events(events[b:b + 1], keep), static[b:b + 1])[0]))
+                assert rec["deletion_curve"][j] == pytest.approx(p if predicted_death else 1 - p, abs=1e-5)
+        assert [r["deletion_auc"] for r in res["integrated_gradients"]] == \
+            [r["deletion_auc"] for r in res["layer_integrated_gradients"]]
