@@ -1760,8 +1760,8 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
     is_train, is_val, is_test = (stay_split == "train"), (stay_split == "val"), (stay_split == "test")
     results, test_probs = {}, {}
 
-    def score(model_of, grid, name, x_train, x_val, x_test, extra_seconds=0.0):
-        start = time.perf_counter() - extra_seconds  # extra_seconds: building this model's features
+    def score(model_of, grid, name, x_train, x_val, x_test, start):
+        """`start`: perf_counter() before this model's features were built (its seconds include them)."""
         best = (-np.inf, None, None)
         for value in grid:
             model = model_of(value).fit(x_train, y[is_train])
@@ -1791,7 +1791,7 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
     x_train = columns.fit_transform(frame[is_train])
     x_val, x_test = columns.transform(frame[is_val]), columns.transform(frame[is_test])
     score(lambda C: LogisticRegression(C=C, max_iter=2000, class_weight=None), (0.03, 0.1, 0.3, 1.0, 3.0),
-          "logistic_tfidf", x_train, x_val, x_test, extra_seconds=time.perf_counter() - start)
+          "logistic_tfidf", x_train, x_val, x_test, start)
 
     # The trees see the most frequent count columns of the training stays plus the statics (ordinal codes).
     start = time.perf_counter()
@@ -1811,8 +1811,7 @@ def fit_baselines(table, stay_split, seed=0, max_items=300):
                                               validation_fraction=0.15, categorical_features="from_dtype",
                                               random_state=seed)
 
-    score(boosting, (0.03, 0.1), "gradient_boosting", tree_x[is_train], tree_x[is_val], tree_x[is_test],
-          extra_seconds=time.perf_counter() - start)
+    score(boosting, (0.03, 0.1), "gradient_boosting", tree_x[is_train], tree_x[is_val], tree_x[is_test], start)
     return results, test_probs
 
 
