@@ -13,10 +13,13 @@ resident memory (VmHWM of that process) is its own:
 The table shows how time and memory grow with N (close to linear is the goal) and the last line gives the
 largest size's figures.
 
-    python bench/scale.py                                 # 500, 1000, 2000 stays: a few minutes on 2 cores
-    python bench/scale.py --sizes 5000 20000 50000        # the issue's sizes (about an hour on 2 cores)
-    python bench/scale.py --sizes 50000 --regime realistic  # issue 14: full MIMIC-IV, ~18M events (see docs/design.md
-                                                            # "Memory of a full-size run"; needs synthetic_mimic.py's realistic regime)
+    python bench/scale.py                                 # 500, 1000, 2000 stays: tens of minutes on 2 cores
+                                                          # (most of it embedding and explaining realistic stays)
+    python bench/scale.py --sizes 5000 20000 --regime small  # the sample's short stays: a few minutes
+    python bench/scale.py --sizes 68000                   # issue 14: full MIMIC-IV size, ~50,000 cohort stays and ~18M
+                                                          # events (the generator also writes stays the cohort excludes);
+                                                          # 71 minutes on 2 quiet CPU cores, peak 12.5 GiB (BENCHMARKS.md
+                                                          # "Scale"; docs/design.md "Memory of a full-size run")
 
 --read-events N adds, for the largest size, a read of a table of N event rows made by repeating its
 extracted table with new ids (and, in every other copy, new texts): the memory of read_event_table at full
