@@ -5,7 +5,9 @@ truncated output under the real name.
     with atomic_output(path) as tmp:   # tmp: a hidden name in the same folder, with path's suffix
         write_somehow(tmp)             # DuckDB COPY, pandas, open(tmp, "wb"), ...
     write_bytes(path, data)            # the same for bytes in memory
+    write_json(obj, path), write_csv(frame, path), save_figure(fig, path)   # the results' formats
 """
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,4 +50,29 @@ def write_bytes(path, data: bytes) -> Path:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+    return Path(path)
+
+
+def write_json(obj, path) -> Path:
+    """Indented JSON; numpy numbers and arrays are written as plain numbers and lists."""
+    return write_bytes(path, json.dumps(obj, indent=2, default=_plain_json).encode())
+
+
+def _plain_json(value):
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_csv(frame, path) -> Path:
+    """A pandas DataFrame as CSV without its index."""
+    return write_bytes(path, frame.to_csv(index=False).encode())
+
+
+def save_figure(fig, path) -> Path:
+    """A matplotlib figure as PNG (110 dpi, tight), then closed so that a long run does not pile up figures."""
+    import matplotlib.pyplot as plt
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return Path(path)

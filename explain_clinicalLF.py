@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -44,6 +43,7 @@ from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 import atomic_io
+import event_table
 import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never contact a model hub
@@ -60,7 +60,7 @@ ERASER_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 FIGURES = ("layer_attention_weights.png", "sequence_importance.png", "sequence_importance_combined.png",
            "head_specialization.png", "feature_importance.png", "query_vector_analysis.png",
            "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png")
-N_TYPE_COLUMNS = len(train.EVENT_TYPES)  # the first columns of an event's feature vector: its type one-hot
+N_TYPE_COLUMNS = len(event_table.EVENT_TYPES)  # the first columns of an event's feature vector: its type one-hot
 # -----------------------------------------------------------------------------
 
 
@@ -715,14 +715,6 @@ def analyze_layer_attention_patterns(layer_attention, mask, hours_before=None):
 # -----------------------------------------------------------------------------
 # Atomic writes: temporary name in the same folder, fsync, rename.
 
-def _atomic_write(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_io.atomic_output(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-    return path
-
-
 class StreamingCsv:
     """A CSV written part by part to an open (temporary) file: the header once, then each part's rows."""
 
@@ -735,29 +727,6 @@ class StreamingCsv:
 
     def close(self):
         self.file.close()
-
-
-def write_csv(frame, path):
-    return _atomic_write(path, lambda f: f.write(frame.to_csv(index=False).encode()))
-
-
-def write_json(obj, path):
-    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
-
-
-def save_figure(fig, path):
-    import matplotlib.pyplot as plt
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return Path(path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
 
 
 # -----------------------------------------------------------------------------
@@ -851,14 +820,14 @@ def check_checkpoint_compatible(ckpt, encoder_identity_now=None, embedding_dim=N
     """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
     problems = []
     config, state = ckpt["model_config"], ckpt["preprocessor"]
-    for key, ours in (("event_types", train.EVENT_TYPES), ("static_categorical", train.STATIC_CATEGORICAL),
-                      ("static_numeric", train.STATIC_NUMERIC)):
+    for key, ours in (("event_types", event_table.EVENT_TYPES), ("static_categorical", event_table.STATIC_CATEGORICAL),
+                      ("static_numeric", event_table.STATIC_NUMERIC)):
         theirs = state.get(key)
         if theirs is not None and list(theirs) != list(ours):
             problems.append(f"{key}: checkpoint has {list(theirs)}, this train.py uses {list(ours)}")
-    if config.get("n_event_types", len(train.EVENT_TYPES)) != len(train.EVENT_TYPES):
+    if config.get("n_event_types", len(event_table.EVENT_TYPES)) != len(event_table.EVENT_TYPES):
         problems.append(f"event types: the model has {config['n_event_types']}, this train.py has "
-                        f"{len(train.EVENT_TYPES)} {train.EVENT_TYPES}")
+                        f"{len(event_table.EVENT_TYPES)} {event_table.EVENT_TYPES}")
     names = ckpt.get("static_feature_names")
     if names is not None and len(names) != config.get("n_static"):
         problems.append(f"the model takes {config.get('n_static')} static features, "
@@ -935,7 +904,7 @@ def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     except train.CheckpointError as e:  # weights of another model version
         raise ExplainError(f"{checkpoint_path}: {e}") from None
     model.eval()
-    table = train.read_event_table(data_path)
+    table = event_table.read_event_table(data_path)
     return model, preprocessor, ckpt, table
 
 
@@ -1011,7 +980,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     args = ckpt.get("args", {})
     max_events = run.max_events or args.get("max_events")
     cache_dir = run.cache_dir or _default_cache_dir(args)
-    split_of_stay = train.split_stays_by_patient(table, seed=args.get("seed", 0))
+    split_of_stay = event_table.split_stays_by_patient(table, seed=args.get("seed", 0))
     chosen = choose_stays(table, split_of_stay, run.split, run.max_stays, run.stay_ids, test_data_path)
 
     def prepare(rows):
@@ -1094,7 +1063,7 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
                                      "in the faithfulness measures")
     paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
              "static_attributions.csv": save_dir / "static_attributions.csv",
-             "faithfulness.json": write_json(faithfulness, save_dir / "faithfulness.json")}
+             "faithfulness.json": atomic_io.write_json(faithfulness, save_dir / "faithfulness.json")}
     if run.make_figures:
         paths.update(make_all_figures(collected, save_dir, faithfulness, run.stay_ids or []))
     analyses = dict(layer_attention_patterns=collected.layer_pattern_frame(),
@@ -1549,7 +1518,7 @@ def fig_layer_attention(collected, path):
     ax.set_title("Mean attention entropy / log(events in the stay)\n(1 = uniform, low = focused on few events)",
                  fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def relative_magnitude(rows):
@@ -1589,7 +1558,7 @@ def fig_sequence_importance(collected, path):
     ax.set_title("When, before the prediction, are single events most decisive? "
                  "(every stay weighs the same; 1 = its average event)")
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def fig_sequence_importance_combined(collected, path):
@@ -1611,7 +1580,7 @@ def fig_sequence_importance_combined(collected, path):
     axes[-1].set_xlabel("hours before the prediction time")
     fig.suptitle(f"Stay {stay['stay_id']}: every method on the same events (P(death)={stay['probability']:.2f}, "
                  f"died={stay['label']}; red = towards death; the 4 largest named)", y=1.01)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def head_specialization_lift(weighted_sum_by_type, count_by_type, types):
@@ -1626,7 +1595,7 @@ def fig_head_specialization(collected, path):
     if not types:
         fig, ax = plt.subplots()
         ax.text(0.5, 0.5, "no events", ha="center")
-        return save_figure(fig, path)
+        return atomic_io.save_figure(fig, path)
     lift = head_specialization_lift(collected.pool_by_type, collected.count_by_type, types)
     fig, ax = plt.subplots(figsize=(8, 3 + 0.3 * lift.shape[0]))
     from matplotlib.colors import TwoSlopeNorm
@@ -1639,7 +1608,7 @@ def fig_head_specialization(collected, path):
     ax.set_title("Do pooling heads specialise in kinds of events?\nmean over events of pooling weight x its stay's "
                  "number of events (1 = the uniform weight of its own stay; white = no preference)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def fig_feature_importance(collected, path):
@@ -1664,7 +1633,7 @@ def fig_feature_importance(collected, path):
         table.sort_values(table.columns[0]).plot.barh(ax=ax)
     ax.set_xlabel("mean |attribution| to the logit")
     ax.set_title("Static features (all one-hot columns of a\nvariable together)", fontsize=10)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def fig_query_vector(collected, path):
@@ -1675,7 +1644,7 @@ def fig_query_vector(collected, path):
     heads = [c for c in sample.columns if str(c).startswith("pool_score_")]
     if sample.empty or not heads:
         axes[0].text(0.5, 0.5, "the model has no train.AttentionPooling (pool.key, pool.query)", ha="center")
-        return save_figure(fig, path)
+        return atomic_io.save_figure(fig, path)
     note = collected.sample_note()
     types = sorted(sample.event_type.unique())
     width = 0.8 / len(heads)
@@ -1698,7 +1667,7 @@ def fig_query_vector(collected, path):
     axes[1].set_title("Pooling scores over time (the softmax of a stay's scores is its pooling weights)",
                       fontsize=10)
     axes[1].legend(fontsize=8, markerscale=3)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def _by_type_and_top(ax_box, ax_top, sample, largest, method, note=""):
@@ -1746,7 +1715,7 @@ def fig_captum(collected, path, method, faithfulness):
         axes[2].set_title("static column removed: mean logit change", fontsize=10)
     else:
         _method_scatter(axes[2], sample, method, note=note)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def steps_used_label(steps_used):
@@ -1804,7 +1773,7 @@ def fig_stay_timeline(stay, path, static_names=()):
                        color=np.where(static[order] >= 0, "tab:red", "tab:blue"))
         ax_static.axvline(0, color="0.4", lw=0.5)
     ax_static.set_title("static columns (IG)", fontsize=9)
-    return save_figure(fig, path)
+    return atomic_io.save_figure(fig, path)
 
 
 def make_all_figures(collected, save_dir, faithfulness, stay_ids):
@@ -1889,7 +1858,7 @@ def main(argv=None):
     paths = args.pop("checkpoint"), args.pop("data"), args.pop("save_dir")
     args["make_figures"] = not args.pop("no_figures")  # the other options are named as their ExplainRun or
     # ExplainSettings fields
-    user_errors = (ExplainError, train.EventTableError, train.CheckpointError, train.TextEncoderError)
+    user_errors = (ExplainError, event_table.EventTableError, train.CheckpointError, train.TextEncoderError)
     try:
         result = run_explainability_analysis(*paths, return_tables=False, **args)
     except user_errors as e:  # a message for the user (it names the file, stay or setting); bugs keep their traceback

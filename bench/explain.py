@@ -79,10 +79,11 @@ def trained_stays(checkpoint, data, cache_dir, length, n_stays):
     """A trained checkpoint and n_stays of its test stays with at least `length` events, each cut to its most
     recent `length` events (as --max-events does): the model and the stays users explain."""
     import torch
+    import event_table
     import explain_clinicalLF as ex
     import train
     model, preprocessor, ckpt, table = ex.load_for_explanation(checkpoint, data)
-    split_of_stay = train.split_stays_by_patient(table, seed=ckpt["args"].get("seed", 0))
+    split_of_stay = event_table.split_stays_by_patient(table, seed=ckpt["args"].get("seed", 0))
     n_events = table[table["event_type"].notna()].groupby("stay_id").size()
     long_enough = sorted(s for s, n in n_events.items() if n >= length and split_of_stay.get(s) == "test")[:n_stays]
     if len(long_enough) < n_stays:

@@ -5,7 +5,7 @@ resident memory (VmHWM of that process) is its own:
 
     synthesize  python synthetic_mimic.py --out-dir D --n-stays N --regime realistic   (or --regime small)
     extract     python extract_cohort.py --mimic-dir D --output events.parquet      (query.sql on DuckDB)
-    read        train.read_event_table(events.parquet)                             (the table every rank holds)
+    read        event_table.read_event_table(events.parquet)                             (the table every rank holds)
     embed       train.embed_texts(event texts, default encoder, fresh cache)        (all-MiniLM-L6-v2)
     train       python train.py --data events.parquet --epochs 1 --cache-dir C ...  (one epoch + outputs)
     explain     python explain_clinicalLF.py --max-stays 100 ...                   (Captum on 100 test stays)
@@ -54,8 +54,9 @@ parser.add_argument("--stage-embed", nargs=3, metavar=("TABLE", "CACHE", "BATCH"
 
 def embed_stage(table_path, cache_dir, batch_size):
     """The embedding stage, in its own process: every event text of the table through train.embed_texts."""
+    import event_table
     import train
-    table = train.read_event_table(table_path)
+    table = event_table.read_event_table(table_path)
     texts = table.loc[table["event_type"].notna(), "event_text"]  # the column, as train.prepare_stays passes it
     stats = {}
     matrix, rows = train.embed_texts(texts, _common.default_encoder_folder(), cache_dir, "cpu",
@@ -65,8 +66,8 @@ def embed_stage(table_path, cache_dir, batch_size):
 
 def read_stage(table_path):
     """The table as train.py holds it (on every rank): its rows and in-memory size."""
-    import train
-    table = train.read_event_table(table_path)
+    import event_table
+    table = event_table.read_event_table(table_path)
     events = int(table["event_type"].notna().sum())
     size = int(table.memory_usage(deep=True).sum())
     print(json.dumps(dict(rows=len(table), events=events, table_MiB=size / 2**20,
@@ -125,7 +126,7 @@ def one_size(n_stays, work: Path, args) -> list[dict]:
     record("extract", result, events=int(events["event_type"].notna().sum()))
     result = _common.run_measured([str(Path(__file__).resolve()), "--stage-read", str(table)], folder / "read.log")
     read = last_json(folder / "read.log")
-    record("read (train.read_event_table)", result, events=read["events"], table_MiB=read["table_MiB"],
+    record("read (event_table.read_event_table)", result, events=read["events"], table_MiB=read["table_MiB"],
            bytes_per_row=read["bytes_per_row"])
     result = _common.run_measured([str(Path(__file__).resolve()), "--stage-embed", str(table), str(cache),
                         str(args.embed_batch_size)], folder / "embed.log")

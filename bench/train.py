@@ -59,9 +59,10 @@ parser.add_argument("--table", help=argparse.SUPPRESS)
 
 def load_stays(table_path, args):
     """Read, split by patient, fit the preprocessor on training rows, build the training stays (project code)."""
+    import event_table
     import train
-    table = train.read_event_table(table_path)
-    split = train.split_stays_by_patient(table, args.seed)
+    table = event_table.read_event_table(table_path)
+    split = event_table.split_stays_by_patient(table, args.seed)
     is_train = table["stay_id"].map(split).to_numpy() == "train"
     table = table.loc[is_train].reset_index(drop=True)
     preprocessor = train.EventPreprocessor().fit(table)
@@ -110,6 +111,7 @@ def prototype_collate(items):
 
 def batches(way, stays, embedding_matrix, args, epoch, model):
     """Yield (logits, labels, real positions, padded positions) for one epoch of one way."""
+    import event_table
     import train
     if way == "project":
         sampler = train.LengthBucketSampler([len(s.type_ids) for s in stays], args.batch_size, shuffle=True,
@@ -120,7 +122,7 @@ def batches(way, stays, embedding_matrix, args, epoch, model):
             logits, _ = model(*train.batch_inputs(model, batch, embedding_matrix))
             yield logits, batch["label"], int(batch["mask"].sum()), batch["mask"].numel()
     else:
-        loader = torch.utils.data.DataLoader(PrototypeDataset(stays, embedding_matrix, len(train.EVENT_TYPES)),
+        loader = torch.utils.data.DataLoader(PrototypeDataset(stays, embedding_matrix, len(event_table.EVENT_TYPES)),
                                              batch_size=args.batch_size, shuffle=True, collate_fn=prototype_collate,
                                              generator=torch.Generator().manual_seed(args.seed + epoch))
         for events, mask, static, labels in loader:

@@ -101,8 +101,8 @@ SETTINGS = ex.ExplainSettings(n_steps=64, internal_batch_size=None)
 
 
 def test_type_columns_match_train_event_types():
-    import train
-    assert ex.N_TYPE_COLUMNS == len(train.EVENT_TYPES) and "input" in train.EVENT_TYPES
+    import event_table
+    assert ex.N_TYPE_COLUMNS == len(event_table.EVENT_TYPES) and "input" in event_table.EVENT_TYPES
 
 
 def test_linear_model_every_method_gives_the_exact_contributions():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import explain_clinicalLF as ex
+import event_table
 import train
 from train_tables import RISKY, make_event_table
 
@@ -25,7 +26,7 @@ def trained(tmp_path_factory, tiny_bert_dir):
                 "--cache-dir", str(root / "cache"), "--d-model", "32", "--n-layers", "2", "--n-heads", "4",
                 "--d-ff", "64", "--pool-heads", "2", "--bootstrap", "0", "--max-events", "10", "--device", "cpu"])
     return dict(root=root, data=data, checkpoint=out / "checkpoints" / "best_model.pth", cache=root / "cache",
-                table=train.read_event_table(data))
+                table=event_table.read_event_table(data))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_event_rows_are_the_stays_real_events_per_method(explained):
     assert explained["empty_stay"] not in set(rows.stay_id)
     static = pd.read_csv(explained["root"] / "explain" / "static_attributions.csv")
     empty = static[static.stay_id == explained["empty_stay"]]
-    assert set(empty.feature) == set(train.STATIC_CATEGORICAL + train.STATIC_NUMERIC)
+    assert set(empty.feature) == set(event_table.STATIC_CATEGORICAL + event_table.STATIC_NUMERIC)
     assert set(empty.method) == {"integrated_gradients", "feature_ablation"}
 
 
@@ -179,7 +180,7 @@ def test_faithfulness_json_reports_every_method_and_ig_converges(explained):
     assert 0 < f["random"]["planted_auprc"] < 1
     assert f["integrated_gradients_convergence"]["relative_delta_max"] < 0.05
     seed = train.load_checkpoint(explained["checkpoint"])["args"]["seed"]
-    split = train.split_stays_by_patient(explained["table"], seed=seed)
+    split = event_table.split_stays_by_patient(explained["table"], seed=seed)
     expected = set(sorted(split.index[split == "test"])[:8]) | {explained["empty_stay"], explained["long_stay"]}
     assert f["data"]["n_stays"] == len(expected)
     assert set(explained["result"]["static_attributions"].stay_id) == expected
@@ -272,7 +273,7 @@ def test_help_lists_every_option_with_its_default():
 
 def test_stay_ids_of_another_split_are_explained_but_kept_out_of_the_faithfulness_measures(trained, tmp_path):
     table = trained["table"]
-    split = train.split_stays_by_patient(table, seed=train.load_checkpoint(trained["checkpoint"])["args"]["seed"])
+    split = event_table.split_stays_by_patient(table, seed=train.load_checkpoint(trained["checkpoint"])["args"]["seed"])
     counts = table.groupby("stay_id")["event_type"].count()
     with_events = counts.index[counts >= 3]
     test_stays = [s for s in sorted(split.index[split == "test"]) if s in with_events][:2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import explain_clinicalLF as ex
-import train
+import event_table
 
 STATIC_NAMES = ["gender", "race", "patient_age"]
 TEXTS = pd.Index([f"Lab: item {i} {i * 0.37:.3g} mg/dL" for i in range(500)])  # the table's distinct texts
@@ -18,13 +18,13 @@ TEXTS = pd.Index([f"Lab: item {i} {i * 0.37:.3g} mg/dL" for i in range(500)])  #
 
 def fake_batch(first_stay_id, rng, n_stays=16, n_events=60, pool_heads=4, layers=2, heads=2):
     """One batch as run_explainability_analysis hands it to Collected.add: the stays' event rows (categorical
-    texts and types, as train.read_event_table gives them), the methods' outputs, the faithfulness records."""
+    texts and types, as event_table.read_event_table gives them), the methods' outputs, the faithfulness records."""
     L = n_events
     mask = torch.ones(n_stays, L, dtype=torch.bool)
     stay_ids = list(range(first_stay_id, first_stay_id + n_stays))
     meta = [pd.DataFrame({
         "event_index": np.arange(L), "event_time": pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(L), "min"),
-        "event_type": pd.Categorical(rng.choice(train.EVENT_TYPES, L), categories=train.EVENT_TYPES),
+        "event_type": pd.Categorical(rng.choice(event_table.EVENT_TYPES, L), categories=event_table.EVENT_TYPES),
         "event_text": pd.Categorical.from_codes(rng.integers(0, len(TEXTS), L), categories=TEXTS),
         "relative_time_to_final_event": np.sort(rng.uniform(0, 48 * 60, L))[::-1],
         "planted_risk": rng.integers(0, 2, L)}) for _ in stay_ids]

@@ -10,14 +10,14 @@ import sys
 import pytest
 
 import explain_clinicalLF
-import train
+import event_table
 from conftest import REPO_ROOT
 from interfaces_doc import undocumented
 
 
 def test_event_table_columns_and_event_types_are_documented():
-    assert undocumented(train.REQUIRED_COLUMNS) == []
-    assert undocumented(train.EVENT_TYPES) == []
+    assert undocumented(event_table.REQUIRED_COLUMNS) == []
+    assert undocumented(event_table.EVENT_TYPES) == []
 
 
 def test_explain_methods_figures_and_columns_are_documented():

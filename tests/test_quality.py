@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
+import event_table
 import train
 from train_tables import make_event_table
 
@@ -12,8 +13,8 @@ from train_tables import make_event_table
 def table_and_split(tmp_path_factory):
     path = tmp_path_factory.mktemp("quality") / "events.csv"
     make_event_table(n_patients=120, seed=3).to_csv(path, index=False)
-    table = train.read_event_table(path)
-    split = train.split_stays_by_patient(table, 0)
+    table = event_table.read_event_table(path)
+    split = event_table.split_stays_by_patient(table, 0)
     return table, table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
 
 
@@ -106,7 +107,7 @@ def test_items_and_values_parse_the_number_of_each_event(table_and_split):
     texts = pd.Series(["Lab: Lactate 6.2 mmol/L (ref 0.5-2) abnormal", "Lab: Lactate 1.2 mmol/L (ref 0.5-2)",
                        "Lab: pCO2 41 mm Hg (ref 35-45)", "Procedure: Invasive Ventilation",
                        "Lab: Lactate 1.9 mmol/L (ref 0.5-2)"])
-    items, values = train.items_and_values(texts)
+    items, values = event_table.items_and_values(texts)
     assert items.tolist()[:4] == ["Lab: Lactate # mmol/L (ref #-#) abnormal", "Lab: Lactate # mmol/L (ref #-#)",
                                   "Lab: pCO# # mm Hg (ref #-#)", "Procedure: Invasive Ventilation"]
     assert values.tolist()[:3] == [6.2, 1.2, 41.0] and np.isnan(values[3])

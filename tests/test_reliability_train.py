@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import event_table
 import train
 from train_tables import SMALL_MODEL_ARGS, cached_vectors, make_event_table, run_train
 
@@ -141,7 +142,7 @@ def test_killed_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mon
 
 def test_checkpoint_from_before_the_input_event_type_is_a_clear_error(tmp_path):
     """A format-2 checkpoint (five event types, no `input`) is refused by name, not by a shape error later."""
-    assert train.EVENT_TYPES.index("input") >= 0 and train.CHECKPOINT_FORMAT_VERSION >= 3
+    assert event_table.EVENT_TYPES.index("input") >= 0 and train.CHECKPOINT_FORMAT_VERSION >= 3
     config = train.ModelConfig(text_dim=8, n_static=3, n_event_types=5, d_model=16, n_layers=1, n_heads=2,
                                d_ff=16, pool_heads=2)
     old = {"format_version": 2, "model_config": train.asdict(config),
@@ -151,7 +152,7 @@ def test_checkpoint_from_before_the_input_event_type_is_a_clear_error(tmp_path):
     with pytest.raises(train.CheckpointError, match=r"v2\.pth: checkpoint format_version 2.*event type `input`"
                                                     r".*retrain with this version"):
         train.load_checkpoint(tmp_path / "v2.pth")
-    assert train.ModelConfig(text_dim=8, n_static=3).n_event_types == len(train.EVENT_TYPES) == 6
+    assert train.ModelConfig(text_dim=8, n_static=3).n_event_types == len(event_table.EVENT_TYPES) == 6
 
 
 def test_reliability_weights_from_another_model_version_are_a_clear_error():

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import event_table
 import train
 from train_tables import SMALL_MODEL_ARGS, make_event_table, run_train
 
@@ -35,7 +36,7 @@ def test_help_lists_every_option():
 
 def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     data, out, cache, result = small_run
-    table = train.read_event_table(data)
+    table = event_table.read_event_table(data)
     best = train.load_checkpoint(out / "checkpoints" / "best_model.pth")
     latest = torch.load(out / "checkpoints" / "latest_checkpoint.pth", weights_only=True)
     assert latest["finished"] and latest["epoch"] == 3 and "optimizer" in latest and "rng" in latest["ranks"][0]
@@ -46,7 +47,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "probability_uncalibrated",
                                   "mortality"]
     assert sorted(pred.stay_id) == sorted(table.stay_id.unique())
-    split = train.split_stays_by_patient(table, 5)
+    split = event_table.split_stays_by_patient(table, 5)
     assert (pred.set_index("stay_id")["split"] == split.reindex(pred.stay_id)).all()
     assert pred.probability.between(0, 1).all()
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import event_table
 import train
 
 
@@ -43,10 +44,10 @@ def test_event_features_zero_on_padding():
     model = small_model()
     batch = train.collate_stays(stays)
     feats = model.event_features(matrix[batch["text_rows"]], batch["type_ids"], batch["log_hours"])
-    assert feats.shape == (6, batch["mask"].shape[1], len(train.EVENT_TYPES) + 8 + 1)
+    assert feats.shape == (6, batch["mask"].shape[1], len(event_table.EVENT_TYPES) + 8 + 1)
     assert (feats[~batch["mask"]] == 0).all()
     real = feats[batch["mask"]]
-    assert (real[:, :len(train.EVENT_TYPES)].sum(1) == 1).all()
+    assert (real[:, :len(event_table.EVENT_TYPES)].sum(1) == 1).all()
     torch.testing.assert_close(real[:, -1], batch["log_hours"][batch["mask"]])
 
 
@@ -156,7 +157,7 @@ def test_build_stays_keeps_most_recent_and_reports_cut(caplog, tmp_path):
     from train_tables import make_event_table
     df = make_event_table(n_patients=10, seed=2, max_events=20)
     df.to_csv(tmp_path / "t.csv", index=False)
-    table = train.read_event_table(tmp_path / "t.csv")
+    table = event_table.read_event_table(tmp_path / "t.csv")
     pre = train.EventPreprocessor().fit(table)
     text_rows = np.arange(len(table))
     with caplog.at_level("WARNING", logger="train"):

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 
+import event_table
 import train
 
 SAMPLE = train.REPO_DIR / "sample_train.csv"
@@ -20,7 +21,7 @@ def test_default_run_embeds_zero_texts_with_the_shipped_cache(tmp_path):
     assert shipped.is_dir(), f"no shipped cache for the default encoder ({identity})"
     cache_dir = tmp_path / "cache"
     shutil.copytree(shipped, cache_dir / identity)  # never write into the repository's cache
-    table = train.read_event_table(SAMPLE)
+    table = event_table.read_event_table(SAMPLE)
     pre = train.EventPreprocessor().fit(table)
     encoder = train.EncoderSpec.of_folder(folder)
     assert encoder.identity == identity

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+import event_table
 import train
 from train_tables import make_event_table
 
@@ -21,10 +22,10 @@ def write(df, tmp_path, name="events.csv"):
 
 def test_reads_csv_gz_and_parquet_sorted_with_empty_stays(table_df, tmp_path):
     shuffled = table_df.sample(frac=1.0, random_state=0)
-    a = train.read_event_table(write(shuffled, tmp_path, "t.csv.gz"))
-    b = train.read_event_table(write(table_df, tmp_path, "t.csv"))
+    a = event_table.read_event_table(write(shuffled, tmp_path, "t.csv.gz"))
+    b = event_table.read_event_table(write(table_df, tmp_path, "t.csv"))
     table_df.to_parquet(tmp_path / "t.parquet")
-    c = train.read_event_table(tmp_path / "t.parquet")
+    c = event_table.read_event_table(tmp_path / "t.parquet")
     for t in (a, b, c):
         assert t["stay_id"].is_monotonic_increasing
         for _, g in t.groupby("stay_id"):
@@ -56,8 +57,8 @@ def first_event_row(df):
 ])
 def test_bad_input_gives_clear_error(table_df, tmp_path, mutate, message):
     path = write(mutate(table_df.copy()), tmp_path)
-    with pytest.raises(train.EventTableError) as e:
-        train.read_event_table(path)
+    with pytest.raises(event_table.EventTableError) as e:
+        event_table.read_event_table(path)
     text = str(e.value)
     assert message in text and str(path) in text
     if message != "insurance":
@@ -66,11 +67,11 @@ def test_bad_input_gives_clear_error(table_df, tmp_path, mutate, message):
 
 def test_empty_file_and_header_only(tmp_path, table_df):
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(train.EventTableError, match="empty"):
-        train.read_event_table(tmp_path / "empty.csv")
+    with pytest.raises(event_table.EventTableError, match="empty"):
+        event_table.read_event_table(tmp_path / "empty.csv")
     table_df.head(0).to_csv(tmp_path / "header.csv", index=False)
-    with pytest.raises(train.EventTableError, match="no rows"):
-        train.read_event_table(tmp_path / "header.csv")
+    with pytest.raises(event_table.EventTableError, match="no rows"):
+        event_table.read_event_table(tmp_path / "header.csv")
 
 
 def test_non_utf8_bytes_are_replaced_with_a_warning(table_df, tmp_path):
@@ -78,15 +79,15 @@ def test_non_utf8_bytes_are_replaced_with_a_warning(table_df, tmp_path):
     data = path.read_bytes().replace(b"Heparin", b"Hep\xe9rin", 1)
     path.write_bytes(data)
     with pytest.warns(UserWarning, match="not valid UTF-8"):
-        t = train.read_event_table(path)
+        t = event_table.read_event_table(path)
     assert t["event_text"].str.contains("Hep\ufffdrin").any()
 
 
 def test_split_is_by_patient_deterministic_and_70_15_15(table_df, tmp_path):
-    t = train.read_event_table(write(make_event_table(n_patients=200, seed=3), tmp_path))
-    s1, s2 = train.split_stays_by_patient(t, 7), train.split_stays_by_patient(t, 7)
+    t = event_table.read_event_table(write(make_event_table(n_patients=200, seed=3), tmp_path))
+    s1, s2 = event_table.split_stays_by_patient(t, 7), event_table.split_stays_by_patient(t, 7)
     pd.testing.assert_series_equal(s1, s2)
-    assert not s1.equals(train.split_stays_by_patient(t, 8))
+    assert not s1.equals(event_table.split_stays_by_patient(t, 8))
     stays = t.drop_duplicates("stay_id").set_index("stay_id")
     patient_split = stays.assign(split=s1).groupby("subject_id")["split"].nunique()
     assert (patient_split == 1).all()  # no patient in two splits
@@ -95,9 +96,9 @@ def test_split_is_by_patient_deterministic_and_70_15_15(table_df, tmp_path):
 
 
 def test_split_needs_enough_patients(table_df, tmp_path):
-    t = train.read_event_table(write(table_df[table_df.subject_id.isin(table_df.subject_id.unique()[:2])], tmp_path))
-    with pytest.raises(train.EventTableError, match="at least 3"):
-        train.split_stays_by_patient(t, 0)
+    t = event_table.read_event_table(write(table_df[table_df.subject_id.isin(table_df.subject_id.unique()[:2])], tmp_path))
+    with pytest.raises(event_table.EventTableError, match="at least 3"):
+        event_table.split_stays_by_patient(t, 0)
 
 
 def test_preprocessor_fitted_on_train_only_and_roundtrips(table_df, tmp_path):
@@ -105,7 +106,7 @@ def test_preprocessor_fitted_on_train_only_and_roundtrips(table_df, tmp_path):
     val_stay = df.stay_id.unique()[-1]
     df.loc[df.stay_id == val_stay, "race"] = "ONLY_IN_VAL"
     df.loc[df.stay_id == val_stay, "patient_age"] = np.nan
-    t = train.read_event_table(write(df, tmp_path))
+    t = event_table.read_event_table(write(df, tmp_path))
     train_rows = t[t.stay_id != val_stay]
     pre = train.EventPreprocessor().fit(train_rows)
     assert not any("ONLY_IN_VAL" in n for n in pre.static_feature_names)
@@ -140,5 +141,5 @@ def _save(obj, tmp_path):
 def test_transform_events_rejects_unknown_types(table_df):
     pre = train.EventPreprocessor()
     rows = pd.DataFrame({"event_type": ["lab", "imaging"], "relative_time_to_final_event": [1.0, 2.0]})
-    with pytest.raises(train.EventTableError, match="imaging"):
+    with pytest.raises(event_table.EventTableError, match="imaging"):
         pre.transform_events(rows)

@@ -4,6 +4,7 @@ distinct text once."""
 import numpy as np
 import pandas as pd
 
+import event_table
 import train
 from train_tables import make_event_table
 
@@ -20,9 +21,9 @@ def _wide_table(tmp_path, n_patients=400):
 
 def test_table_is_read_typed_and_column_wise(tmp_path):
     df, path = _wide_table(tmp_path)
-    t = train.read_event_table(path)
+    t = event_table.read_event_table(path)
     assert "note" not in t.columns
-    for col in ("event_type", "event_text", *train.STATIC_CATEGORICAL):
+    for col in ("event_type", "event_text", *event_table.STATIC_CATEGORICAL):
         assert isinstance(t[col].dtype, pd.CategoricalDtype), col
     assert t.stay_id.dtype == np.int32 and t.subject_id.dtype == np.int32 and t.hadm_id.dtype == np.int32
     assert pd.api.types.is_datetime64_any_dtype(t.event_time)
@@ -36,14 +37,14 @@ def test_table_is_read_typed_and_column_wise(tmp_path):
 def test_memory_per_event_is_that_of_typed_columns(tmp_path):
     """About 50 bytes per event (ids, times, codes) plus each distinct text once; strings per row took ~10x."""
     df, path = _wide_table(tmp_path)
-    t = train.read_event_table(path)
+    t = event_table.read_event_table(path)
     per_event = t.memory_usage(deep=True).sum() / len(t)
     assert per_event < 100, f"{per_event:.0f} bytes per event"
 
 
 def test_categorical_texts_are_hashed_once_each_with_the_same_result(tmp_path):
     df, path = _wide_table(tmp_path, n_patients=60)
-    t = train.read_event_table(path)
+    t = event_table.read_event_table(path)
     texts = t.loc[t.event_type.notna(), "event_text"]
     keys, first, codes = train.distinct_texts(texts)
     plain = train.distinct_texts(texts.astype("string"))
