@@ -184,6 +184,16 @@ def read_event_table(path) -> pd.DataFrame:
 
     A stay without events is kept as one row with empty event fields."""
     path = Path(path)
+    df = _read_nonempty(path)
+    _check_ids_and_label(path, df)
+    by_stay = _StayOrder(df["stay_id"].to_numpy())
+    _check_static_columns(path, df, by_stay)
+    is_event = _check_event_fields(path, df)
+    return _kept_rows_sorted(df, by_stay, is_event)
+
+
+def _read_nonempty(path: Path) -> pd.DataFrame:
+    """The file's used columns, after checking that it exists, has every required column and has rows."""
     if not path.is_file():
         raise EventTableError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -198,12 +208,18 @@ def read_event_table(path) -> pd.DataFrame:
                               f"(found: {', '.join(map(str, df.columns))})")
     if len(df) == 0:
         raise EventTableError(f"{path}: the table has columns but no rows")
+    return df
 
-    def fail(column, mask, what):
-        first = df.loc[mask].iloc[0]
-        raise EventTableError(f"{path}: column '{column}' {what} ({int(mask.sum())} row(s); first at "
-                              f"stay_id={first['stay_id']}, value={first[column]!r})")
 
+def _fail(path, df, column, mask, what):
+    """Reject `column`: `what` holds on the rows of `mask` (the message names their count and the first)."""
+    first = df.loc[mask].iloc[0]
+    raise EventTableError(f"{path}: column '{column}' {what} ({int(mask.sum())} row(s); first at "
+                          f"stay_id={first['stay_id']}, value={first[column]!r})")
+
+
+def _check_ids_and_label(path, df):
+    """The ids as integers (int32 where they fit) and mortality as int64 0/1, in place."""
     for col in ("subject_id", "hadm_id", "stay_id"):
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | (values != values.round())
@@ -215,10 +231,12 @@ def read_event_table(path) -> pd.DataFrame:
     mortality = pd.to_numeric(df["mortality"], errors="coerce")
     bad = ~mortality.isin([0, 1])
     if bad.any():
-        fail("mortality", bad, "must be 0 or 1 (in-hospital death after the prediction time)")
+        _fail(path, df, "mortality", bad, "must be 0 or 1 (in-hospital death after the prediction time)")
     df["mortality"] = mortality.astype("int64")
 
-    by_stay = _StayOrder(df["stay_id"].to_numpy())
+
+def _check_static_columns(path, df, by_stay):
+    """One patient, one label and one value of each static column per stay; patient_age as float64, in place."""
     stay = by_stay.first_stay_with_two_values(df["subject_id"])
     if stay is not None:
         raise EventTableError(f"{path}: stay_id={stay} belongs to more than one subject_id "
@@ -231,16 +249,20 @@ def read_event_table(path) -> pd.DataFrame:
                                   "static columns and the label must be the same on every row of a stay")
     age = pd.to_numeric(df["patient_age"], errors="coerce")
     if (age.isna() & df["patient_age"].notna()).any():
-        fail("patient_age", age.isna() & df["patient_age"].notna(), "must be a number")
+        _fail(path, df, "patient_age", age.isna() & df["patient_age"].notna(), "must be a number")
     df["patient_age"] = age.astype("float64")
 
-    # Event fields: all empty (a stay without events) or all valid.
+
+def _check_event_fields(path, df) -> np.ndarray:
+    """Event fields: all empty (a stay without events) or all valid. Writes them back parsed (times as
+    timestamps, kinds lower-case, minutes as float64; empty on rows without events) and returns which rows
+    are events."""
     text = df["event_text"] if isinstance(df["event_text"].dtype, pd.CategoricalDtype) else df["event_text"].astype("category")
     etype = map_distinct(df["event_type"], lambda v: v.astype("string").str.strip().str.lower())
     rel = pd.to_numeric(df["relative_time_to_final_event"], errors="coerce")
     if (rel.isna() & df["relative_time_to_final_event"].notna()).any():
-        fail("relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
-             "must be a number of minutes")
+        _fail(path, df, "relative_time_to_final_event", rel.isna() & df["relative_time_to_final_event"].notna(),
+              "must be a number of minutes")
     raw_time = df["event_time"]
     if pd.api.types.is_datetime64_any_dtype(raw_time):  # Parquet
         parsed_time = raw_time
@@ -250,31 +272,34 @@ def read_event_table(path) -> pd.DataFrame:
     # An event row has any event field; a stay without events has all of them empty.
     ev = ((etype.notna() & (etype != "")) | text.notna() | rel.notna() | raw_time.notna()).fillna(False).astype(bool)
     if (ev & raw_time.notna() & parsed_time.isna()).any():
-        fail("event_time", ev & raw_time.notna() & parsed_time.isna(), "cannot be parsed as a timestamp")
+        _fail(path, df, "event_time", ev & raw_time.notna() & parsed_time.isna(), "cannot be parsed as a timestamp")
     if (ev & parsed_time.isna()).any():
-        fail("event_time", ev & parsed_time.isna(), "is empty on an event row")
+        _fail(path, df, "event_time", ev & parsed_time.isna(), "is empty on an event row")
     if (ev & rel.isna()).any():
-        fail("relative_time_to_final_event", ev & rel.isna(), "is empty on an event row")
+        _fail(path, df, "relative_time_to_final_event", ev & rel.isna(), "is empty on an event row")
     if (ev & (rel < 0)).any():
-        fail("relative_time_to_final_event", ev & (rel < 0),
-             "is negative: events after the prediction time would leak the outcome")
+        _fail(path, df, "relative_time_to_final_event", ev & (rel < 0),
+              "is negative: events after the prediction time would leak the outcome")
     unknown = ev & ~etype.isin(EVENT_TYPES).fillna(False)
     if unknown.any():
         kinds = sorted(set(etype[unknown].fillna("<empty>").tolist()))
-        fail("event_type", unknown, f"has unknown kind(s) {kinds}; expected one of {list(EVENT_TYPES)}")
+        _fail(path, df, "event_type", unknown, f"has unknown kind(s) {kinds}; expected one of {list(EVENT_TYPES)}")
     blank = ev & (text.isna() | map_distinct(text, lambda v: v.astype("string").str.strip() == "").astype(bool))
     if blank.any():
-        fail("event_text", blank, "is empty or whitespace-only on an event row")
+        _fail(path, df, "event_text", blank, "is empty or whitespace-only on an event row")
 
     df["event_time"] = parsed_time
     df["event_type"] = etype.where(ev, pd.NA)
     df["event_text"] = text.where(ev, pd.NA)
     df["relative_time_to_final_event"] = rel.where(ev, np.nan).astype("float64")
-    # A stay that has events drops its empty placeholder rows; an empty stay keeps one row. Then rows by
-    # (stay_id, event_time), stable, empty times last: one column at a time, so that the peak holds one copy
-    # of one column rather than of the table (20 million rows).
-    del text, etype, rel, raw_time, parsed_time
-    order = by_stay.kept_rows_in_order(ev.to_numpy(), df["event_time"])
+    return ev.to_numpy()
+
+
+def _kept_rows_sorted(df, by_stay, is_event) -> pd.DataFrame:
+    """A stay that has events drops its empty placeholder rows; an empty stay keeps one row. Then rows by
+    (stay_id, event_time), stable, empty times last: one column at a time, so that the peak holds one copy
+    of one column rather than of the table (20 million rows)."""
+    order = by_stay.kept_rows_in_order(is_event, df["event_time"])
     df = pd.DataFrame({col: _take(df.pop(col), order) for col in list(df.columns)})
     for col in df.columns:  # the same table whatever the file's row order: only used categories, sorted
         if isinstance(df[col].dtype, pd.CategoricalDtype):
@@ -316,6 +341,25 @@ def static_frame(table) -> pd.DataFrame:
     for c in STATIC_NUMERIC:
         frame[c] = pd.to_numeric(stays[c], errors="coerce").to_numpy(dtype="float64")
     return frame
+
+
+def static_transformer(categories="auto", min_frequency=None, sparse_output=False):
+    """The one static-feature pipeline (unfitted) for a static_frame: one-hot categories (unseen ones ignored;
+    `min_frequency`: rarer ones share one column; `categories`: fixed ones, as a checkpoint stores them) and the
+    median-imputed, standardised numbers. The model's preprocessor uses the defaults (dense); the baselines
+    pass min_frequency=5 and sparse_output=True. scikit-learn is imported here, on first use."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    categorical = Pipeline([
+        ("impute", SimpleImputer(strategy="constant", fill_value="missing", missing_values=None)),
+        ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore", min_frequency=min_frequency,
+                                 sparse_output=sparse_output)),
+    ])
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    return ColumnTransformer([("categorical", categorical, list(STATIC_CATEGORICAL)),
+                              ("numeric", numeric, list(STATIC_NUMERIC))])
 
 NUMBER = r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"  # a stand-alone number ("41" in "pCO2 41 mm Hg", not the 2 of pCO2)
 

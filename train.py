@@ -1,12 +1,16 @@
 """Train the in-hospital mortality model on an event table (docs/interfaces.md section 1).
 
-One script, read top to bottom: config -> event table -> split and preprocessor -> text encoder and
-embedding cache -> dataset -> model -> loss -> training loop -> outputs.
-
     python train.py                                   # sample_train.csv -> trained_models/clinical_LF/
     python train.py --data cohort.parquet --epochs 30 --text-encoder hf_cache/clinical_longformer
     python train.py --resume                          # continue a killed run from latest_checkpoint.pth
     torchrun --nproc_per_node=4 train.py              # DDP, one process per GPU (rank 0 writes)
+
+Read top to bottom, in the order a run needs them: options -> preprocessor (fitted on the training split) ->
+text encoder and MD5-keyed embedding cache -> dataset and sampler -> model -> loss -> checkpoints ->
+distributed training (torchrun) -> training loop -> main (a `Run` carried through its stages: set up, load the
+data, train; then, on rank 0, predict with the best model, calibrate it, fit the baselines, write the outputs).
+Beside it: event_table.py reads, validates and splits the table; evaluation.py scores (metrics, calibration,
+subgroups, the end-of-run table); baselines.py fits the plain models; figures.py draws every plot.
 
 Importing this module has no side effects: explain_clinicalLF.py reuses its preprocessor,
 embedding cache, dataset and model.
@@ -34,14 +38,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import atomic_io
+import baselines
+import evaluation
+import figures
 from event_table import (EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC, EventTableError, items_and_values,
-                         item_of_text, map_distinct, read_event_table, split_stays_by_patient, static_frame)
+                         read_event_table, split_stays_by_patient, static_frame, static_transformer)
 
 REPO_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("train")
 
 # -----------------------------------------------------------------------------
-# Config
+# Options
 
 
 def build_arg_parser():
@@ -114,8 +121,24 @@ def build_arg_parser():
     return p
 
 
-CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
-                               # 3: event type `input` (six event-type features), item embedding, value channel, calibration)
+def check_options(parser, args):
+    """Reject values no run can use (argparse's one-line error, exit code 2)."""
+    for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.d_model % args.n_heads or args.d_model % args.pool_heads:
+        parser.error("--d-model must be divisible by --n-heads and --pool-heads")
+
+
+def resumed_options(parser, args, saved) -> argparse.Namespace:
+    """--resume continues with the run's original options: the parser's defaults, overlaid with the options the
+    run was started with (`saved`, from its checkpoint; an option added since then keeps its default), and
+    this command's --device and --output-dir."""
+    options = vars(parser.parse_args([]))
+    options.update(saved)
+    options.update(resume=True, device=args.device, output_dir=args.output_dir)
+    return argparse.Namespace(**options)
+
 
 # -----------------------------------------------------------------------------
 # Preprocessor (fitted on training rows only)
@@ -131,26 +154,12 @@ class EventPreprocessor:
         # Frequent items of the training events (item_of_text); item id = 1 + position, 0 = any other item.
         self.items, self.item_value_mean, self.item_value_std = [], [], []
 
-    @staticmethod
-    def _make_transformer(categories="auto"):
-        from sklearn.compose import ColumnTransformer
-        from sklearn.impute import SimpleImputer
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-        categorical = Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="missing", missing_values=None)),
-            ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)),
-        ])
-        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-        return ColumnTransformer([("categorical", categorical, list(STATIC_CATEGORICAL)),
-                                  ("numeric", numeric, list(STATIC_NUMERIC))])
-
     def fit(self, table):
         frame = static_frame(table)
         for c in STATIC_NUMERIC:  # an all-missing column in training would leave no median
             if frame[c].isna().all():
                 frame[c] = 0.0
-        self.column_transformer = self._make_transformer().fit(frame)
+        self.column_transformer = static_transformer().fit(frame)
         hours = self._hours(table)
         logs = np.log1p(hours[~np.isnan(hours)])
         if len(logs):
@@ -248,7 +257,7 @@ class EventPreprocessor:
         frame = pd.DataFrame({c: [cats[0] if len(cats) else "missing"] for c, cats in zip(STATIC_CATEGORICAL, categories)})
         for c in STATIC_NUMERIC:
             frame[c] = [0.0]
-        self.column_transformer = cls._make_transformer(categories=categories).fit(frame)
+        self.column_transformer = static_transformer(categories=categories).fit(frame)
         numeric = self.column_transformer.named_transformers_["numeric"]
         numeric["impute"].statistics_ = np.array(state["age_median"], dtype=np.float64)
         numeric["scale"].mean_ = np.array(state["age_mean"], dtype=np.float64)
@@ -259,8 +268,6 @@ class EventPreprocessor:
         self.item_value_mean = list(state.get("item_value_mean", []))
         self.item_value_std = list(state.get("item_value_std", []))
         return self
-
-
 
 # -----------------------------------------------------------------------------
 # Text encoder and MD5-keyed embedding cache
@@ -842,7 +849,7 @@ def embed_texts(texts, encoder_folder, cache_dir, device="cpu", pooling="cls", m
     return matrix, matrix_row[codes]
 
 # -----------------------------------------------------------------------------
-# Dataset
+# Dataset and sampler
 
 
 @dataclass
@@ -1177,6 +1184,9 @@ def temporal_aware_loss(pool_weights, hours, mask, half_life_hours):
 # -----------------------------------------------------------------------------
 # Checkpoints
 
+CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
+                               # 3: event type `input` (six event-type features), item embedding, value channel, calibration)
+
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint of this project (or of an older format); names the file and what is wrong."""
@@ -1227,473 +1237,44 @@ def model_from_checkpoint(ckpt, map_location="cpu"):
     return model.eval(), EventPreprocessor.from_state_dict(ckpt["preprocessor"]), ckpt
 
 # -----------------------------------------------------------------------------
-# Metrics and plots
-
-
-def expected_calibration_error(y, p, n_bins=10):
-    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            error += sel.mean() * abs(p[sel].mean() - y[sel].mean())
-    return float(error)
-
-
-def split_metrics(y, p, name, bootstrap=0, seed=0, subject_ids=None):
-    """AUROC, AUPRC, Brier, ECE; with `bootstrap` resamples, 95% intervals that resample patients
-    (`subject_ids`; each stay its own patient when not given)."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    out = {"n_stays": int(len(y)), "n_deaths": int(y.sum()), "auroc": None, "auprc": None,
-           "brier": float(brier_score_loss(y, p)) if len(y) else None,
-           "ece": expected_calibration_error(y, p) if len(y) else None}
-    if len(np.unique(y)) < 2:
-        warnings.warn(f"the {name} split has a single class ({int(y.sum())} deaths of {len(y)} stays): AUROC and "
-                      "AUPRC are undefined (null in metrics.json)")
-        return out
-    out["auroc"], out["auprc"] = float(roc_auc_score(y, p)), float(average_precision_score(y, p))
-    if bootstrap:
-        out.update(bootstrap_intervals(y, p, np.arange(len(y)) if subject_ids is None else subject_ids, bootstrap, seed))
-    return out
-
-
-def patient_bootstrap(subject_ids, n_resamples, seed):
-    """Yield `n_resamples` index arrays, each drawing patients with replacement and taking all stays of a
-    drawn patient together (a patient's stays are not independent: one admission's stays share a label)."""
-    codes, uniques = pd.factorize(np.asarray(subject_ids))
-    order = np.argsort(codes, kind="stable")
-    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
-    rng = np.random.default_rng(seed)
-    for _ in range(n_resamples):
-        drawn = rng.integers(0, len(uniques), len(uniques))
-        yield np.concatenate([order[starts[d]:starts[d + 1]] for d in drawn]) if len(drawn) else drawn
-
-
-def bootstrap_intervals(y, p, subject_ids, n_resamples, seed):
-    """95% percentile intervals of AUROC and AUPRC over patient-level resamples (one-class resamples skipped)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    aurocs, auprcs = [], []
-    for idx in patient_bootstrap(subject_ids, n_resamples, seed):
-        yy = y[idx]
-        if 0 < yy.sum() < len(yy):
-            aurocs.append(roc_auc_score(yy, p[idx]))
-            auprcs.append(average_precision_score(yy, p[idx]))
-    if not aurocs:
-        return {}
-    return {"auroc_ci95": [float(np.percentile(aurocs, 2.5)), float(np.percentile(aurocs, 97.5))],
-            "auprc_ci95": [float(np.percentile(auprcs, 2.5)), float(np.percentile(auprcs, 97.5))],
-            "bootstrap_resamples": len(aurocs), "bootstrap_unit": "patient"}
-
-
-def calibration_slope_intercept(y, p):
-    """Cox's calibration slope and intercept: logistic regression of the outcome on logit(p) (ideal 1 and 0)."""
-    from sklearn.linear_model import LogisticRegression
-    y = np.asarray(y, dtype=float)
-    if len(np.unique(y)) < 2:
-        return None, None
-    logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
-
-# -----------------------------------------------------------------------------
-# Calibration: a monotone map from the model's logit to a probability, fitted on the validation split
-
-
-def fit_calibration(val_logits, val_y, method="platt") -> dict:
-    """The map as plain numbers (it is stored in the checkpoint, which loads with weights_only=True).
-
-    platt: sigmoid(a * logit + b); temperature: sigmoid(logit / T); isotonic: a non-decreasing step function
-    of the logit (interpolated between its knots); none: sigmoid(logit). A Platt slope <= 0 (a model no
-    better than chance on validation) would reverse or flatten the ranking: temperature is used instead."""
-    from sklearn.linear_model import LogisticRegression
-    z, y = np.asarray(val_logits, dtype=float), np.asarray(val_y, dtype=float)
-    if method == "none" or len(np.unique(y)) < 2:
-        if method != "none":
-            warnings.warn("the validation split has a single class: no calibration map is fitted")
-        return {"method": "none"}
-    if method == "platt":
-        fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
-        a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-        if a > 0:
-            return {"method": "platt", "a": a, "b": b}
-        warnings.warn(f"Platt scaling fitted a slope {a:.3g} <= 0 on validation; using temperature scaling")
-        method = "temperature"
-    if method == "temperature":
-        from scipy.optimize import minimize_scalar
-
-        def nll(log_t):
-            q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
-            return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
-        return {"method": "temperature", "temperature": float(np.exp(minimize_scalar(nll, bounds=(-5, 5),
-                                                                                      method="bounded").x))}
-    if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(z, y)
-        return {"method": "isotonic", "knots_logit": [float(v) for v in iso.X_thresholds_],
-                "knots_probability": [float(v) for v in iso.y_thresholds_]}
-    raise ValueError(f"unknown calibration method {method!r}")
-
-
-def apply_calibration(calibration, logits) -> np.ndarray:
-    """Calibrated probabilities for logits (numpy), with the map of fit_calibration."""
-    z = np.asarray(logits, dtype=float)
-    method = (calibration or {"method": "none"})["method"]
-    if method == "platt":
-        z = calibration["a"] * z + calibration["b"]
-    elif method == "temperature":
-        z = z / calibration["temperature"]
-    elif method == "isotonic":
-        return np.interp(z, calibration["knots_logit"], calibration["knots_probability"])
-    return 1 / (1 + np.exp(-z))
-
-# -----------------------------------------------------------------------------
-# Baselines: plain models on the same patient split, fitted on the training stays only
-
-LAST_HOURS = 6.0  # the "last hours" bag of the logistic regression: events this close to the prediction time
-
-
-def _stay_documents(table):
-    """Per stay (order of table.stay_id.unique()): all event texts, and those of the last LAST_HOURS hours,
-    each event one token (texts joined by a separator the tokenizer splits on)."""
-    events = table.loc[table["event_type"].notna(), ["stay_id", "event_text", "relative_time_to_final_event"]]
-    stay_ids = table["stay_id"].drop_duplicates()
-    whole = events.groupby("stay_id")["event_text"].agg("\x1f".join)
-    recent = events[events["relative_time_to_final_event"] <= LAST_HOURS * 60].groupby("stay_id")["event_text"].agg("\x1f".join)
-    return (whole.reindex(stay_ids).fillna("").to_numpy(), recent.reindex(stay_ids).fillna("").to_numpy())
-
-
-def _split_events(doc):
-    return [t for t in doc.split("\x1f") if t]
-
-
-
-def _static_columns():
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    return ColumnTransformer([
-        ("categorical", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-                                  ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=5))]),
-         list(STATIC_CATEGORICAL)),
-        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-         list(STATIC_NUMERIC))])
-
-
-def _count_matrix(stay_rows, n_stays, labels: pd.Series):
-    """Sparse [stays, distinct labels] matrix of how many of a stay's events carry each label (a categorical
-    Series aligned with `stay_rows`); the column names are the categories."""
-    from scipy import sparse
-    codes = labels.cat.codes.to_numpy()
-    keep = codes >= 0
-    matrix = sparse.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (stay_rows[keep], codes[keep])),
-                               shape=(n_stays, len(labels.cat.categories)))
-    matrix.sum_duplicates()
-    return matrix, np.asarray(labels.cat.categories.astype(str), dtype=object)
-
-
-def baseline_features(table):
-    """Per-stay inputs of the baselines: a frame with the statics and the two bags of event texts, and a sparse
-    matrix of event counts (per event type, per item in the whole window and in the last LAST_HOURS hours)
-    with its column names, for the trees. Counted with one sparse matrix per kind instead of pandas crosstabs
-    (those loop in Python per stay: minutes at MIMIC-IV scale), and items are found once per distinct text."""
-    from scipy import sparse
-    whole, recent = _stay_documents(table)
-    frame = static_frame(table)
-    frame["events_all"], frame["events_recent"] = whole, recent
-    events = table.loc[table["event_type"].notna()]
-    stay_ids = table["stay_id"].drop_duplicates()
-    stay_rows = pd.Index(stay_ids).get_indexer(events["stay_id"])
-    is_recent = (events["relative_time_to_final_event"] <= LAST_HOURS * 60).to_numpy()
-    items = map_distinct(events["event_text"], lambda texts: item_of_text(texts.astype(str)))
-    parts = [_count_matrix(stay_rows, len(stay_ids), events["event_type"].astype("category")),
-             _count_matrix(stay_rows, len(stay_ids), items),
-             _count_matrix(stay_rows[is_recent], len(stay_ids), items[is_recent])]
-    names = np.concatenate([prefix + names for prefix, (_, names) in zip(("type=", "item=", "recent_item="), parts)])
-    return frame, sparse.hstack([m for m, _ in parts], format="csc"), names
-
-
-def fit_baselines(table, stay_split, seed=0, max_items=300):
-    """Fit the plain models on the training stays, choose their hyper-parameter on validation, score test.
-
-    logistic_tfidf: logistic regression on TF-IDF of the stay's event texts (each distinct text a term) over
-    the whole window and over the last LAST_HOURS hours, plus one-hot statics and age; C chosen on val AUROC.
-    gradient_boosting: HistGradientBoostingClassifier on event counts (per type, per frequent item in the
-    whole window and in the last hours) plus statics; the learning rate chosen on val AUROC.
-    Returns {name: {"val": metrics, "test": metrics, "chosen": ..., "seconds": ...}} and the test
-    probabilities {name: array} (for the figures)."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss, roc_auc_score
-    stays = table.drop_duplicates("stay_id")
-    y = stays["mortality"].to_numpy(dtype=int)
-    frame, counts, count_names = baseline_features(table)
-    is_train, is_val, is_test = (stay_split == "train"), (stay_split == "val"), (stay_split == "test")
-    results, test_probs = {}, {}
-
-    def score(model_of, grid, name, x_train, x_val, x_test, start):
-        """`start`: perf_counter() before this model's features were built (its seconds include them)."""
-        best = (-np.inf, None, None)
-        for value in grid:
-            model = model_of(value).fit(x_train, y[is_train])
-            val_p = model.predict_proba(x_val)[:, 1]
-            auroc = roc_auc_score(y[is_val], val_p) if len(np.unique(y[is_val])) == 2 else -log_loss(y[is_val], val_p, labels=[0, 1])
-            if auroc > best[0]:
-                best = (auroc, value, model)
-        _, value, model = best
-        p_val, p_test = model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            results[name] = {"chosen": value, "val": split_metrics(y[is_val], p_val, "val"),
-                             "test": split_metrics(y[is_test], p_test, "test"),
-                             "seconds": round(time.perf_counter() - start, 2)}
-        test_probs[name] = p_test
-
-    if len(np.unique(y[is_train])) < 2:
-        warnings.warn("the training split has a single class: no baseline is fitted")
-        return {}, {}
-
-    # The TF-IDF vocabulary and weights are fitted on the training stays once; only C varies over the grid.
-    columns = ColumnTransformer([
-        ("all", TfidfVectorizer(analyzer=_split_events, min_df=2, sublinear_tf=True, max_features=20000), "events_all"),
-        ("recent", TfidfVectorizer(analyzer=_split_events, min_df=2, sublinear_tf=True, max_features=20000), "events_recent"),
-        ("static", _static_columns(), list(STATIC_CATEGORICAL) + list(STATIC_NUMERIC))])
-    start = time.perf_counter()
-    x_train = columns.fit_transform(frame[is_train])
-    x_val, x_test = columns.transform(frame[is_val]), columns.transform(frame[is_test])
-    score(lambda C: LogisticRegression(C=C, max_iter=2000, class_weight=None), (0.03, 0.1, 0.3, 1.0, 3.0),
-          "logistic_tfidf", x_train, x_val, x_test, start)
-
-    # The trees see the most frequent count columns of the training stays plus the statics (ordinal codes).
-    start = time.perf_counter()
-    stays_with = np.asarray((counts[np.flatnonzero(is_train)] > 0).sum(axis=0)).ravel()
-    frequent = np.argsort(-stays_with, kind="stable")[:max_items]
-    tree_x = pd.DataFrame(counts[:, frequent].toarray(), columns=count_names[frequent])
-    is_type = np.array([name.startswith("type=") for name in count_names])
-    tree_x["n_events"] = np.asarray(counts[:, is_type].sum(axis=1)).ravel()
-    for c in STATIC_CATEGORICAL:
-        tree_x[c] = pd.Categorical(frame[c].to_numpy())
-    for c in STATIC_NUMERIC:
-        tree_x[c] = frame[c].to_numpy()
-    tree_x.columns = [str(c) for c in tree_x.columns]
-
-    def boosting(lr):
-        return HistGradientBoostingClassifier(learning_rate=lr, max_iter=300, early_stopping=True,
-                                              validation_fraction=0.15, categorical_features="from_dtype",
-                                              random_state=seed)
-
-    score(boosting, (0.03, 0.1), "gradient_boosting", tree_x[is_train], tree_x[is_val], tree_x[is_test], start)
-    return results, test_probs
-
-
-# -----------------------------------------------------------------------------
-# Subgroups of the test split
-
-AGE_BANDS = ((18, 45, "18-44"), (45, 65, "45-64"), (65, 80, "65-79"), (80, np.inf, "80+"))
-MIN_SUBGROUP_STAYS = 20
-
-
-def race_group(race: pd.Series) -> pd.Series:
-    """MIMIC-IV's race strings in broad groups: WHITE, BLACK, HISPANIC/LATINO, ASIAN, OTHER, UNKNOWN."""
-    r = race.astype("string").str.upper().str.strip().fillna("")
-    out = pd.Series("OTHER", index=race.index, dtype=object)
-    out[r.str.startswith("WHITE") | (r == "PORTUGUESE")] = "WHITE"
-    out[r.str.startswith("BLACK")] = "BLACK"
-    out[r.str.startswith("HISPANIC") | r.str.contains("LATINO") | (r == "SOUTH AMERICAN")] = "HISPANIC/LATINO"
-    out[r.str.startswith("ASIAN")] = "ASIAN"
-    out[r.isin(["", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER"])] = "UNKNOWN"
-    return out
-
-
-def age_band(age: pd.Series) -> pd.Series:
-    age = pd.to_numeric(age, errors="coerce")
-    out = pd.Series("unknown", index=age.index, dtype=object)
-    for lo, hi, name in AGE_BANDS:
-        out[(age >= lo) & (age < hi)] = name
-    out[age < AGE_BANDS[0][0]] = f"<{AGE_BANDS[0][0]}"
-    return out
-
-
-def subgroup_attributes(stays: pd.DataFrame) -> pd.DataFrame:
-    """One row per stay: the attributes whose subgroups are scored."""
-    return pd.DataFrame({"gender": stays["gender"].astype(object).fillna("unknown").to_numpy(),
-                         "race": race_group(stays["race"]).to_numpy(),
-                         "insurance": stays["insurance"].astype(object).fillna("unknown").to_numpy(),
-                         "age_band": age_band(stays["patient_age"]).to_numpy(),
-                         "first_careunit": stays["first_careunit"].astype(object).fillna("unknown").to_numpy()})
-
-
-def subgroup_metrics(attributes, y, p, subject_ids, bootstrap=200, seed=0) -> dict:
-    """{attribute: {group: {n_stays, n_deaths, auroc, auprc, ece, auroc_ci95, auprc_ci95}}} on the given
-    (test) stays; a group with fewer than MIN_SUBGROUP_STAYS stays or a single class gets null metrics and
-    a `reason`. Intervals resample the group's patients."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    y, p, subject_ids = np.asarray(y, dtype=float), np.asarray(p, dtype=float), np.asarray(subject_ids)
-    out = {}
-    for attribute in attributes.columns:
-        values = attributes[attribute].to_numpy()
-        groups = {}
-        for group in sorted(pd.unique(values), key=str):
-            sel = values == group
-            yy, pp = y[sel], p[sel]
-            g = {"n_stays": int(sel.sum()), "n_deaths": int(yy.sum()), "auroc": None, "auprc": None, "ece": None}
-            if sel.sum() < MIN_SUBGROUP_STAYS:
-                g["reason"] = f"fewer than {MIN_SUBGROUP_STAYS} stays"
-            elif len(np.unique(yy)) < 2:
-                g["reason"] = "a single class (no deaths)" if yy.sum() == 0 else "a single class (only deaths)"
-            else:
-                g.update(auroc=float(roc_auc_score(yy, pp)), auprc=float(average_precision_score(yy, pp)),
-                         ece=expected_calibration_error(yy, pp))
-                if bootstrap:
-                    g.update(bootstrap_intervals(yy, pp, subject_ids[sel], bootstrap, seed))
-            groups[str(group)] = g
-        out[attribute] = groups
-    return out
-
-
-def plot_subgroups(subgroups, overall_auroc, plots_dir):
-    """Forest plot: test AUROC and its patient-bootstrap interval per subgroup (unscored groups are listed)."""
-    import matplotlib.pyplot as plt
-    labels, points, lows, highs = [], [], [], []
-    for attribute, groups in subgroups.items():
-        for group, g in groups.items():
-            labels.append(f"{attribute}: {group} (n={g['n_stays']}, deaths={g['n_deaths']})")
-            points.append(np.nan if g["auroc"] is None else g["auroc"])
-            lo, hi = g.get("auroc_ci95", [np.nan, np.nan])
-            lows.append(lo)
-            highs.append(hi)
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
-    ypos = np.arange(len(labels))[::-1]
-    points, lows, highs = map(np.asarray, (points, lows, highs))
-    ax.errorbar(points, ypos, xerr=[points - lows, highs - points], fmt="o", color="tab:blue", capsize=2)
-    for yv, pv in zip(ypos, points):
-        if np.isnan(pv):
-            ax.text(0.5, yv, "not scored", va="center", fontsize=7, color="gray")
-    if overall_auroc is not None:
-        ax.axvline(overall_auroc, color="gray", ls="--", lw=1, label=f"all test stays ({overall_auroc:.3f})")
-        ax.legend(loc="lower left", fontsize=7)
-    ax.set_yticks(ypos, labels, fontsize=7)
-    ax.set(xlabel="test AUROC (95% patient-bootstrap interval)", title="Subgroup performance", xlim=(0.4, 1.0))
-    atomic_io.save_figure(fig, plots_dir / "subgroup_performance.png")
-
-
-def plot_curves(history, plots_dir):
-    import matplotlib.pyplot as plt
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
-    fig, (ax, ax_objective) = plt.subplots(1, 2, figsize=(9, 3.5))
-    # Like with like: both curves are the unweighted BCE of the model in eval mode after the epoch.
-    if len(history.get("train_bce", [])) == len(epochs):
-        ax.plot(epochs, history["train_bce"], label="train (eval mode)")
-    ax.plot(epochs, history["val_loss"], label="val")
-    ax.set(xlabel="epoch", ylabel="BCE, unweighted", title="Loss after each epoch")
-    ax.legend()
-    ax_objective.plot(epochs, history["train_loss"], color="tab:gray")
-    ax_objective.set(xlabel="epoch", ylabel="weighted BCE + temporal term",
-                     title="Training objective (mean over the epoch's batches)")
-    atomic_io.save_figure(fig, plots_dir / "loss_curves.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [np.nan if v is None else v for v in history["val_auroc"]], label="val AUROC")
-    ax.set(xlabel="epoch", ylabel="AUROC", title="Validation AUROC")
-    ax.legend()
-    atomic_io.save_figure(fig, plots_dir / "auroc_curve.png")
-
-
-def plot_attention(path_npz, plots_dir):
-    import matplotlib.pyplot as plt
-    data = np.load(path_npz)
-    pool, mask = data["pooling_attention"].astype(np.float32), data["mask"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].imshow(pool.mean(1)[:, 0, :] * mask, aspect="auto", cmap="viridis")
-    axes[0].set(xlabel="event (time order)", ylabel="stay", title="Pooling attention (mean of heads)",
-                yticks=range(len(pool)), yticklabels=[str(s) for s in data["stay_id"]])
-    n = int(mask[0].sum()) or 1
-    im = axes[1].imshow(data["layer_attention"][-1, 0].astype(np.float32).mean(0)[:n, :n], cmap="viridis")
-    axes[1].set(xlabel="key event", ylabel="query event", title="Last layer self-attention, first stay")
-    fig.colorbar(im, ax=axes[1])
-    fig.suptitle(Path(path_npz).stem)
-    atomic_io.save_figure(fig, plots_dir / "attention_heatmap.png")
-
-
-def plot_test_curves(y, p, plots_dir, p_uncalibrated=None, baselines=None):
-    """ROC and precision-recall of the model (and the baselines' test probabilities beside it), and the
-    calibration curve of the model before and after calibration."""
-    import matplotlib.pyplot as plt
-    from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
-    if len(np.unique(y)) < 2:
-        return
-    for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall_curve.png", PrecisionRecallDisplay)):
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        display.from_predictions(y, p, ax=ax, name="model")
-        for baseline, pb in (baselines or {}).items():
-            shown = display.from_predictions(y, pb, ax=ax, name=baseline)
-            shown.line_.set_linestyle("--")
-        ax.set_title("Test split")
-        atomic_io.save_figure(fig, plots_dir / name)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    if p_uncalibrated is not None:
-        shown = CalibrationDisplay.from_predictions(y, p_uncalibrated, n_bins=10, strategy="quantile", ax=ax,
-                                                    name="uncalibrated")
-        shown.line_.set_linestyle("--")
-    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="calibrated")
-    ax.set_title("Test split")
-    atomic_io.save_figure(fig, plots_dir / "calibration_curve.png")
-
-# -----------------------------------------------------------------------------
-# Training
-
-
-@torch.no_grad()
-def predict_logits(model, stays, embedding_matrix, batch_size, device):
-    """The model's logits for `stays`, in their order."""
-    model.eval()
-    sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
-    out = np.zeros(len(stays))
-    for idx in sampler:
-        logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
-        out[idx] = logits.float().cpu().numpy()
-    return out
-
-
-def predict(model, stays, embedding_matrix, batch_size, device):
-    """Probabilities (uncalibrated: sigmoid of the logit) and mean BCE (no class weights) for `stays`."""
-    probs = 1 / (1 + np.exp(-predict_logits(model, stays, embedding_matrix, batch_size, device)))
-    y = np.array([s.label for s in stays])
-    eps = 1e-7
-    loss = float(-np.mean(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))) if len(y) else float("nan")
-    return probs, loss
-
-
-def rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fault_kill_point():
-    """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
-    with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
-    value = os.environ.get("TRAIN_FAULT_KILL_AFTER_BATCHES")
-    only_rank = os.environ.get("TRAIN_FAULT_KILL_RANK")  # under torchrun: kill this rank only
-    if only_rank and int(only_rank) != int(os.environ.get("RANK", "0")):
-        return None
-    return int(value) if value else None
-
-
-# -----------------------------------------------------------------------------
-# Distributed training (torchrun)
+# Distributed training (torchrun): this process's rank, the process group, decisions taken once
 
 DDP_WAIT_TIMEOUT_S = 7 * 24 * 3600  # waiting while rank 0 embeds or writes: hours at full MIMIC-IV scale
+
+
+@dataclass
+class ProcessRank:
+    """This process's rank in a torchrun job (rank 0 of 1 without torchrun), and its device."""
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    wait_group: object = None  # the gloo group with a long timeout for waiting on rank 0 (init_distributed)
+
+    @classmethod
+    def of_environment(cls, device="auto", ddp_timeout_s=1800.0) -> "ProcessRank":
+        """From torchrun's WORLD_SIZE/RANK/LOCAL_RANK (unset: one process); joins the process group under torchrun.
+        `device`: --device (auto: this rank's GPU if there is one, else the CPU)."""
+        process = cls(device=torch.device("cpu"), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                      rank=int(os.environ.get("RANK", "0")))
+        if device == "auto":
+            process.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        else:
+            process.device = torch.device(device)
+        if process.ddp:
+            process.wait_group = init_distributed(process.device, ddp_timeout_s)
+        return process
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def wait_for_all(self):
+        if self.ddp:
+            torch.distributed.barrier(group=self.wait_group)
 
 
 def init_distributed(device, timeout_s):
@@ -1756,70 +1337,13 @@ def distributed_failure_message(error) -> str:
             "of this run ended (see its log, or torchrun's summary of which rank failed) or did not answer within "
             "--ddp-timeout seconds. Continue the run with the same number of processes and --resume.")
 
-
-def data_fingerprint(table) -> str:
-    """MD5 of the stays, labels and event texts: a resumed run must see the same data."""
-    digest = hashlib.md5()
-    for col in ("stay_id", "subject_id", "mortality", "event_text", "relative_time_to_final_event"):
-        digest.update(pd.util.hash_pandas_object(table[col], index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
-def main(argv=None):
-    """Train, validate and checkpoint each epoch, then write the outputs of the best model."""
-    args, procs, paths, resume = set_up_run(argv)
-    data = load_training_data(args, procs, paths, resume)
-    if getattr(args, "embed_only", False):
-        log.info("--embed-only: %d unique texts cached under %s", data.embed_stats["unique_texts"], args.cache_dir)
-        return
-    trainer = build_trainer(args, procs, data)
-    state = TrainingState()
-    if resume is not None:
-        trainer.load_state_dict(resume)
-        state = TrainingState.from_checkpoint(resume, procs.rank)
-    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
-    train_stays, val_stays = data.by_split["train"], data.by_split["val"]
-    order = np.random.default_rng(args.seed).permutation(len(train_stays))
-    train_probe = [train_stays[i] for i in order[:max(len(val_stays), 1)]]
-    t_train = time.time()
-    while state.epoch < args.epochs and not state.finished:
-        t0 = time.time()
-        train_epoch(args, procs, paths, data, trainer, state)
-        validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0)
-
-    if procs.master:
-        write_outputs(args, paths.out_dir, paths.best, data.stays, data.stay_split, data.table, data.embedding_matrix,
-                      procs.device, state.history,
-                      {"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events, **data.embed_stats,
-                       "train_seconds": round(time.time() - t_train, 1)})
-    if procs.ddp:
-        procs.wait_for_all()
-        torch.distributed.destroy_process_group()
-
-
-@dataclass
-class Processes:
-    """This process's place in a torchrun job (one process without torchrun)."""
-    device: torch.device
-    world_size: int = 1
-    rank: int = 0
-    wait_group: object = None  # the gloo group with a long timeout for waiting on rank 0 (init_distributed)
-
-    @property
-    def ddp(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    def wait_for_all(self):
-        if self.ddp:
-            torch.distributed.barrier(group=self.wait_group)
+# -----------------------------------------------------------------------------
+# Training loop: the run's folders, state, data and trainer; an epoch; validation and checkpoints
 
 
 @dataclass
 class RunPaths:
+    """Where a run writes, under --output-dir."""
     out_dir: Path
 
     def __post_init__(self):
@@ -1847,13 +1371,13 @@ class TrainingState:
 
     PER_PROCESS = ("epoch_loss_sum", "epoch_loss_n")
 
-    def checkpoint(self, procs) -> dict:
+    def checkpoint(self, process) -> dict:
         """The shared fields, and `ranks`: each process's fields and random state (collective: every rank calls it)."""
         shared = {k: v for k, v in asdict(self).items() if k not in self.PER_PROCESS}
         own = {"rng": rng_state(), **{k: getattr(self, k) for k in self.PER_PROCESS}}
         ranks = [own]
-        if procs.ddp:
-            ranks = [None] * procs.world_size
+        if process.ddp:
+            ranks = [None] * process.world_size
             torch.distributed.all_gather_object(ranks, own)
         return {**shared, "ranks": ranks}
 
@@ -1868,54 +1392,31 @@ class TrainingState:
         return cls(**shared, **{k: own[k] for k in cls.PER_PROCESS})
 
 
-def set_up_run(argv):
-    """(args, Processes, RunPaths, the checkpoint to resume or None): options checked, logging, torchrun's
-    process group, output folders, seeds. --resume continues with the run's original options."""
-    parser = build_arg_parser()
-    args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.d_model % args.n_heads or args.d_model % args.pool_heads:
-        parser.error("--d-model must be divisible by --n-heads and --pool-heads")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    # torchrun sets WORLD_SIZE/RANK/LOCAL_RANK
-    procs = Processes(device=torch.device("cpu"), world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                      rank=int(os.environ.get("RANK", "0")))
-    if args.device == "auto":
-        procs.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    else:
-        procs.device = torch.device(args.device)
-    if procs.ddp:
-        procs.wait_group = init_distributed(procs.device, args.ddp_timeout)
-    if not procs.master:
-        log.setLevel(logging.WARNING)
 
-    paths = RunPaths(Path(args.output_dir))
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(paths.latest)
-        check_resume_world_size(resume, procs.world_size, paths.latest)
-        saved = dict(resume["args"])
-        saved.update(resume=True, device=args.device, output_dir=args.output_dir)
-        args = argparse.Namespace(**saved)
-        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", paths.latest,
-                 resume["epoch"], resume["batch_in_epoch"])
-    if procs.master:
-        for d in (paths.checkpoints, paths.plots, paths.attention):
-            d.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    return args, procs, paths, resume
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_fingerprint(table) -> str:
+    """MD5 of the stays, labels and event texts: a resumed run must see the same data."""
+    digest = hashlib.md5()
+    for col in ("stay_id", "subject_id", "mortality", "event_text", "relative_time_to_final_event"):
+        digest.update(pd.util.hash_pandas_object(table[col], index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
 class TrainingData:
+    """The data of a run (load_training_data): the table, its split, the fitted preprocessor, the text encoder,
+    the stays and their embedding matrix."""
     table: pd.DataFrame
     fingerprint: str
     preprocessor: "EventPreprocessor"
@@ -1928,11 +1429,20 @@ class TrainingData:
     n_cut: int = 0                # stays with more than --max-events events
     pos_weight: float = 1.0
 
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([int(s.label) for s in self.stays])
 
-def load_training_data(args, procs, paths, resume) -> TrainingData:
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return np.array([s.subject_id for s in self.stays])
+
+
+def load_training_data(run) -> TrainingData:
     """The event table, its patient split, the preprocessor (fitted on the training split only), the text
     encoder and the stays with their embedding matrix (rank 0 embeds what is missing; the other ranks then
     read the cache)."""
+    args, process, resume = run.args, run.process, run.resume
     table = read_event_table(args.data)
     split = split_stays_by_patient(table, args.seed)
     stay_split = table.drop_duplicates("stay_id")["stay_id"].map(split).to_numpy()
@@ -1942,8 +1452,8 @@ def load_training_data(args, procs, paths, resume) -> TrainingData:
     train_rows = table["stay_id"].map(split).to_numpy() == "train"
     fingerprint = data_fingerprint(table)
     if resume is not None and resume.get("data_fingerprint") != fingerprint:
-        raise CheckpointError(f"{paths.latest}: was trained on other data than {args.data} (the table changed since); "
-                              "start a new run (without --resume) or restore the original table")
+        raise CheckpointError(f"{run.paths.latest}: was trained on other data than {args.data} (the table changed "
+                              "since); start a new run (without --resume) or restore the original table")
     if resume is not None:
         preprocessor = EventPreprocessor.from_state_dict(resume["preprocessor"])
         encoder = EncoderSpec.from_checkpoint(resume)
@@ -1952,26 +1462,26 @@ def load_training_data(args, procs, paths, resume) -> TrainingData:
         if args.item_dim or args.value_channel == "on":
             preprocessor.fit_items(table.loc[train_rows], min_count=args.min_item_count)
         encoder = EncoderSpec.of_folder(resolve_text_encoder(args.text_encoder), args.pooling, args.text_max_length,
-                                        resolve_embed_dtype(args.embed_dtype, procs.device))
+                                        resolve_embed_dtype(args.embed_dtype, process.device))
     embed_stats = {}
-    if not procs.master:
-        procs.wait_for_all()
-    stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, procs.device, args.max_events,
-                                            args.embed_batch_size, embed_stats)
-    if procs.master:
-        procs.wait_for_all()
-    procs.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
+    if not process.master:
+        process.wait_for_all()
+    stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, process.device,
+                                            args.max_events, args.embed_batch_size, embed_stats)
+    if process.master:
+        process.wait_for_all()
+    process.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
     data = TrainingData(table, fingerprint, preprocessor, encoder, stays, stay_split, embedding_matrix, embed_stats)
-    if getattr(args, "embed_only", False):
+    if args.embed_only:
         return data
-    data.embedding_matrix = embedding_matrix.to(procs.device)
+    data.embedding_matrix = embedding_matrix.to(process.device)
     lengths = np.array([len(s.type_ids) for s in stays])
     data.n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
     data.by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
     y_train = np.array([s.label for s in data.by_split["train"]])
     n_pos = y_train.sum()
     data.pos_weight = float((len(y_train) - n_pos) / n_pos) if n_pos > 0 else 1.0
-    if getattr(args, "pos_weight", "balanced") == "none":
+    if args.pos_weight == "none":
         data.pos_weight = 1.0
     log.info("%d stays (%d patients): train %d / val %d / test %d; %d events, median %d per stay, %d empty stays; "
              "deaths in train %d (pos_weight %.2f)", len(stays), table.subject_id.nunique(), len(data.by_split["train"]),
@@ -1980,9 +1490,20 @@ def load_training_data(args, procs, paths, resume) -> TrainingData:
     return data
 
 
+def _fault_kill_point():
+    """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
+    with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
+    value = os.environ.get("TRAIN_FAULT_KILL_AFTER_BATCHES")
+    only_rank = os.environ.get("TRAIN_FAULT_KILL_RANK")  # under torchrun: kill this rank only
+    if only_rank and int(only_rank) != int(os.environ.get("RANK", "0")):
+        return None
+    return int(value) if value else None
+
+
 @dataclass
 class Trainer:
-    """The model (`model` is DDP-wrapped under torchrun, `raw_model` never), optimiser, schedule and mixed precision."""
+    """The model (`model` is DDP-wrapped under torchrun, `raw_model` never), optimiser, schedule and mixed
+    precision, and the training of one epoch."""
     config: ModelConfig
     model: nn.Module
     raw_model: "MortalityTransformer"
@@ -2006,11 +1527,62 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
 
+    def train_epoch(self, run):
+        """Train `run.state.epoch` from batch `run.state.batch_in_epoch` on (after --resume: where the run stopped)."""
+        args, process, data, state = run.args, run.process, run.data, run.state
+        device, model, raw_model = process.device, self.model, self.raw_model
+        train_stays = data.by_split["train"]
+        self.sampler.set_epoch(state.epoch)
+        model.train()
+        batches = self.sampler.batches()
+        for b, idx in enumerate(batches):
+            if b < state.batch_in_epoch:
+                continue  # already done before the resume
+            batch = collate_stays([train_stays[i] for i in idx])
+            try:
+                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    logits, attention = model(*batch_inputs(raw_model, batch, data.embedding_matrix))
+                    pool_weights = attention["pooling_attention"]
+                label = batch["label"].to(device)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=self.pos_weight)
+                if args.temporal_loss_weight > 0:
+                    hours = data.preprocessor.hours_from_log_hours(batch["log_hours"].to(device))
+                    loss = loss + args.temporal_loss_weight * temporal_aware_loss(
+                        pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+            except torch.OutOfMemoryError:
+                raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
+                                 f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
+                                 "--max-events or --batch-size; resume with --resume.") from None
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            state.global_step += 1
+            state.batch_in_epoch = b + 1
+            state.epoch_loss_sum += float(loss.detach()) * len(idx)
+            state.epoch_loss_n += len(idx)
+            self.batches_run += 1
+            if process.master and args.attention_every and state.global_step % args.attention_every == 0:
+                path = save_attention(raw_model, batch, data.embedding_matrix, args.attention_stays,
+                                      run.paths.attention / f"attention_epoch_{state.epoch}_batch_{b}.npz")
+                figures.plot_attention(path, run.paths.plots)
+            if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
+                payload = checkpoint_payload(run, resumable=True)
+                if process.master:
+                    save_checkpoint(run.paths.latest, payload)
+            if self.kill_after is not None and self.batches_run >= self.kill_after:
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
 
-def build_trainer(args, procs, data) -> Trainer:
+
+def build_trainer(run) -> Trainer:
     """The model (same initialisation on every rank, text statistics of the training split), AdamW, the
     warm-up + cosine schedule, and the length-bucketed sampler of this process's share of the training stays."""
-    stays, preprocessor, device = data.stays, data.preprocessor, procs.device
+    args, data, process = run.args, run.data, run.process
+    stays, preprocessor, device = data.stays, data.preprocessor, process.device
     config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                          dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
@@ -2018,17 +1590,17 @@ def build_trainer(args, procs, data) -> Trainer:
                          value_channel=args.value_channel == "on" and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
-    seed_rank_streams(args.seed, procs.rank)
+    seed_rank_streams(args.seed, process.rank)
     train_stays = data.by_split["train"]
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
     model.set_text_normalization(data.embedding_matrix, train_text_rows)
     raw_model = model = model.to(device)
-    if procs.ddp:
+    if process.ddp:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = LengthBucketSampler([len(s.type_ids) for s in train_stays], args.batch_size, shuffle=True,
-                                  seed=args.seed, num_replicas=procs.world_size, rank=procs.rank)
+                                  seed=args.seed, num_replicas=process.world_size, rank=process.rank)
     total_steps = max(1, len(sampler) * args.epochs)
     warmup = max(1, int(args.warmup_frac * total_steps))
 
@@ -2046,86 +1618,59 @@ def build_trainer(args, procs, data) -> Trainer:
                    torch.tensor(data.pos_weight, device=device), kill_after=_fault_kill_point())
 
 
-def checkpoint_payload(args, data, trainer, state, procs=None):
-    """What a checkpoint holds: the model and what rebuilds its inputs; with `procs` (latest_checkpoint.pth)
-    also the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
+def checkpoint_payload(run, resumable=False):
+    """What a checkpoint holds: the model and what rebuilds its inputs; `resumable` (latest_checkpoint.pth) adds
+    the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
+    args, data, trainer, state = run.args, run.data, run.trainer, run.state
     payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(trainer.config),
                "model_state": trainer.raw_model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
                "text_encoder": asdict(data.encoder), "args": vars(args), "epoch": state.epoch,
                "best_val_score": state.best_val_score,
                "static_feature_names": data.preprocessor.static_feature_names, "data_fingerprint": data.fingerprint}
-    if procs is not None:
-        payload.update(trainer.state_dict(), **state.checkpoint(procs))
+    if resumable:
+        payload.update(trainer.state_dict(), **state.checkpoint(run.process))
     return payload
 
 
-def train_epoch(args, procs, paths, data, trainer, state):
-    """Train `state.epoch` from batch `state.batch_in_epoch` on (after --resume: where the run stopped)."""
-    device, model, raw_model = procs.device, trainer.model, trainer.raw_model
-    train_stays = data.by_split["train"]
-    trainer.sampler.set_epoch(state.epoch)
-    model.train()
-    batches = trainer.sampler.batches()
-    for b, idx in enumerate(batches):
-        if b < state.batch_in_epoch:
-            continue  # already done before the resume
-        batch = collate_stays([train_stays[i] for i in idx])
-        try:
-            with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
-                logits, attention = model(*batch_inputs(raw_model, batch, data.embedding_matrix))
-                pool_weights = attention["pooling_attention"]
-            label = batch["label"].to(device)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=trainer.pos_weight)
-            if args.temporal_loss_weight > 0:
-                hours = data.preprocessor.hours_from_log_hours(batch["log_hours"].to(device))
-                loss = loss + args.temporal_loss_weight * temporal_aware_loss(
-                    pool_weights.float(), hours, batch["mask"].to(device), args.temporal_half_life_hours)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.scaler.scale(loss).backward()
-        except torch.OutOfMemoryError:
-            raise SystemExit(f"train.py: error: out of memory on a batch of {len(idx)} stays x "
-                             f"{batch['mask'].shape[1]} events (--max-events={args.max_events}). Lower "
-                             "--max-events or --batch-size; resume with --resume.") from None
-        trainer.scaler.unscale_(trainer.optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.scheduler.step()
-        state.global_step += 1
-        state.batch_in_epoch = b + 1
-        state.epoch_loss_sum += float(loss.detach()) * len(idx)
-        state.epoch_loss_n += len(idx)
-        trainer.batches_run += 1
-        if procs.master and args.attention_every and state.global_step % args.attention_every == 0:
-            path = save_attention(raw_model, batch, data.embedding_matrix, args.attention_stays,
-                                  paths.attention / f"attention_epoch_{state.epoch}_batch_{b}.npz")
-            plot_attention(path, paths.plots)
-        if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
-            payload = checkpoint_payload(args, data, trainer, state, procs)
-            if procs.master:
-                save_checkpoint(paths.latest, payload)
-        if trainer.kill_after is not None and trainer.batches_run >= trainer.kill_after:
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
+@torch.no_grad()
+def predict_logits(model, stays, embedding_matrix, batch_size):
+    """The model's logits for `stays`, in their order (on the embedding matrix's device)."""
+    model.eval()
+    sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
+    out = np.zeros(len(stays))
+    for idx in sampler:
+        logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
+        out[idx] = logits.float().cpu().numpy()
+    return out
 
 
-def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_probe, t0):
-    """End of an epoch: validate, keep the best model, stop early, save latest_checkpoint.pth and the curves."""
-    device, raw_model, embedding_matrix = procs.device, trainer.raw_model, data.embedding_matrix
+def predict(model, stays, embedding_matrix, batch_size):
+    """Probabilities (uncalibrated: sigmoid of the logit) and mean BCE (no class weights) for `stays`."""
+    probs = 1 / (1 + np.exp(-predict_logits(model, stays, embedding_matrix, batch_size)))
+    y = np.array([s.label for s in stays])
+    eps = 1e-7
+    loss = float(-np.mean(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))) if len(y) else float("nan")
+    return probs, loss
+
+
+def validate_and_checkpoint(run, train_probe, t0):
+    """End of an epoch: validate, keep the best model, stop early, save latest_checkpoint.pth and the curves.
+    `train_probe`: the training stays of the train curve; `t0`: time.time() at the epoch's start."""
+    args, process, paths, data, trainer, state = run.args, run.process, run.paths, run.data, run.trainer, run.state
+    device, raw_model, embedding_matrix = process.device, trainer.raw_model, data.embedding_matrix
     val_stays = data.by_split["val"]
     train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_n)
-    if procs.ddp:
+    if process.ddp:
         t = torch.tensor([state.epoch_loss_sum, state.epoch_loss_n], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         train_loss = float(t[0] / t[1].clamp_min(1))
-    val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size, device)
+    val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size)
     history = state.history
-    history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size,
-                                                       device)[1])
+    history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size)[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        val_auroc = split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
-    val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), procs.ddp)  # one early-stopping decision
+        val_auroc = evaluation.split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]
+    val_auroc, val_loss = agree_with_rank0((val_auroc, val_loss), process.ddp)  # one early-stopping decision
     history["train_loss"].append(train_loss)
     history["val_loss"].append(val_loss)
     history["val_auroc"].append(val_auroc)
@@ -2134,8 +1679,8 @@ def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_prob
     improved = score > state.best_val_score
     if improved:
         state.best_val_score, state.bad_epochs = score, 0
-        if procs.master:
-            save_checkpoint(paths.best, checkpoint_payload(args, data, trainer, state))
+        if process.master:
+            save_checkpoint(paths.best, checkpoint_payload(run))
     else:
         state.bad_epochs += 1
     log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch, train_loss, val_loss,
@@ -2146,11 +1691,11 @@ def validate_and_checkpoint(args, procs, paths, data, trainer, state, train_prob
     if state.epoch + 1 == args.epochs:
         state.finished = True
     state.epoch, state.batch_in_epoch, state.epoch_loss_sum, state.epoch_loss_n = state.epoch + 1, 0, 0.0, 0
-    payload = checkpoint_payload(args, data, trainer, state, procs)
-    if procs.master:
+    payload = checkpoint_payload(run, resumable=True)
+    if process.master:
         save_checkpoint(paths.latest, payload)
-        plot_curves(history, paths.plots)
-    procs.wait_for_all()
+        figures.plot_curves(history, paths.plots)
+    process.wait_for_all()
 
 
 @torch.no_grad()
@@ -2171,82 +1716,147 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
     return path
 
 
-def write_outputs(args, out_dir, best_path, stays, stay_split, table, embedding_matrix, device, history, extra):
-    best = load_checkpoint(best_path)
-    model, _, best = model_from_checkpoint(best)
-    model.to(device)
-    logits = predict_logits(model, stays, embedding_matrix, args.batch_size, device)
-    labels = np.array([int(s.label) for s in stays])
-    subjects = np.array([s.subject_id for s in stays])
-    # Calibration on the validation split only; stored in the checkpoint (plain numbers).
-    calibration = fit_calibration(logits[stay_split == "val"], labels[stay_split == "val"],
-                                  getattr(args, "calibration", "platt"))
-    best["calibration"] = calibration
-    save_checkpoint(best_path, best)
-    probs_raw = 1 / (1 + np.exp(-logits))
-    probs = apply_calibration(calibration, logits)
-    predictions = pd.DataFrame({"stay_id": [s.stay_id for s in stays], "subject_id": subjects,
-                                "split": stay_split, "probability": probs, "probability_uncalibrated": probs_raw,
-                                "mortality": labels})
-    atomic_io.write_bytes(out_dir / "predictions.csv", predictions.to_csv(index=False).encode())
-    metrics = {}
-    for name in ("train", "val", "test"):
-        sel = stay_split == name
-        metrics[name] = split_metrics(labels[sel], probs[sel], name, bootstrap=args.bootstrap if name == "test" else 0,
-                                      seed=args.seed, subject_ids=subjects[sel])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = split_metrics(labels[sel], probs_raw[sel], name)
-            metrics[name].update(brier_uncalibrated=raw["brier"], ece_uncalibrated=raw["ece"])
-            for suffix, p in (("", probs[sel]), ("_uncalibrated", probs_raw[sel])):
-                slope, intercept = calibration_slope_intercept(labels[sel], p)
-                metrics[name].update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
-    metrics["calibration"] = {"fitted_on": "val", **calibration}
-    sel = stay_split == "test"
-    metrics["baselines"], baseline_probs = {}, {}
-    if getattr(args, "baselines", "all") != "none":
-        start = time.perf_counter()
-        metrics["baselines"], baseline_probs = fit_baselines(table, stay_split, args.seed)
-        extra["baselines_seconds"] = round(time.perf_counter() - start, 2)
-    stays_frame = table.drop_duplicates("stay_id")
-    metrics["subgroups"] = subgroup_metrics(subgroup_attributes(stays_frame.loc[sel]), labels[sel], probs[sel],
-                                            subjects[sel], bootstrap=min(args.bootstrap, 200), seed=args.seed)
-    if "true_probability" in table.columns:  # synthetic data only: the best AUROC the planted risk allows
-        from sklearn.metrics import roc_auc_score
-        truth = table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
-        sel = stay_split == "test"
-        if len(np.unique(labels[sel])) == 2:
-            metrics["test"]["auroc_of_true_probability"] = float(roc_auc_score(labels[sel], truth[sel]))
-    metrics["best_epoch"] = int(best["epoch"])
-    metrics["epochs_run"] = len(history["train_loss"])
-    metrics["stopped_early"] = len(history["train_loss"]) < args.epochs
-    metrics["temporal_loss_weight"] = args.temporal_loss_weight
-    metrics["data"] = extra
-    atomic_io.write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    plot_test_curves(labels[sel], probs[sel], out_dir / "plots", probs_raw[sel], baseline_probs)
-    plot_subgroups(metrics["subgroups"], metrics["test"]["auroc"], out_dir / "plots")
-    print(summary_table(metrics), flush=True)
-    log.info("wrote %s", out_dir)
+def train(run):
+    """Train and validate epoch by epoch until --epochs or early stopping (after --resume: from where it stopped)."""
+    args, data, state = run.args, run.data, run.state
+    # The train curve of the loss figure: unweighted BCE in eval mode (as validation) on a fixed sample.
+    train_stays, val_stays = data.by_split["train"], data.by_split["val"]
+    order = np.random.default_rng(args.seed).permutation(len(train_stays))
+    train_probe = [train_stays[i] for i in order[:max(len(val_stays), 1)]]
+    t_train = time.time()
+    while state.epoch < args.epochs and not state.finished:
+        t0 = time.time()
+        run.trainer.train_epoch(run)
+        validate_and_checkpoint(run, train_probe, t0)
+    run.seconds["train_seconds"] = round(time.time() - t_train, 1)
+
+# -----------------------------------------------------------------------------
+# main: a Run carried through its stages
 
 
-def summary_table(metrics) -> str:
-    """The end-of-run table: the model beside the baselines (and the true probability where the table has it)."""
-    def cell(v, digits=3):
-        return "-" if v is None else f"{v:.{digits}f}"
-    t = metrics["test"]
-    rows = [("model (calibrated)", t)] + [(name, b["test"]) for name, b in metrics.get("baselines", {}).items()]
-    lines = [f"Test split: {t['n_stays']} stays, {t['n_deaths']} deaths",
-             f"{'':24s} {'AUROC':>7s} {'95% CI (patients)':>19s} {'AUPRC':>7s} {'Brier':>7s} {'ECE':>7s}"]
-    for name, m in rows:
-        ci = m.get("auroc_ci95")
-        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        lines.append(f"{name:24s} {cell(m['auroc']):>7s} {ci:>19s} {cell(m['auprc']):>7s} {cell(m['brier']):>7s} "
-                     f"{cell(m['ece']):>7s}")
-    lines.append(f"{'model (uncalibrated)':24s} {'':>7s} {'':>19s} {'':>7s} {cell(t.get('brier_uncalibrated')):>7s} "
-                 f"{cell(t.get('ece_uncalibrated')):>7s}")
-    if t.get("auroc_of_true_probability") is not None:
-        lines.append(f"{'true probability':24s} {cell(t['auroc_of_true_probability']):>7s}")
-    return "\n".join(lines)
+@dataclass
+class Run:
+    """One run of train.py: its options, this process's rank, its folders and the checkpoint it resumes, and what
+    each stage makes, carried through main's stages in order."""
+    args: argparse.Namespace
+    process: ProcessRank
+    paths: RunPaths
+    resume: dict = None            # latest_checkpoint.pth, with --resume
+    data: TrainingData = None      # load_training_data
+    trainer: Trainer = None        # build_trainer
+    state: TrainingState = field(default_factory=TrainingState)
+    seconds: dict = field(default_factory=dict)  # train_seconds, baselines_seconds (metrics.json "data")
+    # after training, on rank 0
+    best: dict = None              # best_model.pth (predict_with_best_model)
+    logits: np.ndarray = None      # the best model's logit of each stay, in the order of data.stays
+    calibration: dict = None       # the map from logit to probability (calibrate_best_model)
+    baselines: dict = field(default_factory=dict)       # name -> metrics of the plain models (fit_baseline_models)
+    baseline_probs: dict = field(default_factory=dict)  # name -> their test probabilities
+
+
+def set_up_run(argv) -> Run:
+    """Options checked (--resume: the run's original options), logging, torchrun's process group, output
+    folders, seeds."""
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    check_options(parser, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    process = ProcessRank.of_environment(args.device, args.ddp_timeout)
+    if not process.master:
+        log.setLevel(logging.WARNING)
+    paths = RunPaths(Path(args.output_dir))
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(paths.latest)
+        check_resume_world_size(resume, process.world_size, paths.latest)
+        args = resumed_options(parser, args, resume["args"])
+        log.info("resuming from %s (epoch %d, batch %d) with the run's original options", paths.latest,
+                 resume["epoch"], resume["batch_in_epoch"])
+    if process.master:
+        for d in (paths.checkpoints, paths.plots, paths.attention):
+            d.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    return Run(args, process, paths, resume)
+
+
+def predict_with_best_model(run):
+    """run.best: best_model.pth; run.logits: its logit of every stay."""
+    model, _, run.best = model_from_checkpoint(load_checkpoint(run.paths.best))
+    model.to(run.process.device)
+    run.logits = predict_logits(model, run.data.stays, run.data.embedding_matrix, run.args.batch_size)
+
+
+def calibrate_best_model(run):
+    """run.calibration: --calibration fitted on the validation split only; stored in best_model.pth (plain numbers)."""
+    val = run.data.stay_split == "val"
+    run.calibration = evaluation.fit_calibration(run.logits[val], run.data.labels[val], run.args.calibration)
+    run.best["calibration"] = run.calibration
+    save_checkpoint(run.paths.best, run.best)
+
+
+def fit_baseline_models(run):
+    """--baselines all: the plain models of baselines.py on the same split (run.baselines, run.baseline_probs)."""
+    if run.args.baselines == "none":
+        return
+    start = time.perf_counter()
+    run.baselines, run.baseline_probs = baselines.fit_baselines(run.data.table, run.data.stay_split, run.args.seed)
+    run.seconds["baselines_seconds"] = round(time.perf_counter() - start, 2)
+
+
+def write_outputs(run):
+    """predictions.csv, metrics.json, the test figures and the end-of-run table of the calibrated best model."""
+    args, data, history = run.args, run.data, run.state.history
+    labels, subjects, stay_split = data.labels, data.subject_ids, data.stay_split
+    probs_raw = 1 / (1 + np.exp(-run.logits))
+    probs = evaluation.apply_calibration(run.calibration, run.logits)
+    atomic_io.write_csv(pd.DataFrame({"stay_id": [s.stay_id for s in data.stays], "subject_id": subjects,
+                                      "split": stay_split, "probability": probs, "probability_uncalibrated": probs_raw,
+                                      "mortality": labels}), run.paths.out_dir / "predictions.csv")
+    metrics = evaluation.model_metrics(labels, probs, probs_raw, stay_split, subjects, args.bootstrap, args.seed)
+    metrics["calibration"] = {"fitted_on": "val", **run.calibration}
+    metrics["baselines"] = run.baselines
+    test = stay_split == "test"
+    metrics["subgroups"] = evaluation.subgroup_metrics(
+        evaluation.subgroup_attributes(data.table.drop_duplicates("stay_id").loc[test]), labels[test], probs[test],
+        subjects[test], bootstrap=min(args.bootstrap, 200), seed=args.seed)
+    true_auroc = evaluation.auroc_of_true_probability(data.table, labels, test)
+    if true_auroc is not None:  # synthetic data only: the best AUROC the planted risk allows
+        metrics["test"]["auroc_of_true_probability"] = true_auroc
+    metrics.update(best_epoch=int(run.best["epoch"]), epochs_run=len(history["train_loss"]),
+                   stopped_early=len(history["train_loss"]) < args.epochs, temporal_loss_weight=args.temporal_loss_weight,
+                   data={"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events, **data.embed_stats,
+                         **run.seconds})
+    atomic_io.write_json(metrics, run.paths.out_dir / "metrics.json")
+    figures.plot_test_curves(labels[test], probs[test], run.paths.plots, probs_raw[test], run.baseline_probs)
+    figures.plot_subgroups(metrics["subgroups"], metrics["test"]["auroc"], run.paths.plots)
+    print(evaluation.summary_table(metrics), flush=True)
+    log.info("wrote %s", run.paths.out_dir)
+
+
+def main(argv=None):
+    """Train, validate and checkpoint each epoch; then rank 0 predicts with the best model, calibrates it, fits
+    the baselines and writes the outputs."""
+    run = set_up_run(argv)
+    run.data = load_training_data(run)
+    if run.args.embed_only:
+        log.info("--embed-only: %d unique texts cached under %s", run.data.embed_stats["unique_texts"], run.args.cache_dir)
+        return
+    run.trainer = build_trainer(run)
+    if run.resume is not None:
+        run.trainer.load_state_dict(run.resume)
+        run.state = TrainingState.from_checkpoint(run.resume, run.process.rank)
+    train(run)
+    if run.process.master:
+        predict_with_best_model(run)
+        calibrate_best_model(run)
+        fit_baseline_models(run)
+        write_outputs(run)
+    if run.process.ddp:
+        run.process.wait_for_all()
+        torch.distributed.destroy_process_group()
 
 
 def cli(argv=None):

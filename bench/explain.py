@@ -98,26 +98,29 @@ def trained_stays(checkpoint, data, cache_dir, length, n_stays):
 
 def project_way(model, events, mask, static, static_groups, args):
     import numpy as np
+    import attribution
     import explain_clinicalLF as ex
+    import faithfulness
     settings = ex.ExplainSettings(n_steps=args.n_steps, ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps)
     rng = np.random.default_rng(0)
     steps, deltas = [], []
     start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(events), args.batch_size):
         sl = slice(i, i + args.batch_size)
-        out = ex.explain_batch(model, events[sl], mask[sl], static[sl], static_groups, settings)
-        ex.faithfulness_for_batch(model, events[sl], mask[sl], static[sl], {m: out["event"][m] for m in ex.METHODS},
-                                  settings.curve_points, settings.random_orders, rng)
+        out = attribution.explain_batch(model, events[sl], mask[sl], static[sl], static_groups, settings)
+        faithfulness.faithfulness_for_batch(model, events[sl], mask[sl], static[sl],
+                                            {m: out["event"][m] for m in attribution.METHODS},
+                                            settings.curve_points, settings.random_orders, rng)
         steps += out["ig_steps"].tolist()
         deltas += (out["ig_delta"].abs() / out["ig_change"].abs()).tolist()
     explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     # the cascade: one stay explained by every randomised model (the IG start steps, no re-integration)
     import dataclasses
-    cascade = ex.cascading_randomisation(model, seed=1)
+    cascade = attribution.cascading_randomisation(model, seed=1)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _, step_model in cascade:
-        ex.explain_batch(step_model, events[:1], mask[:1], static[:1], static_groups,
-                         dataclasses.replace(settings, ig_tolerance=0.0))
+        attribution.explain_batch(step_model, events[:1], mask[:1], static[:1], static_groups,
+                                  dataclasses.replace(settings, ig_tolerance=0.0))
     cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return dict(explain_seconds_per_stay=explain_seconds / len(events), cascade_seconds_per_stay=cascade_seconds,
                 explain_cpu_per_stay=explain_cpu / len(events), cascade_cpu_per_stay=cascade_cpu,
@@ -145,18 +148,18 @@ def explain_one_stay(model, x, s, m, static_groups, n_steps, tolerance, max_n_st
     """Every method on one stay, one Captum call each; FeatureAblation one ablation per forward."""
     import torch
     from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
-    import explain_clinicalLF as ex
-    forward = ex.LogitForward(model)
+    import attribution
+    forward = attribution.LogitForward(model)
     L, F = x.shape[1:]
     with torch.no_grad():
         model(x, m, s, return_attention=True)
     ig, n_ig = whole_path_ig(IntegratedGradients(forward), forward, x, s, m, True, n_steps, tolerance, max_n_steps)
-    lig, _ = whole_path_ig(LayerIntegratedGradients(forward, ex.find_input_projection(model)), forward, x, s, m, False,
+    lig, _ = whole_path_ig(LayerIntegratedGradients(forward, attribution.find_input_projection(model)), forward, x, s, m, False,
                            n_steps, tolerance, max_n_steps)
     event_ids = torch.arange(L).view(1, L, 1).expand(1, L, F)
-    static_ids = ex.static_group_mask(s.shape[-1], static_groups, first_id=L)
+    static_ids = attribution.static_group_mask(s.shape[-1], static_groups, first_id=L)
     with torch.no_grad():
-        fa, _ = FeatureAblation(ex.EventRemovalForward(model)).attribute(
+        fa, _ = FeatureAblation(attribution.EventRemovalForward(model)).attribute(
             (x, s), baselines=(0.0, 0.0), additional_forward_args=(m,), feature_mask=(event_ids, static_ids),
             perturbations_per_eval=1)
     return dict(ig=ig, lig=lig, fa=fa[0, :, 0]), n_ig
@@ -166,8 +169,9 @@ def straightforward_way(model, events, mask, static, static_groups, args):
     """One stay per Captum call; one ablation per forward; one forward per curve point at the stay's length."""
     import numpy as np
     import torch
-    import explain_clinicalLF as ex
-    forward = ex.LogitForward(model)
+    import attribution
+    import faithfulness
+    forward = attribution.LogitForward(model)
     rng = np.random.default_rng(0)
     L = events.shape[1]
     steps = []
@@ -182,14 +186,14 @@ def straightforward_way(model, events, mask, static, static_groups, args):
                  [torch.as_tensor(rng.permutation(L)) for _ in range(3)]
         with torch.no_grad():
             for order in orders:
-                d, i = ex.curve_masks(order, L, L, 11)
-                w, o = ex.eraser_masks(order, L, L)
+                d, i = faithfulness.curve_masks(order, L, L, 11)
+                w, o = faithfulness.eraser_masks(order, L, L)
                 for keep in torch.cat([d, i, w, o]):
-                    kept_events, kept = ex.without_absent_events(x, keep.view(1, L))
+                    kept_events, kept = attribution.without_absent_events(x, keep.view(1, L))
                     forward(kept_events, s, kept)
     explain_seconds, explain_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _, step_model in ex.cascading_randomisation(model, seed=1):
+    for _, step_model in attribution.cascading_randomisation(model, seed=1):
         explain_one_stay(step_model, events[:1], static[:1], mask[:1], static_groups, args.n_steps, float("inf"),
                          args.n_steps)
     cascade_seconds, cascade_cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+import attribution
 import explain_clinicalLF as ex
+import explanation_sums
+import figures
 import event_table
 import train
 from train_tables import RISKY, make_event_table
@@ -34,14 +37,14 @@ def explained(trained):
     table = trained["table"]
     counts = table.groupby("stay_id")["event_type"].count()
     empty_stay, long_stay = int(counts.index[counts == 0][0]), int(counts.idxmax())
-    kept, draw = {}, ex.make_all_figures
+    kept, draw = {}, figures.make_all_figures
 
     def draw_and_keep(collected, *args):  # what the run kept of its batches, for the tests below
         kept["collected"] = collected
         return draw(collected, *args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ex, "make_all_figures", draw_and_keep)
+        patch.setattr(figures, "make_all_figures", draw_and_keep)
         result = ex.run_explainability_analysis(
             checkpoint_path=trained["checkpoint"], test_data_path=trained["data"], save_dir=trained["root"] / "explain",
             split="test", max_stays=8, stay_ids=[empty_stay, long_stay], batch_size=4, n_steps=24,
@@ -68,7 +71,7 @@ def test_event_rows_are_the_stays_real_events_per_method(explained):
     rows = pd.read_csv(explained["root"] / "explain" / "event_attributions.csv")
     assert list(rows.columns) == ["stay_id", "event_index", "event_time", "event_type", "event_text",
                                   "relative_time_to_final_event", "method", "attribution"]
-    assert set(rows.method) == set(ex.METHODS)
+    assert set(rows.method) == set(attribution.METHODS)
     table = explained["table"]
     events = table[table.event_type.notna()].copy()
     events["event_index"] = events.groupby("stay_id").cumcount()
@@ -95,7 +98,7 @@ def test_analyses_and_figures_from_running_sums_equal_those_of_the_whole_tables(
     rows = pd.read_csv(save_dir / "event_attributions.csv")
     static = pd.read_csv(save_dir / "static_attributions.csv")
     collected, analyses = explained["collected"], explained["result"]["analyses"]
-    window = pd.cut(rows["relative_time_to_final_event"] / 60, bins=list(ex.HOUR_WINDOW_EDGES), right=False)
+    window = pd.cut(rows["relative_time_to_final_event"] / 60, bins=list(explanation_sums.HOUR_WINDOW_EDGES), right=False)
     for method, part in rows.groupby("method"):
         magnitude, windows = part["attribution"].abs(), window[part.index]
         # critical_time_periods: |attribution| per window of hours before the prediction
@@ -113,12 +116,12 @@ def test_analyses_and_figures_from_running_sums_equal_those_of_the_whole_tables(
         np.testing.assert_array_equal(got["n_events"], expected["count"])
         np.testing.assert_allclose(got["mean_weight"], expected["mean"], rtol=1e-9)
         # captum figures: the largest single-event attributions
-        top = part.loc[magnitude.sort_values(ascending=False).index[:ex.LARGEST_EVENTS]]
+        top = part.loc[magnitude.sort_values(ascending=False).index[:explanation_sums.LARGEST_EVENTS]]
         largest = collected.events.largest[method]
         assert sorted(zip(largest.stay_id, largest.event_index)) == sorted(zip(top.stay_id, top.event_index))
         np.testing.assert_array_equal(np.sort(largest["attribution"]), np.sort(top["attribution"]))
     # analyses: mean IG attribution per (event type, window)
-    pd.testing.assert_frame_equal(analyses["feature_importance_over_time"], ex.analyze_feature_importance_over_time(rows),
+    pd.testing.assert_frame_equal(analyses["feature_importance_over_time"], explanation_sums.analyze_feature_importance_over_time(rows),
                                   check_index_type=False, check_column_type=False, rtol=1e-9)
     # feature_importance.png: mean IG attribution per event text; mean (and |.|) per static column and method
     ig = rows[rows["method"] == "integrated_gradients"]
@@ -132,8 +135,8 @@ def test_analyses_and_figures_from_running_sums_equal_those_of_the_whole_tables(
     sample = collected.event_sample()
     assert collected.sample_note() == ""
     wide = rows.pivot_table(index=["stay_id", "event_index"], columns="method", values="attribution")
-    got = sample.set_index(["stay_id", "event_index"])[list(ex.METHODS)].sort_index()
-    np.testing.assert_array_equal(got.to_numpy(dtype=float), wide[list(ex.METHODS)].to_numpy())
+    got = sample.set_index(["stay_id", "event_index"])[list(attribution.METHODS)].sort_index()
+    np.testing.assert_array_equal(got.to_numpy(dtype=float), wide[list(attribution.METHODS)].to_numpy())
     # query_vector_analysis.png: the softmax of a stay's pooling scores, mean over heads, is its attention weight
     heads = [c for c in sample.columns if str(c).startswith("pool_score_")]
     weights = sample.groupby("stay_id")[heads].transform(lambda s: np.exp(s - s.max()) / np.exp(s - s.max()).sum())
@@ -171,7 +174,7 @@ def test_ablation_of_an_event_equals_rerunning_the_trained_model_without_it(expl
 
 def test_faithfulness_json_reports_every_method_and_ig_converges(explained):
     f = json.loads((explained["root"] / "explain" / "faithfulness.json").read_text())
-    assert set(f["methods"]) == set(ex.METHODS)
+    assert set(f["methods"]) == set(attribution.METHODS)
     for method, entry in f["methods"].items():
         assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["insertion_auc"] <= 1
         assert set(entry["comprehensiveness"]) == {"1%", "5%", "10%", "20%"}
@@ -285,7 +288,7 @@ def test_stay_ids_of_another_split_are_explained_but_kept_out_of_the_faithfulnes
     n_test_with_events = sum(1 for s in split.index[split == "test"] if counts.get(s, 0) > 0)
     assert len(test_stays) == 2 and other in set(result["event_attributions"].stay_id)
     assert f["data"]["n_stays_outside_split"] == 1
-    for method in ex.METHODS:
+    for method in attribution.METHODS:
         assert f["methods"][method]["n_stays"] == n_test_with_events, method
     n_test = int((split == "test").sum())
     assert f["integrated_gradients_convergence"]["n_stays"] <= n_test  # the other split's stay is not counted

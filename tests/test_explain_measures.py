@@ -7,7 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+import attribution
 import explain_clinicalLF as ex
+import explanation_sums
+import faithfulness
+import figures
 import train
 from test_explain import STATIC_GROUPS, HandBuiltModel, make_batch
 
@@ -21,23 +25,23 @@ def test_random_floor_of_planted_auprc_is_the_average_precision_of_the_random_or
     planted = {0: [2], 1: [4], 2: [0]}  # one planted event in stays of 5, 6 and 4 events
     events, mask, static = make_batch([5, 6, 4], planted=planted)
     exact = (events @ model.event_weights) * mask
-    res = ex.faithfulness_for_batch(model, events, mask, static, {"integrated_gradients": exact}, n_points=3,
+    res = faithfulness.faithfulness_for_batch(model, events, mask, static, {"integrated_gradients": exact}, n_points=3,
                                     n_random=300, rng=np.random.default_rng(0))
     labels = [np.isin(np.arange(n), planted[b]).astype(int) for b, n in enumerate([5, 6, 4])]
     random_scores = [r["order_scores"] for r in res["random"]]
-    auprc, floor, n = ex.planted_recovery(_by_stay(exact, mask), labels, random_scores)
+    auprc, floor, n = faithfulness.planted_recovery(_by_stay(exact, mask), labels, random_scores)
     # one planted event among n at a uniformly random rank r: AP = 1/r, expected H_n / n
     expected = np.mean([sum(1 / r for r in range(1, n + 1)) / n for n in (5, 6, 4)])
     assert n == 3 and auprc == pytest.approx(1.0)
     assert floor == pytest.approx(expected, abs=0.03)
-    assert floor > ex.planted_share(labels) + 0.2  # the old floor (share of planted events) was far too low
+    assert floor > faithfulness.planted_share(labels) + 0.2  # the old floor (share of planted events) was far too low
 
 
 def test_layer_ig_attributes_its_own_logit_change_when_the_classifier_mixes_static_and_events():
     model = HandBuiltModel(scale=0.0, interaction=0.8).eval()
     events, mask, static = make_batch([4, 6, 3])
-    lig, lig_change, lig_delta = ex.layer_integrated_gradients(model, events, mask, static, n_steps=16)
-    ig, _, ig_change, _ = ex.integrated_gradients(model, events, mask, static, n_steps=16)
+    lig, lig_change, lig_delta = attribution.layer_integrated_gradients(model, events, mask, static, n_steps=16)
+    ig, _, ig_change, _ = attribution.integrated_gradients(model, events, mask, static, n_steps=16)
     linear = (events @ model.event_weights) * mask
     mix = (static @ model.static_mix).view(-1, 1)
     # static held at its value on LayerIG's path: w.x (1 + c s.v); IG moves static too: w.x (1 + c s.v / 2)
@@ -46,7 +50,7 @@ def test_layer_ig_attributes_its_own_logit_change_when_the_classifier_mixes_stat
     torch.testing.assert_close(lig.sum(1), lig_change, atol=1e-4, rtol=1e-4)  # its own completeness
     torch.testing.assert_close(lig.sum(1) - lig_change, lig_delta, atol=1e-4, rtol=0)
     assert not torch.allclose(lig_change, ig_change, atol=1e-2)
-    out = ex.explain_batch(model, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=8))
+    out = attribution.explain_batch(model, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=8))
     assert (out["lig_steps"] == 8).all() and (out["lig_delta"].abs() < 1e-3).all()
 
 
@@ -59,19 +63,19 @@ def _tiny_transformer(seed=0):
 def test_pooling_scores_are_what_attention_pooling_takes_the_softmax_of():
     model = _tiny_transformer()
     events, mask, static = make_batch([5, 8, 3])
-    _, attn = ex.attention_outputs(model, events, mask, static)
+    _, attn = attribution.attention_outputs(model, events, mask, static)
     scores = attn["pooling_scores"]  # [B, heads, L]
     assert scores.shape == (3, 2, 8)
     expected = torch.softmax(scores.masked_fill(~mask[:, None, :], float("-inf")), -1)
     torch.testing.assert_close(expected, attn["pooling_attention"][:, :, 0, :], atol=1e-6, rtol=1e-5)
-    assert ex.pooling_scores(HandBuiltModel(), attn["transformer_output"]) is None  # no pool.key: not drawn
+    assert attribution.pooling_scores(HandBuiltModel(), attn["transformer_output"]) is None  # no pool.key: not drawn
 
 
 def test_cascading_randomisation_goes_from_the_top_and_reports_signed_and_absolute_correlation():
     model = _tiny_transformer()
-    names = [name for name, _ in ex.randomisation_groups(model)]
+    names = [name for name, _ in attribution.randomisation_groups(model)]
     assert names == ["classifier", "pool", "ln_f", "layers.1", "layers.0", "input_proj"]
-    steps = ex.cascading_randomisation(model, seed=1)
+    steps = attribution.cascading_randomisation(model, seed=1)
     original = dict(model.named_parameters())
     for k, (name, step_model) in enumerate(steps):
         for param_name, p in step_model.named_parameters():
@@ -80,10 +84,10 @@ def test_cascading_randomisation_goes_from_the_top_and_reports_signed_and_absolu
                 assert torch.equal(p, original[param_name]) != randomised, (name, param_name)
     hand = HandBuiltModel(scale=5.0).eval()
     events, mask, static = make_batch([8, 9, 7])
-    collected = ex.Collected(static_names=list(STATIC_GROUPS))
-    out = ex.explain_batch(hand, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=16))
-    randomised = [(n, ex.explain_batch(m, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=16))["event"])
-                  for n, m in ex.cascading_randomisation(hand, seed=3)]
+    collected = explanation_sums.Collected(static_names=list(STATIC_GROUPS))
+    out = attribution.explain_batch(hand, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=16))
+    randomised = [(n, attribution.explain_batch(m, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=16))["event"])
+                  for n, m in attribution.cascading_randomisation(hand, seed=3)]
     assert collected.cascade == {}
     meta = [pd.DataFrame({"event_index": range(n), "event_type": "lab", "event_text": "x",
                           "relative_time_to_final_event": np.arange(n, 0, -1) * 60.0}) for n in (8, 9, 7)]
@@ -91,8 +95,8 @@ def test_cascading_randomisation_goes_from_the_top_and_reports_signed_and_absolu
     collected.add(chunk, meta, mask, out, pd.DataFrame(), pd.DataFrame(), {}, randomised, False)
     f = collected.faithfulness(ex.ExplainSettings(), False)
     cascade = f["randomisation_cascade"]
-    assert [c["step"] for c in cascade] == [n for n, _ in ex.randomisation_groups(hand)]
-    for method in ex.METHODS:
+    assert [c["step"] for c in cascade] == [n for n, _ in attribution.randomisation_groups(hand)]
+    for method in attribution.METHODS:
         last = cascade[-1]["methods"][method]
         assert last["n_stays"] == 3 and last["spearman"] < 0.9 and last["spearman_abs"] is not None, method
 
@@ -102,8 +106,8 @@ def test_sufficiency_is_reported_per_predicted_class_and_comprehensiveness_at_1_
     events, mask, static = make_batch([6, 8, 7, 5], planted={0: [2], 1: [1, 5]})
     static[2:] -= 4.0  # two stays predicted to survive
     exact = (events @ model.event_weights) * mask
-    res = ex.faithfulness_for_batch(model, events, mask, static, {"integrated_gradients": exact}, n_points=3)
-    summary = ex.summarise_faithfulness(res["integrated_gradients"])
+    res = faithfulness.faithfulness_for_batch(model, events, mask, static, {"integrated_gradients": exact}, n_points=3)
+    summary = faithfulness.summarise_faithfulness(res["integrated_gradients"])
     by_class = summary["sufficiency_by_predicted_class"]
     predicted_death = torch.sigmoid(model(events, mask, static)[0]) >= 0.5
     assert by_class["n_death"] == int(predicted_death.sum()) and by_class["n_survival"] == int((~predicted_death).sum())
@@ -118,7 +122,7 @@ def test_head_specialization_lift_is_one_for_uniform_pooling_whatever_each_stays
         for j, kind in enumerate(kinds):
             weighted[kind] = weighted.get(kind, 0) + uniform[:, j] * n
             counts[kind] = counts.get(kind, 0) + 1
-    lift = ex.head_specialization_lift(weighted, counts, ["lab", "procedure"])
+    lift = figures.head_specialization_lift(weighted, counts, ["lab", "procedure"])
     np.testing.assert_allclose(lift, 1.0)
 
 
@@ -126,7 +130,7 @@ def test_window_importance_weighs_every_stay_the_same():
     # stay 1's attributions are 100x larger; per-stay normalisation keeps it from deciding the curve
     rows = pd.DataFrame({"stay_id": [1, 1, 2, 2], "attribution": [100.0, -100.0, 3.0, 1.0],
                          "relative_time_to_final_event": [30.0, 600.0, 30.0, 600.0]})
-    table = ex.window_importance(rows).set_index("window")
+    table = explanation_sums.window_importance(rows).set_index("window")
     assert table.loc["[0.0, 1.0)", "mean_weight"] == pytest.approx((1.0 + 1.5) / 2)
     assert table.loc["[8.0, 12.0)", "mean_weight"] == pytest.approx((1.0 + 0.5) / 2)
 
@@ -136,7 +140,7 @@ def test_rank_agreement_compares_attention_with_absolute_attributions():
     attention = [np.abs(signed[0])]  # attention follows how much an event matters, not its direction
     scores = {"integrated_gradients": signed, "layer_integrated_gradients": signed, "feature_ablation": signed,
               "attention_pooling": attention}
-    agreement = ex.rank_agreement(scores)
+    agreement = faithfulness.rank_agreement(scores)
     assert agreement["integrated_gradients vs attention_pooling (absolute values)"] == pytest.approx(1.0)
     assert agreement["integrated_gradients vs feature_ablation"] == pytest.approx(1.0)
 
@@ -146,16 +150,16 @@ def test_layer_entropy_is_normalised_by_log_of_the_stays_events():
     mask = torch.zeros(B, L, dtype=torch.bool)
     mask[0, :3], mask[1, :8] = True, True
     A = mask.float().view(1, B, 1, 1, L).expand(1, B, 1, L, L) / mask.sum(1).float().view(1, B, 1, 1, 1)
-    patterns = ex.analyze_layer_attention_patterns(A, mask)
+    patterns = explanation_sums.analyze_layer_attention_patterns(A, mask)
     assert patterns.entropy_normalised.iloc[0] == pytest.approx(1.0, abs=1e-5)  # uniform, stays of 3 and 8 events
     assert patterns.entropy.iloc[0] < math.log(8) - 0.1
 
 
 def test_ig_figure_title_shows_the_steps_used_and_the_stays_that_missed_the_tolerance():
-    assert ex.steps_used_label({"32": 90, "64": 8, "256": 2}) == "32-256 steps (median 32)"
-    summary = ex.convergence_summary([0.01, 0.02, 0.2], [32, 32, 256], ex.ExplainSettings())
+    assert figures.steps_used_label({"32": 90, "64": 8, "256": 2}) == "32-256 steps (median 32)"
+    summary = faithfulness.convergence_summary([0.01, 0.02, 0.2], [32, 32, 256], ex.ExplainSettings())
     assert summary["n_missed_tolerance"] == 1 and summary["n_stays"] == 3
-    title = ex.convergence_title(summary)
+    title = figures.convergence_title(summary)
     assert "32-256 steps" in title and "1 of 3 stays above 5%" in title
     printed = ex.format_summary({"methods": {}, "random": {}, "integrated_gradients_convergence": summary})
     assert "integrated_gradients completeness: 2 of 3 stays within 5%" in printed
@@ -178,7 +182,7 @@ def test_mean_baseline_is_built_on_the_models_device():
     matrix = torch.randn(8, 6).half()  # on the CPU, as prepare_stays returns it
     table = pd.DataFrame({"stay_id": [0, 1]})
     split = pd.Series(["train", "train"], index=[0, 1])
-    event_mean, static_mean = ex.mean_training_baselines(model, table, split, None, lambda rows: (stays, matrix), batch_size=1)
+    event_mean, static_mean = ex.mean_training_baselines(model, table, split, lambda rows: (stays, matrix), batch_size=1)
     assert event_mean.device.type == "meta" and static_mean.device.type == "meta"
     assert seen and all(d == "meta" for d in seen)
 
@@ -191,13 +195,13 @@ class SharpStepModel(torch.nn.Module):
         super().__init__()
         from test_explain import F, N_TYPES
         self.sharpness, self.threshold = sharpness, threshold
-        self.input_projection = torch.nn.Linear(F, 1, bias=False)
+        self.input_proj = torch.nn.Linear(F, 1, bias=False)
         with torch.no_grad():
-            self.input_projection.weight.zero_()
-            self.input_projection.weight[0, N_TYPES] = 1.0
+            self.input_proj.weight.zero_()
+            self.input_proj.weight[0, N_TYPES] = 1.0
 
     def forward(self, events, mask, static, return_attention=False):
-        z = (self.input_projection(events)[..., 0] * mask).sum(1) / mask.sum(1).clamp_min(1)
+        z = (self.input_proj(events)[..., 0] * mask).sum(1) / mask.sum(1).clamp_min(1)
         return 3.0 * torch.sigmoid(self.sharpness * (z - self.threshold)) + 0.1 * static.sum(-1), {}
 
 
@@ -206,15 +210,15 @@ def test_piecewise_ig_is_complete_where_one_rule_over_the_whole_path_is_not():
     model = SharpStepModel()
     events, mask, static = make_batch([12, 30, 7])
     events[..., N_TYPES] = torch.tensor([1.0, 1.1, 0.9]).view(3, 1) * mask
-    _, _, change, delta = ex.integrated_gradients(model, events, mask, static, n_steps=128)
+    _, _, change, delta = attribution.integrated_gradients(model, events, mask, static, n_steps=128)
     assert (delta.abs() > 0.05 * change.abs()).any()  # one Gauss-Legendre rule of 128 steps misses the step
-    ev, st, change, delta, steps = ex.refined_integrated_gradients(model, events, mask, static, n_steps=32,
+    ev, st, change, delta, steps = attribution.refined_integrated_gradients(model, events, mask, static, n_steps=32,
                                                                    max_n_steps=64)
     assert (delta.abs() <= 0.05 * change.abs()).all() and (steps <= 64).all()
     torch.testing.assert_close(ev.sum(1) + st.sum(1) - change, delta, atol=1e-4, rtol=0)
-    reference, _, _, _ = ex.integrated_gradients(model, events, mask, static, n_steps=1024)
+    reference, _, _, _ = attribution.integrated_gradients(model, events, mask, static, n_steps=1024)
     assert (ev - reference).abs().sum(1).max() < 0.05 * change.abs().min()
-    lig, lig_change, lig_delta, lig_steps = ex.refined_layer_integrated_gradients(model, events, mask, static,
+    lig, lig_change, lig_delta, lig_steps = attribution.refined_layer_integrated_gradients(model, events, mask, static,
                                                                                   n_steps=32, max_n_steps=64)
     assert (lig_delta.abs() <= 0.05 * lig_change.abs()).all()
 
@@ -234,11 +238,11 @@ def test_no_forward_gets_more_rows_than_the_internal_batch_size():
     rows_seen = []
     model.register_forward_pre_hook(lambda m, args: rows_seen.append(args[0].shape[0]))
     settings = ex.ExplainSettings(n_steps=32, internal_batch_size=3, perturbations_per_eval=8)
-    out = ex.explain_batch(model, events, mask, static, STATIC_GROUPS, settings)  # 5 stays x 4 pieces, 5 x 8 ablations
+    out = attribution.explain_batch(model, events, mask, static, STATIC_GROUPS, settings)  # 5 stays x 4 pieces, 5 x 8 ablations
     assert max(rows_seen) <= 5  # 3 rows per IG pass; ablation: one group x 5 stays per forward
-    unbounded = ex.explain_batch(model, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=32,
+    unbounded = attribution.explain_batch(model, events, mask, static, STATIC_GROUPS, ex.ExplainSettings(n_steps=32,
                                                                                                internal_batch_size=512))
-    for method in ex.SIGNED_METHODS:
+    for method in attribution.SIGNED_METHODS:
         torch.testing.assert_close(out["event"][method], unbounded["event"][method], atol=1e-4, rtol=1e-4)
 
 
@@ -250,16 +254,16 @@ def test_faithfulness_runs_each_distinct_subset_once_with_the_same_probabilities
     exact = (events @ model.event_weights) * mask
     scores = {"integrated_gradients": exact, "layer_integrated_gradients": exact.clone(), "reversed": -exact}
     seen = []
-    scored = ex.probabilities_with_masks
+    scored = faithfulness.probabilities_with_masks
 
     def counting(model_, events_, static_, masks, max_rows=256):
         seen.append(masks.shape[0] * masks.shape[1])
         return scored(model_, events_, static_, masks, max_rows)
 
-    monkeypatch.setattr(ex, "probabilities_with_masks", counting)
-    res = ex.faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=2,
+    monkeypatch.setattr(faithfulness, "probabilities_with_masks", counting)
+    res = faithfulness.faithfulness_for_batch(model, events, mask, static, scores, n_points=11, n_random=2,
                                     rng=np.random.default_rng(0))
-    per_order = 2 * 11 + 2 * len(ex.ERASER_FRACTIONS)
+    per_order = 2 * 11 + 2 * len(faithfulness.ERASER_FRACTIONS)
     assert seen[0] == 3  # the whole stays, once
     assert sum(seen[1:]) < 0.6 * 3 * 5 * per_order  # 5 orders per stay, each with per_order masks
     # the probabilities are those of the model run on each subset by itself
@@ -272,7 +276,7 @@ def test_faithfulness_runs_each_distinct_subset_once_with_the_same_probabilities
             for j, f in enumerate(np.linspace(0, 1, 11)):
                 keep = torch.zeros(1, events.shape[1], dtype=torch.bool)
                 keep[0, order[int(round(f * n)):]] = True
-                p = float(torch.sigmoid(model(*ex.without_absent_events(events[b:b + 1], keep), static[b:b + 1])[0]))
+                p = float(torch.sigmoid(model(*attribution.without_absent_events(events[b:b + 1], keep), static[b:b + 1])[0]))
                 assert rec["deletion_curve"][j] == pytest.approx(p if predicted_death else 1 - p, abs=1e-5)
         assert [r["deletion_auc"] for r in res["integrated_gradients"]] == \
             [r["deletion_auc"] for r in res["layer_integrated_gradients"]]

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+import attribution
 import explain_clinicalLF as ex
+import explanation_sums
+import faithfulness
 import event_table
 
 STATIC_NAMES = ["gender", "race", "patient_age"]
@@ -28,7 +31,7 @@ def fake_batch(first_stay_id, rng, n_stays=16, n_events=60, pool_heads=4, layers
         "event_text": pd.Categorical.from_codes(rng.integers(0, len(TEXTS), L), categories=TEXTS),
         "relative_time_to_final_event": np.sort(rng.uniform(0, 48 * 60, L))[::-1],
         "planted_risk": rng.integers(0, 2, L)}) for _ in stay_ids]
-    out = dict(event={m: torch.randn(n_stays, L) for m in ex.METHODS},
+    out = dict(event={m: torch.randn(n_stays, L) for m in attribution.METHODS},
                static={m: torch.randn(n_stays, len(STATIC_NAMES)) for m in ("integrated_gradients", "feature_ablation")},
                logits=torch.randn(n_stays), ig_change=torch.ones(n_stays), ig_delta=torch.full((n_stays,), 0.01),
                ig_steps=torch.full((n_stays,), 32), lig_change=torch.ones(n_stays), lig_delta=torch.zeros(n_stays),
@@ -42,16 +45,17 @@ def fake_batch(first_stay_id, rng, n_stays=16, n_events=60, pool_heads=4, layers
         return dict(deletion_auc=0.5, insertion_auc=0.5, comprehensiveness=np.zeros(4, np.float32),
                     sufficiency=np.zeros(4, np.float32), deletion_curve=np.zeros(11, np.float32),
                     insertion_curve=np.zeros(11, np.float32), stay_position=b, predicted_death=bool(b % 2))
-    faith = {m: [record(b) for b in range(n_stays)] for m in ex.METHODS}
+    faith = {m: [record(b) for b in range(n_stays)] for m in attribution.METHODS}
     faith["random"] = [dict(record(b), order_scores=[np.arange(L, 0, -1, dtype=np.float64)] * 3)
                        for b in range(n_stays)]
     chunk = [SimpleNamespace(stay_id=s, label=s % 2) for s in stay_ids]
     return chunk, meta, mask, out, event_rows, static_rows, faith
 
 
+@pytest.mark.slow
 def test_a_run_keeps_a_few_bytes_per_event():
     rng = np.random.default_rng(0)
-    collected = ex.Collected(STATIC_NAMES, sample_size=1000)
+    collected = explanation_sums.Collected(STATIC_NAMES, sample_size=1000)
     n_events = 20 * 16 * 200
     tracemalloc.start()
     try:
@@ -88,21 +92,21 @@ def test_no_frame_grows_with_the_stays_but_the_stays_figures_draw_are_kept_whole
         return found
 
     rng = np.random.default_rng(1)
-    collected = ex.Collected(STATIC_NAMES, detail_stay_ids=[17])
+    collected = explanation_sums.Collected(STATIC_NAMES, detail_stay_ids=[17])
     collected.add(*fake_batch(0, rng), randomised=None, has_planted=False)
     after_one = frames(collected)
     for i in range(1, 4):
         collected.add(*fake_batch(16 * i, rng), randomised=None, has_planted=False)
     assert frames(collected) == after_one  # sums per (feature, method), (layer, head), (type, window); top rows
     assert set(collected.details) == {17} and collected.example is not None
-    assert len(collected.details[17]["meta"]) == 60 and set(collected.details[17]["attributions"]) == set(ex.METHODS)
+    assert len(collected.details[17]["meta"]) == 60 and set(collected.details[17]["attributions"]) == set(attribution.METHODS)
     assert collected.planted == [] and collected.random_order_scores == []  # nothing planted: not kept
     assert len(collected.predictions) == 64 and len(collected.scores["feature_ablation"]) == 64
 
 
 def test_the_example_stay_is_the_highest_risk_among_stays_with_three_events():
     rng = np.random.default_rng(2)
-    collected = ex.Collected(STATIC_NAMES)
+    collected = explanation_sums.Collected(STATIC_NAMES)
     chunk, meta, mask, out, event_rows, static_rows, faith = fake_batch(0, rng, n_stays=4, n_events=5)
     meta[1], mask[1, 2:] = meta[1].iloc[:2], False  # stay 1: two events and the highest risk
     out["logits"] = torch.tensor([0.5, 9.0, 2.0, 2.0])
@@ -114,8 +118,8 @@ def test_the_example_stay_is_the_highest_risk_among_stays_with_three_events():
 def test_window_sums_added_in_parts_give_analyze_critical_time_periods():
     hours = np.array([0.5, 0.2, 3.0, 30.0, 100.0])
     weights = np.array([1.0, -3.0, 2.0, 4.0, 0.0])
-    whole = ex.analyze_critical_time_periods(weights[None], hours[None], np.ones((1, 5), bool))
-    parts = ex.WindowSums()
+    whole = explanation_sums.analyze_critical_time_periods(weights[None], hours[None], np.ones((1, 5), bool))
+    parts = explanation_sums.WindowSums()
     parts.add(np.abs(weights[:2]), hours[:2])
     parts.add(np.abs(weights[2:]), hours[2:])
     pd.testing.assert_frame_equal(parts.table(), whole)
@@ -124,12 +128,12 @@ def test_window_sums_added_in_parts_give_analyze_critical_time_periods():
     assert table.loc["[0.0, 1.0)", "share_of_weight"] == pytest.approx(4 / 10)
     assert table.loc["[48.0, inf)", "mean_weight"] == 0.0 and table.loc["[1.0, 2.0)", "n_events"] == 0
     assert np.isnan(table.loc["[1.0, 2.0)", "mean_weight"])  # no event: no mean
-    assert list(table.index) == list(pd.cut(hours, bins=list(ex.HOUR_WINDOW_EDGES), right=False).categories.astype(str))
+    assert list(table.index) == list(pd.cut(hours, bins=list(explanation_sums.HOUR_WINDOW_EDGES), right=False).categories.astype(str))
 
 
 def test_event_sample_holds_everything_up_to_its_size_then_a_uniform_sample_the_same_for_a_seed():
     def sampled(size, seed=0):
-        sample = ex.EventSample(size, seed)
+        sample = explanation_sums.EventSample(size, seed)
         for start in range(0, 10_000, 500):
             sample.add(pd.DataFrame({"value": np.arange(start, start + 500)}))
         return sample.frame()["value"].to_numpy()
@@ -151,7 +155,7 @@ def test_records_stacked_into_arrays_summarise_as_the_list_of_records():
                     comprehensiveness=rng.random(4).astype(np.float32), sufficiency=rng.random(4).astype(np.float32),
                     deletion_curve=rng.random(11).astype(np.float32), insertion_curve=rng.random(11).astype(np.float32),
                     predicted_death=bool(i % 3), stay_position=i) for i in range(10)]
-    stacked = ex.concatenate_records([ex.stack_records(records[:4]), ex.stack_records(records[4:])])
-    assert ex.summarise_faithfulness(stacked) == ex.summarise_faithfulness(records)
-    by_class = ex.summarise_faithfulness(records)["sufficiency_by_predicted_class"]
+    stacked = faithfulness.concatenate_records([faithfulness.stack_records(records[:4]), faithfulness.stack_records(records[4:])])
+    assert faithfulness.summarise_faithfulness(stacked) == faithfulness.summarise_faithfulness(records)
+    by_class = faithfulness.summarise_faithfulness(records)["sufficiency_by_predicted_class"]
     assert by_class["n_death"] == 6 and by_class["n_survival"] == 4

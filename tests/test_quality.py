@@ -1,9 +1,12 @@
-"""Baselines, calibration, patient bootstrap and subgroup metrics of train.py (issue 11)."""
+"""Baselines, calibration, patient bootstrap and subgroup metrics of a training run (issue 11): baselines.py,
+evaluation.py, and the preprocessor of train.py."""
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
+import baselines
+import evaluation
 import event_table
 import train
 from train_tables import make_event_table
@@ -20,14 +23,14 @@ def table_and_split(tmp_path_factory):
 
 def test_baselines_never_see_test_labels(table_and_split):
     table, stay_split = table_and_split
-    results, probs = train.fit_baselines(table, stay_split, seed=0)
+    results, probs = baselines.fit_baselines(table, stay_split, seed=0)
     assert set(results) == {"logistic_tfidf", "gradient_boosting"}
     # Flip every test stay's label: a baseline fitted (or tuned) on test rows would change its predictions.
     test_stays = table.drop_duplicates("stay_id").loc[stay_split == "test", "stay_id"]
     flipped = table.copy()
     hit = flipped["stay_id"].isin(test_stays)
     flipped.loc[hit, "mortality"] = 1 - flipped.loc[hit, "mortality"]
-    results2, probs2 = train.fit_baselines(flipped, stay_split, seed=0)
+    results2, probs2 = baselines.fit_baselines(flipped, stay_split, seed=0)
     for name in results:
         np.testing.assert_allclose(probs[name], probs2[name])
         assert results[name]["chosen"] == results2[name]["chosen"]
@@ -41,10 +44,10 @@ def test_calibration_is_monotone_and_fitted_on_what_it_is_given(method):
     rng = np.random.default_rng(0)
     val_logits = rng.normal(0, 2, 400)
     val_y = (rng.random(400) < 1 / (1 + np.exp(-(0.5 * val_logits - 1.5)))).astype(int)
-    cal = train.fit_calibration(val_logits, val_y, method)
+    cal = evaluation.fit_calibration(val_logits, val_y, method)
     assert cal["method"] == method and all(isinstance(v, (str, float, list)) for v in cal.values())
     test_logits = np.sort(rng.normal(0, 3, 300))
-    p = train.apply_calibration(cal, test_logits)
+    p = evaluation.apply_calibration(cal, test_logits)
     assert np.all(np.diff(p) >= 0) and np.all((p >= 0) & (p <= 1))  # monotone: the ranking is kept
     test_y = (rng.random(300) < 1 / (1 + np.exp(-test_logits))).astype(int)
     if method != "isotonic":  # strictly increasing: AUROC unchanged
@@ -52,7 +55,7 @@ def test_calibration_is_monotone_and_fitted_on_what_it_is_given(method):
         assert roc_auc_score(test_y, p) == pytest.approx(roc_auc_score(test_y, test_logits))
     # Fitted on the validation logits: Platt and isotonic reproduce the validation death rate (temperature
     # scaling has no intercept: it only improves the likelihood over sigmoid(logit)).
-    calibrated = train.apply_calibration(cal, val_logits)
+    calibrated = evaluation.apply_calibration(cal, val_logits)
     if method == "temperature":
         assert log_loss(val_y, calibrated) < log_loss(val_y, 1 / (1 + np.exp(-val_logits)))
     else:
@@ -64,7 +67,7 @@ def test_calibration_is_monotone_and_fitted_on_what_it_is_given(method):
 def test_patient_bootstrap_draws_a_patients_stays_together():
     subjects = np.array([7, 7, 7, 3, 5, 5, 9, 1, 1, 4])
     seen_partial = False
-    for idx in train.patient_bootstrap(subjects, 200, seed=1):
+    for idx in evaluation.patient_bootstrap(subjects, 200, seed=1):
         counts = np.bincount(idx, minlength=len(subjects))
         for s in np.unique(subjects):
             stays_of_patient = counts[subjects == s]
@@ -72,7 +75,7 @@ def test_patient_bootstrap_draws_a_patients_stays_together():
         seen_partial |= (counts == 0).any()
         assert len(np.unique(subjects[idx])) <= len(np.unique(subjects))
     assert seen_partial  # it does resample (some patients are left out of some draws)
-    ci = train.bootstrap_intervals(np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0.]), np.linspace(0, 1, 10), subjects, 100, 0)
+    ci = evaluation.bootstrap_intervals(np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0.]), np.linspace(0, 1, 10), subjects, 100, 0)
     assert ci["bootstrap_unit"] == "patient" and ci["auroc_ci95"][0] <= ci["auroc_ci95"][1]
 
 
@@ -87,16 +90,16 @@ def test_subgroup_metrics_equal_sklearn_on_the_group_rows_and_one_class_is_null(
     p = np.clip(0.3 + 0.3 * (y - 0.3) + rng.normal(0, 0.2, n), 0.01, 0.99)
     y[stays["first_careunit"].to_numpy() == "CCU"] = 0  # a group with one class
     subjects = np.arange(n) // 2
-    attributes = train.subgroup_attributes(stays)
+    attributes = evaluation.subgroup_attributes(stays)
     assert set(attributes["race"]) == {"WHITE", "BLACK", "HISPANIC/LATINO", "ASIAN", "UNKNOWN", "OTHER"}
     assert set(attributes["age_band"]) <= {"18-44", "45-64", "65-79", "80+"}
-    out = train.subgroup_metrics(attributes, y, p, subjects, bootstrap=50, seed=0)
+    out = evaluation.subgroup_metrics(attributes, y, p, subjects, bootstrap=50, seed=0)
     female = attributes["gender"].to_numpy() == "F"
     g = out["gender"]["F"]
     assert g["n_stays"] == female.sum() and g["n_deaths"] == y[female].sum()
     assert g["auroc"] == pytest.approx(roc_auc_score(y[female], p[female]))
     assert g["auprc"] == pytest.approx(average_precision_score(y[female], p[female]))
-    assert g["ece"] == pytest.approx(train.expected_calibration_error(y[female], p[female]))
+    assert g["ece"] == pytest.approx(evaluation.expected_calibration_error(y[female], p[female]))
     assert g["auroc_ci95"][0] <= g["auroc"] <= g["auroc_ci95"][1]
     ccu = out["first_careunit"]["CCU"]
     assert ccu["auroc"] is None and ccu["auprc"] is None and "single class" in ccu["reason"]

@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+import evaluation
 import event_table
 import train
 from train_tables import SMALL_MODEL_ARGS, make_event_table, run_train
 
-pytestmark = pytest.mark.slow
+# The tests that train are marked slow (small_run, shared by most, takes ~9 s); the help and bad-table checks
+# stay in the quick loop (pytest -m "not slow").
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,20 @@ def test_help_lists_every_option():
         assert option in result.stdout
 
 
+def test_resume_overlays_the_saved_options_on_the_parsers_defaults():
+    """A checkpoint written before an option existed resumes with that option's default; the saved options win
+    over the defaults; --device and --output-dir are this command's."""
+    parser = train.build_arg_parser()
+    args = parser.parse_args(["--resume", "--output-dir", "runs/x", "--device", "cpu"])
+    saved = {k: v for k, v in vars(parser.parse_args(["--epochs", "7", "--calibration", "isotonic"])).items()
+             if k not in ("baselines", "pos_weight", "embed_only")}  # as if saved before these options existed
+    resumed = train.resumed_options(parser, args, saved)
+    assert (resumed.epochs, resumed.calibration) == (7, "isotonic")
+    assert (resumed.baselines, resumed.pos_weight, resumed.embed_only) == ("all", "balanced", False)
+    assert (resumed.resume, resumed.output_dir, resumed.device) == (True, "runs/x", "cpu")
+
+
+@pytest.mark.slow
 def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     data, out, cache, result = small_run
     table = event_table.read_event_table(data)
@@ -74,16 +90,16 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     # The probabilities are those of the best model, rebuilt the way explain_clinicalLF.py does.
     model, pre, ckpt = train.model_from_checkpoint(best)
     stays, matrix = train.prepare_stays_of_checkpoint(table, ckpt, cache, text_encoder=tiny_bert_dir)
-    probs, _ = train.predict(model, stays, matrix, 16, "cpu")
+    probs, _ = train.predict(model, stays, matrix, 16)
     by_stay = pred.set_index("stay_id").loc[[s.stay_id for s in stays]]
     np.testing.assert_allclose(probs, by_stay["probability_uncalibrated"], atol=1e-6)
-    logits = train.predict_logits(model, stays, matrix, 16, "cpu")
-    np.testing.assert_allclose(train.apply_calibration(ckpt["calibration"], logits), by_stay["probability"], atol=1e-6)
+    logits = train.predict_logits(model, stays, matrix, 16)
+    np.testing.assert_allclose(evaluation.apply_calibration(ckpt["calibration"], logits), by_stay["probability"], atol=1e-6)
     assert metrics["calibration"]["method"] == "platt" and ckpt["calibration"]["a"] > 0
     # The map is the one fitted on the validation stays' logits (and only on them).
     val = pred[pred.split == "val"]
-    refit = train.fit_calibration(np.log(val.probability_uncalibrated / (1 - val.probability_uncalibrated)),
-                                  val.mortality, "platt")
+    refit = evaluation.fit_calibration(np.log(val.probability_uncalibrated / (1 - val.probability_uncalibrated)),
+                                       val.mortality, "platt")
     assert refit["a"] == pytest.approx(ckpt["calibration"]["a"], rel=1e-3, abs=1e-4)
     assert refit["b"] == pytest.approx(ckpt["calibration"]["b"], rel=1e-3, abs=1e-4)
     assert metrics["test"]["auroc"] == pytest.approx(roc_auc_score(test.mortality, test.probability_uncalibrated))
@@ -100,6 +116,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     assert "gradient_boosting" in result.stdout and "model (calibrated)" in result.stdout
 
 
+@pytest.mark.slow
 def test_second_run_embeds_nothing(small_run, tiny_bert_dir, tmp_path):
     data, out, cache, _ = small_run
     result = run_train(["--data", data, "--output-dir", tmp_path, "--cache-dir", cache, "--text-encoder",
@@ -109,6 +126,7 @@ def test_second_run_embeds_nothing(small_run, tiny_bert_dir, tmp_path):
     assert "found in the embedding cache" in result.stderr
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(small_run, tiny_bert_dir, tmp_path):
     data, single_out, cache, _ = small_run
     result = run_train(["--data", data, "--output-dir", tmp_path, "--cache-dir", cache, "--text-encoder",
@@ -125,6 +143,7 @@ def test_ddp_two_gloo_processes(small_run, tiny_bert_dir, tmp_path):
     assert (tmp_path / "predictions.csv").is_file() and (tmp_path / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
     df = make_event_table(n_patients=24, seed=4).assign(mortality=0)
     df.to_csv(tmp_path / "alive.csv", index=False)
@@ -137,7 +156,7 @@ def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
     assert metrics["baselines"] == {} and "baselines_seconds" not in metrics["data"]
     assert metrics["calibration"]["method"] == "none"  # one class in validation: nothing to fit
     assert all(g["auroc"] is None and "single class" in g["reason"] for g in metrics["subgroups"]["gender"].values()
-               if g["n_stays"] >= train.MIN_SUBGROUP_STAYS)
+               if g["n_stays"] >= evaluation.MIN_SUBGROUP_STAYS)
     assert re.search(r"\d+ of \d+ stays have more than --max-events=3 events", result.stderr)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test"]["auroc"] is None and metrics["test"]["brier"] is not None
@@ -154,6 +173,7 @@ def test_bad_table_is_one_clear_line_not_a_crash_dump(tmp_path, tiny_bert_dir):
     assert "radiology" in result.stderr and "bad.csv" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_out_of_memory_says_what_to_do(small_run, tiny_bert_dir, tmp_path, monkeypatch):
     data, _, cache, _ = small_run
 
@@ -167,6 +187,7 @@ def test_out_of_memory_says_what_to_do(small_run, tiny_bert_dir, tmp_path, monke
     assert "out of memory" in str(e.value) and "--max-events" in str(e.value) and "--resume" in str(e.value)
 
 
+@pytest.mark.slow
 def test_every_output_column_key_and_figure_is_in_the_interfaces_document(small_run):
     from interfaces_doc import undocumented
     _, out, _, _ = small_run

@@ -27,7 +27,8 @@ def _full_size_faults(train, rank, result_dir):
         return encode(self, texts, progress)
 
     train.TextEncoder.encode = slow_encode
-    metrics, calls = train.split_metrics, []
+    import evaluation
+    metrics, calls = evaluation.split_metrics, []
 
     def scripted(y, p, name, *args, **kwargs):
         out = metrics(y, p, name, *args, **kwargs)
@@ -36,7 +37,7 @@ def _full_size_faults(train, rank, result_dir):
             out["auroc"] = SCRIPTED_VAL_AUROC[rank][min(len(calls), 3) - 1]
         return out
 
-    train.split_metrics = scripted
+    evaluation.split_metrics = scripted
     collate = train.collate_stays
 
     def recording_collate(stays):

@@ -1,0 +1,251 @@
+"""What train.py reports after training, and how: metrics with patient-bootstrap intervals, the calibration map
+(fitted on the validation split), subgroups of the test split, and the end-of-run table.
+
+    split_metrics(y, p, "test", bootstrap=1000, subject_ids=s)   # AUROC, AUPRC, Brier, ECE (+ 95% intervals)
+    calibration = fit_calibration(val_logits, val_y, "platt"); apply_calibration(calibration, logits)
+    model_metrics(labels, p, p_uncalibrated, stay_split, subject_ids, bootstrap, seed)   # metrics.json's splits
+    subgroup_metrics(subgroup_attributes(stays), y, p, subject_ids)
+    print(summary_table(metrics))
+
+Plain numpy/pandas/scikit-learn: no torch, no model. train.py imports it when it first scores a split.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+# -----------------------------------------------------------------------------
+# Metrics
+
+
+def expected_calibration_error(y, p, n_bins=10):
+    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            error += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(error)
+
+
+def split_metrics(y, p, name, bootstrap=0, seed=0, subject_ids=None):
+    """AUROC, AUPRC, Brier, ECE; with `bootstrap` resamples, 95% intervals that resample patients
+    (`subject_ids`; each stay its own patient when not given)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    out = {"n_stays": int(len(y)), "n_deaths": int(y.sum()), "auroc": None, "auprc": None,
+           "brier": float(brier_score_loss(y, p)) if len(y) else None,
+           "ece": expected_calibration_error(y, p) if len(y) else None}
+    if len(np.unique(y)) < 2:
+        warnings.warn(f"the {name} split has a single class ({int(y.sum())} deaths of {len(y)} stays): AUROC and "
+                      "AUPRC are undefined (null in metrics.json)")
+        return out
+    out["auroc"], out["auprc"] = float(roc_auc_score(y, p)), float(average_precision_score(y, p))
+    if bootstrap:
+        out.update(bootstrap_intervals(y, p, np.arange(len(y)) if subject_ids is None else subject_ids, bootstrap, seed))
+    return out
+
+
+def patient_bootstrap(subject_ids, n_resamples, seed):
+    """Yield `n_resamples` index arrays, each drawing patients with replacement and taking all stays of a
+    drawn patient together (a patient's stays are not independent: one admission's stays share a label)."""
+    codes, uniques = pd.factorize(np.asarray(subject_ids))
+    order = np.argsort(codes, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(uniques), len(uniques))
+        yield np.concatenate([order[starts[d]:starts[d + 1]] for d in drawn]) if len(drawn) else drawn
+
+
+def bootstrap_intervals(y, p, subject_ids, n_resamples, seed):
+    """95% percentile intervals of AUROC and AUPRC over patient-level resamples (one-class resamples skipped)."""
+    aurocs, auprcs = [], []
+    for idx in patient_bootstrap(subject_ids, n_resamples, seed):
+        yy = y[idx]
+        if 0 < yy.sum() < len(yy):
+            aurocs.append(roc_auc_score(yy, p[idx]))
+            auprcs.append(average_precision_score(yy, p[idx]))
+    if not aurocs:
+        return {}
+    return {"auroc_ci95": [float(np.percentile(aurocs, 2.5)), float(np.percentile(aurocs, 97.5))],
+            "auprc_ci95": [float(np.percentile(auprcs, 2.5)), float(np.percentile(auprcs, 97.5))],
+            "bootstrap_resamples": len(aurocs), "bootstrap_unit": "patient"}
+
+
+def calibration_slope_intercept(y, p):
+    """Cox's calibration slope and intercept: logistic regression of the outcome on logit(p) (ideal 1 and 0)."""
+    y = np.asarray(y, dtype=float)
+    if len(np.unique(y)) < 2:
+        return None, None
+    logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+# -----------------------------------------------------------------------------
+# Calibration: a monotone map from the model's logit to a probability, fitted on the validation split
+
+
+def fit_calibration(val_logits, val_y, method="platt") -> dict:
+    """The map as plain numbers (it is stored in the checkpoint, which loads with weights_only=True).
+
+    platt: sigmoid(a * logit + b); temperature: sigmoid(logit / T); isotonic: a non-decreasing step function
+    of the logit (interpolated between its knots); none: sigmoid(logit). A Platt slope <= 0 (a model no
+    better than chance on validation) would reverse or flatten the ranking: temperature is used instead."""
+    z, y = np.asarray(val_logits, dtype=float), np.asarray(val_y, dtype=float)
+    if method == "none" or len(np.unique(y)) < 2:
+        if method != "none":
+            warnings.warn("the validation split has a single class: no calibration map is fitted")
+        return {"method": "none"}
+    if method == "platt":
+        fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
+        a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        if a > 0:
+            return {"method": "platt", "a": a, "b": b}
+        warnings.warn(f"Platt scaling fitted a slope {a:.3g} <= 0 on validation; using temperature scaling")
+        method = "temperature"
+    if method == "temperature":
+        def nll(log_t):
+            q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
+            return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+        return {"method": "temperature", "temperature": float(np.exp(minimize_scalar(nll, bounds=(-5, 5),
+                                                                                      method="bounded").x))}
+    if method == "isotonic":
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(z, y)
+        return {"method": "isotonic", "knots_logit": [float(v) for v in iso.X_thresholds_],
+                "knots_probability": [float(v) for v in iso.y_thresholds_]}
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def apply_calibration(calibration, logits) -> np.ndarray:
+    """Calibrated probabilities for logits (numpy), with the map of fit_calibration."""
+    z = np.asarray(logits, dtype=float)
+    method = (calibration or {"method": "none"})["method"]
+    if method == "platt":
+        z = calibration["a"] * z + calibration["b"]
+    elif method == "temperature":
+        z = z / calibration["temperature"]
+    elif method == "isotonic":
+        return np.interp(z, calibration["knots_logit"], calibration["knots_probability"])
+    return 1 / (1 + np.exp(-z))
+
+# -----------------------------------------------------------------------------
+# The model's metrics of a run (metrics.json)
+
+
+def model_metrics(labels, probs, probs_uncalibrated, stay_split, subject_ids, bootstrap, seed) -> dict:
+    """metrics.json's "train", "val" and "test": split_metrics of the calibrated probabilities (test with
+    `bootstrap` patient resamples), and the Brier score, ECE, calibration slope and intercept before and after
+    calibration."""
+    metrics = {}
+    for name in ("train", "val", "test"):
+        sel = stay_split == name
+        metrics[name] = split_metrics(labels[sel], probs[sel], name, bootstrap=bootstrap if name == "test" else 0,
+                                      seed=seed, subject_ids=subject_ids[sel])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = split_metrics(labels[sel], probs_uncalibrated[sel], name)
+            metrics[name].update(brier_uncalibrated=raw["brier"], ece_uncalibrated=raw["ece"])
+            for suffix, p in (("", probs[sel]), ("_uncalibrated", probs_uncalibrated[sel])):
+                slope, intercept = calibration_slope_intercept(labels[sel], p)
+                metrics[name].update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
+    return metrics
+
+
+def auroc_of_true_probability(table, labels, selected):
+    """Synthetic tables only (a `true_probability` column): the AUROC of the planted risk on the `selected` stays,
+    the best any model can reach; None without the column or with a single class."""
+    if "true_probability" not in table.columns or len(np.unique(labels[selected])) < 2:
+        return None
+    truth = table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
+    return float(roc_auc_score(labels[selected], truth[selected]))
+
+# -----------------------------------------------------------------------------
+# Subgroups of the test split
+
+AGE_BANDS = ((18, 45, "18-44"), (45, 65, "45-64"), (65, 80, "65-79"), (80, np.inf, "80+"))
+MIN_SUBGROUP_STAYS = 20
+
+
+def race_group(race: pd.Series) -> pd.Series:
+    """MIMIC-IV's race strings in broad groups: WHITE, BLACK, HISPANIC/LATINO, ASIAN, OTHER, UNKNOWN."""
+    r = race.astype("string").str.upper().str.strip().fillna("")
+    out = pd.Series("OTHER", index=race.index, dtype=object)
+    out[r.str.startswith("WHITE") | (r == "PORTUGUESE")] = "WHITE"
+    out[r.str.startswith("BLACK")] = "BLACK"
+    out[r.str.startswith("HISPANIC") | r.str.contains("LATINO") | (r == "SOUTH AMERICAN")] = "HISPANIC/LATINO"
+    out[r.str.startswith("ASIAN")] = "ASIAN"
+    out[r.isin(["", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER"])] = "UNKNOWN"
+    return out
+
+
+def age_band(age: pd.Series) -> pd.Series:
+    age = pd.to_numeric(age, errors="coerce")
+    out = pd.Series("unknown", index=age.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        out[(age >= lo) & (age < hi)] = name
+    out[age < AGE_BANDS[0][0]] = f"<{AGE_BANDS[0][0]}"
+    return out
+
+
+def subgroup_attributes(stays: pd.DataFrame) -> pd.DataFrame:
+    """One row per stay: the attributes whose subgroups are scored."""
+    return pd.DataFrame({"gender": stays["gender"].astype(object).fillna("unknown").to_numpy(),
+                         "race": race_group(stays["race"]).to_numpy(),
+                         "insurance": stays["insurance"].astype(object).fillna("unknown").to_numpy(),
+                         "age_band": age_band(stays["patient_age"]).to_numpy(),
+                         "first_careunit": stays["first_careunit"].astype(object).fillna("unknown").to_numpy()})
+
+
+def subgroup_metrics(attributes, y, p, subject_ids, bootstrap=200, seed=0) -> dict:
+    """{attribute: {group: {n_stays, n_deaths, auroc, auprc, ece, auroc_ci95, auprc_ci95}}} on the given
+    (test) stays; a group with fewer than MIN_SUBGROUP_STAYS stays or a single class gets null metrics and
+    a `reason`. Intervals resample the group's patients."""
+    y, p, subject_ids = np.asarray(y, dtype=float), np.asarray(p, dtype=float), np.asarray(subject_ids)
+    out = {}
+    for attribute in attributes.columns:
+        values = attributes[attribute].to_numpy()
+        groups = {}
+        for group in sorted(pd.unique(values), key=str):
+            sel = values == group
+            yy, pp = y[sel], p[sel]
+            g = {"n_stays": int(sel.sum()), "n_deaths": int(yy.sum()), "auroc": None, "auprc": None, "ece": None}
+            if sel.sum() < MIN_SUBGROUP_STAYS:
+                g["reason"] = f"fewer than {MIN_SUBGROUP_STAYS} stays"
+            elif len(np.unique(yy)) < 2:
+                g["reason"] = "a single class (no deaths)" if yy.sum() == 0 else "a single class (only deaths)"
+            else:
+                g.update(auroc=float(roc_auc_score(yy, pp)), auprc=float(average_precision_score(yy, pp)),
+                         ece=expected_calibration_error(yy, pp))
+                if bootstrap:
+                    g.update(bootstrap_intervals(yy, pp, subject_ids[sel], bootstrap, seed))
+            groups[str(group)] = g
+        out[attribute] = groups
+    return out
+
+# -----------------------------------------------------------------------------
+# The end-of-run table
+
+
+def summary_table(metrics) -> str:
+    """The end-of-run table: the model beside the baselines (and the true probability where the table has it)."""
+    def cell(v, digits=3):
+        return "-" if v is None else f"{v:.{digits}f}"
+    t = metrics["test"]
+    rows = [("model (calibrated)", t)] + [(name, b["test"]) for name, b in metrics.get("baselines", {}).items()]
+    lines = [f"Test split: {t['n_stays']} stays, {t['n_deaths']} deaths",
+             f"{'':24s} {'AUROC':>7s} {'95% CI (patients)':>19s} {'AUPRC':>7s} {'Brier':>7s} {'ECE':>7s}"]
+    for name, m in rows:
+        ci = m.get("auroc_ci95")
+        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        lines.append(f"{name:24s} {cell(m['auroc']):>7s} {ci:>19s} {cell(m['auprc']):>7s} {cell(m['brier']):>7s} "
+                     f"{cell(m['ece']):>7s}")
+    lines.append(f"{'model (uncalibrated)':24s} {'':>7s} {'':>19s} {'':>7s} {cell(t.get('brier_uncalibrated')):>7s} "
+                 f"{cell(t.get('ece_uncalibrated')):>7s}")
+    if t.get("auroc_of_true_probability") is not None:
+        lines.append(f"{'true probability':24s} {cell(t['auroc_of_true_probability']):>7s}")
+    return "\n".join(lines)
