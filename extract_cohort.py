@@ -400,12 +400,21 @@ def format_counts(counts: dict) -> str:
             f"({rate:.1%}) events={counts['events']} stays_without_events={counts['stays_without_events']}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except where there is none or the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--mimic-dir", type=Path, help="MIMIC-IV folder with hosp/ and icu/ (duckdb engine)")
     parser.add_argument("--output", type=Path, required=True, help="event table: .csv, .csv.gz or .parquet")
-    parser.add_argument("--engine", choices=("duckdb", "bigquery"), default="duckdb")
+    parser.add_argument("--engine", choices=("duckdb", "bigquery"), default="duckdb",
+                        help="where query.sql runs: DuckDB on the csv files of --mimic-dir, or BigQuery (--project)")
     parser.add_argument("--observation-hours", type=float, default=48.0,
                         help="prediction time = ICU intime + this many hours")
     parser.add_argument("--lookback-hours", type=float, default=0.0,

@@ -35,7 +35,7 @@ CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
 
 -- When an ICU row (procedure, input, ingredient) is known at the bedside: when it was charted, if that was
 -- before the prediction time (and not before it started); else at its start, for a row still running at the
--- prediction time (the WHERE clauses keep no other row).
+-- prediction time (the WHERE clause of icu_events keeps no other row).
 CREATE TEMP FUNCTION known_at(starttime DATETIME, storetime DATETIME, prediction_time DATETIME) AS (
   CASE WHEN storetime < prediction_time THEN GREATEST(starttime, storetime) ELSE starttime END
 );
@@ -235,82 +235,60 @@ microbiology_events AS (
   WHERE result IS NOT NULL
 ),
 
-procedure_events AS (
-  -- ICU rows (procedures, infusions) are charted after the fact, often hours after they ended. A row
-  -- is kept if it was charted before the prediction time (then known at its charting time, or at its
-  -- start if it was charted ahead) or if it is still running at the prediction time (then visible at
-  -- the bedside since it started); a row that ended before the prediction time but was charted after it
-  -- is left out. A procedure's duration (value) is known only at its end, so it is not shown.
+icu_events AS (
+  -- The three ICU tables whose rows have a start, an end and a charting time: procedures, the infusions
+  -- and boluses themselves (inputs: drug or fluid, amount, rate) and their ingredients (Water, IVF
+  -- ingredient, Calories, ...: every demo ingredient row shares its orderid with an inputevents row, so
+  -- they repeat the infusion as its components; written only when @event_kinds asks for them).
+  -- ICU rows are charted after the fact, often hours after they ended. A row is kept if it was charted
+  -- before the prediction time (then known at its charting time, or at its start if it was charted
+  -- ahead) or if it is still running at the prediction time (then visible at the bedside since it
+  -- started); a row that ended before the prediction time but was charted after it is left out.
+  -- A procedure's duration (value) is known only at its end, so it is not shown. An amount covers
+  -- [starttime, endtime]; where that runs past the prediction time only the share given before it is
+  -- shown (the full amount would reveal survival). Amounts and rates at two significant figures: a
+  -- 54.32109 mL segment is 54 mL.
   SELECT
     c.stay_id,
-    known_at(pe.starttime, pe.storetime, c.prediction_time) AS event_time,
-    'procedure' AS event_type,
-    CONCAT('Procedure: ', COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(pe.itemid AS STRING)))) AS event_text,
-    'procedureevents' AS source_table,
-    CONCAT(CAST(pe.orderid AS STRING), ':', CAST(pe.itemid AS STRING)) AS source_id
-  FROM cohort AS c
-  INNER JOIN mimiciv_icu.procedureevents AS pe ON pe.stay_id = c.stay_id
-  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = pe.itemid
-  WHERE pe.starttime >= c.window_start AND pe.starttime < c.prediction_time
-    AND (pe.storetime < c.prediction_time OR pe.endtime > c.prediction_time)
-    AND COALESCE(pe.statusdescription, '') != 'Rewritten'
-),
-
-input_events AS (
-  -- The infusions and boluses themselves (drug or fluid, amount, rate), kept and timed by the charting
-  -- rule of procedure_events. A row's amount covers [starttime, endtime]; where that runs past the
-  -- prediction time only the share given before it is shown (the full amount would reveal survival).
-  -- Amounts and rates at two significant figures: a 54.32109 mL segment is 54 mL.
-  SELECT
-    c.stay_id,
-    known_at(ip.starttime, ip.storetime, c.prediction_time) AS event_time,
-    'input' AS event_type,
-    CONCAT('Input: ', ARRAY_TO_STRING([
-      COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ip.itemid AS STRING))),
-      fmt_num(amount_before(ip.amount, ip.starttime, ip.endtime, c.prediction_time), 2),
-      NULLIF(TRIM(ip.amountuom), ''),
-      CASE WHEN ip.rate IS NOT NULL THEN CONCAT('at ', fmt_num(ip.rate, 2), ' ', COALESCE(TRIM(ip.rateuom), '')) END
+    known_at(r.starttime, r.storetime, c.prediction_time) AS event_time,
+    r.event_type,
+    CONCAT(r.text_prefix, ARRAY_TO_STRING([
+      COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(r.itemid AS STRING))),
+      fmt_num(amount_before(r.amount, r.starttime, r.endtime, c.prediction_time), 2),
+      NULLIF(TRIM(r.amountuom), ''),
+      CASE WHEN r.rate IS NOT NULL THEN CONCAT('at ', fmt_num(r.rate, 2), ' ', COALESCE(TRIM(r.rateuom), '')) END
     ], ' ')) AS event_text,
-    'inputevents' AS source_table,
-    CONCAT(CAST(ip.orderid AS STRING), ':', CAST(ip.itemid AS STRING)) AS source_id
+    r.source_table,
+    CONCAT(CAST(r.orderid AS STRING), ':', CAST(r.itemid AS STRING)) AS source_id
   FROM cohort AS c
-  INNER JOIN mimiciv_icu.inputevents AS ip ON ip.stay_id = c.stay_id
-  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = ip.itemid
-  WHERE ip.starttime >= c.window_start AND ip.starttime < c.prediction_time
-    AND (ip.storetime < c.prediction_time OR ip.endtime > c.prediction_time)
-    AND COALESCE(ip.statusdescription, '') != 'Rewritten'
-),
-
-ingredient_events AS (
-  -- The ingredients of each input row (Water, IVF ingredient, Calories, ...): every demo ingredient row
-  -- shares its orderid with an inputevents row, so they repeat the infusion as its components; written
-  -- only when @event_kinds asks for them. Same charting rule and pro-rating as input_events.
-  SELECT
-    c.stay_id,
-    known_at(ig.starttime, ig.storetime, c.prediction_time) AS event_time,
-    'ingredient' AS event_type,
-    CONCAT('Ingredient: ', ARRAY_TO_STRING([
-      COALESCE(NULLIF(TRIM(di.label), ''), CONCAT('item ', CAST(ig.itemid AS STRING))),
-      fmt_num(amount_before(ig.amount, ig.starttime, ig.endtime, c.prediction_time), 2),
-      NULLIF(TRIM(ig.amountuom), '')
-    ], ' ')) AS event_text,
-    'ingredientevents' AS source_table,
-    CONCAT(CAST(ig.orderid AS STRING), ':', CAST(ig.itemid AS STRING)) AS source_id
-  FROM cohort AS c
-  INNER JOIN mimiciv_icu.ingredientevents AS ig ON ig.stay_id = c.stay_id
-  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = ig.itemid
-  WHERE ig.starttime >= c.window_start AND ig.starttime < c.prediction_time
-    AND (ig.storetime < c.prediction_time OR ig.endtime > c.prediction_time)
-    AND COALESCE(ig.statusdescription, '') != 'Rewritten'
+  INNER JOIN (
+    SELECT 'procedure' AS event_type, 'Procedure: ' AS text_prefix, 'procedureevents' AS source_table,
+      stay_id, starttime, endtime, storetime, itemid, orderid, statusdescription,
+      CAST(NULL AS FLOAT64) AS amount, CAST(NULL AS STRING) AS amountuom,
+      CAST(NULL AS FLOAT64) AS rate, CAST(NULL AS STRING) AS rateuom
+    FROM mimiciv_icu.procedureevents
+    UNION ALL
+    SELECT 'input', 'Input: ', 'inputevents',
+      stay_id, starttime, endtime, storetime, itemid, orderid, statusdescription,
+      amount, amountuom, rate, rateuom
+    FROM mimiciv_icu.inputevents
+    UNION ALL
+    SELECT 'ingredient', 'Ingredient: ', 'ingredientevents',
+      stay_id, starttime, endtime, storetime, itemid, orderid, statusdescription,
+      amount, amountuom, CAST(NULL AS FLOAT64), CAST(NULL AS STRING)
+    FROM mimiciv_icu.ingredientevents
+  ) AS r ON r.stay_id = c.stay_id
+  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = r.itemid
+  WHERE r.starttime >= c.window_start AND r.starttime < c.prediction_time
+    AND (r.storetime < c.prediction_time OR r.endtime > c.prediction_time)
+    AND COALESCE(r.statusdescription, '') != 'Rewritten'
 ),
 
 all_events AS (
   SELECT * FROM prescription_events
   UNION ALL SELECT * FROM lab_events
   UNION ALL SELECT * FROM microbiology_events
-  UNION ALL SELECT * FROM procedure_events
-  UNION ALL SELECT * FROM input_events
-  UNION ALL SELECT * FROM ingredient_events
+  UNION ALL SELECT * FROM icu_events
 ),
 
 events AS (

@@ -24,6 +24,8 @@ def mimic_demo_dir() -> Path:
     """The MIMIC-IV Clinical Database Demo 2.2, found through MIMIC_IV_DEMO_DIR."""
     path = demo_dir()
     if not (path / "hosp").is_dir() or not (path / "icu").is_dir():
+        if os.environ.get("MIMIC_IV_DEMO_DIR"):  # a path given on purpose and wrong is a mistake, not an absent demo
+            pytest.fail(f"MIMIC_IV_DEMO_DIR={path} has no hosp/ and icu/: point it at the MIMIC-IV demo folder")
         pytest.skip(f"MIMIC-IV demo not found at {path} (set MIMIC_IV_DEMO_DIR). It is open on PhysioNet: "
                     "https://physionet.org/content/mimic-iv-demo/2.2/")
     return path

@@ -592,6 +592,7 @@ def test_infusions_are_input_events_with_amount_pro_rated(demo_table, mimic_demo
     np.testing.assert_allclose(rate_shown[has_rate], e["rate"][has_rate], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_event_kinds_option(mimic_demo_dir, tmp_path, demo_table):
     """--event-kinds picks the kinds written; the cohort (stays, labels) is the same whatever the kinds,
     at 48 h and 24 h. ingredient rows repeat their input rows' orders and are off by default."""
