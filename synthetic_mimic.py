@@ -17,25 +17,62 @@ Two regimes:
 - small: ~46 events per stay from small embedded dictionaries (real MIMIC-IV item ids and labels), no
   inputevents rows, vasopressors as prescriptions; sample_train.csv is made in this regime.
 
-In both, a latent severity makes some of five planted risk factors more likely, all placed inside the
-default 48-hour observation window [intime, intime + 48 h) and known at its end:
-    lactate    Lab: Lactate > 4 mmol/L, abnormal
-    pressor    small: Prescription: Norepinephrine / Vasopressin IV DRIP;
-               realistic: a titrated Norepinephrine / Phenylephrine / Vasopressin / Epinephrine infusion
+The truth: in-hospital death is drawn from a true probability that is logistic in age and in what the
+table shows, so the AUROC of the true probability against the labels is the ceiling any model can reach.
+truth/stays.csv.gz holds each stay's true probability, label and risk factors (factor_<name>, 0/1);
+truth/planted_rows.csv.gz names every source row that carries planted risk by (source_table, source_id)
+exactly as query.sql reports them (the `planted_risk` column of the event table). Nothing of MIMIC is read
+at run time.
+
+small: a latent severity makes some of five planted factors more likely, each placed inside the default
+48-hour window [intime, intime + 48 h) and known at its end, and only in stays with the factor:
+    lactate    Lab: Lactate > 4 mmol/L;  renal  Lab: Creatinine > 3 mg/dL (and often Dialysis - CRRT)
+    pressor    Prescription: Norepinephrine / Vasopressin IV DRIP
     ventilated Procedure: Intubation, Invasive Ventilation
     bacteremia Microbiology: BLOOD CULTURE positive (S. aureus, E. coli, K. pneumoniae) with susceptibilities
-    renal      Lab: Creatinine > 3 mg/dL, abnormal, and often Procedure: Dialysis - CRRT
-The true probability of in-hospital death is logistic in these factors and age, and the label is
-drawn from it, so the AUROC of the true probability against the labels is the ceiling any model can
-reach. truth/stays.csv.gz holds each stay's true probability and factors; truth/planted_rows.csv.gz
-names every source row that carries planted risk by (source_table, source_id) exactly as query.sql
-reports them, so extracted events can be joined to the truth. Nothing of MIMIC is read at run time.
+    log-odds = INTERCEPT (-4) + 0.035 (age - 65) + sum over present factors of RISK_FACTORS' log-odds ratio.
+
+realistic: no item gives the answer away. Every stay, sick or not, gets a clinical course of the items that
+carry risk, drawn from a latent severity z ~ N(0, 1) (draw_courses): lactate (normal; raised once and not
+rechecked; raised and clearing; raised and not clearing; rising late), creatinine (stable normal; stable
+high in chronic kidney disease and dialysis; rising in acute kidney injury; falling in recovery), CRRT
+(end-stage kidney disease, severe injury), vasopressor infusions of 4 agents (a brief low dose weaned off;
+shock, stable or weaned; shock escalating, half with a second agent), blood cultures with a pathogen
+(treated: antibiotics from the draw or within 4 h of the report; untreated: none until >= 6 h after it)
+and antibiotic orders (empiric, prophylactic), invasive ventilation (intubated before or in the ICU, short
+with an Extubation task, or prolonged). Values overlap: non-pattern stays have high lactate, high
+creatinine, vasopressors, positive cultures and ventilation too; lactate, creatinine and antibiotics are
+left out of the background draws, so every such row belongs to a course. z never enters the truth: it only
+makes the patterns co-occur. The truth reads the course rows that query.sql keeps at the default 48 h
+prediction time, timed as it times them (results at storetime, prescriptions at starttime, ICU rows by
+known_at), computed before any row is written, so it is exactly a function of the extracted table
+(tests/test_synthetic.py recomputes it from the table with pandas). Five patterns (PATTERNS):
+    lactate     lactate not clearing: >= 2 results, the last > 2.0 mmol/L and >= 90% of the first
+                (persistent hyperlactatemia; < 10% clearance predicts death in shock and sepsis)
+    renal       acute kidney injury (KDIGO): a later creatinine >= the first + 0.3 mg/dL or >= 1.5x the first
+                (values in tenths, as charted); a stably high (chronic) value is not one
+    pressor     escalating vasopressor support: a second agent shown, or an agent's last rate >= 1.5x its
+                first (refractory shock); a stable, weaned or brief low dose is not one
+    bacteremia  a pathogen in a blood culture with no antibiotic started before its first report + 6 h
+                (each hour of delay in effective antibiotics raises mortality in septic shock)
+    ventilated  Invasive Ventilation shown and no Extubation shown: still ventilated at 48 h
+with recency weights w = 2 ** (-h / 24) for lactate, renal and pressor, h the hours from the latest
+evidence (the last lactate; the latest creatinine meeting the criterion; the latest vasopressor row) to the
+prediction time (truth columns hours_<name>), so a sign from the last hours weighs about twice one 24 h old:
+    log-odds = -3.35 + 0.035 (age - 65) + 2.2 w_lactate [lactate] + 1.5 w_renal [renal]
+               + 2.2 w_pressor [pressor] + 2.4 [bacteremia] + 1.2 [ventilated] + 0.6 [lactate and pressor]
+(the last term: septic shock, Sepsis-3: vasopressors and lactate > 2 despite resuscitation). At 8,500
+generated stays: ~15-16% of cohort stays die, ceiling AUROC ~0.86-0.87. The planted rows of a stay with a
+pattern are the shown rows that make it: its lactates; its first creatinine and those meeting the
+criterion; its vasopressor rows; its positive culture's rows; its Intubation and Invasive Ventilation.
+The truth holds for the default window (--observation-hours 48, no look-back).
 
 Everything is vectorised with numpy and written with pyarrow.
 """
 import argparse
 import gzip
 import json
+import re
 import shutil
 import tempfile
 from collections import namedtuple
@@ -57,7 +94,8 @@ VOCAB_PATH = REPO_ROOT / "synthetic_vocab.json"  # the realistic regime's dictio
 REGIMES = ("realistic", "small")
 SMALL_EVENTS_PER_STAY = 62.0
 
-# ----------------------------------------------------------------------------- the truth model
+# ----------------------------------------------------------------------------- the small regime's truth model
+# (the realistic regime's: PATTERNS and what follows it, below; both use AGE_PER_YEAR)
 # log-odds of in-hospital death = INTERCEPT + sum(coef * factor) + AGE_PER_YEAR * (age - 65)
 INTERCEPT = -4.0
 AGE_PER_YEAR = 0.035
@@ -346,7 +384,7 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float |
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     w = TableWriter(out_dir)
-    s = draw_stays(rng, n_stays, w)
+    s = draw_stays(rng, n_stays, w, regime)
     planted = []  # (source_table, source_id array, factor)
     next_ids = IdCounter()
     if regime == "small":
@@ -359,16 +397,30 @@ def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float |
             chunk = np.arange(start, min(start + chunk_stays, s.n_stays))
             realistic_events(w, rng, s, chunk, next_ids, vocab, scale)
             w.flush()
-        realistic_planted(w, rng, s, next_ids, planted, vocab)
+        write_courses(w, rng, s, next_ids, planted, vocab)
         realistic_dictionaries(w, vocab)
     w.close()
     return write_truth(out_dir, s, planted)
 
 
-def draw_stays(rng, n_stays: int, w) -> SimpleNamespace:
-    """Patients, admissions and ICU stays with their latent severity, planted factors and label."""
+def draw_stays(rng, n_stays: int, w, regime: str = "small") -> SimpleNamespace:
+    """Patients, admissions and ICU stays with their truth and label (small: planted factors drawn from a
+    latent severity; realistic: clinical courses, see draw_courses), written to w."""
+    p = draw_people(rng, n_stays)
+    if regime == "small":
+        truth = small_truth(rng, p)
+        keep_alive(p, truth)
+        p.intime, p.los_h = draw_timing(rng, p.admittime)
+    else:
+        p.intime, p.los_h = draw_timing(rng, p.admittime)
+        truth = realistic_truth(rng, p)
+        keep_alive(p, truth)
+    return write_stays(w, rng, p, truth)
 
-    # --- patients, admissions, ICU stays (one admission per stay; ~1/6 of patients have several)
+
+def draw_people(rng, n_stays: int) -> SimpleNamespace:
+    """Patients and the admission time and age of each stay (one admission per stay; ~1/6 of patients
+    have several)."""
     n_patients = max(1, int(round(n_stays / 1.2)))
     patient_of_stay = np.concatenate([np.arange(min(n_patients, n_stays)),
                                       rng.integers(0, n_patients, max(0, n_stays - n_patients))])
@@ -386,30 +438,58 @@ def draw_stays(rng, n_stays: int, w) -> SimpleNamespace:
     admittime -= admittime % 60
     admit_year = stamp(admittime).astype("datetime64[Y]").astype(int) + 1970
     age = anchor_age[patient_of_stay] + (admit_year - anchor_year[patient_of_stay])
+    return SimpleNamespace(n_patients=n_patients, patient_of_stay=patient_of_stay, subject_id=subject_id,
+                           anchor_year=anchor_year, anchor_age=anchor_age, gender=gender, admittime=admittime,
+                           age=age)
 
-    # --- planted risk and the label, drawn from the true probability
+
+def draw_timing(rng, admittime):
+    """ICU admission (within 30 h of the hospital admission) and length of stay in hours (~75% past 48 h)."""
+    intime = admittime + (rng.random(len(admittime)) * 30 * HOUR).astype(np.int64)
+    los_h = np.exp(rng.normal(np.log(80), 0.7, len(admittime))).clip(4, 40 * 24)
+    return intime, los_h
+
+
+def small_truth(rng, p) -> SimpleNamespace:
+    """The small regime's truth: planted factors drawn from a latent severity, logistic in them and age."""
+    n_stays = len(p.age)
     severity = rng.normal(0, 1, n_stays)
     factors = {name: rng.random(n_stays) < sigmoid(a + b * severity) for name, (a, b, _) in RISK_FACTORS.items()}
     # ~1% of stays have nothing charted in the window: the cohort must keep them as one empty row
     quiet = rng.random(n_stays) < 0.01
     for present in factors.values():
         present &= ~quiet
-    logit = INTERCEPT + AGE_PER_YEAR * (age - 65) + sum(RISK_FACTORS[f][2] * factors[f] for f in factors)
+    logit = INTERCEPT + AGE_PER_YEAR * (p.age - 65) + sum(RISK_FACTORS[f][2] * factors[f] for f in factors)
     true_probability = sigmoid(logit)
     died = rng.random(n_stays) < true_probability
-    # Nobody is admitted after dying: drop the admissions that follow a patient's first death. Whether
-    # a stay is kept depends on other stays' outcomes only, so every kept label stays Bernoulli(p).
-    first_death = np.full(n_patients, np.iinfo(np.int64).max)
-    np.minimum.at(first_death, patient_of_stay[died], admittime[died])
-    keep = admittime <= first_death[patient_of_stay]
-    patient_of_stay, admittime, age, severity, true_probability, died, quiet = (
-        a[keep] for a in (patient_of_stay, admittime, age, severity, true_probability, died, quiet))
-    factors = {name: present[keep] for name, present in factors.items()}
-    n_stays = int(keep.sum())
+    return SimpleNamespace(quiet=quiet, factors=factors, true_probability=true_probability, died=died,
+                           columns={}, course=None)
 
+
+def keep_alive(p, truth) -> None:
+    """Nobody is admitted after dying: drops (in place) the admissions that follow a patient's first death.
+    Whether a stay is kept depends on other stays' outcomes only, so every kept label stays Bernoulli(p)."""
+    died = truth.died
+    first_death = np.full(p.n_patients, np.iinfo(np.int64).max)
+    np.minimum.at(first_death, p.patient_of_stay[died], p.admittime[died])
+    keep = p.admittime <= first_death[p.patient_of_stay]
+    for name in ("patient_of_stay", "admittime", "age", "intime", "los_h"):
+        if hasattr(p, name):
+            setattr(p, name, getattr(p, name)[keep])
+    for name in ("quiet", "true_probability", "died"):
+        setattr(truth, name, getattr(truth, name)[keep])
+    truth.factors = {name: present[keep] for name, present in truth.factors.items()}
+    truth.columns = {name: values[keep] for name, values in truth.columns.items()}
+    if truth.course is not None:
+        truth.course = keep_course_rows(truth.course, keep)
+
+
+def write_stays(w, rng, p, truth) -> SimpleNamespace:
+    """Ids, discharge and death times of the kept stays; hosp/patients, hosp/admissions, icu/icustays."""
+    n_stays, n_patients, patient_of_stay = len(p.age), p.n_patients, p.patient_of_stay
+    subject_id, anchor_year, anchor_age, gender = p.subject_id, p.anchor_year, p.anchor_age, p.gender
+    admittime, age, intime, los_h, died = p.admittime, p.age, p.intime, p.los_h, truth.died
     stay_subject = subject_id[patient_of_stay]
-    intime = admittime + (rng.random(n_stays) * 30 * HOUR).astype(np.int64)
-    los_h = np.exp(rng.normal(np.log(80), 0.7, n_stays)).clip(4, 40 * 24)  # ~75% stay past 48 h
     stay_id = 30_000_000 + np.arange(n_stays) * 13 + rng.integers(0, 13, n_stays)
     hadm_id = 20_000_000 + np.arange(n_stays) * 11 + rng.integers(0, 11, n_stays)
     outtime = intime + (los_h * HOUR).astype(np.int64)
@@ -446,8 +526,9 @@ def draw_stays(rng, n_stays: int, w) -> SimpleNamespace:
           los=(outtime - intime) / 86400.0)
 
     return SimpleNamespace(n_stays=n_stays, n_patients=n_patients, stay_subject=stay_subject, hadm_id=hadm_id,
-                           stay_id=stay_id, intime=intime, los_h=los_h, age=age, quiet=quiet, factors=factors,
-                           true_probability=true_probability, died=died)
+                           stay_id=stay_id, intime=intime, los_h=los_h, age=age, quiet=truth.quiet,
+                           factors=truth.factors, columns=truth.columns, course=truth.course,
+                           true_probability=truth.true_probability, died=died)
 
 
 class IdCounter:
@@ -560,7 +641,8 @@ def write_truth(out_dir: Path, s, planted) -> dict:
     stays_truth = pa.table({"subject_id": s.stay_subject, "hadm_id": s.hadm_id, "stay_id": s.stay_id,
                             "patient_age": s.age.astype(float), "true_probability": s.true_probability,
                             "died": s.died.astype(np.int64),
-                            **{f"factor_{name}": present.astype(np.int64) for name, present in s.factors.items()}})
+                            **{f"factor_{name}": present.astype(np.int64) for name, present in s.factors.items()},
+                            **s.columns})
     write_csv_gz(stays_truth, truth_dir / "stays.csv.gz")
     planted_table = pa.table({
         "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, _ in planted]), pa.string()),
@@ -666,9 +748,10 @@ def add_ingredients(w, rng, next_ids, subject, hadm, stay, idx, off, intime):
           originalamount=np.zeros(n, np.int64), originalrate=pa.array(rate, mask=~continuous))
 
 
-def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=None):
-    """Background specimens (spec = index into MICRO_BACKGROUND) or positive blood cultures (organism)."""
-    n = len(idx)
+def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=None, store=None):
+    """Background specimens (spec = index into MICRO_BACKGROUND) or positive blood cultures (organism); with
+    `store` (seconds, the realistic courses) also returns the specimen of each row."""
+    n, store_given = len(idx), store
     if organism is None:
         spec_rows = [MICRO_BACKGROUND[i] for i in spec]
         has_org = np.array([s.organism is not None for s in spec_rows], dtype=bool)
@@ -685,8 +768,9 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
     ids = next_ids("micro", len(r))
     chart = intime[idx] + (off * HOUR).astype(np.int64)
     chart -= chart % 60
-    store = chart + rng.integers(24 * 60, 28 * 60, n) * 60 if organism is not None else \
-        chart + rng.integers(12 * 60, 72 * 60, n) * 60
+    if store is None:
+        store = chart + rng.integers(24 * 60, 28 * 60, n) * 60 if organism is not None else \
+            chart + rng.integers(12 * 60, 72 * 60, n) * 60
     no_hadm = (rng.random(n) < 0.05) if organism is None else np.zeros(n, bool)  # outpatient specimens
     ab = rng.integers(0, len(ANTIBIOTICS), len(r))
     is_ab = k > 0
@@ -707,7 +791,7 @@ def add_micro(w, rng, next_ids, subject, hadm, idx, off, intime, spec, organism=
           dilution_text=strings(("<=0.5", "1", "2", ">=16"), rng.integers(0, 4, len(r)), mask=~is_ab),
           interpretation=strings(("S", "R"), interp, mask=~is_ab),
           comments=strings(("No growth.",), np.zeros(len(r), int), mask=has_org[r]))
-    return ids
+    return ids if store_given is None else (ids, r)
 
 
 # ----------------------------------------------------------------------------- the realistic regime
@@ -722,8 +806,7 @@ REALISTIC_EVENTS_PER_STAY = 600.0
 STAY_INTENSITY_SHAPE = 7.0  # gamma shape of a stay's overall activity (sets the spread of events per stay)
 KIND_INTENSITY_SHAPE = 10.0  # and of each kind's activity within a stay
 LAB_NULL_HADM_SHARE, MICRO_NULL_HADM_SHARE = 0.015, 0.08  # results filed without an admission (ED, outpatient)
-BACKGROUND_CAPS = {LACTATE: 3.9, CREATININE: 2.9}  # high values are planted risk only
-# (d_items row, rate unit, rate range, segment count range): vasopressor infusions, the planted `pressor` factor
+# (d_items row, rate unit, rate range, weight): the vasopressor infusions of the courses (pressor_course)
 PRESSOR_INFUSIONS = [
     ((221906, "Norepinephrine", "Norepinephrine", "inputevents", "Medications", "mg", "Solution"),
      "mcg/kg/min", (0.02, 0.5), 0.55),
@@ -750,8 +833,7 @@ def load_vocab(path=None) -> dict:
     v.lab_decimals = np.array([i.get("decimals", 0) for i in items])
     v.lab_ref = np.array([[np.nan if r is None else r for r in i["ref"]] for i in items], float)
     v.lab_units = [i["unit"] for i in items]
-    for itemid, cap in BACKGROUND_CAPS.items():
-        v.lab_quantiles[index[itemid]] = np.minimum(v.lab_quantiles[index[itemid]], cap)
+    v.course_lab_items = np.array([index[LACTATE], index[CREATININE]])  # drawn by the courses only
     # text results: per item, its values with cumulative weights in (k, k + 1] for a single searchsorted
     keys, values = [], []
     for k, item in enumerate(items):
@@ -769,10 +851,19 @@ def load_vocab(path=None) -> dict:
 
     rx = raw["prescriptions"]
     v.rx_columns = {name: [row[k] for row in rx["orders"]] for k, name in enumerate(rx["columns"][:-1])}
-    v.rx_p = zipf_weights([row[-1] for row in rx["orders"]])
+    # antibiotics come from the courses only (the truth reads their timing); the courses order these rows
+    drugs = np.array(v.rx_columns["drug"], dtype=object)
+    weights = np.array([row[-1] for row in rx["orders"]], float)
+    antibiotic = np.array([re.search(ANTIBIOTIC_RE, d or "") is not None for d in drugs])
+    v.rx_p = zipf_weights(np.where(antibiotic, 0, weights))
+    iv = np.array([r == "IV" for r in v.rx_columns["route"]])
+    most_ordered = lambda drug: int(np.argmax(np.where((drugs == drug) & iv, weights, -1)))  # noqa: E731
+    v.empiric_orders = np.array([most_ordered(d) for d, _ in EMPIRIC_ANTIBIOTICS])
+    v.prophylaxis_order = most_ordered(PROPHYLAXIS_ANTIBIOTIC)
 
     v.inputs = raw["inputs"]["items"]
-    v.input_p = zipf_weights([i["weight"] for i in v.inputs])
+    antibiotic_inputs = {row[0] for row in raw["d_items"] if row[4] == "Antibiotics"}
+    v.input_p = zipf_weights([0 if i["itemid"] in antibiotic_inputs else i["weight"] for i in v.inputs])
     v.input_store_delay = np.array(raw["inputs"]["store_delay_minutes"])
     v.ingredients = raw["ingredients"]["items"]
     v.ingredient_p = zipf_weights([i["weight"] for i in v.ingredients])
@@ -858,23 +949,29 @@ def minute_times(intime, off_h):
     return t - t % 60
 
 
-def add_lab_panels(ctx, stay, off, panel, planted_item=None, planted_value=None):
-    """One specimen per entry (stay, offset, panel): its items share charttime, storetime and hadm_id.
-    With planted_item/planted_value: single-item specimens with those values, always stored."""
+def add_lab_panels(ctx, stay, off, panel, planted_item=None, planted_value=None, times=None):
+    """One specimen per entry (stay, offset, panel): its items share charttime, storetime and hadm_id; the
+    course items (lactate, creatinine) are left out of the panels. With planted_item/planted_value:
+    single-item specimens with those values, at times=(charttime, storetime) in seconds."""
     rng, v, s = ctx.rng, ctx.vocab, ctx.s
     if planted_item is None:
         size = v.panel_size[panel]
         spec = np.repeat(np.arange(len(panel)), size)
         item = v.panel_items[np.repeat(v.panel_start[panel], size) + np.arange(len(spec))
                              - np.repeat(np.cumsum(size) - size, size)]
+        background = ~np.isin(item, v.course_lab_items)
+        spec, item = spec[background], item[background]
     else:
         spec, item = np.arange(len(panel)), np.full(len(panel), v.lab_index[planted_item])
     n = len(spec)
     ids = ctx.next_ids("lab", n)
-    chart = minute_times(s.intime[stay], off)
-    delay = np.where(rng.random(len(stay)) < 0.9, rng.gamma(2.0, 30.0, len(stay)), rng.uniform(60, 600, len(stay)))
-    store = chart + (delay * 60).astype(np.int64)
-    store -= store % 60
+    if times is None:
+        chart = minute_times(s.intime[stay], off)
+        delay = np.where(rng.random(len(stay)) < 0.9, rng.gamma(2.0, 30.0, len(stay)), rng.uniform(60, 600, len(stay)))
+        store = chart + (delay * 60).astype(np.int64)
+        store -= store % 60
+    else:
+        chart, store = times
     null_hadm = (rng.random(len(stay)) < LAB_NULL_HADM_SHARE) if planted_item is None else np.zeros(len(stay), bool)
     numeric = v.lab_numeric[item]
     if planted_value is None:
@@ -907,13 +1004,15 @@ def add_lab_panels(ctx, stay, off, panel, planted_item=None, planted_value=None)
     return ids
 
 
-def add_realistic_prescriptions(ctx, stay, off):
+def add_realistic_prescriptions(ctx, stay, off, order=None):
+    """Orders drawn from the vocabulary, or the given ones (vocabulary rows) starting at exactly `off`."""
     rng, v, s = ctx.rng, ctx.vocab, ctx.s
     n = len(stay)
-    order = rng.choice(len(v.rx_p), size=n, p=v.rx_p)
     ids = ctx.next_ids("pharmacy", n)
     start = minute_times(s.intime[stay], off)
-    start = np.where(rng.random(n) < 0.6, start - start % HOUR, start)  # most orders start on the hour
+    if order is None:
+        order = rng.choice(len(v.rx_p), size=n, p=v.rx_p)
+        start = np.where(rng.random(n) < 0.6, start - start % HOUR, start)  # most orders start on the hour
     cols = v.rx_columns
     ctx.w.add("hosp/prescriptions", n, subject_id=s.stay_subject[stay], hadm_id=s.hadm_id[stay], pharmacy_id=ids,
               starttime=stamp(start), stoptime=stamp(start + rng.integers(6, 96, n) * HOUR),
@@ -923,7 +1022,7 @@ def add_realistic_prescriptions(ctx, stay, off):
               doses_per_24_hrs=rng.integers(1, 5, n))
 
 
-def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_delay_min=None):
+def add_input_orders(ctx, stay, off, items, item, segments):
     """Infusion orders: each order is `segments` consecutive rows (rate changes) sharing a linkorderid.
     items: dicts with amountuom, rateuom, rate_share, ordercategory*, amount/rate/minutes quantiles.
     Returns the rows' stay, times and order ids (ingredients hang on them)."""
@@ -939,21 +1038,13 @@ def add_input_orders(ctx, stay, off, items, item, segments, rate=None, store_del
     start_min = cum - np.repeat(cum[first], segments)
     start = minute_times(s.intime[stay[order]], off[order]) + (start_min * 60).astype(np.int64)
     end = start + (minutes * 60).astype(np.int64)
-    if store_delay_min is None:
-        store_delay_min = np.maximum(0, np.round(from_quantiles(rng, ctx.vocab.input_store_delay, n)))
+    store_delay_min = np.maximum(0, np.round(from_quantiles(rng, ctx.vocab.input_store_delay, n)))
     store = start + (store_delay_min * 60).astype(np.int64)
     rateuom = per_item(items, "rateuom")
     has_rate = (rateuom != None)[it] & (rng.random(n) < per_item(items, "rate_share")[it])  # noqa: E711
-    if rate is None:
-        rate = from_quantiles(rng, per_item(items, "rate", [0.0] * 21)[it], discrete=True)
-        amount = from_quantiles(rng, per_item(items, "amount")[it], discrete=True)
-        amount = np.where(has_rate & (per_item(items, "amountuom") == "ml")[it], rate * minutes / 60, amount)
-    else:
-        rate = rate[order] * (1 + rng.uniform(-0.5, 0.5, n))  # titrated up and down
-        weight = 80.0
-        per_kg = np.array([u.endswith("/kg/min") for u in rateuom])[it]
-        amount = np.where(per_kg, rate * weight * minutes / 1000, rate * minutes)
-        rate = np.round(rate, 4)
+    rate = from_quantiles(rng, per_item(items, "rate", [0.0] * 21)[it], discrete=True)
+    amount = from_quantiles(rng, per_item(items, "amount")[it], discrete=True)
+    amount = np.where(has_rate & (per_item(items, "amountuom") == "ml")[it], rate * minutes / 60, amount)
     orderid = ctx.next_ids("order", n)
     last = k == segments[order] - 1
     status = np.where(last, np.where(rng.random(n) < 0.9, 0, 1), 2)
@@ -1059,52 +1150,423 @@ def add_realistic_micro(ctx, stay, off):
               comments=vocab_strings(cols["comments"], row))
 
 
-def realistic_planted(w, rng, s, next_ids, planted, vocab):
-    """The planted risk factors, as the realistic regime charts them; every row is inside the window and
-    known at the prediction time (charted before it, or still running at it)."""
-    ctx = SimpleNamespace(w=w, rng=rng, s=s, next_ids=next_ids, vocab=vocab)
-    for factor, itemid, low, high in (("lactate", LACTATE, 4.1, 9.5), ("renal", CREATININE, 3.0, 7.5)):
-        stays = np.flatnonzero(s.factors[factor])
-        idx = np.repeat(stays, rng.integers(1, 4, len(stays)))
-        off = rng.random(len(idx)) * (OBSERVATION_HOURS - 6)
-        lab_ids = add_lab_panels(ctx, idx, off, np.zeros(len(idx), int), planted_item=itemid,
-                                 planted_value=rng.uniform(low, high, len(idx)))
-        planted.append(("labevents", lab_ids.astype(str), factor))
+# ----------------------------------------------------------------------------- the realistic regime's truth
+# Every stay gets a clinical course of the items that carry risk (lactate, creatinine, vasopressor infusions,
+# blood cultures and antibiotics, ventilation, CRRT), drawn from a latent severity for sick and well stays
+# alike; these items come from the courses only (the background draws none of them), so every such row in
+# the table belongs to a course. The truth is computed from the course rows that the query keeps at the
+# 48 h prediction time, timed as it times them (known_at), before any row is written; see the docstring.
+PATTERNS = {  # pattern: log-odds ratio of in-hospital death (x its recency weight, for those in RECENCY)
+    "lactate": 2.2,      # lactate that does not clear
+    "renal": 1.5,        # acute kidney injury: creatinine rising (KDIGO)
+    "pressor": 2.2,      # escalating vasopressor support
+    "bacteremia": 2.4,   # a pathogen in a blood culture without timely antibiotics
+    "ventilated": 1.2,   # still on invasive ventilation at the prediction time
+}
+RECENCY = ("lactate", "renal", "pressor")  # weighted by 2 ** (-hours since the latest evidence / half-life)
+RECENCY_HALF_LIFE_H = 24.0
+SHOCK_INTERACTION = 0.6  # lactate x pressor: septic shock (Sepsis-3: vasopressors and lactate > 2)
+REALISTIC_INTERCEPT = -3.35
+TREATMENT_DELAY_H = 6.0  # a positive blood culture counts as treated if an antibiotic started before result + 6 h
+EXTUBATION = 227194
+EXTUBATION_ITEM = (EXTUBATION, "Extubation", "Extubation", "procedureevents", "1-Intubation/Extubation", "None",
+                   "Processes")
+# systemic antibacterials: left out of the background prescriptions and inputs; the courses order them
+ANTIBIOTIC_RE = (r"(?i)vancomycin|cef|ceph|piperacillin|penem|floxacin|metronidazole|azithromycin|clarithromycin|"
+                 r"erythromycin|ampicillin|amoxicillin|sulfameth|bactrim|clindamycin|doxycycline|tobramycin|"
+                 r"gentamicin|tigecycline|linezolid|daptomycin|nafcillin|oxacillin|aztreonam|rifaximin|zosyn|unasyn")
+EMPIRIC_ANTIBIOTICS = [("Vancomycin", 0.35), ("CefePIME", 0.2), ("Piperacillin-Tazobactam", 0.15),
+                       ("Meropenem", 0.1), ("CeftriaXONE", 0.1), ("MetRONIDAZOLE (FLagyl)", 0.05),
+                       ("Ciprofloxacin IV", 0.03), ("Levofloxacin", 0.02)]
+PROPHYLAXIS_ANTIBIOTIC = "CefazoLIN"
+# vasopressor starting rates: (median, log sd), in PRESSOR_INFUSIONS order (vasopressin is added at a fixed rate)
+PRESSOR_START = [(0.06, 0.6), (0.5, 0.5), (0.035, 0.1), (0.03, 0.5)]
 
-    # vasopressors: one titrated infusion of 2-8 rows, all started (and charted) within the window
-    stays = np.flatnonzero(s.factors["pressor"])
-    drug = pick(rng, len(stays), PRESSOR_INFUSIONS, zipf_weights([p[3] for p in PRESSOR_INFUSIONS]))
-    items = [{"itemid": p[0][0], "amountuom": p[0][5], "rateuom": p[1], "rate_share": 1.0,
-              "ordercategoryname": "01-Drips", "secondaryordercategoryname": "02-Fluids (Crystalloids)",
-              "ordercategorydescription": "Continuous Med", "minutes": list(np.linspace(30, 120, 21))}
-             for p in PRESSOR_INFUSIONS]
-    segments = rng.integers(2, 9, len(stays))
-    rate = np.array([rng.uniform(*PRESSOR_INFUSIONS[d][2]) for d in drug])
-    rows = add_input_orders(ctx, stays, rng.random(len(stays)) * 30, items, drug, segments, rate=rate,
-                            store_delay_min=rng.integers(0, 30, segments.sum()))
-    planted.append(("inputevents", np.char.add(np.char.add(rows["orderid"].astype(str), ":"),
-                                                rows["itemid"].astype(str)), "pressor"))
 
-    # ventilation and CRRT run past the prediction time; intubation is a task charted minutes later
-    for factor, itemid, prob in (("ventilated", INTUBATION, 0.8), ("ventilated", VENTILATION, 1.0),
-                                 ("renal", CRRT, 0.5)):
-        stays = np.flatnonzero(s.factors[factor] & (rng.random(s.n_stays) < prob))
-        off = rng.random(len(stays)) * (OBSERVATION_HOURS - 4)
-        start = minute_times(s.intime[stays], off)
-        if itemid == INTUBATION:
-            end = start + 60 * rng.integers(1, 10, len(stays))
-        else:
-            end = s.intime[stays] + ((OBSERVATION_HOURS + rng.uniform(1, 72, len(stays))) * HOUR).astype(np.int64)
-            end -= end % 60
-        store = end + 60 * rng.integers(0, 30, len(stays))
-        order_ids = add_realistic_procedures(ctx, stays, off, np.full(len(stays), itemid), end, store)
-        planted.append(("procedureevents", np.char.add(order_ids.astype(str), f":{itemid}"), factor))
+def course_times(rng, counts, start_h, end_h, gap_h, skew=1.0):
+    """Stay index and sorted times (hours from intime) of counts[i] results per stay, spread over
+    [start_h, end_h) (denser early where skew > 1) and at least gap_h apart (later ones may spill past end_h)."""
+    stay = np.repeat(np.arange(len(counts)), counts)
+    skew = np.broadcast_to(skew, len(counts))[stay]
+    t = start_h + rng.random(len(stay)) ** skew * (end_h - start_h)
+    t = t[np.lexsort((t, stay))]
+    rank = np.arange(len(stay)) - np.repeat(np.cumsum(counts) - counts, counts)
+    shift = stay * 1e5  # keeps the running maximum inside each stay
+    return stay, np.maximum.accumulate(t - gap_h * rank + shift) - shift + gap_h * rank
 
-    stays = np.flatnonzero(s.factors["bacteremia"])
-    off = rng.random(len(stays)) * 18  # drawn early enough to be reported (+24-28 h) inside the window
-    micro_ids = add_micro(w, rng, next_ids, s.stay_subject, s.hadm_id, stays, off, s.intime, None,
-                          organism=pick(rng, len(stays), BACTEREMIA_ORGANISMS))
-    planted.append(("microbiologyevents", micro_ids.astype(str), "bacteremia"))
+
+def group_rank(group):
+    """0, 1, 2, ... within runs of equal values of a sorted group array."""
+    group = np.asarray(group)
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1] if len(group) else np.zeros(0, int)
+    return np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+
+
+def round_tenths(x):
+    return np.round(x * 10) / 10
+
+
+def two_figures(x):
+    """x at two significant figures, as the same double that the query's text parses back to."""
+    digits = 1 - np.floor(np.log10(x))
+    return np.round(x * 10.0 ** digits) / 10.0 ** digits
+
+
+def lactate_course(rng, z, active):
+    """Lactate results: normal; raised once and not rechecked (after a seizure, surgery, beta-agonists);
+    raised at admission and clearing (falling with a half-life of 4-40 h, often still raised at the last
+    check); raised and not clearing (flat or rising); or normal then rising (a new deterioration)."""
+    n = len(z)
+    high = active & (rng.random(n) < sigmoid(-1.0 + 1.0 * z))
+    stuck = high & (rng.random(n) < sigmoid(-0.6 + 0.8 * z))
+    late = active & ~high & (rng.random(n) < sigmoid(-3.2 + 0.9 * z))
+    once = active & ~high & ~late & (rng.random(n) < 0.15)
+    base = np.where(once, rng.uniform(2.1, 6.0, n), np.exp(rng.normal(np.log(1.2), 0.25, n)))
+    start = np.exp(rng.normal(np.log(np.where(stuck, 3.0, 5.0)), 0.45, n)).clip(2.1, 15)
+    half_life, growth = np.exp(rng.normal(np.log(16.0), 0.6, n)), rng.uniform(-0.004, 0.012, n)
+    onset, slope = rng.uniform(10, 40, n), rng.uniform(0.08, 0.3, n)
+    counts = np.where(once, 1, rng.poisson(np.where(high, 3.0, np.where(late, 2.5, 1.6))) + 2 * high + late) * active
+    stay, t = course_times(rng, counts, 0.0, 47.5, gap_h=1.0, skew=np.where(high, 1.3, 1.0))
+    value = np.select([high[stay] & ~stuck[stay], stuck[stay], late[stay]],
+                      [base[stay] + (start - base)[stay] * 0.5 ** (t / half_life[stay]),
+                       start[stay] * np.exp(growth[stay] * t),
+                       base[stay] + slope[stay] * np.maximum(t - onset[stay], 0)], base[stay])
+    value = round_tenths(np.clip(value * np.exp(rng.normal(0, 0.07, len(t))), 0.3, 25))
+    return SimpleNamespace(stay=stay, hours=t, value=value, delay_min=rng.integers(10, 51, len(t)))
+
+
+def creatinine_course(rng, z, age, active):
+    """Creatinine results: stable normal; stable high (chronic kidney disease, end-stage on dialysis); rising
+    (acute kidney injury, onset before or during the stay); or falling (an injury recovering). CRRT: for
+    half of the end-stage stays and some severe injuries, lowering the values after it starts."""
+    n = len(z)
+    esrd = active & (rng.random(n) < 0.035)
+    ckd = active & ~esrd & (rng.random(n) < sigmoid(-2.3 + 0.03 * (age - 65)))
+    aki = active & ~esrd & (rng.random(n) < sigmoid(-1.6 + 0.9 * z))
+    recovering = active & ~esrd & ~aki & (rng.random(n) < 0.08)
+    base = np.where(esrd, rng.uniform(4.5, 9, n),
+                    np.where(ckd, rng.uniform(1.6, 4.0, n), np.exp(rng.normal(np.log(0.85), 0.25, n))))
+    peak, onset, rise_h = rng.uniform(1.5, 3.5, n), rng.uniform(-24, 36, n), rng.uniform(24, 60, n)
+    crrt = np.where(esrd & (rng.random(n) < 0.6), rng.uniform(0, 30, n),
+                    np.where(aki & (peak > 2.4) & (rng.random(n) < 0.4), onset + rng.uniform(12, 36, n), np.nan))
+    crrt = np.where(crrt > 46, np.nan, np.maximum(crrt, 0.25))
+    counts = (1 + rng.poisson(4.5, n)) * active
+    stay, t = course_times(rng, counts, 0.0, 47.5, gap_h=2.0)
+    mult = np.select([aki[stay], recovering[stay]],
+                     [1 + (peak - 1)[stay] * np.clip((t - onset[stay]) / rise_h[stay], 0, 1),
+                      1 + (peak - 1)[stay] * 0.5 ** (t / 20)], 1.0)
+    since = t - crrt[stay]
+    dialysed = np.where(since > 0, 0.55 + 0.45 * 0.5 ** (np.where(since > 0, since, 0) / 8), 1.0)
+    value = round_tenths(np.clip(base[stay] * mult * dialysed * np.exp(rng.normal(0, 0.025, len(t))), 0.2, 20))
+    delay = np.clip(rng.gamma(2.0, 30.0, len(t)), 5, 110).astype(int)
+    labs = SimpleNamespace(stay=stay, hours=t, value=value, delay_min=delay)
+    on = np.flatnonzero(~np.isnan(crrt))
+    end = np.where(aki[on], OBSERVATION_HOURS + rng.uniform(1, 72, len(on)), crrt[on] + rng.uniform(4, 30, len(on)))
+    return labs, SimpleNamespace(stay=on, start=crrt[on], end=end)
+
+
+def pressor_course(rng, z, active):
+    """Vasopressor infusions, one order of consecutive rate segments (30-240 min) per agent: shock, the
+    sicker escalating (rate x1.05-1.45 per segment, half with a second agent added) and the others stable or
+    slowly weaned, often still running at the prediction time; or a brief low dose weaned off (x0.5-0.85).
+    Vasopressin runs at a fixed 0.03-0.04 units/min."""
+    n = len(z)
+    shock = active & (rng.random(n) < sigmoid(-1.1 + 1.0 * z))
+    escalate = shock & (rng.random(n) < sigmoid(-0.5 + 0.8 * z))
+    brief = active & ~shock & (rng.random(n) < 0.10)
+    main, added = np.flatnonzero(shock | brief), np.flatnonzero(escalate & (rng.random(n) < 0.5))
+    agent_shock = rng.choice(4, len(main), p=(0.8, 0.08, 0.07, 0.05))  # PRESSOR_INFUSIONS order
+    agent_brief = rng.choice(4, len(main), p=(0.25, 0.5, 0.1, 0.15))
+    main_agent = np.full(n, -1)
+    main_agent[main] = np.where(shock[main], agent_shock, agent_brief)
+    t0 = np.full(n, np.nan)
+    t0[main] = np.where(shock[main], rng.uniform(0, 30, len(main)), rng.uniform(0, 20, len(main)))
+    ongoing = shock & (escalate | (rng.random(n) < 0.5))
+    stay = np.r_[main, added]
+    agent = np.r_[main_agent[main], np.where(main_agent[added] == 2, 0, 2)]  # vasopressin added (norepi to it)
+    start_h = np.r_[t0[main], t0[added] + rng.uniform(1, 6, len(added))]
+    segments = np.r_[np.where(shock[main], np.minimum(2 + rng.poisson(np.where(escalate[main], 4, 6)), 14),
+                              np.minimum(1 + rng.poisson(1.5, len(main)), 5)), 1 + rng.integers(0, 4, len(added))]
+    median, sd = (np.array(PRESSOR_START)[agent, k] for k in (0, 1))
+    low, high = (np.array([p[2][k] for p in PRESSOR_INFUSIONS])[agent] for k in (0, 1))
+    # escalation starts low; a stable or weaned shock may have started (and stay) high
+    median = median * np.r_[np.where(escalate[main], 0.7, np.where(shock[main], 1.6, 1.0)), np.ones(len(added))]
+    r0 = np.where(agent == 2, rng.choice([0.03, 0.04], len(agent)), np.exp(rng.normal(np.log(median), sd)))
+    # rate steps: 0 escalating, 1 stable or slowly weaned, 2 weaned off, 3 fixed (vasopressin)
+    kind = np.where(agent == 2, 3, np.r_[np.where(escalate[main], 0, np.where(shock[main], 1, 2)),
+                                         np.ones(len(added), int)])
+    inf = np.repeat(np.arange(len(stay)), segments)
+    k = group_rank(inf)
+    log_step = np.select([kind[inf] == 0, kind[inf] == 1, kind[inf] == 2],
+                         [np.log(rng.uniform(1.05, 1.45, len(inf))), rng.normal(-0.05, 0.12, len(inf)),
+                          np.log(rng.uniform(0.5, 0.85, len(inf)))], 0.0) * (k > 0)
+    cum = np.cumsum(log_step)
+    cum -= np.repeat(cum[np.cumsum(segments) - segments] - log_step[np.cumsum(segments) - segments], segments)
+    rate = two_figures(np.clip(r0[inf] * np.exp(cum), low[inf], high[inf]))
+    # segments of 30-240 min; an ongoing infusion's segments stretched to run 1-24 h past the prediction time
+    minutes = rng.integers(30, 241, len(inf)).astype(float)
+    total = np.bincount(inf, weights=minutes, minlength=len(stay))
+    needed = (OBSERVATION_HOURS + rng.uniform(1, 24, len(stay)) - start_h) * 60
+    minutes = np.round(minutes * np.where(ongoing[stay], np.maximum(1, needed / total), 1)[inf]).astype(np.int64)
+    offset_min = np.cumsum(minutes) - minutes
+    offset_min -= np.repeat(offset_min[np.cumsum(segments) - segments], segments)
+    return SimpleNamespace(stay=stay[inf], agent=agent[inf], infusion=inf, start_h=start_h[inf], offset_min=offset_min,
+                           minutes=minutes, rate=rate, delay_min=rng.integers(0, 30, len(inf)))
+
+
+def infection_course(rng, z, active):
+    """Blood cultures and antibiotics. Suspected infection: empiric antibiotics (1-3 drugs, re-ordered every
+    12-24 h). A pathogen in blood: cultures drawn in the first day, reported 20-30 h later; treated ones (1-3
+    positive sets) had antibiotics from the draw or within 4 h of the report, untreated ones (30%, one set)
+    none until 6-30 h after it, or none. Prophylaxis: cefazolin for a third of the others."""
+    n = len(z)
+    bact = active & (rng.random(n) < sigmoid(-1.9 + 0.8 * z))
+    infected = active & (bact | (rng.random(n) < sigmoid(-0.2 + 0.6 * z)))
+    untreated = bact & (rng.random(n) < 0.3)
+    sets = np.where(untreated, 1, 1 + rng.binomial(2, 0.5, n)) * bact
+    cstay = np.repeat(np.arange(n), sets)
+    drawn0 = rng.uniform(0, 22, n)
+    drawn = drawn0[cstay] + group_rank(cstay) * rng.uniform(4, 12, len(cstay))
+    report_min = rng.integers(20 * 60, 30 * 60, len(cstay))
+    result0 = np.full(n, np.nan)
+    result0[bact] = drawn0[bact] + report_min[(np.cumsum(sets) - sets)[bact]] / 60
+    cultures = SimpleNamespace(stay=cstay, hours=drawn, delay_min=report_min,
+                               organism=rng.integers(0, len(BACTEREMIA_ORGANISMS), n)[cstay])
+    prompt = np.where(rng.random(n) < 0.6, drawn0 + rng.uniform(0, 3, n), result0 + rng.uniform(0, 4, n))
+    empiric = rng.uniform(-4, 30, n)
+    first = np.select([untreated, bact, infected],
+                      [np.where(rng.random(n) < 0.6, result0 + TREATMENT_DELAY_H + rng.uniform(0, 24, n), np.nan),
+                       np.maximum(np.minimum(empiric, prompt), 0.1), empiric], np.nan)
+    drugs = np.where(np.isnan(first), 0, 1 + rng.binomial(2, 0.4, n))
+    dstay = np.repeat(np.arange(n), drugs)
+    drug = rng.choice(len(EMPIRIC_ANTIBIOTICS), len(dstay), p=[w for _, w in EMPIRIC_ANTIBIOTICS])
+    orders = 1 + rng.poisson(0.7, len(dstay))
+    ostay, odrug = np.repeat(dstay, orders), np.repeat(drug, orders)
+    ohours = np.repeat(first[dstay] + rng.uniform(0, 1, len(dstay)), orders) + \
+        group_rank(np.repeat(np.arange(len(dstay)), orders)) * rng.uniform(12, 24, len(ostay))
+    prophylaxis = active & ~infected & (rng.random(n) < 0.35)
+    pstay = np.repeat(np.flatnonzero(prophylaxis), 1 + (rng.random(prophylaxis.sum()) < 0.5))
+    phours = rng.uniform(0, 24, n)[pstay] + group_rank(pstay) * 8
+    antibiotics = SimpleNamespace(stay=np.r_[ostay, pstay], drug=np.r_[odrug, np.full(len(pstay), -1)],
+                                  hours=np.r_[ohours, phours])
+    return cultures, antibiotics
+
+
+def ventilation_course(rng, z, active):
+    """Invasive ventilation: arriving intubated (from the OR or ED) or intubated in the ICU (an Intubation
+    task); short (extubated 2-20 h later: an Extubation task) or prolonged (running past the prediction time)."""
+    n = len(z)
+    vent = active & (rng.random(n) < sigmoid(-0.7 + 0.9 * z))
+    prolonged = vent & (rng.random(n) < sigmoid(-0.4 + 1.0 * z))
+    in_icu = vent & (rng.random(n) < 0.45)
+    intubated = np.where(in_icu, np.where(prolonged, rng.uniform(0, 40, n), rng.uniform(0, 20, n)), 0.0)
+    start = intubated + rng.uniform(0.05, 0.5, n)
+    end = np.where(prolonged, OBSERVATION_HOURS + rng.uniform(1, 96, n), start + rng.uniform(2, 20, n))
+    v, i = np.flatnonzero(vent), np.flatnonzero(in_icu)
+    x = np.flatnonzero(vent & (end < OBSERVATION_HOURS + 6))
+    task = lambda m: rng.integers(1, 10, m) / 60  # noqa: E731  (a task lasts minutes)
+    return SimpleNamespace(stay=np.r_[i, v, x], itemid=np.r_[np.full(len(i), INTUBATION), np.full(len(v), VENTILATION),
+                                                            np.full(len(x), EXTUBATION)],
+                           start=np.r_[intubated[i], start[v], end[x]],
+                           end=np.r_[intubated[i] + task(len(i)), end[v], end[x] + task(len(x))])
+
+
+def draw_courses(rng, z, age, active, intime) -> SimpleNamespace:
+    """Every stay's course rows, per table, with their times in seconds exactly as they will be written."""
+    at = lambda stay, hours: minute_times(intime[stay], hours)  # noqa: E731
+    lactate, creatinine = lactate_course(rng, z, active), creatinine_course(rng, z, age, active)
+    labs = SimpleNamespace(stay=np.r_[lactate.stay, creatinine[0].stay],
+                           itemid=np.r_[np.full(len(lactate.stay), LACTATE),
+                                        np.full(len(creatinine[0].stay), CREATININE)],
+                           value=np.r_[lactate.value, creatinine[0].value])
+    labs.chart = at(labs.stay, np.r_[lactate.hours, creatinine[0].hours])
+    labs.store = labs.chart + 60 * np.r_[lactate.delay_min, creatinine[0].delay_min]
+
+    pressor = pressor_course(rng, z, active)
+    start = at(pressor.stay, pressor.start_h) + 60 * pressor.offset_min
+    inputs = SimpleNamespace(stay=pressor.stay, agent=pressor.agent, infusion=pressor.infusion, rate=pressor.rate,
+                             start=start, end=start + 60 * pressor.minutes, store=start + 60 * pressor.delay_min)
+
+    cultures, antibiotics = infection_course(rng, z, active)
+    micro = SimpleNamespace(stay=cultures.stay, organism=cultures.organism, hours=cultures.hours,
+                            chart=at(cultures.stay, cultures.hours))
+    micro.store = micro.chart + 60 * cultures.delay_min
+    rx = SimpleNamespace(stay=antibiotics.stay, drug=antibiotics.drug, hours=antibiotics.hours,
+                         start=at(antibiotics.stay, antibiotics.hours))
+
+    vent, crrt = ventilation_course(rng, z, active), creatinine[1]
+    stay = np.r_[vent.stay, crrt.stay]
+    start_h, end_h = np.r_[vent.start, crrt.start], np.r_[vent.end, crrt.end]
+    procs = SimpleNamespace(stay=stay, itemid=np.r_[vent.itemid, np.full(len(crrt.stay), CRRT)], hours=start_h,
+                            start=at(stay, start_h))
+    procs.end = procs.start + 60 * np.maximum(1, np.round((end_h - start_h) * 60)).astype(np.int64)
+    procs.store = procs.end + 60 * rng.integers(0, 30, len(stay))
+    return SimpleNamespace(labs=labs, inputs=inputs, micro=micro, rx=rx, procs=procs)
+
+
+def visible(rows, intime, kind):
+    """(kept, event_time) of course rows as query.sql keeps and times them at the default prediction time:
+    results at storetime, prescriptions at starttime, ICU rows by known_at (charted before the prediction
+    time, or still running at it)."""
+    start_of_window, prediction = intime[rows.stay], intime[rows.stay] + int(OBSERVATION_HOURS * HOUR)
+    if kind == "result":
+        return (rows.store >= start_of_window) & (rows.store < prediction), rows.store
+    if kind == "prescription":
+        return (rows.start >= start_of_window) & (rows.start < prediction), rows.start
+    kept = (rows.start >= start_of_window) & (rows.start < prediction) \
+        & ((rows.store < prediction) | (rows.end > prediction))
+    return kept, np.where(rows.store < prediction, np.maximum(rows.start, rows.store), rows.start)
+
+
+def ordered(stay, time, mask, group=None):
+    """Indices of the masked rows sorted by (group or stay, time); the group of each; and each group's first
+    position, count and last position in that order."""
+    idx = np.flatnonzero(mask)
+    key = (stay if group is None else group)[idx]
+    idx = idx[np.lexsort((time[idx], key))]
+    groups, first, count = np.unique((stay if group is None else group)[idx], return_index=True, return_counts=True)
+    return idx, groups, first, count, first + count - 1
+
+
+def pattern_features(c, intime, n):
+    """The five patterns (and the hours since each recency-weighted one was last seen) from the course rows
+    the table shows; marks those rows in c.<table>.planted."""
+    hours_before = lambda stay, t: (intime[stay] + int(OBSERVATION_HOURS * HOUR) - t) / HOUR  # noqa: E731
+    flags = {name: np.zeros(n, bool) for name in PATTERNS}
+    hours = {name: np.full(n, np.nan) for name in RECENCY}
+    for rows in vars(c).values():
+        rows.planted = np.full(len(rows.stay), "", dtype=object)
+    kept, ev = visible(c.labs, intime, "result")
+    tenths = np.round(c.labs.value * 10).astype(np.int64)
+    # lactate that does not clear: >= 2 results, the last > 2.0 mmol/L and >= 90% of the first
+    idx, stays, first, count, last = ordered(c.labs.stay, ev, kept & (c.labs.itemid == LACTATE))
+    on = (count >= 2) & (tenths[idx[last]] > 20) & (10 * tenths[idx[last]] >= 9 * tenths[idx[first]])
+    flags["lactate"][stays[on]] = True
+    hours["lactate"][stays[on]] = hours_before(stays[on], ev[idx[last[on]]])
+    c.labs.planted[idx[flags["lactate"][c.labs.stay[idx]]]] = "lactate"
+    # acute kidney injury (KDIGO): a later creatinine >= the first + 0.3 mg/dL or >= 1.5 x the first
+    idx, stays, first, count, last = ordered(c.labs.stay, ev, kept & (c.labs.itemid == CREATININE))
+    baseline = np.repeat(tenths[idx[first]], count)
+    rise = (group_rank(c.labs.stay[idx]) > 0) & ((tenths[idx] - baseline >= 3) | (2 * tenths[idx] >= 3 * baseline))
+    latest = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(latest, c.labs.stay[idx[rise]], ev[idx[rise]])
+    flags["renal"] = latest > np.iinfo(np.int64).min
+    hours["renal"][flags["renal"]] = hours_before(np.flatnonzero(flags["renal"]), latest[flags["renal"]])
+    baseline_row = np.repeat(flags["renal"][stays], count) & (group_rank(c.labs.stay[idx]) == 0)
+    c.labs.planted[idx[rise | baseline_row]] = "renal"
+    # escalating vasopressors: a second agent, or an agent's last rate >= 1.5 x its first
+    kept, ev = visible(c.inputs, intime, "icu")
+    idx, infusions, first, count, last = ordered(c.inputs.stay, ev, kept, group=c.inputs.infusion)
+    up = c.inputs.rate[idx[last]] >= 1.5 * c.inputs.rate[idx[first]] - 1e-12
+    agents = np.bincount(np.unique(c.inputs.stay[kept] * len(PRESSOR_INFUSIONS) + c.inputs.agent[kept])
+                         // len(PRESSOR_INFUSIONS), minlength=n)
+    rising = np.bincount(c.inputs.stay[idx[first]], weights=up.astype(float), minlength=n) > 0
+    flags["pressor"] = (agents >= 2) | rising
+    seen = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(seen, c.inputs.stay[kept], ev[kept])
+    hours["pressor"][flags["pressor"]] = hours_before(np.flatnonzero(flags["pressor"]), seen[flags["pressor"]])
+    c.inputs.planted[kept & flags["pressor"][c.inputs.stay]] = "pressor"
+    # a pathogen in a blood culture, no antibiotic started before its first report + 6 h
+    kept, ev = visible(c.micro, intime, "result")
+    reported = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(reported, c.micro.stay[kept], ev[kept])
+    rx_kept, rx_ev = visible(c.rx, intime, "prescription")
+    on_time = rx_kept & (rx_ev < reported[c.rx.stay] + int(TREATMENT_DELAY_H * HOUR))
+    flags["bacteremia"] = (reported < np.iinfo(np.int64).max) & (np.bincount(c.rx.stay[on_time], minlength=n) == 0)
+    c.micro.planted[kept & flags["bacteremia"][c.micro.stay]] = "bacteremia"
+    # still on invasive ventilation at the prediction time: ventilation shown, no extubation shown
+    kept, ev = visible(c.procs, intime, "icu")
+    shown = lambda itemid: np.bincount(c.procs.stay[kept & (c.procs.itemid == itemid)], minlength=n) > 0  # noqa: E731
+    flags["ventilated"] = shown(VENTILATION) & ~shown(EXTUBATION)
+    airway = np.isin(c.procs.itemid, [INTUBATION, VENTILATION])
+    c.procs.planted[kept & flags["ventilated"][c.procs.stay] & airway] = "ventilated"
+    return flags, hours
+
+
+def realistic_truth(rng, p) -> SimpleNamespace:
+    """Courses for every stay, the patterns the table shows at 48 h, the true probability and the label."""
+    n = len(p.age)
+    quiet = rng.random(n) < 0.01  # nothing charted in the window: the cohort keeps them as one empty row
+    severity = rng.normal(0, 1, n)
+    course = draw_courses(rng, severity, p.age, ~quiet, p.intime)
+    flags, hours = pattern_features(course, p.intime, n)
+    logit = REALISTIC_INTERCEPT + AGE_PER_YEAR * (p.age - 65) \
+        + SHOCK_INTERACTION * (flags["lactate"] & flags["pressor"])
+    for name, coefficient in PATTERNS.items():
+        weight = 2.0 ** (-np.nan_to_num(hours[name]) / RECENCY_HALF_LIFE_H) if name in RECENCY else 1.0
+        logit = logit + coefficient * flags[name] * weight
+    true_probability = sigmoid(logit)
+    died = rng.random(n) < true_probability
+    return SimpleNamespace(quiet=quiet, factors=flags, true_probability=true_probability, died=died, course=course,
+                           columns={f"hours_{name}": hours[name] for name in RECENCY})
+
+
+def keep_course_rows(course, keep) -> SimpleNamespace:
+    """The course rows of the kept stays, their stay indices renumbered."""
+    new_index = np.cumsum(keep) - 1
+    out = SimpleNamespace()
+    for table, rows in vars(course).items():
+        mask = keep[rows.stay]
+        kept = SimpleNamespace(**{name: values[mask] for name, values in vars(rows).items()})
+        kept.stay = new_index[kept.stay]
+        setattr(out, table, kept)
+    return out
+
+
+def write_courses(w, rng, s, next_ids, planted, vocab):
+    """The course rows of the kept stays, every table; the rows that show a pattern go to `planted`."""
+    ctx, c = SimpleNamespace(w=w, rng=rng, s=s, next_ids=next_ids, vocab=vocab), s.course
+
+    def mark(table, ids, rows, which=slice(None)):
+        for factor in PATTERNS:
+            planted.append((table, np.asarray(ids)[rows.planted[which] == factor].astype(str), factor))
+
+    for itemid in (LACTATE, CREATININE):
+        m = c.labs.itemid == itemid
+        ids = add_lab_panels(ctx, c.labs.stay[m], None, np.zeros(m.sum(), int), planted_item=itemid,
+                             planted_value=c.labs.value[m], times=(c.labs.chart[m], c.labs.store[m]))
+        mark("labevents", ids, c.labs, m)
+    ids = add_pressor_rows(ctx, c.inputs)
+    mark("inputevents", ids, c.inputs)
+    ids = add_realistic_procedures(ctx, c.procs.stay, c.procs.hours, c.procs.itemid, c.procs.end, c.procs.store)
+    mark("procedureevents", np.char.add(ids.astype(str), np.char.add(":", c.procs.itemid.astype(str))), c.procs)
+    ids, culture = add_micro(w, rng, next_ids, s.stay_subject, s.hadm_id, c.micro.stay, c.micro.hours, s.intime,
+                             None, organism=c.micro.organism, store=c.micro.store)
+    mark("microbiologyevents", ids, c.micro, culture)
+    order = np.where(c.rx.drug >= 0, vocab.empiric_orders[np.maximum(c.rx.drug, 0)], vocab.prophylaxis_order)
+    add_realistic_prescriptions(ctx, c.rx.stay, c.rx.hours, order=order)
+
+
+def add_pressor_rows(ctx, rows):
+    """Vasopressor infusion rows (inputevents) with the course's times and rates; the segments of one infusion
+    share a linkorderid. Returns each row's source_id as query.sql reports it ("orderid:itemid")."""
+    rng, s = ctx.rng, ctx.s
+    n = len(rows.stay)
+    orderid = ctx.next_ids("order", n)
+    first = np.r_[True, rows.infusion[1:] != rows.infusion[:-1]] if n else np.zeros(0, bool)
+    last = np.r_[rows.infusion[1:] != rows.infusion[:-1], True] if n else np.zeros(0, bool)
+    link = orderid[np.flatnonzero(first)][np.cumsum(first) - 1]
+    minutes = (rows.end - rows.start) / 60
+    itemid = np.array([p[0][0] for p in PRESSOR_INFUSIONS])[rows.agent]
+    per_kg = np.array([p[1].endswith("/kg/min") for p in PRESSOR_INFUSIONS])[rows.agent]
+    weight = 80.0
+    amount = np.where(per_kg, rows.rate * weight * minutes / 1000, rows.rate * minutes)
+    total = np.bincount(np.cumsum(first) - 1, weights=amount)[np.cumsum(first) - 1] if n else amount
+    status = np.where(last, np.where(rng.random(n) < 0.9, 0, 1), 2)
+    amountuom = strings([p[0][5] for p in PRESSOR_INFUSIONS], rows.agent)
+    ctx.w.add("icu/inputevents", n, subject_id=s.stay_subject[rows.stay], hadm_id=s.hadm_id[rows.stay],
+              stay_id=s.stay_id[rows.stay], caregiver_id=rng.integers(1000, 99999, n), starttime=stamp(rows.start),
+              endtime=stamp(rows.end), storetime=stamp(rows.store), itemid=itemid, amount=amount, amountuom=amountuom,
+              rate=rows.rate, rateuom=strings([p[1] for p in PRESSOR_INFUSIONS], rows.agent),
+              orderid=orderid, linkorderid=link, ordercategoryname=strings(("01-Drips",), np.zeros(n, int)),
+              secondaryordercategoryname=strings(("02-Fluids (Crystalloids)",), np.zeros(n, int)),
+              ordercomponenttypedescription=strings(("Main order parameter",), np.zeros(n, int)),
+              ordercategorydescription=strings(("Continuous Med",), np.zeros(n, int)),
+              patientweight=np.full(n, weight), totalamount=np.round(total, 1), totalamountuom=amountuom,
+              isopenbag=np.zeros(n, np.int64), continueinnextdept=np.zeros(n, np.int64),
+              statusdescription=strings(("FinishedRunning", "Stopped", "ChangeDose/Rate"), status),
+              originalamount=amount, originalrate=rows.rate)
+    return np.char.add(np.char.add(orderid.astype(str), ":"), itemid.astype(str))
 
 
 def realistic_dictionaries(w, vocab):
@@ -1114,7 +1576,8 @@ def realistic_dictionaries(w, vocab):
           category=pa.array([i["category"] for i in items], pa.string()))
     d_items = [tuple(r) for r in vocab.raw["d_items"]]
     known = {r[0] for r in d_items}
-    d_items += [r for r in PLANTED_PROCEDURE_ITEMS + [p[0] for p in PRESSOR_INFUSIONS] if r[0] not in known]
+    d_items += [r for r in PLANTED_PROCEDURE_ITEMS + [EXTUBATION_ITEM] + [p[0] for p in PRESSOR_INFUSIONS]
+                if r[0] not in known]
     w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
                                           for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
 

@@ -1,6 +1,7 @@
 """synthetic_mimic.py: MIMIC-IV-shaped, deterministic, with a planted truth that survives extraction;
-the realistic regime's extracted cohort matches the demo's within stated tolerances; and the shipped
-sample_train.csv (small regime) it makes."""
+the realistic regime's extracted cohort matches the demo's within stated tolerances, its truth is the
+documented function of what the event table shows (recomputed here with pandas) and no single item's
+statistic gives a pattern away; and the shipped sample_train.csv (small regime) it makes, byte for byte."""
 import gzip
 from pathlib import Path
 
@@ -19,8 +20,8 @@ EVENT_TABLE_COLUMNS = ["subject_id", "hadm_id", "stay_id", "event_time", "event_
                     "admission_location", "insurance", "first_careunit", "patient_age", "mortality"]
 
 
-def generate_and_extract(root: Path, n_stays: int, regime: str):
-    stats = synthetic_mimic.generate(root / "mimic", n_stays, seed=7, regime=regime)
+def generate_and_extract(root: Path, n_stays: int, regime: str, seed: int = 7):
+    stats = synthetic_mimic.generate(root / "mimic", n_stays, seed=seed, regime=regime)
     events = root / "events.parquet"
     counts = extract_cohort.extract_cohort(events, root / "mimic", progress=False)
     return root / "mimic", stats, pd.read_parquet(events), counts
@@ -36,6 +37,13 @@ def small(tmp_path_factory):
 def realistic(tmp_path_factory):
     """300 stays of the realistic regime (about 220 in the cohort, 3x the demo's 74)."""
     return generate_and_extract(tmp_path_factory.mktemp("realistic"), 300, "realistic")
+
+
+@pytest.fixture(scope="module")
+def realistic_large(tmp_path_factory):
+    """1,500 stays of the realistic regime (about 1,100 in the cohort): enough stays with each pattern to
+    measure how well one item's statistics separate them."""
+    return generate_and_extract(tmp_path_factory.mktemp("realistic_large"), 1500, "realistic", seed=11)
 
 
 @pytest.fixture(scope="module", params=synthetic_mimic.REGIMES)
@@ -92,7 +100,7 @@ def test_planted_rows_survive_extraction(synthetic):
     truth = pd.read_csv(mimic / "truth" / "stays.csv.gz").set_index("stay_id")
     planted = pd.read_csv(mimic / "truth" / "planted_rows.csv.gz", dtype=str)
     assert len(planted) == stats["planted_rows"] > 0
-    assert set(planted["factor"]) == set(synthetic_mimic.RISK_FACTORS)
+    assert set(planted["factor"]) == set(synthetic_mimic.RISK_FACTORS) == set(synthetic_mimic.PATTERNS)
     # the cohort excludes short stays, deaths before 48 h and minors, and keeps the rest
     assert 0.6 * stats["stays"] < counts["stays"] < stats["stays"]
     events = table.dropna(subset=["event_type"])
@@ -104,7 +112,7 @@ def test_planted_rows_survive_extraction(synthetic):
     cohort_truth = truth.loc[sorted(in_cohort)]
     factor_columns = [c for c in truth.columns if c.startswith("factor_")]
     with_factor = cohort_truth[factor_columns].sum(axis=1) > 0
-    # planted rows lie in the 48 h window: every cohort stay with a risk factor shows it, no other does
+    # planted rows are shown at 48 h: every cohort stay with a risk factor shows it, no other does
     extracted_planted = events[[k in planted_keys for k in zip(events["source_table"], events["source_id"])]]
     assert set(extracted_planted["stay_id"]) == set(cohort_truth.index[with_factor])
     # labels in the extracted table are the generator's
@@ -119,8 +127,8 @@ def test_quiet_stays_are_one_empty_row(small):
     assert table.groupby("stay_id").size()[empty["stay_id"]].eq(1).all()
 
 
-def test_planted_risk_carries_the_signal(synthetic):
-    mimic, _, table, _ = synthetic
+def test_planted_risk_carries_the_signal(small):
+    mimic, _, table, _ = small
     truth = pd.read_csv(mimic / "truth" / "stays.csv.gz").set_index("stay_id")
     stays = table.drop_duplicates("stay_id").set_index("stay_id")
     p = truth.loc[stays.index, "true_probability"]
@@ -133,6 +141,137 @@ def test_planted_risk_carries_the_signal(synthetic):
     flagged = events[high_lactate | events["event_text"].str.contains("|".join(planted_texts[1:]), regex=True)]
     score = stays.index.isin(flagged["stay_id"]).astype(float)
     assert roc_auc_score(stays["mortality"], score) > 0.65
+
+
+# ----------------------------------------------------------------------------- realistic regime: the truth
+PRESSOR_TEXT = r"^Input: (Norepinephrine|Phenylephrine|Vasopressin|Epinephrine) .* at ([\d.]+) "
+PATHOGEN_TEXT = r"^Microbiology: BLOOD CULTURE - (?:STAPH AUREUS COAG \+|ESCHERICHIA COLI|KLEBSIELLA PNEUMONIAE)"
+
+
+def lab_results(events: pd.DataFrame, label: str, unit: str) -> pd.DataFrame:
+    """The rows of one lab item with their value (mg/dL, mmol/L) and value in tenths, read from the text."""
+    value = events["event_text"].str.extract(rf"^Lab: {label} (\d+(?:\.\d+)?) {unit} ")[0].astype(float)
+    rows = events[value.notna()].assign(value=value[value.notna()])
+    return rows.assign(tenths=(rows["value"] * 10).round().astype(int))
+
+
+def pressor_rows(events: pd.DataFrame) -> pd.DataFrame:
+    found = events["event_text"].str.extract(PRESSOR_TEXT)
+    return events.assign(agent=found[0], value=found[1].astype(float)).dropna(subset=["agent"])
+
+
+def patterns_from_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The realistic truth's five patterns, recomputed from the event table alone (pandas, as the module
+    docstring defines them), and the hours from the latest evidence of each recency-weighted one to the
+    prediction time. One row per stay of the table."""
+    events = table.dropna(subset=["event_type"]).copy()
+    events["event_time"] = pd.to_datetime(events["event_time"])
+    hours = (pd.to_datetime(events["prediction_time"]) - events["event_time"]).dt.total_seconds() / 3600
+    events = events.assign(hours_before=hours).sort_values(["stay_id", "event_time"], kind="stable")
+    out = pd.DataFrame(index=pd.Index(sorted(table["stay_id"].unique()), name="stay_id"))
+
+    lactate = lab_results(events, "Lactate", "mmol/L").groupby("stay_id").agg(
+        n=("tenths", "size"), first=("tenths", "first"), last=("tenths", "last"), hours=("hours_before", "last"))
+    on = (lactate["n"] >= 2) & (lactate["last"] > 20) & (10 * lactate["last"] >= 9 * lactate["first"])
+    out["lactate"] = out.index.isin(lactate.index[on])
+    out["hours_lactate"] = lactate.loc[on, "hours"].reindex(out.index)
+
+    creatinine = lab_results(events, "Creatinine", "mg/dL")
+    baseline = creatinine.groupby("stay_id")["tenths"].transform("first")
+    later = creatinine.groupby("stay_id").cumcount() > 0
+    rise = creatinine[later & ((creatinine["tenths"] - baseline >= 3) | (2 * creatinine["tenths"] >= 3 * baseline))]
+    out["renal"] = out.index.isin(rise["stay_id"])
+    out["hours_renal"] = rise.groupby("stay_id")["hours_before"].min().reindex(out.index)
+
+    pressors = pressor_rows(events[events["event_type"] == "input"])
+    per_agent = pressors.groupby(["stay_id", "agent"])["value"].agg(["first", "last"])
+    rising = (per_agent["last"] >= 1.5 * per_agent["first"] - 1e-12).groupby("stay_id").any()
+    agents = per_agent.groupby("stay_id").size()
+    out["pressor"] = out.index.isin(agents.index[(agents >= 2) | rising])
+    out["hours_pressor"] = pressors.groupby("stay_id")["hours_before"].min().reindex(out.index).where(out["pressor"])
+
+    micro = events[events["event_type"] == "microbiology"]
+    reported = micro[micro["event_text"].str.contains(PATHOGEN_TEXT)].groupby("stay_id")["event_time"].min()
+    drugs = events[events["event_type"] == "prescription"]
+    antibiotics = drugs[drugs["event_text"].str.slice(len("Prescription: ")).str.contains(synthetic_mimic.ANTIBIOTIC_RE)]
+    antibiotics = antibiotics.join(reported.rename("reported"), on="stay_id", how="inner")
+    in_time = antibiotics["event_time"] < antibiotics["reported"] + pd.Timedelta(hours=synthetic_mimic.TREATMENT_DELAY_H)
+    out["bacteremia"] = out.index.isin(reported.index) & ~out.index.isin(antibiotics.loc[in_time, "stay_id"])
+
+    shown = lambda text: out.index.isin(events.loc[events["event_text"] == text, "stay_id"])  # noqa: E731
+    out["ventilated"] = shown("Procedure: Invasive Ventilation") & ~shown("Procedure: Extubation")
+    return out
+
+
+def test_realistic_truth_is_the_documented_function_of_the_table(realistic_large):
+    """The truth's patterns, recomputed from the extracted event table alone, are the generator's; the true
+    probability is the documented logistic function of them and age; the label is drawn from it."""
+    mimic, _, table, _ = realistic_large
+    truth = pd.read_csv(mimic / "truth" / "stays.csv.gz").set_index("stay_id")
+    ours = patterns_from_table(table)
+    theirs = truth.loc[ours.index]
+    for name in synthetic_mimic.PATTERNS:
+        assert (ours[name] == theirs[f"factor_{name}"].astype(bool)).all(), name
+        assert 0.02 < ours[name].mean() < 0.35, name  # every pattern is seen, none is everywhere
+    for name in synthetic_mimic.RECENCY:
+        pd.testing.assert_series_equal(ours[f"hours_{name}"], theirs[f"hours_{name}"], check_names=False, atol=1e-9)
+    age = table.drop_duplicates("stay_id").set_index("stay_id").loc[ours.index, "patient_age"]
+    logit = synthetic_mimic.REALISTIC_INTERCEPT + synthetic_mimic.AGE_PER_YEAR * (age - 65) \
+        + synthetic_mimic.SHOCK_INTERACTION * (ours["lactate"] & ours["pressor"])
+    for name, coefficient in synthetic_mimic.PATTERNS.items():
+        weight = 2.0 ** (-ours[f"hours_{name}"].fillna(0) / synthetic_mimic.RECENCY_HALF_LIFE_H) \
+            if name in synthetic_mimic.RECENCY else 1.0
+        logit = logit + coefficient * ours[name] * weight
+    assert np.allclose(1 / (1 + np.exp(-logit)), theirs["true_probability"], rtol=0, atol=1e-9)
+    labels = table.drop_duplicates("stay_id").set_index("stay_id").loc[ours.index, "mortality"]
+    assert 0.10 < labels.mean() < 0.22
+    assert 0.80 < roc_auc_score(labels, theirs["true_probability"]) < 0.95
+    # the patterns, not the items' presence, carry the risk
+    assert roc_auc_score(labels, ours[list(synthetic_mimic.PATTERNS)].sum(axis=1)) > 0.7
+
+
+def per_stay_statistics(rows: pd.DataFrame, stays: pd.Index) -> dict:
+    """Count, and max/min/last/mean of the value where there is one, of one item per stay (stays without
+    the item: count 0, values below any value)."""
+    group = rows.groupby("stay_id")
+    stats = {"count": group.size().reindex(stays, fill_value=0)}
+    if "value" in rows:
+        for name in ("max", "min", "last", "mean"):
+            stats[name] = getattr(group["value"], name)().reindex(stays).fillna(-1.0)
+    return stats
+
+
+def test_no_single_item_statistic_gives_a_pattern_away(realistic_large):
+    """Issue 21: no threshold on one item's per-stay count, max, min, last or mean separates the stays with
+    a pattern from the others (AUROC < 0.95 either way), and every item a pattern reads is also charted in
+    stays without the pattern."""
+    _, _, table, _ = realistic_large
+    patterns = patterns_from_table(table)
+    events = table.dropna(subset=["event_type"])
+    pressors = pressor_rows(events[events["event_type"] == "input"])
+    procedure = lambda label: events[events["event_text"] == f"Procedure: {label}"]  # noqa: E731
+    items = {  # item: (the pattern that reads it, its rows)
+        "Lactate": ("lactate", lab_results(events, "Lactate", "mmol/L")),
+        "Creatinine": ("renal", lab_results(events, "Creatinine", "mg/dL")),
+        "Dialysis - CRRT": ("renal", procedure("Dialysis - CRRT")),
+        "any vasopressor": ("pressor", pressors),
+        **{agent: ("pressor", pressors[pressors["agent"] == agent])
+           for agent in ("Norepinephrine", "Phenylephrine", "Vasopressin", "Epinephrine")},
+        "pathogen in a blood culture": ("bacteremia", events[events["event_text"].str.contains(PATHOGEN_TEXT)]),
+        "Invasive Ventilation": ("ventilated", procedure("Invasive Ventilation")),
+        "Intubation": ("ventilated", procedure("Intubation")),
+    }
+    failures = []
+    for item, (pattern, rows) in items.items():
+        has = patterns[pattern]
+        background_with_item = patterns.index[~has].isin(rows["stay_id"]).sum()
+        if background_with_item < 5:
+            failures.append(f"{item}: in {background_with_item} stays without {pattern}")
+        for name, statistic in per_stay_statistics(rows, patterns.index).items():
+            auroc = roc_auc_score(has, statistic)
+            if max(auroc, 1 - auroc) >= 0.95:
+                failures.append(f"{item} {name} separates {pattern}: AUROC {auroc:.3f}")
+    assert not failures, "; ".join(failures)
 
 
 def test_texts_repeat_like_mimic(small):
