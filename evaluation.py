@@ -22,13 +22,24 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 # Metrics
 
 
-def expected_calibration_error(y, p, n_bins=10):
-    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
+MIN_DEATHS = 10  # fewer deaths than this in a split: its AUROC and calibration are anecdotes (a warning says so)
+
+
+def expected_calibration_error(y, p, n_bins=10, strategy="uniform"):
+    """ECE: the stay-weighted mean |mean predicted probability - observed death rate| over bins of the prediction.
+    strategy "uniform": 10 bins of equal width; "equal_mass": 10 bins of (nearly) equal numbers of stays, ranked by
+    prediction, so the few high-risk stays are not left in near-empty bins."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if strategy == "uniform":
+        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    elif strategy == "equal_mass":
+        bins = np.argsort(np.argsort(p, kind="stable"), kind="stable") * n_bins // max(len(p), 1)
+    else:
+        raise ValueError(f"unknown ECE strategy {strategy!r}")
     error = 0.0
-    for b in range(n_bins):
+    for b in np.unique(bins):
         sel = bins == b
-        if sel.any():
-            error += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+        error += sel.mean() * abs(p[sel].mean() - y[sel].mean())
     return float(error)
 
 
@@ -38,7 +49,8 @@ def split_metrics(y, p, name, bootstrap=0, seed=0, subject_ids=None):
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     out = {"n_stays": int(len(y)), "n_deaths": int(y.sum()), "auroc": None, "auprc": None,
            "brier": float(brier_score_loss(y, p)) if len(y) else None,
-           "ece": expected_calibration_error(y, p) if len(y) else None}
+           "ece": expected_calibration_error(y, p) if len(y) else None,
+           "ece_equal_mass": expected_calibration_error(y, p, strategy="equal_mass") if len(y) else None}
     if len(np.unique(y)) < 2:
         warnings.warn(f"the {name} split has a single class ({int(y.sum())} deaths of {len(y)} stays): AUROC and "
                       "AUPRC are undefined (null in metrics.json)")
@@ -86,21 +98,84 @@ def calibration_slope_intercept(y, p):
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
+
+def _interval(values):
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else None
+
+
+def calibration_intervals(y, p, subject_ids, n_resamples, seed):
+    """95% intervals of the calibration slope and intercept over patient resamples (one-class resamples skipped)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    slopes, intercepts = [], []
+    for idx in patient_bootstrap(subject_ids, n_resamples, seed):
+        if 0 < y[idx].sum() < len(idx):
+            slope, intercept = calibration_slope_intercept(y[idx], p[idx])
+            slopes.append(slope)
+            intercepts.append(intercept)
+    return {"calibration_slope_ci95": _interval(slopes), "calibration_intercept_ci95": _interval(intercepts)}
+
+
+def paired_comparison(y, p_model, p_other, subject_ids, n_resamples, seed, p_ceiling=None) -> dict:
+    """The model minus another model on the same stays: AUROC and AUPRC differences, each with a 95% interval
+    from the same patient resamples for both (paired: the split's own noise is shared, so the interval is that
+    of the difference), and with the true probability `p_ceiling`, the model's AUROC as a share of the ceiling's."""
+    y, p_model, p_other = np.asarray(y, dtype=float), np.asarray(p_model, dtype=float), np.asarray(p_other, dtype=float)
+
+    def measures(idx):
+        yy, auroc = y[idx], roc_auc_score(y[idx], p_model[idx])
+        out = {"auroc_difference": auroc - roc_auc_score(yy, p_other[idx]),
+               "auprc_difference": average_precision_score(yy, p_model[idx]) - average_precision_score(yy, p_other[idx])}
+        if p_ceiling is not None:
+            out["auroc_ratio_to_ceiling"] = auroc / roc_auc_score(yy, np.asarray(p_ceiling, dtype=float)[idx])
+        return out
+
+    point = {k: float(v) for k, v in measures(np.arange(len(y))).items()}
+    draws = [measures(idx) for idx in patient_bootstrap(subject_ids, n_resamples, seed) if 0 < y[idx].sum() < len(idx)]
+    point.update({f"{k}_ci95": _interval([d[k] for d in draws]) for k in list(point)})
+    point["bootstrap_resamples"] = len(draws)
+    return point
+
+
+def better_of_two(comparison, name_model="model", name_other="baseline") -> str:
+    """Which model the AUROC difference's interval favours, in words (an interval that holds 0: neither)."""
+    low, high = comparison["auroc_difference_ci95"] or (None, None)
+    if low is None:
+        return "undetermined (no resample had both classes)"
+    if low > 0:
+        return f"{name_model} (AUROC difference interval above 0)"
+    if high < 0:
+        return f"{name_other} (AUROC difference interval below 0)"
+    return "neither: the AUROC difference's interval includes 0"
+
 # -----------------------------------------------------------------------------
 # Calibration: a monotone map from the model's logit to a probability, fitted on the validation split
+
+
+def _nll(logits, y):
+    """Mean binary cross-entropy of sigmoid(logits) against y."""
+    q = np.clip(1 / (1 + np.exp(-logits)), 1e-7, 1 - 1e-7)
+    return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
 
 
 def fit_calibration(val_logits, val_y, method="platt") -> dict:
     """The map as plain numbers (it is stored in the checkpoint, which loads with weights_only=True).
 
     platt: sigmoid(a * logit + b); temperature: sigmoid(logit / T); isotonic: a non-decreasing step function
-    of the logit (interpolated between its knots); none: sigmoid(logit). A Platt slope <= 0 (a model no
-    better than chance on validation) would reverse or flatten the ranking: temperature is used instead."""
+    of the logit (interpolated between its knots); none: sigmoid(logit); intercept: sigmoid(logit + b). A Platt
+    slope <= 0 (a model no better than chance on validation) would reverse or flatten the ranking: temperature
+    is used instead. With fewer than MIN_DEATHS validation deaths a fitted slope or step function is an
+    extrapolation from a handful of stays (a slope of hundreds can stretch 0.49-0.51 to 0-1): only the
+    intercept is fitted (the predictions' mean matches the validation death rate), with a warning."""
     z, y = np.asarray(val_logits, dtype=float), np.asarray(val_y, dtype=float)
     if method == "none" or len(np.unique(y)) < 2:
         if method != "none":
             warnings.warn("the validation split has a single class: no calibration map is fitted")
         return {"method": "none"}
+    if y.sum() < MIN_DEATHS:
+        warnings.warn(f"the validation split has {int(y.sum())} death(s) (< {MIN_DEATHS}): --calibration {method} "
+                      "would extrapolate from them; only an intercept is fitted (sigmoid(logit + b))")
+        return {"method": "intercept", "b": float(minimize_scalar(lambda b: _nll(z + b, y), bounds=(-20, 20),
+                                                                   method="bounded").x), "requested": method}
     if method == "platt":
         fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
         a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
@@ -109,11 +184,8 @@ def fit_calibration(val_logits, val_y, method="platt") -> dict:
         warnings.warn(f"Platt scaling fitted a slope {a:.3g} <= 0 on validation; using temperature scaling")
         method = "temperature"
     if method == "temperature":
-        def nll(log_t):
-            q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
-            return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
-        return {"method": "temperature", "temperature": float(np.exp(minimize_scalar(nll, bounds=(-5, 5),
-                                                                                      method="bounded").x))}
+        log_t = minimize_scalar(lambda log_t: _nll(z / np.exp(log_t), y), bounds=(-5, 5), method="bounded").x
+        return {"method": "temperature", "temperature": float(np.exp(log_t))}
     if method == "isotonic":
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(z, y)
         return {"method": "isotonic", "knots_logit": [float(v) for v in iso.X_thresholds_],
@@ -129,6 +201,8 @@ def apply_calibration(calibration, logits) -> np.ndarray:
         z = calibration["a"] * z + calibration["b"]
     elif method == "temperature":
         z = z / calibration["temperature"]
+    elif method == "intercept":
+        z = z + calibration["b"]
     elif method == "isotonic":
         return np.interp(z, calibration["knots_logit"], calibration["knots_probability"])
     return 1 / (1 + np.exp(-z))
@@ -153,15 +227,44 @@ def model_metrics(labels, probs, probs_uncalibrated, stay_split, subject_ids, bo
             for suffix, p in (("", probs[sel]), ("_uncalibrated", probs_uncalibrated[sel])):
                 slope, intercept = calibration_slope_intercept(labels[sel], p)
                 metrics[name].update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
+        if metrics[name]["n_deaths"] < MIN_DEATHS:
+            metrics[name]["too_few_deaths"] = True
+            warnings.warn(f"the {name} split has {metrics[name]['n_deaths']} death(s) among {metrics[name]['n_stays']} "
+                          f"stays (< {MIN_DEATHS}): its AUROC, AUPRC and calibration are anecdotes, not estimates")
+    test = stay_split == "test"
+    if bootstrap and len(np.unique(labels[test])) == 2:
+        metrics["test"].update(calibration_intervals(labels[test], probs[test], subject_ids[test], min(bootstrap, 200), seed))
     return metrics
+
+
+def true_probability(table):
+    """Synthetic tables only: each stay's true probability of death (order of table.stay_id.drop_duplicates()),
+    or None without the `true_probability` column."""
+    if "true_probability" not in table.columns:
+        return None
+    return table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
+
+
+def compare_with_baselines(y, p_model, baseline_results, baseline_probs, subject_ids, n_resamples, seed,
+                           p_ceiling=None) -> dict:
+    """metrics.json "comparisons": paired_comparison of the model with each baseline on the test stays, the best
+    baseline (chosen on validation AUROC, never on test) and, in words, which of the model and it is better."""
+    if len(np.unique(y)) < 2 or not baseline_probs:
+        return {}
+    out = {name: paired_comparison(y, p_model, p, subject_ids, n_resamples, seed, p_ceiling)
+           for name, p in baseline_probs.items()}
+    best = max(baseline_results, key=lambda name: baseline_results[name]["val"]["auroc"] or -np.inf)
+    out["best_baseline"] = best
+    out["better_on_test"] = better_of_two(out[best], "model", best)
+    return out
 
 
 def auroc_of_true_probability(table, labels, selected):
     """Synthetic tables only (a `true_probability` column): the AUROC of the planted risk on the `selected` stays,
     the best any model can reach; None without the column or with a single class."""
-    if "true_probability" not in table.columns or len(np.unique(labels[selected])) < 2:
+    truth = true_probability(table)
+    if truth is None or len(np.unique(labels[selected])) < 2:
         return None
-    truth = table.drop_duplicates("stay_id")["true_probability"].to_numpy(dtype=float)
     return float(roc_auc_score(labels[selected], truth[selected]))
 
 # -----------------------------------------------------------------------------
@@ -232,20 +335,37 @@ def subgroup_metrics(attributes, y, p, subject_ids, bootstrap=200, seed=0) -> di
 
 
 def summary_table(metrics) -> str:
-    """The end-of-run table: the model beside the baselines (and the true probability where the table has it)."""
+    """The end-of-run table: the model beside the baselines (and the true probability where the table has it),
+    then the paired differences with the baselines and which model is better on this split."""
     def cell(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}"
+
+    def interval(ci, signed=False):
+        return "-" if not ci else (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"[{ci[0]:.3f}, {ci[1]:.3f}]")
     t = metrics["test"]
     rows = [("model (calibrated)", t)] + [(name, b["test"]) for name, b in metrics.get("baselines", {}).items()]
     lines = [f"Test split: {t['n_stays']} stays, {t['n_deaths']} deaths",
-             f"{'':24s} {'AUROC':>7s} {'95% CI (patients)':>19s} {'AUPRC':>7s} {'Brier':>7s} {'ECE':>7s}"]
+             f"{'':24s} {'AUROC':>7s} {'95% CI (patients)':>19s} {'AUPRC':>7s} {'Brier':>7s} {'ECE':>7s} {'ECE=mass':>8s}"]
     for name, m in rows:
-        ci = m.get("auroc_ci95")
-        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        lines.append(f"{name:24s} {cell(m['auroc']):>7s} {ci:>19s} {cell(m['auprc']):>7s} {cell(m['brier']):>7s} "
-                     f"{cell(m['ece']):>7s}")
+        lines.append(f"{name:24s} {cell(m['auroc']):>7s} {interval(m.get('auroc_ci95')):>19s} {cell(m['auprc']):>7s} "
+                     f"{cell(m['brier']):>7s} {cell(m['ece']):>7s} {cell(m.get('ece_equal_mass')):>8s}")
     lines.append(f"{'model (uncalibrated)':24s} {'':>7s} {'':>19s} {'':>7s} {cell(t.get('brier_uncalibrated')):>7s} "
                  f"{cell(t.get('ece_uncalibrated')):>7s}")
     if t.get("auroc_of_true_probability") is not None:
         lines.append(f"{'true probability':24s} {cell(t['auroc_of_true_probability']):>7s}")
+    comparisons = metrics.get("comparisons") or {}
+    for name in metrics.get("baselines", {}):
+        if name in comparisons:
+            c = comparisons[name]
+            lines.append(f"model - {name}: AUROC {c['auroc_difference']:+.3f} {interval(c['auroc_difference_ci95'], True)}, "
+                         f"AUPRC {c['auprc_difference']:+.3f} {interval(c['auprc_difference_ci95'], True)} (paired, patients)")
+    if comparisons:
+        best = comparisons[comparisons["best_baseline"]]
+        if best.get("auroc_ratio_to_ceiling") is not None:
+            lines.append(f"model / true probability AUROC: {best['auroc_ratio_to_ceiling']:.3f} "
+                         f"{interval(best['auroc_ratio_to_ceiling_ci95'])}")
+        lines.append(f"Better on this test split than the best baseline ({comparisons['best_baseline']}, chosen on "
+                     f"validation): {comparisons['better_on_test']}")
+    if t.get("too_few_deaths"):
+        lines.append(f"WARNING: {t['n_deaths']} test deaths (< {MIN_DEATHS}): these figures are anecdotes, not estimates")
     return "\n".join(lines)

@@ -361,6 +361,7 @@ def static_transformer(categories="auto", min_frequency=None, sparse_output=Fals
     return ColumnTransformer([("categorical", categorical, list(STATIC_CATEGORICAL)),
                               ("numeric", numeric, list(STATIC_NUMERIC))])
 
+
 NUMBER = r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"  # a stand-alone number ("41" in "pCO2 41 mm Hg", not the 2 of pCO2)
 
 

@@ -87,6 +87,9 @@ def build_arg_parser():
     p.add_argument("--min-item-count", type=int, default=5, help="training events an item needs for its own embedding")
     p.add_argument("--value-channel", choices=("on", "off"), default="on",
                    help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
+    p.add_argument("--trajectory-channel", choices=("on", "off"), default="off",
+                   help="also the change of that number from the same item's previous one in the stay (with "
+                        "--value-channel on)")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
                    help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
@@ -101,7 +104,10 @@ def build_arg_parser():
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val AUROC")
+    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better validation score")
+    p.add_argument("--select-by", choices=("auroc", "loss"), default="auroc",
+                   help="the validation score that keeps the best epoch and stops early: AUROC, or the (steadier) "
+                        "unweighted log loss")
     p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
     p.add_argument("--ddp-timeout", type=float, default=1800.0,
                    help="torchrun: seconds a training collective waits for the other processes before the run ends "
@@ -181,15 +187,16 @@ class EventPreprocessor:
         return self
 
     def transform_items(self, rows):
-        """(item_ids int64, values float32) of event rows: the item's id (0 = not a frequent training item)
-        and the event's number standardised with its item's training statistics (0 when none), clipped to +-5."""
+        """(item_ids int64, values float32, has_value bool) of event rows: the item's id (0 = not a frequent training
+        item), the event's number standardised with its item's training statistics (0 when none), clipped to +-5,
+        and whether the event has a number of a frequent item."""
         items, values = items_and_values(rows["event_text"].astype(str))
         ids = pd.Index(self.items).get_indexer(items)
         mean = np.asarray(self.item_value_mean + [0.0])[ids]  # id -1 reads the appended 0 / 1
         std = np.asarray(self.item_value_std + [1.0])[ids]
         z = np.clip(np.nan_to_num((values.to_numpy(dtype=float) - mean) / std, nan=0.0), -5, 5)
         z[ids < 0] = 0.0
-        return (ids + 1).astype(np.int64), z.astype(np.float32)
+        return (ids + 1).astype(np.int64), z.astype(np.float32), (ids >= 0) & values.notna().to_numpy()
 
     @property
     def categories(self):
@@ -864,6 +871,17 @@ class Stay:
     event_row_index: torch.Tensor = None  # Long[L] positions of the events in the event table
     item_ids: torch.Tensor = None  # Long[L] frequent-item id (0: other item), see EventPreprocessor.transform_items
     values: torch.Tensor = None    # Float[L] the event's number, standardised per item (0: none)
+    value_changes: torch.Tensor = None  # Float[L] values minus the same item's previous value in the stay (0: none)
+
+
+def changes_from_previous_value(stay_ids, item_ids, values, has_value):
+    """Per event (rows in time order within each stay): its standardised value minus that of the same frequent
+    item's previous event with a value in the same stay; 0 for the first, for other items and for events without
+    a number. A trajectory: lactate that does not clear, creatinine that rises."""
+    frame = pd.DataFrame({"stay": stay_ids[has_value], "item": item_ids[has_value], "value": values[has_value]})
+    changes = np.zeros(len(values), dtype=np.float32)
+    changes[has_value] = frame.groupby(["stay", "item"], sort=False)["value"].diff().fillna(0.0).to_numpy()
+    return changes
 
 
 def build_stays(table, preprocessor, text_rows, max_events):
@@ -873,13 +891,15 @@ def build_stays(table, preprocessor, text_rows, max_events):
     type_ids = np.full(len(table), -1, dtype=np.int64)
     log_hours = np.zeros(len(table), dtype=np.float32)
     item_ids = np.zeros(len(table), dtype=np.int64)
-    values = np.zeros(len(table), dtype=np.float32)
+    values, value_changes = np.zeros(len(table), dtype=np.float32), np.zeros(len(table), dtype=np.float32)
+    stay_ids = table["stay_id"].to_numpy()
     if is_event.any():
         type_ids[is_event], log_hours[is_event] = preprocessor.transform_events(table.loc[is_event])
         if preprocessor.items:
-            item_ids[is_event], values[is_event] = preprocessor.transform_items(table.loc[is_event])
+            item_ids[is_event], values[is_event], has_value = preprocessor.transform_items(table.loc[is_event])
+            value_changes[is_event] = changes_from_previous_value(stay_ids[is_event], item_ids[is_event],
+                                                                  values[is_event], has_value)
     text_rows = np.asarray(text_rows, dtype=np.int64)
-    stay_ids = table["stay_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
     if len(np.unique(stay_ids[starts])) != len(starts):
         raise ValueError("build_stays needs the table sorted by stay_id (use read_event_table)")
@@ -895,7 +915,7 @@ def build_stays(table, preprocessor, text_rows, max_events):
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
                           torch.from_numpy(type_ids[rows]), torch.from_numpy(log_hours[rows]), static[i],
                           float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
-                          torch.from_numpy(values[rows])))
+                          torch.from_numpy(values[rows]), torch.from_numpy(value_changes[rows])))
     if n_cut:
         log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
                     "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
@@ -912,14 +932,16 @@ def collate_stays(stays):
     type_ids = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding: a zero one-hot row
     log_hours = torch.zeros(B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)
-    item_ids, values = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L)
+    item_ids, values, value_changes = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L), torch.zeros(B, L)
     for i, s in enumerate(stays):
         n = len(s.type_ids)
         text_rows[i, :n], type_ids[i, :n], log_hours[i, :n], mask[i, :n] = s.text_rows, s.type_ids, s.log_hours, True
         if s.item_ids is not None:
             item_ids[i, :n], values[i, :n] = s.item_ids, s.values
+        if s.value_changes is not None:
+            value_changes[i, :n] = s.value_changes
     return {"text_rows": text_rows, "type_ids": type_ids, "log_hours": log_hours, "mask": mask,
-            "item_ids": item_ids, "values": values,
+            "item_ids": item_ids, "values": values, "value_changes": value_changes,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
@@ -1003,6 +1025,7 @@ class ModelConfig:
     n_items: int = 0             # frequent items with a learned embedding (0: none)
     item_dim: int = 0            # their width (train.py: 32 where the training split has frequent items)
     value_channel: bool = False  # the event's standardised number as an input
+    trajectory_channel: bool = False  # its change from the same item's previous number in the stay (standardised)
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1075,7 +1098,7 @@ class MortalityTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel)
+        n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel) + int(config.trajectory_channel)
         # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
         self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
         n_in += config.item_dim
@@ -1088,6 +1111,10 @@ class MortalityTransformer(nn.Module):
         self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layers)])
         self.ln_f = nn.LayerNorm(config.d_model)
         self.pool = AttentionPooling(config)
+        # What a stay without any event feeds the classifier in place of the pooled events: learned, so that such a
+        # stay is predicted from its static features at the risk of such stays, not from an all-zero vector that
+        # no stay with events resembles (which gave ~0.5 uncalibrated, twice the base rate).
+        self.no_events = nn.Parameter(torch.zeros(config.d_model))
         self.classifier = nn.Sequential(
             nn.Linear(config.d_model + config.n_static, 256), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(256, 128), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(128, 1))
@@ -1110,9 +1137,9 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None):
-        """[type one-hot | standardised text vector | standardised log-hours | value | item embedding] per event (the last
-        two where the model has them); padding (type_id < 0) rows are zeros."""
+    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None, value_changes=None):
+        """[type one-hot | standardised text vector | standardised log-hours | value | value change | item embedding]
+        per event (the last three where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
@@ -1122,13 +1149,18 @@ class MortalityTransformer(nn.Module):
                              "and values (collate_stays makes them)")
         if self.config.value_channel:
             parts.append(values.unsqueeze(-1).to(text_vectors.dtype))
+        if self.config.trajectory_channel:
+            if value_changes is None:
+                raise ValueError("this model also reads each event's value change: pass the batch's value_changes")
+            parts.append(value_changes.unsqueeze(-1).to(text_vectors.dtype))
         if self.item_embedding is not None:
             parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
         return torch.cat(parts, dim=-1) * real
 
     def forward(self, events, mask, static, return_attention=False):
-        """(logits [B], attention): attention["pooling_attention"] [B, pool_heads, 1, L] always (the temporal loss
-        reads it); with return_attention also each layer's attention, the transformer output, the pooling query
+        """(logits [B], attention): attention["pooling_attention"] [B, pool_heads, 1, L] (the temporal loss reads it)
+        and attention["no_events_logits"] [B] (each stay's logit from its static features alone) always; with
+        return_attention also each layer's attention, the transformer output, the pooling query
         and the pooled vector."""
         B, L, _ = events.shape
         has_events = mask.any(1)
@@ -1141,10 +1173,14 @@ class MortalityTransformer(nn.Module):
             layer_attention.append(weights)
         x = self.ln_f(x)
         pooled, pool_weights = self.pool(x, attend)
-        pooled = torch.where(has_events[:, None], pooled, torch.zeros_like(pooled))
+        pooled = torch.where(has_events[:, None], pooled, self.no_events.to(pooled.dtype).expand_as(pooled))
         pool_weights = pool_weights * has_events[:, None, None, None]
         logits = self.classifier(torch.cat([pooled, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
-        attention = {"pooling_attention": pool_weights}
+        # Every stay as if it had no events (trained by NO_EVENTS_LOSS_WEIGHT; computed here, inside forward, so that
+        # DDP sees every parameter it trains)
+        no_events_logits = self.classifier(torch.cat([self.no_events.to(pooled.dtype).expand_as(pooled),
+                                                      static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+        attention = {"pooling_attention": pool_weights, "no_events_logits": no_events_logits}
         if return_attention:
             attention.update(layer_attention=torch.stack(layer_attention), transformer_output=x, query=self.pool.query,
                              pooled=pooled)
@@ -1157,7 +1193,7 @@ def batch_inputs(model, batch, embedding_matrix):
     event features (`model`: the MortalityTransformer itself, not a DDP wrapper; padding rows are zeros)."""
     device = embedding_matrix.device
     vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-    extra = {k: batch[k].to(device) for k in ("item_ids", "values") if k in batch}
+    extra = {k: batch[k].to(device) for k in ("item_ids", "values", "value_changes") if k in batch}
     events = model.event_features(vectors, batch["type_ids"].to(device), batch["log_hours"].to(device), **extra)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
@@ -1184,8 +1220,9 @@ def temporal_aware_loss(pool_weights, hours, mask, half_life_hours):
 # -----------------------------------------------------------------------------
 # Checkpoints
 
-CHECKPOINT_FORMAT_VERSION = 3  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
-                               # 3: event type `input` (six event-type features), item embedding, value channel, calibration)
+CHECKPOINT_FORMAT_VERSION = 4  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
+                               # 3: event type `input` (six event-type features), item embedding, value channel, calibration;
+                               # 4: the learned no-events vector, the trajectory channel)
 
 
 class CheckpointError(ValueError):
@@ -1427,6 +1464,7 @@ class TrainingData:
     embed_stats: dict
     by_split: dict = None         # split name -> its stays
     n_cut: int = 0                # stays with more than --max-events events
+    planted_cut: dict = None      # synthetic tables: planted events in all, and those --max-events left out
     pos_weight: float = 1.0
 
     @property
@@ -1477,6 +1515,7 @@ def load_training_data(run) -> TrainingData:
     data.embedding_matrix = embedding_matrix.to(process.device)
     lengths = np.array([len(s.type_ids) for s in stays])
     data.n_cut = int((table.groupby("stay_id", sort=True)["event_type"].count().to_numpy() > args.max_events).sum())
+    data.planted_cut = planted_events_cut(table, args.max_events)
     data.by_split = {name: [s for s, sp in zip(stays, stay_split) if sp == name] for name in ("train", "val", "test")}
     y_train = np.array([s.label for s in data.by_split["train"]])
     n_pos = y_train.sum()
@@ -1490,6 +1529,22 @@ def load_training_data(run) -> TrainingData:
     return data
 
 
+def planted_events_cut(table, max_events):
+    """Synthetic tables (a `planted_risk` column): {"planted_events", "planted_events_cut_by_max_events"}: the events
+    that carry planted risk, and those that are not among their stay's most recent `max_events` (the model never
+    sees them, though the true probability counts them); None for other tables."""
+    if "planted_risk" not in table.columns:
+        return None
+    events = table.loc[table["event_type"].notna(), ["stay_id", "planted_risk"]]
+    from_end = events.groupby("stay_id", sort=False).cumcount(ascending=False).to_numpy()
+    planted = pd.to_numeric(events["planted_risk"], errors="coerce").fillna(0).to_numpy() > 0
+    cut = int((planted & (from_end >= max_events)).sum())
+    if cut:
+        log.warning("%d of %d planted events are older than their stay's most recent --max-events=%d events: the "
+                    "model cannot see them", cut, int(planted.sum()), max_events)
+    return {"planted_events": int(planted.sum()), "planted_events_cut_by_max_events": cut}
+
+
 def _fault_kill_point():
     """Fault injection for the SIGKILL/resume test: TRAIN_FAULT_KILL_AFTER_BATCHES=N kills this process
     with SIGKILL right after its N-th training batch (and any checkpoint that batch wrote)."""
@@ -1498,6 +1553,12 @@ def _fault_kill_point():
     if only_rank and int(only_rank) != int(os.environ.get("RANK", "0")):
         return None
     return int(value) if value else None
+
+
+# Weight of the loss of every training stay predicted as if it had no events (the model's no_events_logits): it
+# teaches the no-events path the risk of a stay known only by its static features, which the few real stays without
+# events cannot teach.
+NO_EVENTS_LOSS_WEIGHT = 0.1
 
 
 @dataclass
@@ -1545,6 +1606,8 @@ class Trainer:
                     pool_weights = attention["pooling_attention"]
                 label = batch["label"].to(device)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), label, pos_weight=self.pos_weight)
+                loss = loss + NO_EVENTS_LOSS_WEIGHT * F.binary_cross_entropy_with_logits(
+                    attention["no_events_logits"].float(), label, pos_weight=self.pos_weight)
                 if args.temporal_loss_weight > 0:
                     hours = data.preprocessor.hours_from_log_hours(batch["log_hours"].to(device))
                     loss = loss + args.temporal_loss_weight * temporal_aware_loss(
@@ -1587,7 +1650,9 @@ def build_trainer(run) -> Trainer:
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                          dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,
-                         value_channel=args.value_channel == "on" and bool(preprocessor.items))
+                         value_channel=args.value_channel == "on" and bool(preprocessor.items),
+                         trajectory_channel=args.trajectory_channel == "on" and args.value_channel == "on"
+                         and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     seed_rank_streams(args.seed, process.rank)
@@ -1675,7 +1740,8 @@ def validate_and_checkpoint(run, train_probe, t0):
     history["val_loss"].append(val_loss)
     history["val_auroc"].append(val_auroc)
     history["lr"].append(trainer.scheduler.get_last_lr()[0])
-    score = val_auroc if val_auroc is not None else -val_loss  # single-class val: fall back to the loss
+    # single-class validation has no AUROC: fall back to the loss
+    score = val_auroc if args.select_by == "auroc" and val_auroc is not None else -val_loss
     improved = score > state.best_val_score
     if improved:
         state.best_val_score, state.bad_epochs = score, 0
@@ -1686,7 +1752,7 @@ def validate_and_checkpoint(run, train_probe, t0):
     log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch, train_loss, val_loss,
              "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
     if state.bad_epochs >= args.patience:
-        log.info("early stopping: no better validation AUROC for %d epochs", args.patience)
+        log.info("early stopping: no better validation %s for %d epochs", args.select_by, args.patience)
         state.finished = True
     if state.epoch + 1 == args.epochs:
         state.finished = True
@@ -1825,9 +1891,14 @@ def write_outputs(run):
     true_auroc = evaluation.auroc_of_true_probability(data.table, labels, test)
     if true_auroc is not None:  # synthetic data only: the best AUROC the planted risk allows
         metrics["test"]["auroc_of_true_probability"] = true_auroc
+    truth = evaluation.true_probability(data.table)
+    metrics["comparisons"] = evaluation.compare_with_baselines(
+        labels[test], probs[test], run.baselines, run.baseline_probs, subjects[test], args.bootstrap, args.seed,
+        None if true_auroc is None else truth[test])
     metrics.update(best_epoch=int(run.best["epoch"]), epochs_run=len(history["train_loss"]),
                    stopped_early=len(history["train_loss"]) < args.epochs, temporal_loss_weight=args.temporal_loss_weight,
-                   data={"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events, **data.embed_stats,
+                   data={"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events,
+                         **(data.planted_cut or {}), **data.embed_stats,
                          **run.seconds})
     atomic_io.write_json(metrics, run.paths.out_dir / "metrics.json")
     figures.plot_test_curves(labels[test], probs[test], run.paths.plots, probs_raw[test], run.baseline_probs)

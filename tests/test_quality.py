@@ -24,7 +24,7 @@ def table_and_split(tmp_path_factory):
 def test_baselines_never_see_test_labels(table_and_split):
     table, stay_split = table_and_split
     results, probs = baselines.fit_baselines(table, stay_split, seed=0)
-    assert set(results) == {"logistic_tfidf", "gradient_boosting"}
+    assert set(results) == {"logistic_regression", "gradient_boosting"}
     # Flip every test stay's label: a baseline fitted (or tuned) on test rows would change its predictions.
     test_stays = table.drop_duplicates("stay_id").loc[stay_split == "test", "stay_id"]
     flipped = table.copy()
@@ -36,7 +36,87 @@ def test_baselines_never_see_test_labels(table_and_split):
         assert results[name]["chosen"] == results2[name]["chosen"]
         assert results2[name]["test"]["auroc"] == pytest.approx(1 - results[name]["test"]["auroc"])
     # The planted risk is learnable: the baselines beat chance on the test stays.
-    assert results["logistic_tfidf"]["test"]["auroc"] > 0.6
+    assert results["logistic_regression"]["test"]["auroc"] > 0.6 and results["gradient_boosting"]["test"]["auroc"] > 0.6
+    assert results["gradient_boosting"]["features"]["n_items"] > 0
+
+
+def test_per_item_features_equal_a_direct_pandas_computation(table_and_split):
+    """Every feature of every stay, recomputed here with plain pandas from the table's rows."""
+    table, stay_split = table_and_split
+    stays = table.drop_duplicates("stay_id")
+    train_rows = table[table["stay_id"].isin(stays["stay_id"][stay_split == "train"])]
+    features = baselines.PerItemFeatures(min_stays=3).fit(train_rows)
+    x = features.transform(table).toarray()
+    column = {name: i for i, name in enumerate(features.feature_names_)}
+    events = table[table["event_type"].notna()].copy()
+    events["item"] = events["event_text"].astype(str).str.replace(r"\d+(?:\.\d+)?", "#", regex=True)
+    events["value"] = pd.to_numeric(events["event_text"].astype(str).str.extract(r"(?<![\w.])(-?\d+(?:\.\d+)?)(?![\w])",
+                                                                                   expand=False))
+    events["hours"] = events["relative_time_to_final_event"] / 60
+    # the vocabulary: items in >= 3 training stays
+    in_train = events[events["stay_id"].isin(train_rows["stay_id"])]
+    expected_items = sorted(i for i, n in in_train.groupby("item")["stay_id"].nunique().items() if n >= 3)
+    assert list(features.items_) == expected_items
+    checked = 0
+    for row, stay in enumerate(stays["stay_id"]):
+        mine = events[events["stay_id"] == stay]
+        assert x[row, column["n_events"]] == len(mine)
+        for item, group in mine.groupby("item"):
+            if item not in expected_items:
+                continue
+            key = f"item={item}/"
+            assert x[row, column[key + "count"]] == len(group)
+            assert x[row, column[key + "count_last_6h"]] == (group["hours"] <= 6).sum()
+            assert x[row, column[key + "count_last_24h"]] == (group["hours"] <= 24).sum()
+            assert x[row, column[key + "hours_since_last"]] == pytest.approx(group["hours"].min())
+            values = group["value"].dropna()
+            if len(values):
+                assert x[row, column[key + "last"]] == pytest.approx(values.iloc[-1])  # rows are in time order
+                assert x[row, column[key + "min"]] == pytest.approx(values.min())
+                assert x[row, column[key + "max"]] == pytest.approx(values.max())
+                assert x[row, column[key + "mean"]] == pytest.approx(values.mean())
+                checked += 1
+    assert checked > 50
+    # An item absent from the training stays gets no column; one of the test stays' rows cannot add columns.
+    assert x.shape[1] == len(features.feature_names_)
+
+
+def test_equal_mass_ece_and_the_paired_bootstrap_equal_a_direct_computation():
+    rng = np.random.default_rng(1)
+    y = (rng.random(300) < 0.2).astype(int)
+    p = np.clip(0.2 + 0.3 * (y - 0.2) + rng.normal(0, 0.15, 300), 0.001, 0.999)
+    # equal mass: 10 bins of 30 stays in order of p
+    order = np.argsort(p, kind="stable")
+    direct = sum(abs(p[b].mean() - y[b].mean()) * len(b) / 300 for b in np.array_split(order, 10))
+    assert evaluation.expected_calibration_error(y, p, strategy="equal_mass") == pytest.approx(direct)
+    # paired bootstrap: the same patient resamples for both models, differences taken per resample
+    other = np.clip(p + rng.normal(0, 0.2, 300), 0.001, 0.999)
+    subjects = np.repeat(np.arange(150), 2)
+    truth = np.clip(p + rng.normal(0, 0.05, 300), 0.001, 0.999)
+    got = evaluation.paired_comparison(y, p, other, subjects, 200, 7, p_ceiling=truth)
+    diffs, ratios = [], []
+    for idx in evaluation.patient_bootstrap(subjects, 200, 7):
+        if 0 < y[idx].sum() < len(idx):
+            diffs.append(roc_auc_score(y[idx], p[idx]) - roc_auc_score(y[idx], other[idx]))
+            ratios.append(roc_auc_score(y[idx], p[idx]) / roc_auc_score(y[idx], truth[idx]))
+    assert got["auroc_difference"] == pytest.approx(roc_auc_score(y, p) - roc_auc_score(y, other))
+    assert got["auroc_difference_ci95"] == pytest.approx(list(np.percentile(diffs, [2.5, 97.5])))
+    assert got["auroc_ratio_to_ceiling_ci95"] == pytest.approx(list(np.percentile(ratios, [2.5, 97.5])))
+    assert got["bootstrap_resamples"] == len(diffs)
+
+
+def test_calibration_with_a_handful_of_validation_deaths_fits_only_an_intercept():
+    """The demo's case: 11 validation stays, 1 death, raw probabilities 0.49-0.51. Platt scaling would stretch them
+    to 0-1; the guard fits only an intercept, so the ranking and spread stay and the mean matches the death rate."""
+    rng = np.random.default_rng(0)
+    logits = rng.uniform(-0.04, 0.04, 11)
+    y = np.zeros(11)
+    y[np.argmax(logits)] = 1
+    with pytest.warns(UserWarning, match="1 death"):
+        cal = evaluation.fit_calibration(logits, y, "platt")
+    assert cal["method"] == "intercept" and cal["requested"] == "platt"
+    p = evaluation.apply_calibration(cal, logits)
+    assert p.max() - p.min() < 0.02 and p.mean() == pytest.approx(1 / 11, abs=0.01)
 
 
 @pytest.mark.parametrize("method", ["platt", "temperature", "isotonic"])
@@ -117,12 +197,24 @@ def test_items_and_values_parse_the_number_of_each_event(table_and_split):
     table = pd.DataFrame({"event_type": ["lab"] * 5, "event_text": texts})
     pre = train.EventPreprocessor().fit_items(table, min_count=2)
     assert pre.items == ["Lab: Lactate # mmol/L (ref #-#)"]  # the only item seen twice
-    ids, z = pre.transform_items(table)
+    ids, z, has_value = pre.transform_items(table)
     assert ids.tolist() == [0, 1, 0, 0, 1]  # 0: not a frequent training item
     assert z[1] == pytest.approx(-z[4]) and z[1] < 0 and z[0] == 0  # standardised per item; none for others
+    assert has_value.tolist() == [False, True, False, False, True]
     # The vocabulary and the statistics travel in the checkpoint's preprocessor state.
     full = train.EventPreprocessor().fit(tmp_events)
     full.items, full.item_value_mean, full.item_value_std = pre.items, pre.item_value_mean, pre.item_value_std
     again = train.EventPreprocessor.from_state_dict(full.state_dict())
     np.testing.assert_array_equal(again.transform_items(table)[0], ids)
     np.testing.assert_allclose(again.transform_items(table)[1], z)
+
+
+def test_value_changes_follow_each_items_previous_value_within_a_stay():
+    stays = np.array([1, 1, 1, 1, 1, 2, 2])
+    items = np.array([3, 3, 4, 3, 0, 3, 3])      # item 0: not a frequent item
+    values = np.array([1.0, 2.5, 0.7, 1.5, 0.0, 9.0, 8.0], dtype=np.float32)
+    has = np.array([True, True, True, True, False, True, True])
+    has[2] = False                               # an event of item 4 without a number
+    changes = train.changes_from_previous_value(stays, items, values, has)
+    # stay 1, item 3: 1.0 -> 2.5 -> 1.5; stay 2 starts afresh (its first value has no change)
+    np.testing.assert_allclose(changes, [0.0, 1.5, 0.0, -1.0, 0.0, 0.0, -1.0])
