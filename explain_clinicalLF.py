@@ -9,8 +9,9 @@ Every attribution is to the model's one logit per stay (positive = pushes toward
 Captum's target=None. Four methods, one row per (stay, real event, method) in event_attributions.csv:
   integrated_gradients        IG on the per-event input tensor that train.MortalityTransformer.event_features
                               builds, [type one-hot | standardised text vector | standardised log-hours |
-                              value | item embedding] (the value and the learned item vector where the model
-                              has them), summed over an event's features, and on the static features; the
+                              value | value change | item embedding] (the value, its change from the item's
+                              previous value and the learned item vector where the model has them), summed
+                              over an event's features, and on the static features; the
                               padding mask is passed through additional_forward_args (never attributed).
                               Padded positions take baseline = input, so their attribution is exactly 0.
   layer_integrated_gradients  IG on the output of the model's input projection, summed per event.

@@ -122,8 +122,8 @@ def build_arg_parser():
     p.add_argument("--calibration", choices=("platt", "temperature", "isotonic", "none"), default="platt",
                    help="map from the logit to the reported probability, fitted on the validation split")
     p.add_argument("--baselines", choices=("all", "none"), default="all",
-                   help="also fit plain models (TF-IDF logistic regression, gradient boosting on counts) on the "
-                        "same split and report them beside the model")
+                   help="also fit the fair tabular baselines (LightGBM and logistic regression on per-item "
+                        "features, baselines.py) on the same split and report them beside the model")
     return p
 
 
