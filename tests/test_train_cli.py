@@ -125,7 +125,7 @@ def test_a_stay_without_events_is_predicted_from_its_statics_near_the_base_rate(
     data, out, cache, _ = small_run
     table = event_table.read_event_table(data)
     model, _, ckpt = train.model_from_checkpoint(train.load_checkpoint(out / "checkpoints" / "best_model.pth"))
-    assert model.no_events.abs().sum() > 0  # learned (it starts at zero)
+    assert model.pool.no_events.abs().sum() > 0  # learned (it starts at zero)
     stays, matrix = train.prepare_stays_of_checkpoint(table, ckpt, cache, text_encoder=tiny_bert_dir)
     empty = torch.zeros(0, dtype=torch.long)
     blank = [train.Stay(s.stay_id, s.subject_id, empty, empty, torch.zeros(0), s.static, s.label, empty, empty,
