@@ -259,10 +259,9 @@ def compare_with_baselines(y, p_model, baseline_results, baseline_probs, subject
     return out
 
 
-def auroc_of_true_probability(table, labels, selected):
-    """Synthetic tables only (a `true_probability` column): the AUROC of the planted risk on the `selected` stays,
-    the best any model can reach; None without the column or with a single class."""
-    truth = true_probability(table)
+def auroc_of_true_probability(truth, labels, selected):
+    """Synthetic tables only (`truth`: true_probability(table)): the AUROC of the planted risk on the `selected`
+    stays, the best any model can reach; None without a truth or with a single class."""
     if truth is None or len(np.unique(labels[selected])) < 2:
         return None
     return float(roc_auc_score(labels[selected], truth[selected]))

@@ -1888,10 +1888,10 @@ def write_outputs(run):
     metrics["subgroups"] = evaluation.subgroup_metrics(
         evaluation.subgroup_attributes(data.table.drop_duplicates("stay_id").loc[test]), labels[test], probs[test],
         subjects[test], bootstrap=min(args.bootstrap, 200), seed=args.seed)
-    true_auroc = evaluation.auroc_of_true_probability(data.table, labels, test)
+    truth = evaluation.true_probability(data.table)
+    true_auroc = evaluation.auroc_of_true_probability(truth, labels, test)
     if true_auroc is not None:  # synthetic data only: the best AUROC the planted risk allows
         metrics["test"]["auroc_of_true_probability"] = true_auroc
-    truth = evaluation.true_probability(data.table)
     metrics["comparisons"] = evaluation.compare_with_baselines(
         labels[test], probs[test], run.baselines, run.baseline_probs, subjects[test], args.bootstrap, args.seed,
         None if true_auroc is None else truth[test])
