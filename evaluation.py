@@ -211,30 +211,35 @@ def apply_calibration(calibration, logits) -> np.ndarray:
 # The model's metrics of a run (metrics.json)
 
 
-def model_metrics(labels, probs, probs_uncalibrated, stay_split, subject_ids, bootstrap, seed) -> dict:
-    """metrics.json's "train", "val" and "test": split_metrics of the calibrated probabilities (test with
-    `bootstrap` patient resamples), and the Brier score, ECE, calibration slope and intercept before and after
-    calibration."""
-    metrics = {}
-    for name in ("train", "val", "test"):
-        sel = stay_split == name
-        metrics[name] = split_metrics(labels[sel], probs[sel], name, bootstrap=bootstrap if name == "test" else 0,
-                                      seed=seed, subject_ids=subject_ids[sel])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = split_metrics(labels[sel], probs_uncalibrated[sel], name)
-            metrics[name].update(brier_uncalibrated=raw["brier"], ece_uncalibrated=raw["ece"])
-            for suffix, p in (("", probs[sel]), ("_uncalibrated", probs_uncalibrated[sel])):
-                slope, intercept = calibration_slope_intercept(labels[sel], p)
-                metrics[name].update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
-        if metrics[name]["n_deaths"] < MIN_DEATHS:
-            metrics[name]["too_few_deaths"] = True
-            warnings.warn(f"the {name} split has {metrics[name]['n_deaths']} death(s) among {metrics[name]['n_stays']} "
-                          f"stays (< {MIN_DEATHS}): its AUROC, AUPRC and calibration are anecdotes, not estimates")
-    test = stay_split == "test"
-    if bootstrap and len(np.unique(labels[test])) == 2:
-        metrics["test"].update(calibration_intervals(labels[test], probs[test], subject_ids[test], min(bootstrap, 200), seed))
+def stays_metrics(labels, probs, probs_uncalibrated, subject_ids, name, bootstrap=0, seed=0) -> dict:
+    """One split's entry of metrics.json (also predict.py's): split_metrics of the calibrated probabilities, the
+    Brier score, ECE, calibration slope and intercept before and after calibration, a too_few_deaths flag, and with
+    `bootstrap` patient resamples the 95% intervals of AUROC/AUPRC and of the calibration slope and intercept."""
+    labels, probs, probs_uncalibrated = np.asarray(labels), np.asarray(probs), np.asarray(probs_uncalibrated)
+    metrics = split_metrics(labels, probs, name, bootstrap=bootstrap, seed=seed, subject_ids=subject_ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = split_metrics(labels, probs_uncalibrated, name)
+        metrics.update(brier_uncalibrated=raw["brier"], ece_uncalibrated=raw["ece"])
+        for suffix, p in (("", probs), ("_uncalibrated", probs_uncalibrated)):
+            slope, intercept = calibration_slope_intercept(labels, p)
+            metrics.update({f"calibration_slope{suffix}": slope, f"calibration_intercept{suffix}": intercept})
+    if metrics["n_deaths"] < MIN_DEATHS:
+        metrics["too_few_deaths"] = True
+        warnings.warn(f"the {name} split has {metrics['n_deaths']} death(s) among {metrics['n_stays']} "
+                      f"stays (< {MIN_DEATHS}): its AUROC, AUPRC and calibration are anecdotes, not estimates")
+    if bootstrap and len(np.unique(labels)) == 2:
+        metrics.update(calibration_intervals(labels, probs, subject_ids, min(bootstrap, 200), seed))
     return metrics
+
+
+def model_metrics(labels, probs, probs_uncalibrated, stay_split, subject_ids, bootstrap, seed) -> dict:
+    """metrics.json's "train", "val" and "test": stays_metrics of each split, with `bootstrap` patient resamples
+    for the test split's intervals."""
+    return {name: stays_metrics(labels[stay_split == name], probs[stay_split == name],
+                                probs_uncalibrated[stay_split == name], subject_ids[stay_split == name], name,
+                                bootstrap if name == "test" else 0, seed)
+            for name in ("train", "val", "test")}
 
 
 def true_probability(table):

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-# docs/interfaces.md §1 order; the model's event-type one-hot has one column per entry (3: `input` added)
-EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
+# docs/interfaces.md §1 order; the model's event-type one-hot has one column per entry (`input` added in checkpoint
+# format 3; `vital` and `output`, from MEDS, appended at the end so the older kinds keep their columns)
+EVENT_TYPES = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient", "vital", "output")
 STATIC_CATEGORICAL = ("gender", "race", "marital_status", "admission_type", "admission_location",
                       "insurance", "first_careunit")
 STATIC_NUMERIC = ("patient_age",)
@@ -26,11 +27,12 @@ class EventTableError(ValueError):
 
 
 # Columns read besides the required ones (any other column is never read): synthetic tables' planted risk, used by
-# metrics.json (true_probability) and explain_clinicalLF.py's faithfulness figures (planted_risk).
-OPTIONAL_COLUMNS = ("true_probability", "planted_risk")
+# metrics.json (true_probability) and explain_clinicalLF.py's faithfulness figures (planted_risk); each stay's
+# prediction time (extract_cohort.py writes it), which predict.py's MEDS output needs.
+OPTIONAL_COLUMNS = ("true_probability", "planted_risk", "prediction_time")
 # Read as categories: 20 million events have a few thousand distinct values here (2-4 million event texts), each
 # stored once; as Python strings these columns alone would take over 10 GB.
-CATEGORY_COLUMNS = ("event_type", "event_text", "event_time", *STATIC_CATEGORICAL)
+CATEGORY_COLUMNS = ("event_type", "event_text", "event_time", "prediction_time", *STATIC_CATEGORICAL)
 # pandas' missing-value spellings, so that the Arrow reader reads a table as pandas.read_csv did
 NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
                "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]

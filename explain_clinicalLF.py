@@ -180,61 +180,17 @@ from faithfulness import faithfulness_for_batch  # noqa: E402
 # -----------------------------------------------------------------------------
 # Loading: checkpoint, data, stays — all through train.py's own functions.
 
-def check_checkpoint_compatible(ckpt, encoder_identity_now=None, embedding_dim=None):
-    """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
-    problems = []
-    config, state = ckpt["model_config"], ckpt["preprocessor"]
-    for key, ours in (("event_types", event_table.EVENT_TYPES), ("static_categorical", event_table.STATIC_CATEGORICAL),
-                      ("static_numeric", event_table.STATIC_NUMERIC)):
-        theirs = state.get(key)
-        if theirs is not None and list(theirs) != list(ours):
-            problems.append(f"{key}: checkpoint has {list(theirs)}, this train.py uses {list(ours)}")
-    if config.get("n_event_types", len(event_table.EVENT_TYPES)) != len(event_table.EVENT_TYPES):
-        problems.append(f"event types: the model has {config['n_event_types']}, this train.py has "
-                        f"{len(event_table.EVENT_TYPES)} {event_table.EVENT_TYPES}")
-    names = ckpt.get("static_feature_names")
-    if names is not None and len(names) != config.get("n_static"):
-        problems.append(f"the model takes {config.get('n_static')} static features, "
-                        f"the preprocessor makes {len(names)}")
-    enc = ckpt.get("text_encoder", {})
-    if enc.get("dim") is not None and config.get("text_dim") != enc.get("dim"):
-        problems.append(f"text_dim {config.get('text_dim')} of the model differs from the encoder dim {enc.get('dim')}")
-    if embedding_dim is not None and embedding_dim != config.get("text_dim"):
-        problems.append(f"text vectors have {embedding_dim} dimensions, the model expects {config.get('text_dim')} "
-                        f"(another text encoder than the checkpoint's {enc.get('folder')})")
-    if encoder_identity_now is not None and enc.get("identity") and encoder_identity_now != enc["identity"]:
-        problems.append(f"text encoder: checkpoint was trained with encoder identity {enc['identity']} "
-                        f"(folder {enc.get('folder')}), the encoder given now has identity {encoder_identity_now}; "
-                        "pass --text-encoder with the encoder the model was trained with")
-    if problems:
-        raise ExplainError("checkpoint does not match: " + "; ".join(problems))
-
-
 def load_for_explanation(checkpoint_path, data_path, text_encoder=None):
     """Checkpoint (weights_only), model + preprocessor rebuilt from it, and the event table, with errors
     that say which file is wrong and what to do."""
-    checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
-    if not checkpoint_path.is_file():
-        raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
-                           "pass --checkpoint FILE.")
+    data_path = Path(data_path)
     if not data_path.is_file():
         raise ExplainError(f"data file not found: {data_path}. Pass --data FILE (an event table, "
                            "docs/interfaces.md §1).")
-    ckpt = train.load_checkpoint(checkpoint_path)  # CheckpointError names the file and what is wrong
-    identity_now = None
-    if text_encoder is not None:
-        saved = train.EncoderSpec.from_checkpoint(ckpt)
-        identity_now = train.EncoderSpec.of_folder(train.resolve_text_encoder(text_encoder), saved.pooling,
-                                                   saved.max_length, saved.dtype).identity
-    try:
-        check_checkpoint_compatible(ckpt, identity_now)
-    except ExplainError as e:
-        raise ExplainError(f"{checkpoint_path}: {e}") from None
-    try:
-        model, preprocessor, ckpt = train.model_from_checkpoint(ckpt)
-    except train.CheckpointError as e:  # weights of another model version
-        raise ExplainError(f"{checkpoint_path}: {e}") from None
-    model.eval()
+    if not Path(checkpoint_path).is_file():
+        raise ExplainError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
+                           "pass --checkpoint FILE.")
+    model, preprocessor, ckpt = train.load_trained_model(checkpoint_path, text_encoder)  # CheckpointError names the file
     table = event_table.read_event_table(data_path)
     return model, preprocessor, ckpt, table
 
@@ -384,7 +340,10 @@ def prepare_explanation(checkpoint_path, data_path, run, settings):
     is_event = rows["event_type"].notna()
     rows["event_index"] = is_event.astype(int).groupby(rows["stay_id"]).cumsum() - 1  # position in the stay
     stays, embedding_matrix = prepare(rows)
-    check_checkpoint_compatible(ckpt, embedding_dim=int(embedding_matrix.shape[1]))
+    try:
+        train.check_checkpoint_compatible(ckpt, embedding_dim=int(embedding_matrix.shape[1]))
+    except train.CheckpointError as e:
+        raise ExplainError(f"{checkpoint_path}: {e}") from None
     model, embedding_matrix = model.to(run.device), embedding_matrix.to(run.device)
     event_baseline = static_baseline = None
     if settings.baseline == "mean":

@@ -411,7 +411,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--mimic-dir", type=Path, help="MIMIC-IV folder with hosp/ and icu/ (duckdb engine)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--mimic-dir", type=Path, help="MIMIC-IV folder with hosp/ and icu/ (duckdb engine)")
+    source.add_argument("--meds", type=Path,
+                        help="MEDS dataset folder (data/, metadata/) instead of MIMIC-IV: see meds_cohort.py")
+    parser.add_argument("--labels", type=Path,
+                        help="with --meds: MEDS label file or folder; one prediction per row (default: the ICU task)")
     parser.add_argument("--output", type=Path, required=True, help="event table: .csv, .csv.gz or .parquet")
     parser.add_argument("--engine", choices=("duckdb", "bigquery"), default="duckdb",
                         help="where query.sql runs: DuckDB on the csv files of --mimic-dir, or BigQuery (--project)")
@@ -436,14 +441,39 @@ def main(argv=None):
 
     started = time.perf_counter()
     try:
+        if args.meds is not None or args.labels is not None:
+            return main_meds(parser, args, started)
         counts = extract_cohort(args.output, args.mimic_dir, args.engine, args.observation_hours,
                                 args.lookback_hours, args.whole_stay, args.project, args.hosp_dataset,
                                 args.icu_dataset, args.memory_limit, args.threads, args.temp_dir,
                                 progress=not args.no_progress, event_kinds=args.event_kinds)
     except ExtractionError as err:
-        sys.exit(f"extract_cohort.py: error: {err}")
+        parser.exit(2, f"extract_cohort.py: error: {err}\n")
     print(f"Wrote {args.output} in {time.perf_counter() - started:.1f} s")
     print(f"Cohort: {format_counts(counts)}")
+    return counts
+
+
+def main_meds(parser, args, started) -> dict:
+    """--meds: the event table from a MEDS dataset (meds_cohort.py); the SQL path's own options do not apply."""
+    import meds_cohort
+
+    if args.meds is None:
+        raise ExtractionError("--labels needs --meds DIR (the MEDS dataset the labels are about).")
+    sql_only = [f"--{name.replace('_', '-')}" for name in ("engine", "lookback_hours", "whole_stay", "event_kinds",
+                                                           "project", "hosp_dataset", "icu_dataset", "temp_dir")
+                if getattr(args, name) != parser.get_default(name)]
+    if sql_only:
+        raise ExtractionError(f"{', '.join(sql_only)} belong(s) to the query.sql path and do(es) not apply to "
+                              "--meds; drop it, or use --mimic-dir.")
+    try:
+        counts = meds_cohort.import_meds(args.meds, args.output, args.labels, args.observation_hours,
+                                         args.memory_limit, args.threads)
+    except meds_cohort.ExtractionError as err:  # run as a script, this file's own class is __main__'s
+        raise ExtractionError(str(err)) from None
+    print(f"Wrote {args.output} in {time.perf_counter() - started:.1f} s")
+    print(f"Cohort: {format_counts(counts)}")
+    print("Events per kind: " + ", ".join(f"{kind}={n}" for kind, n in counts["events_per_kind"].items()))
     return counts
 
 

@@ -41,8 +41,8 @@ import atomic_io
 import baselines
 import evaluation
 import figures
-from event_table import (EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC, EventTableError, items_and_values,
-                         read_event_table, split_stays_by_patient, static_frame, static_transformer)
+from event_table import (EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC, EventTableError, item_of_text,
+                         items_and_values, map_distinct, read_event_table, split_stays_by_patient, static_frame, static_transformer)
 
 REPO_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("train")
@@ -90,6 +90,17 @@ def build_arg_parser():
     p.add_argument("--trajectory-channel", choices=("on", "off"), default="off",
                    help="also the change of that number from the same item's previous one in the stay (with "
                         "--value-channel on)")
+    p.add_argument("--text-input", choices=("event", "item"), default="event",
+                   help="the text whose vector the model reads: the whole event text ('Lab: Lactate 4.2 mmol/L'), or "
+                        "its item, the text without its numbers ('Lab: Lactate # mmol/L'), whose number then comes "
+                        "only through the value channel (needs --value-channel on)")
+    p.add_argument("--trajectory-from", choices=("previous", "first"), default="previous",
+                   help="the trajectory channel's reference: the same item's previous number in the stay, or its "
+                        "first (the stay's baseline, as KDIGO reads creatinine and lactate clearance reads lactate)")
+    p.add_argument("--item-values", choices=("on", "off"), default="off",
+                   help="each frequent item's number (and change) also scales a learned vector of its own, so that "
+                        "'lactate 6' and 'creatinine 6' differ in more than the item they belong to (with "
+                        "--value-channel on and --item-dim > 0)")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
                    help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
@@ -104,6 +115,9 @@ def build_arg_parser():
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="validate, keep and report an exponential moving average of the weights, updated after "
+                        "every batch with this decay (e.g. 0.995: ~200 batches' memory); 0 uses the weights as they are")
     p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better validation score")
     p.add_argument("--select-by", choices=("auroc", "loss"), default="auroc",
                    help="the validation score that keeps the best epoch and stops early: AUROC, or the (steadier) "
@@ -134,6 +148,10 @@ def check_options(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.d_model % args.n_heads or args.d_model % args.pool_heads:
         parser.error("--d-model must be divisible by --n-heads and --pool-heads")
+    if args.text_input == "item" and args.value_channel == "off":
+        parser.error("--text-input item reads the numbers only through the value channel: it needs --value-channel on")
+    if not 0 <= args.ema_decay < 1:
+        parser.error("--ema-decay must be in [0, 1)")
 
 
 def resumed_options(parser, args, saved) -> argparse.Namespace:
@@ -874,18 +892,24 @@ class Stay:
     value_changes: torch.Tensor = None  # Float[L] values minus the same item's previous value in the stay (0: none)
 
 
-def changes_from_previous_value(stay_ids, item_ids, values, has_value):
+def changes_from_previous_value(stay_ids, item_ids, values, has_value, reference="previous"):
     """Per event (rows in time order within each stay): its standardised value minus that of the same frequent
-    item's previous event with a value in the same stay; 0 for the first, for other items and for events without
-    a number. A trajectory: lactate that does not clear, creatinine that rises."""
+    item's previous event with a value in the same stay (`reference` "first": its first such event, the stay's
+    baseline); 0 for the first, for other items and for events without a number. A trajectory: lactate that does
+    not clear, creatinine that rises."""
     frame = pd.DataFrame({"stay": stay_ids[has_value], "item": item_ids[has_value], "value": values[has_value]})
+    groups = frame.groupby(["stay", "item"], sort=False)["value"]
     changes = np.zeros(len(values), dtype=np.float32)
-    changes[has_value] = frame.groupby(["stay", "item"], sort=False)["value"].diff().fillna(0.0).to_numpy()
+    if reference == "first":
+        changes[has_value] = (frame["value"] - groups.transform("first")).to_numpy()
+    else:
+        changes[has_value] = groups.diff().fillna(0.0).to_numpy()
     return changes
 
 
-def build_stays(table, preprocessor, text_rows, max_events):
-    """One Stay per stay (order of table.stay_id.unique()), keeping the most recent `max_events` events."""
+def build_stays(table, preprocessor, text_rows, max_events, trajectory_from="previous"):
+    """One Stay per stay (order of table.stay_id.unique()), keeping the most recent `max_events` events;
+    `trajectory_from`: the reference of each event's value change (--trajectory-from)."""
     static = torch.from_numpy(preprocessor.transform_static(table))
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
@@ -898,7 +922,7 @@ def build_stays(table, preprocessor, text_rows, max_events):
         if preprocessor.items:
             item_ids[is_event], values[is_event], has_value = preprocessor.transform_items(table.loc[is_event])
             value_changes[is_event] = changes_from_previous_value(stay_ids[is_event], item_ids[is_event],
-                                                                  values[is_event], has_value)
+                                                                  values[is_event], has_value, trajectory_from)
     text_rows = np.asarray(text_rows, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
     if len(np.unique(stay_ids[starts])) != len(starts):
@@ -948,16 +972,20 @@ def collate_stays(stays):
 
 
 def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="cpu", max_events=None,
-                  embed_batch_size=64, stats=None):
+                  embed_batch_size=64, stats=None, text_input="event", trajectory_from="previous"):
     """Embed the table's texts with `encoder` (cache first; the encoder folder is needed only for texts
-    missing from the cache) and build its stays; returns (stays, embedding_matrix)."""
+    missing from the cache) and build its stays; returns (stays, embedding_matrix). `text_input`: "event" embeds
+    each event's text, "item" its text without numbers (--text-input)."""
     is_event = table["event_type"].notna().to_numpy()
-    matrix, rows = embed_texts(table.loc[is_event, "event_text"], encoder.folder, cache_dir, device, encoder.pooling,
+    texts = table.loc[is_event, "event_text"]
+    if text_input == "item":
+        texts = map_distinct(texts, item_of_text)
+    matrix, rows = embed_texts(texts, encoder.folder, cache_dir, device, encoder.pooling,
                                encoder.max_length, embed_batch_size, identity=encoder.identity, dim=encoder.dim,
                                stats=stats, dtype=encoder.dtype)
     text_rows = np.zeros(len(table), dtype=np.int64)
     text_rows[is_event] = rows
-    return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9), matrix
+    return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9, trajectory_from), matrix
 
 
 def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events=None, text_encoder=None):
@@ -965,7 +993,8 @@ def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events
     folder on this machine, where it is not where the checkpoint was trained."""
     return prepare_stays(table, EventPreprocessor.from_state_dict(ckpt["preprocessor"]),
                          EncoderSpec.from_checkpoint(ckpt, text_encoder), cache_dir, device,
-                         max_events or ckpt["args"]["max_events"])
+                         max_events or ckpt["args"]["max_events"], text_input=ckpt["args"].get("text_input", "event"),
+                         trajectory_from=ckpt["args"].get("trajectory_from", "previous"))
 
 
 class LengthBucketSampler:
@@ -1026,6 +1055,7 @@ class ModelConfig:
     item_dim: int = 0            # their width (train.py: 32 where the training split has frequent items)
     value_channel: bool = False  # the event's standardised number as an input
     trajectory_channel: bool = False  # its change from the same item's previous number in the stay (standardised)
+    item_values: bool = False    # each frequent item's number (and change) also scales a learned vector of that item
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1106,6 +1136,16 @@ class MortalityTransformer(nn.Module):
         # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
         self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
         n_in += config.item_dim
+        # With one shared value input, 'lactate 6' and 'creatinine 6' move the event's vector in the same direction
+        # and only the layers above can tell them apart; a vector per item, scaled by the item's standardised number
+        # (and by its change where the trajectory channel is on), lets each item's value mean something of its own.
+        self.item_value_embedding = self.item_change_embedding = None
+        if config.item_values and config.item_dim and config.value_channel:
+            self.item_value_embedding = nn.Embedding(config.n_items + 1, config.item_dim)
+            n_in += config.item_dim
+            if config.trajectory_channel:
+                self.item_change_embedding = nn.Embedding(config.n_items + 1, config.item_dim)
+                n_in += config.item_dim
         # Sentence encoders' vectors are anisotropic (a few large shared dimensions); standardising them with
         # training-set statistics (set_text_normalization, saved in the state dict) makes texts separable early.
         self.register_buffer("text_mean", torch.zeros(config.text_dim))
@@ -1138,8 +1178,9 @@ class MortalityTransformer(nn.Module):
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
     def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None, value_changes=None):
-        """[type one-hot | standardised text vector | standardised log-hours | value | value change | item embedding]
-        per event (the last three where the model has them); padding (type_id < 0) rows are zeros."""
+        """[type one-hot | standardised text vector | standardised log-hours | value | value change | item embedding |
+        value x item's value vector | change x item's change vector] per event (those after log-hours where the model
+        has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
@@ -1154,7 +1195,12 @@ class MortalityTransformer(nn.Module):
                 raise ValueError("this model also reads each event's value change: pass the batch's value_changes")
             parts.append(value_changes.unsqueeze(-1).to(text_vectors.dtype))
         if self.item_embedding is not None:
-            parts.append(self.item_embedding(item_ids.clamp(0, self.config.n_items)).to(text_vectors.dtype))
+            items = item_ids.clamp(0, self.config.n_items)
+            parts.append(self.item_embedding(items).to(text_vectors.dtype))
+            if self.item_value_embedding is not None:
+                parts.append((values.unsqueeze(-1) * self.item_value_embedding(items)).to(text_vectors.dtype))
+            if self.item_change_embedding is not None:
+                parts.append((value_changes.unsqueeze(-1) * self.item_change_embedding(items)).to(text_vectors.dtype))
         return torch.cat(parts, dim=-1) * real
 
     def forward(self, events, mask, static, return_attention=False):
@@ -1220,9 +1266,10 @@ def temporal_aware_loss(pool_weights, hours, mask, half_life_hours):
 # -----------------------------------------------------------------------------
 # Checkpoints
 
-CHECKPOINT_FORMAT_VERSION = 4  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
+CHECKPOINT_FORMAT_VERSION = 5  # bump whenever the checkpoint keys or the model's state dict change (2: text_mean/text_scale;
                                # 3: event type `input` (six event-type features), item embedding, value channel, calibration;
-                               # 4: the learned no-events vector, the trajectory channel)
+                               # 4: the learned no-events vector, the trajectory channel;
+                               # 5: per-item value vectors (--item-values), the moving average ema_state)
 
 
 class CheckpointError(ValueError):
@@ -1272,6 +1319,56 @@ def model_from_checkpoint(ckpt, map_location="cpu"):
         raise CheckpointError(f"its weights do not fit this train.py's model ({detail}); retrain with this version, "
                               "or use the train.py version that wrote it") from None
     return model.eval(), EventPreprocessor.from_state_dict(ckpt["preprocessor"]), ckpt
+
+def check_checkpoint_compatible(ckpt, encoder_identity_now=None, embedding_dim=None):
+    """Say exactly what differs when a checkpoint does not fit this code, this data or this encoder."""
+    problems = []
+    config, state = ckpt["model_config"], ckpt["preprocessor"]
+    for key, ours in (("event_types", EVENT_TYPES), ("static_categorical", STATIC_CATEGORICAL),
+                      ("static_numeric", STATIC_NUMERIC)):
+        theirs = state.get(key)
+        if theirs is not None and list(theirs) != list(ours):
+            problems.append(f"{key}: checkpoint has {list(theirs)}, this train.py uses {list(ours)}")
+    if config.get("n_event_types", len(EVENT_TYPES)) != len(EVENT_TYPES):
+        problems.append(f"event types: the model has {config['n_event_types']}, this train.py has "
+                        f"{len(EVENT_TYPES)} {EVENT_TYPES}")
+    names = ckpt.get("static_feature_names")
+    if names is not None and len(names) != config.get("n_static"):
+        problems.append(f"the model takes {config.get('n_static')} static features, "
+                        f"the preprocessor makes {len(names)}")
+    enc = ckpt.get("text_encoder", {})
+    if enc.get("dim") is not None and config.get("text_dim") != enc.get("dim"):
+        problems.append(f"text_dim {config.get('text_dim')} of the model differs from the encoder dim {enc.get('dim')}")
+    if embedding_dim is not None and embedding_dim != config.get("text_dim"):
+        problems.append(f"text vectors have {embedding_dim} dimensions, the model expects {config.get('text_dim')} "
+                        f"(another text encoder than the checkpoint's {enc.get('folder')})")
+    if encoder_identity_now is not None and enc.get("identity") and encoder_identity_now != enc["identity"]:
+        problems.append(f"text encoder: checkpoint was trained with encoder identity {enc['identity']} "
+                        f"(folder {enc.get('folder')}), the encoder given now has identity {encoder_identity_now}; "
+                        "pass --text-encoder with the encoder the model was trained with")
+    if problems:
+        raise CheckpointError("checkpoint does not match: " + "; ".join(problems))
+
+
+def load_trained_model(checkpoint_path, text_encoder=None):
+    """(model in eval mode, EventPreprocessor, ckpt) of a trained model, for scoring or explaining new data:
+    load_checkpoint, then check_checkpoint_compatible (with `text_encoder`, the folder that will embed texts
+    missing from the cache: that it is the encoder the model was trained with). Errors name the file."""
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint_path}. Train a model first (python train.py) or "
+                              "pass --checkpoint FILE.")
+    ckpt = load_checkpoint(checkpoint_path)
+    identity_now = None
+    if text_encoder is not None:
+        saved = EncoderSpec.from_checkpoint(ckpt)
+        identity_now = EncoderSpec.of_folder(resolve_text_encoder(text_encoder), saved.pooling, saved.max_length,
+                                             saved.dtype).identity
+    try:
+        check_checkpoint_compatible(ckpt, identity_now)
+        return model_from_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{checkpoint_path}: {e}") from None
 
 # -----------------------------------------------------------------------------
 # Distributed training (torchrun): this process's rank, the process group, decisions taken once
@@ -1505,7 +1602,8 @@ def load_training_data(run) -> TrainingData:
     if not process.master:
         process.wait_for_all()
     stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, process.device,
-                                            args.max_events, args.embed_batch_size, embed_stats)
+                                            args.max_events, args.embed_batch_size, embed_stats, args.text_input,
+                                            args.trajectory_from)
     if process.master:
         process.wait_for_all()
     process.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
@@ -1575,18 +1673,29 @@ class Trainer:
     use_amp: bool
     amp_dtype: torch.dtype
     pos_weight: torch.Tensor
+    ema: torch.optim.swa_utils.AveragedModel = None  # --ema-decay > 0: the moving average of raw_model's weights
     kill_after: int = None  # fault injection (_fault_kill_point)
     batches_run: int = 0    # by this process since it started
 
+    @property
+    def eval_model(self) -> "MortalityTransformer":
+        """The weights that are validated, kept as best_model.pth and reported: the moving average where there is one."""
+        return self.ema.module if self.ema is not None else self.raw_model
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema_state"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, ckpt):
         self.raw_model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema_state"])
 
     def train_epoch(self, run):
         """Train `run.state.epoch` from batch `run.state.batch_in_epoch` on (after --resume: where the run stopped)."""
@@ -1623,6 +1732,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(raw_model)
             state.global_step += 1
             state.batch_in_epoch = b + 1
             state.epoch_loss_sum += float(loss.detach()) * len(idx)
@@ -1652,7 +1763,7 @@ def build_trainer(run) -> Trainer:
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items),
                          trajectory_channel=args.trajectory_channel == "on" and args.value_channel == "on"
-                         and bool(preprocessor.items))
+                         and bool(preprocessor.items), item_values=args.item_values == "on")
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     seed_rank_streams(args.seed, process.rank)
@@ -1679,16 +1790,23 @@ def build_trainer(run) -> Trainer:
     use_amp = args.amp == "auto" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ema = None
+    if args.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
     return Trainer(config, model, raw_model, optimizer, scheduler, scaler, sampler, use_amp, amp_dtype,
-                   torch.tensor(data.pos_weight, device=device), kill_after=_fault_kill_point())
+                   torch.tensor(data.pos_weight, device=device), ema=ema, kill_after=_fault_kill_point())
 
 
 def checkpoint_payload(run, resumable=False):
     """What a checkpoint holds: the model and what rebuilds its inputs; `resumable` (latest_checkpoint.pth) adds
-    the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it)."""
+    the optimiser and the whole TrainingState, so --resume continues exactly (collective: every rank calls it).
+    model_state is the evaluated weights (the moving average with --ema-decay), except in a resumable checkpoint,
+    which holds the training weights there and the average under ema_state."""
     args, data, trainer, state = run.args, run.data, run.trainer, run.state
+    model = trainer.raw_model if resumable else trainer.eval_model
     payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "model_config": asdict(trainer.config),
-               "model_state": trainer.raw_model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
+               "model_state": model.state_dict(), "preprocessor": data.preprocessor.state_dict(),
                "text_encoder": asdict(data.encoder), "args": vars(args), "epoch": state.epoch,
                "best_val_score": state.best_val_score,
                "static_feature_names": data.preprocessor.static_feature_names, "data_fingerprint": data.fingerprint}
@@ -1698,14 +1816,18 @@ def checkpoint_payload(run, resumable=False):
 
 
 @torch.no_grad()
-def predict_logits(model, stays, embedding_matrix, batch_size):
-    """The model's logits for `stays`, in their order (on the embedding matrix's device)."""
+def predict_logits(model, stays, embedding_matrix, batch_size, progress=False):
+    """The model's logits for `stays`, in their order (on the embedding matrix's device); `progress`: a tqdm bar
+    counting stays."""
+    from tqdm.auto import tqdm
     model.eval()
     sampler = LengthBucketSampler([len(s.type_ids) for s in stays], batch_size, shuffle=False)
     out = np.zeros(len(stays))
-    for idx in sampler:
-        logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
-        out[idx] = logits.float().cpu().numpy()
+    with tqdm(total=len(stays), desc="scoring stays", unit="stay", disable=not progress) as bar:
+        for idx in sampler:
+            logits, _ = model(*batch_inputs(model, collate_stays([stays[i] for i in idx]), embedding_matrix))
+            out[idx] = logits.float().cpu().numpy()
+            bar.update(len(idx))
     return out
 
 
@@ -1722,16 +1844,16 @@ def validate_and_checkpoint(run, train_probe, t0):
     """End of an epoch: validate, keep the best model, stop early, save latest_checkpoint.pth and the curves.
     `train_probe`: the training stays of the train curve; `t0`: time.time() at the epoch's start."""
     args, process, paths, data, trainer, state = run.args, run.process, run.paths, run.data, run.trainer, run.state
-    device, raw_model, embedding_matrix = process.device, trainer.raw_model, data.embedding_matrix
+    device, eval_model, embedding_matrix = process.device, trainer.eval_model, data.embedding_matrix
     val_stays = data.by_split["val"]
     train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_n)
     if process.ddp:
         t = torch.tensor([state.epoch_loss_sum, state.epoch_loss_n], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         train_loss = float(t[0] / t[1].clamp_min(1))
-    val_probs, val_loss = predict(raw_model, val_stays, embedding_matrix, args.batch_size)
+    val_probs, val_loss = predict(eval_model, val_stays, embedding_matrix, args.batch_size)
     history = state.history
-    history.setdefault("train_bce", []).append(predict(raw_model, train_probe, embedding_matrix, args.batch_size)[1])
+    history.setdefault("train_bce", []).append(predict(eval_model, train_probe, embedding_matrix, args.batch_size)[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         val_auroc = evaluation.split_metrics([s.label for s in val_stays], val_probs, "val")["auroc"]

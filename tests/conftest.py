@@ -31,6 +31,23 @@ def mimic_demo_dir() -> Path:
     return path
 
 
+def meds_demo_dir_path() -> Path:
+    return Path(os.environ.get("MIMIC_IV_DEMO_MEDS_DIR", REPO_ROOT.parent / "shared" / "mimic-iv-demo-meds"))
+
+
+@pytest.fixture(scope="session")
+def meds_demo_dir() -> Path:
+    """The MIMIC-IV demo in MEDS (20 subjects, ../shared/mimic-iv-demo-meds/SOURCE.txt), found through
+    MIMIC_IV_DEMO_MEDS_DIR."""
+    path = meds_demo_dir_path()
+    if not (path / "data").is_dir() or not (path / "metadata").is_dir():
+        if os.environ.get("MIMIC_IV_DEMO_MEDS_DIR"):  # set on purpose and wrong: a mistake, not an absent demo
+            pytest.fail(f"MIMIC_IV_DEMO_MEDS_DIR={path} has no data/ and metadata/: point it at the MEDS demo folder")
+        pytest.skip(f"MIMIC-IV demo in MEDS not found at {path} (set MIMIC_IV_DEMO_MEDS_DIR). It is open on "
+                    "PhysioNet: https://doi.org/10.13026/t2y8-ea41")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_longformer_dir(tmp_path_factory) -> Path:
     return make_tiny_longformer(tmp_path_factory.mktemp("tiny_longformer"))

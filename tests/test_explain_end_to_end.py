@@ -231,20 +231,20 @@ def test_unknown_stay_missing_file_and_not_a_checkpoint_are_clear_errors(trained
 
 
 def test_checkpoint_from_another_encoder_or_feature_set_says_what_differs(trained, tmp_path, tiny_longformer_dir):
-    with pytest.raises(ex.ExplainError, match="text encoder: checkpoint was trained with encoder identity"):
+    with pytest.raises(train.CheckpointError, match="text encoder: checkpoint was trained with encoder identity"):
         ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path,
                                        text_encoder=tiny_longformer_dir, cache_dir=trained["cache"])
     ckpt = torch.load(trained["checkpoint"], weights_only=True)
     ckpt["preprocessor"]["static_categorical"] = ckpt["preprocessor"]["static_categorical"][:-1]
     other = tmp_path / "other_features.pth"
     torch.save(ckpt, other)
-    with pytest.raises(ex.ExplainError, match="static_categorical: checkpoint has .* this train.py uses"):
+    with pytest.raises(train.CheckpointError, match="static_categorical: checkpoint has .* this train.py uses"):
         ex.run_explainability_analysis(other, trained["data"], tmp_path, cache_dir=trained["cache"])
     ckpt = torch.load(trained["checkpoint"], weights_only=True)
     ckpt["model_state"].pop(next(iter(ckpt["model_state"])))  # weights of another model version
     older = tmp_path / "older_model.pth"
     torch.save(ckpt, older)
-    with pytest.raises(ex.ExplainError, match="older_model.pth: its weights do not fit .*Missing key"):
+    with pytest.raises(train.CheckpointError, match="older_model.pth: its weights do not fit .*Missing key"):
         ex.run_explainability_analysis(older, trained["data"], tmp_path, cache_dir=trained["cache"])
 
 

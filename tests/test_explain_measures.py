@@ -270,9 +270,11 @@ def test_faithfulness_runs_each_distinct_subset_once_with_the_same_probabilities
     with torch.no_grad():
         for b, n in enumerate([6, 9, 5]):
             rec = res["integrated_gradients"][b]
-            order = torch.argsort(-exact[b, :n], stable=True)
             p_full = float(torch.sigmoid(model(events[b:b + 1], mask[b:b + 1], static[b:b + 1])[0]))
             predicted_death = p_full >= 0.5
+            # deletion removes first the events that support the predicted class most
+            toward_prediction = exact[b, :n] if predicted_death else -exact[b, :n]
+            order = torch.argsort(-toward_prediction, stable=True)
             for j, f in enumerate(np.linspace(0, 1, 11)):
                 keep = torch.zeros(1, events.shape[1], dtype=torch.bool)
                 keep[0, order[int(round(f * n)):]] = True

@@ -93,15 +93,16 @@ def test_no_frame_grows_with_the_stays_but_the_stays_figures_draw_are_kept_whole
 
     rng = np.random.default_rng(1)
     collected = explanation_sums.Collected(STATIC_NAMES, detail_stay_ids=[17])
-    collected.add(*fake_batch(0, rng), randomised=None, has_planted=False)
+    # a first batch large enough to hold every (event type, time window) pair, whose sums then only change value
+    collected.add(*fake_batch(0, rng, n_stays=64), randomised=None, has_planted=False)
     after_one = frames(collected)
-    for i in range(1, 4):
-        collected.add(*fake_batch(16 * i, rng), randomised=None, has_planted=False)
+    for i in range(3):
+        collected.add(*fake_batch(64 + 16 * i, rng), randomised=None, has_planted=False)
     assert frames(collected) == after_one  # sums per (feature, method), (layer, head), (type, window); top rows
     assert set(collected.details) == {17} and collected.example is not None
     assert len(collected.details[17]["meta"]) == 60 and set(collected.details[17]["attributions"]) == set(attribution.METHODS)
     assert collected.planted == [] and collected.random_order_scores == []  # nothing planted: not kept
-    assert len(collected.predictions) == 64 and len(collected.scores["feature_ablation"]) == 64
+    assert len(collected.predictions) == 112 and len(collected.scores["feature_ablation"]) == 112  # 64 + 3 x 16
 
 
 def test_the_example_stay_is_the_highest_risk_among_stays_with_three_events():

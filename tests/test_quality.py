@@ -218,3 +218,27 @@ def test_value_changes_follow_each_items_previous_value_within_a_stay():
     changes = train.changes_from_previous_value(stays, items, values, has)
     # stay 1, item 3: 1.0 -> 2.5 -> 1.5; stay 2 starts afresh (its first value has no change)
     np.testing.assert_allclose(changes, [0.0, 1.5, 0.0, -1.0, 0.0, 0.0, -1.0])
+    # --trajectory-from first: the change from the item's first number in the stay (its baseline)
+    from_first = train.changes_from_previous_value(stays, items, values, has, reference="first")
+    np.testing.assert_allclose(from_first, [0.0, 1.5, 0.0, 0.5, 0.0, 0.0, -1.0])
+
+
+def test_text_input_item_gives_events_of_one_item_one_text_vector(tmp_path, tiny_bert_dir):
+    """--text-input item: the vector read is that of the text without its numbers, so 'Lactate 2.1' and
+    'Lactate 4.0' share one (their numbers come through the value channel); 'event' embeds each text."""
+    table = make_event_table(n_patients=4, seed=0, empty_every=1000)
+    table.loc[:1, "event_text"] = ["Lab: Lactate 2.1 mmol/L", "Lab: Lactate 4.0 mmol/L"]
+    table.loc[:1, "event_type"] = "lab"
+    path = tmp_path / "events.csv"
+    table.to_csv(path, index=False)
+    table = event_table.read_event_table(path)
+    pre = train.EventPreprocessor().fit(table)
+    encoder = train.EncoderSpec.of_folder(tiny_bert_dir)
+    rows = {}
+    for mode in ("event", "item"):
+        stays, matrix = train.prepare_stays(table, pre, encoder, tmp_path / "cache", text_input=mode)
+        first = [s for s in stays if s.stay_id == table.stay_id.iloc[0]][0]
+        lactate = first.event_row_index.tolist().index(0), first.event_row_index.tolist().index(1)
+        rows[mode] = [int(first.text_rows[i]) for i in lactate], len(matrix)
+    assert rows["event"][0][0] != rows["event"][0][1] and rows["item"][0][0] == rows["item"][0][1]
+    assert rows["item"][1] < rows["event"][1]  # fewer distinct texts to embed

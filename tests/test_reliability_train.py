@@ -20,7 +20,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_model(tmp_path, tiny_bert_
     data = tmp_path / "events.csv"
     make_event_table(n_patients=60, seed=0).to_csv(data, index=False)
     common = ["--data", data, "--cache-dir", tmp_path / "cache", "--text-encoder", tiny_bert_dir,
-              "--epochs", "3", "--seed", "11", *SMALL_MODEL_ARGS]
+              "--epochs", "3", "--seed", "11", "--ema-decay", "0.9", "--item-values", "on", *SMALL_MODEL_ARGS]
     full = run_train([*common, "--output-dir", tmp_path / "full"])
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -152,7 +152,7 @@ def test_checkpoint_from_before_the_input_event_type_is_a_clear_error(tmp_path):
     with pytest.raises(train.CheckpointError, match=r"v2\.pth: checkpoint format_version 2.*event type `input`"
                                                     r".*retrain with this version"):
         train.load_checkpoint(tmp_path / "v2.pth")
-    assert train.ModelConfig(text_dim=8, n_static=3).n_event_types == len(event_table.EVENT_TYPES) == 6
+    assert train.ModelConfig(text_dim=8, n_static=3).n_event_types == len(event_table.EVENT_TYPES) == 8
 
 
 def test_reliability_weights_from_another_model_version_are_a_clear_error():

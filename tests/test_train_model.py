@@ -205,3 +205,26 @@ def test_text_normalization_counts_each_event_without_copying_them():
     events = matrix[event_rows].double()
     torch.testing.assert_close(model.text_mean, events.mean(0).float())
     torch.testing.assert_close(model.text_scale, events.std(0).float())
+
+
+def test_item_values_give_each_item_its_own_value_direction():
+    """--item-values: the same standardised number moves two items' event vectors in different directions (the
+    shared value input alone moves both alike), and the per-item vectors are trained."""
+    model = small_model(n_items=2, item_dim=4, value_channel=True, trajectory_channel=True, item_values=True)
+    text = torch.zeros(1, 4, 8)
+    type_ids, log_hours = torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4)
+    item_ids = torch.tensor([[1, 1, 2, 2]])
+    values = torch.tensor([[0.0, 2.0, 0.0, 2.0]])
+    changes = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    feats = model.event_features(text, type_ids, log_hours, item_ids, values, changes)
+    n_base = len(event_table.EVENT_TYPES) + 8 + 1 + 2 + 4
+    assert feats.shape[-1] == n_base + 4 + 4
+    item1_step, item2_step = feats[0, 1] - feats[0, 0], feats[0, 3] - feats[0, 2]
+    assert not torch.allclose(item1_step, item2_step)
+    torch.testing.assert_close(feats[0, 1, n_base:n_base + 4], 2.0 * model.item_value_embedding.weight[1])
+    torch.testing.assert_close(feats[0, 3, n_base + 4:], 1.0 * model.item_change_embedding.weight[2])
+    feats.sum().backward()
+    assert model.item_value_embedding.weight.grad[1].abs().sum() > 0
+    # off by default, and without the value channel there is no number to scale
+    assert small_model(n_items=2, item_dim=4, value_channel=True).item_value_embedding is None
+    assert small_model(n_items=2, item_dim=4, item_values=True).item_value_embedding is None
