@@ -231,11 +231,6 @@ def mean_training_baselines(model, table, split_of_stay, prepare, batch_size):
     return total_events / max(n_events, 1), torch.cat(statics).mean(0)
 
 
-def _default_cache_dir(args):
-    saved = args.get("cache_dir")
-    return saved if saved and Path(saved).is_dir() else DEFAULT_CACHE_DIR
-
-
 # -----------------------------------------------------------------------------
 # The attribution tables (docs/interfaces.md §4), written batch by batch.
 
@@ -325,7 +320,7 @@ def prepare_explanation(checkpoint_path, data_path, run, settings):
     model, preprocessor, ckpt, table = load_for_explanation(checkpoint_path, data_path, run.text_encoder)
     args = ckpt.get("args", {})
     max_events = run.max_events or args.get("max_events")
-    cache_dir = run.cache_dir or _default_cache_dir(args)
+    cache_dir = run.cache_dir or train.cache_dir_of_checkpoint(args)
     split_of_stay = event_table.split_stays_by_patient(table, seed=args.get("seed", 0))
     chosen = choose_stays(table, split_of_stay, run.split, run.max_stays, run.stay_ids, data_path)
 

@@ -22,10 +22,6 @@ import pandas as pd
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = REPO_DIR / "trained_models" / "clinical_LF" / "checkpoints" / "best_model.pth"
-DEFAULT_CACHE_DIR = REPO_DIR / "clinical_LF_precomp_emb"  # train.py's default (the shipped vectors)
-# meds-evaluation's prediction schema (MEDS 0.4 label schema plus the model's outputs)
-MEDS_PREDICTION_COLUMNS = ("subject_id", "prediction_time", "boolean_value", "predicted_boolean_probability",
-                           "predicted_boolean_value")
 
 log = logging.getLogger("predict")
 
@@ -121,11 +117,6 @@ def write_predictions(frame_or_table, path):
             frame_or_table.to_csv(tmp, index=False)
 
 
-def cache_dir_of(checkpoint_args, requested=None) -> str:
-    saved = checkpoint_args.get("cache_dir")
-    return requested or (saved if saved and Path(saved).is_dir() else str(DEFAULT_CACHE_DIR))
-
-
 def predict_table(checkpoint, data, split="all", cache_dir=None, text_encoder=None, device="cpu", batch_size=64,
                   max_events=None, progress=True):
     """(stays, ckpt, summary): one row per stay of `data` (an event table path) with probability (calibrated with
@@ -144,7 +135,7 @@ def predict_table(checkpoint, data, split="all", cache_dir=None, text_encoder=No
         if table.empty:
             raise PredictError(f"{data}: no stays in the {split} split of the checkpoint's patient split")
     stays_in, embedding_matrix = train.prepare_stays_of_checkpoint(
-        table, ckpt, cache_dir_of(ckpt["args"], cache_dir), device, max_events, text_encoder)
+        table, ckpt, cache_dir or train.cache_dir_of_checkpoint(ckpt["args"]), device, max_events, text_encoder)
     train.check_checkpoint_compatible(ckpt, embedding_dim=int(embedding_matrix.shape[1]))
     model, embedding_matrix = model.to(device), embedding_matrix.to(device)
     logits = train.predict_logits(model, stays_in, embedding_matrix, batch_size, progress=progress)

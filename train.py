@@ -45,6 +45,7 @@ from event_table import (EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC, EventT
                          items_and_values, map_distinct, read_event_table, split_stays_by_patient, static_frame, static_transformer)
 
 REPO_DIR = Path(__file__).resolve().parent
+DEFAULT_CACHE_DIR = REPO_DIR / "clinical_LF_precomp_emb"  # holds the shipped vectors of the sample's texts
 log = logging.getLogger("train")
 
 # -----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def build_arg_parser():
     p.add_argument("--embed-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="encoder precision; auto = bf16/fp16 on a GPU, float32 on a CPU (bfloat16 is several times "
                         "faster on CPUs with AMX/avx512_bf16; vectors are stored as float16 either way)")
-    p.add_argument("--cache-dir", default=str(REPO_DIR / "clinical_LF_precomp_emb"))
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     p.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
     # data
     # 768 keeps every event of 96% of the MIMIC-IV demo's stays at 48 h (90th percentile 578; BENCHMARKS.md,
@@ -986,6 +987,12 @@ def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="
     text_rows = np.zeros(len(table), dtype=np.int64)
     text_rows[is_event] = rows
     return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9, trajectory_from), matrix
+
+
+def cache_dir_of_checkpoint(checkpoint_args) -> str:
+    """The embedding cache a checkpoint's run used, where it exists on this machine, else the default one."""
+    saved = checkpoint_args.get("cache_dir")
+    return saved if saved and Path(saved).is_dir() else str(DEFAULT_CACHE_DIR)
 
 
 def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events=None, text_encoder=None):

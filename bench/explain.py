@@ -89,7 +89,7 @@ def trained_stays(checkpoint, data, cache_dir, length, n_stays):
     if len(long_enough) < n_stays:
         raise SystemExit(f"{data}: only {len(long_enough)} test stays have {length} events or more")
     rows = table[table["stay_id"].isin(long_enough)].reset_index(drop=True)
-    stays, embedding_matrix = train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir or ex._default_cache_dir(ckpt["args"]),
+    stays, embedding_matrix = train.prepare_stays_of_checkpoint(rows, ckpt, cache_dir or train.cache_dir_of_checkpoint(ckpt["args"]),
                                                                 "cpu", max_events=length)
     with torch.no_grad():
         events, mask, static = train.batch_inputs(model, train.collate_stays(stays), embedding_matrix)
