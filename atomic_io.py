@@ -69,6 +69,14 @@ def write_csv(frame, path) -> Path:
     return write_bytes(path, frame.to_csv(index=False).encode())
 
 
+def write_parquet(table, path) -> Path:
+    """A pyarrow Table as Parquet."""
+    import pyarrow.parquet as pq
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
 def save_figure(fig, path) -> Path:
     """A matplotlib figure as PNG (110 dpi, tight), then closed so that a long run does not pile up figures."""
     import matplotlib.pyplot as plt

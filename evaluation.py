@@ -271,6 +271,21 @@ def auroc_of_true_probability(truth, labels, selected):
         return None
     return float(roc_auc_score(labels[selected], truth[selected]))
 
+
+def meds_prediction_table(subject_ids, prediction_times, labels, probability, threshold=0.5):
+    """Predictions in meds-evaluation's schema (MEDS-DEV's evaluator): subject_id int64, prediction_time
+    timestamp[us], boolean_value bool, predicted_boolean_probability float32, predicted_boolean_value bool
+    (probability >= threshold); an Arrow table, for atomic_io.write_parquet."""
+    import pyarrow as pa
+    probability = np.asarray(probability, dtype=np.float32)
+    schema = pa.schema([("subject_id", pa.int64()), ("prediction_time", pa.timestamp("us")),
+                        ("boolean_value", pa.bool_()), ("predicted_boolean_probability", pa.float32()),
+                        ("predicted_boolean_value", pa.bool_())])
+    return pa.table({"subject_id": np.asarray(subject_ids, dtype=np.int64),
+                     "prediction_time": np.asarray(prediction_times, dtype="datetime64[us]"),
+                     "boolean_value": np.asarray(labels).astype(bool), "predicted_boolean_probability": probability,
+                     "predicted_boolean_value": probability >= threshold}, schema=schema)
+
 # -----------------------------------------------------------------------------
 # Subgroups of the test split
 

@@ -85,33 +85,26 @@ def stays_frame(table, split_of_stay=None) -> pd.DataFrame:
 def meds_predictions(stays, probability, threshold):
     """meds-evaluation's schema: subject_id int64, prediction_time timestamp[us], boolean_value bool,
     predicted_boolean_probability float32, predicted_boolean_value bool (probability >= threshold)."""
-    import pyarrow as pa
+    import evaluation
     if "prediction_time" not in stays or stays["prediction_time"].isna().any():
         raise PredictError("--format meds needs each stay's prediction_time: the table has no prediction_time "
                            "column (extract_cohort.py writes one; sample_train.csv has none), or an empty one")
-    probability = np.asarray(probability, dtype=np.float32)
-    schema = pa.schema([("subject_id", pa.int64()), ("prediction_time", pa.timestamp("us")),
-                        ("boolean_value", pa.bool_()), ("predicted_boolean_probability", pa.float32()),
-                        ("predicted_boolean_value", pa.bool_())])
-    return pa.table({"subject_id": stays["subject_id"].to_numpy(np.int64),
-                     "prediction_time": stays["prediction_time"].to_numpy("datetime64[us]"),
-                     "boolean_value": stays["mortality"].to_numpy().astype(bool),
-                     "predicted_boolean_probability": probability,
-                     "predicted_boolean_value": probability >= threshold}, schema=schema)
+    return evaluation.meds_prediction_table(stays["subject_id"], stays["prediction_time"].to_numpy("datetime64[us]"),
+                                            stays["mortality"], probability, threshold)
 
 
 def write_predictions(frame_or_table, path):
     """A DataFrame as CSV/Parquet by extension, or an Arrow table as Parquet; temporary name, then rename."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     import atomic_io
     suffix = output_format_suffix(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(frame_or_table, pa.Table):
+        atomic_io.write_parquet(frame_or_table, path)
+        return
     with atomic_io.atomic_output(path) as tmp:
-        if isinstance(frame_or_table, pa.Table):
-            pq.write_table(frame_or_table, tmp)
-        elif suffix == ".parquet":
+        if suffix == ".parquet":
             frame_or_table.to_parquet(tmp, index=False)
         else:
             frame_or_table.to_csv(tmp, index=False)

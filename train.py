@@ -102,6 +102,10 @@ def build_arg_parser():
                    help="each frequent item's number (and change) also scales a learned vector of its own, so that "
                         "'lactate 6' and 'creatinine 6' differ in more than the item they belong to (with "
                         "--value-channel on and --item-dim > 0)")
+    p.add_argument("--item-summary", choices=("on", "off"), default="off",
+                   help="the stay's most recent event of each frequent item also carries that item's summary over "
+                        "the stay (a latest flag, log count, min, max and mean of its standardised numbers), as the "
+                        "tabular baselines read it (with --value-channel on)")
     # loss
     p.add_argument("--temporal-loss-weight", type=float, default=0.1,
                    help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
@@ -151,6 +155,8 @@ def check_options(parser, args):
         parser.error("--d-model must be divisible by --n-heads and --pool-heads")
     if args.text_input == "item" and args.value_channel == "off":
         parser.error("--text-input item reads the numbers only through the value channel: it needs --value-channel on")
+    if args.item_summary == "on" and args.value_channel == "off":
+        parser.error("--item-summary on summarises the numbers of the value channel: it needs --value-channel on")
     if not 0 <= args.ema_decay < 1:
         parser.error("--ema-decay must be in [0, 1)")
 
@@ -891,6 +897,7 @@ class Stay:
     item_ids: torch.Tensor = None  # Long[L] frequent-item id (0: other item), see EventPreprocessor.transform_items
     values: torch.Tensor = None    # Float[L] the event's number, standardised per item (0: none)
     value_changes: torch.Tensor = None  # Float[L] values minus the same item's previous value in the stay (0: none)
+    item_summary: torch.Tensor = None  # Float[L, ITEM_SUMMARY_WIDTH] on each item's latest event (0 elsewhere)
 
 
 def changes_from_previous_value(stay_ids, item_ids, values, has_value, reference="previous"):
@@ -908,15 +915,42 @@ def changes_from_previous_value(stay_ids, item_ids, values, has_value, reference
     return changes
 
 
-def build_stays(table, preprocessor, text_rows, max_events, trajectory_from="previous"):
+ITEM_SUMMARY_WIDTH = 5  # latest flag, log(1 + count), min, max, mean
+
+
+def item_summaries(stay_ids, item_ids, values, has_value):
+    """Per event (rows in time order within each stay): on the stay's most recent event of each frequent item,
+    [1, log(1 + the item's events in the stay), min, max and mean of its standardised numbers (0 without one)];
+    zeros on every other event and for other items (id 0). What a per-item tabular model reads (count,
+    last/min/max/mean), put where the sequence model can find it: the last one is the event's own value."""
+    out = np.zeros((len(item_ids), ITEM_SUMMARY_WIDTH), dtype=np.float32)
+    frequent = np.flatnonzero(item_ids > 0)
+    if not len(frequent):
+        return out
+    frame = pd.DataFrame({"stay": stay_ids[frequent], "item": item_ids[frequent],
+                          "value": np.where(has_value[frequent], values[frequent], np.nan)})
+    groups = frame.groupby(["stay", "item"], sort=False)
+    latest = (groups.cumcount(ascending=False) == 0).to_numpy()
+    stats = groups["value"].agg(["size", "min", "max", "mean"])
+    at_latest = stats.loc[pd.MultiIndex.from_frame(frame.loc[latest, ["stay", "item"]])].fillna(0.0).to_numpy()
+    rows = frequent[latest]
+    out[rows, 0] = 1.0
+    out[rows, 1] = np.log1p(at_latest[:, 0])
+    out[rows, 2:] = at_latest[:, 1:]
+    return out
+
+
+def build_stays(table, preprocessor, text_rows, max_events, trajectory_from="previous", item_summary=False):
     """One Stay per stay (order of table.stay_id.unique()), keeping the most recent `max_events` events;
-    `trajectory_from`: the reference of each event's value change (--trajectory-from)."""
+    `trajectory_from`: the reference of each event's value change (--trajectory-from); `item_summary`: also each
+    item's summary on its latest event (--item-summary)."""
     static = torch.from_numpy(preprocessor.transform_static(table))
     is_event = table["event_type"].notna().to_numpy()
     type_ids = np.full(len(table), -1, dtype=np.int64)
     log_hours = np.zeros(len(table), dtype=np.float32)
     item_ids = np.zeros(len(table), dtype=np.int64)
     values, value_changes = np.zeros(len(table), dtype=np.float32), np.zeros(len(table), dtype=np.float32)
+    summaries = np.zeros((len(table) if item_summary else 0, ITEM_SUMMARY_WIDTH), dtype=np.float32)
     stay_ids = table["stay_id"].to_numpy()
     if is_event.any():
         type_ids[is_event], log_hours[is_event] = preprocessor.transform_events(table.loc[is_event])
@@ -924,6 +958,9 @@ def build_stays(table, preprocessor, text_rows, max_events, trajectory_from="pre
             item_ids[is_event], values[is_event], has_value = preprocessor.transform_items(table.loc[is_event])
             value_changes[is_event] = changes_from_previous_value(stay_ids[is_event], item_ids[is_event],
                                                                   values[is_event], has_value, trajectory_from)
+            if item_summary:
+                summaries[is_event] = item_summaries(stay_ids[is_event], item_ids[is_event], values[is_event],
+                                                     has_value)
     text_rows = np.asarray(text_rows, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, stay_ids[1:] != stay_ids[:-1]])
     if len(np.unique(stay_ids[starts])) != len(starts):
@@ -940,7 +977,8 @@ def build_stays(table, preprocessor, text_rows, max_events, trajectory_from="pre
         stays.append(Stay(int(stay_ids[s]), int(subjects[s]), torch.from_numpy(text_rows[rows]),
                           torch.from_numpy(type_ids[rows]), torch.from_numpy(log_hours[rows]), static[i],
                           float(labels[s]), torch.from_numpy(rows), torch.from_numpy(item_ids[rows]),
-                          torch.from_numpy(values[rows]), torch.from_numpy(value_changes[rows])))
+                          torch.from_numpy(values[rows]), torch.from_numpy(value_changes[rows]),
+                          torch.from_numpy(summaries[rows]) if item_summary else None))
     if n_cut:
         log.warning("%d of %d stays have more than --max-events=%d events (longest: %d); kept the most recent %d "
                     "of each. Raise --max-events if memory allows.", n_cut, len(stays), max_events, longest, max_events)
@@ -965,15 +1003,20 @@ def collate_stays(stays):
             item_ids[i, :n], values[i, :n] = s.item_ids, s.values
         if s.value_changes is not None:
             value_changes[i, :n] = s.value_changes
+    summaries = {}
+    if stays[0].item_summary is not None:
+        summaries["item_summary"] = torch.zeros(B, L, ITEM_SUMMARY_WIDTH)
+        for i, s in enumerate(stays):
+            summaries["item_summary"][i, :len(s.type_ids)] = s.item_summary
     return {"text_rows": text_rows, "type_ids": type_ids, "log_hours": log_hours, "mask": mask,
-            "item_ids": item_ids, "values": values, "value_changes": value_changes,
+            "item_ids": item_ids, "values": values, "value_changes": value_changes, **summaries,
             "static": torch.stack([s.static for s in stays]),
             "label": torch.tensor([s.label for s in stays], dtype=torch.float32),
             "stay_id": torch.tensor([s.stay_id for s in stays], dtype=torch.long)}
 
 
 def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="cpu", max_events=None,
-                  embed_batch_size=64, stats=None, text_input="event", trajectory_from="previous"):
+                  embed_batch_size=64, stats=None, text_input="event", trajectory_from="previous", item_summary=False):
     """Embed the table's texts with `encoder` (cache first; the encoder folder is needed only for texts
     missing from the cache) and build its stays; returns (stays, embedding_matrix). `text_input`: "event" embeds
     each event's text, "item" its text without numbers (--text-input)."""
@@ -986,7 +1029,7 @@ def prepare_stays(table, preprocessor, encoder: EncoderSpec, cache_dir, device="
                                stats=stats, dtype=encoder.dtype)
     text_rows = np.zeros(len(table), dtype=np.int64)
     text_rows[is_event] = rows
-    return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9, trajectory_from), matrix
+    return build_stays(table, preprocessor, text_rows, max_events or 10 ** 9, trajectory_from, item_summary), matrix
 
 
 def cache_dir_of_checkpoint(checkpoint_args) -> str:
@@ -1001,7 +1044,8 @@ def prepare_stays_of_checkpoint(table, ckpt, cache_dir, device="cpu", max_events
     return prepare_stays(table, EventPreprocessor.from_state_dict(ckpt["preprocessor"]),
                          EncoderSpec.from_checkpoint(ckpt, text_encoder), cache_dir, device,
                          max_events or ckpt["args"]["max_events"], text_input=ckpt["args"].get("text_input", "event"),
-                         trajectory_from=ckpt["args"].get("trajectory_from", "previous"))
+                         trajectory_from=ckpt["args"].get("trajectory_from", "previous"),
+                         item_summary=ckpt["args"].get("item_summary", "off") == "on")
 
 
 class LengthBucketSampler:
@@ -1063,6 +1107,7 @@ class ModelConfig:
     value_channel: bool = False  # the event's standardised number as an input
     trajectory_channel: bool = False  # its change from the same item's previous number in the stay (standardised)
     item_values: bool = False    # each frequent item's number (and change) also scales a learned vector of that item
+    item_summary: bool = False   # each item's latest event also carries the item's summary over the stay
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1142,7 +1187,7 @@ class MortalityTransformer(nn.Module):
         n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel) + int(config.trajectory_channel)
         # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
         self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
-        n_in += config.item_dim
+        n_in += config.item_dim + ITEM_SUMMARY_WIDTH * int(config.item_summary)
         # With one shared value input, 'lactate 6' and 'creatinine 6' move the event's vector in the same direction
         # and only the layers above can tell them apart; a vector per item, scaled by the item's standardised number
         # (and by its change where the trajectory channel is on), lets each item's value mean something of its own.
@@ -1184,10 +1229,11 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
-    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None, value_changes=None):
-        """[type one-hot | standardised text vector | standardised log-hours | value | value change | item embedding |
-        value x item's value vector | change x item's change vector] per event (those after log-hours where the model
-        has them); padding (type_id < 0) rows are zeros."""
+    def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None, value_changes=None,
+                       item_summary=None):
+        """[type one-hot | standardised text vector | standardised log-hours | value | value change | item summary |
+        item embedding | value x item's value vector | change x item's change vector] per event (those after
+        log-hours where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
@@ -1201,6 +1247,11 @@ class MortalityTransformer(nn.Module):
             if value_changes is None:
                 raise ValueError("this model also reads each event's value change: pass the batch's value_changes")
             parts.append(value_changes.unsqueeze(-1).to(text_vectors.dtype))
+        if self.config.item_summary:
+            if item_summary is None:
+                raise ValueError("this model also reads each item's summary on its latest event: pass the batch's "
+                                 "item_summary (collate_stays makes it from stays built with item_summary=True)")
+            parts.append(item_summary.to(text_vectors.dtype))
         if self.item_embedding is not None:
             items = item_ids.clamp(0, self.config.n_items)
             parts.append(self.item_embedding(items).to(text_vectors.dtype))
@@ -1246,7 +1297,7 @@ def batch_inputs(model, batch, embedding_matrix):
     event features (`model`: the MortalityTransformer itself, not a DDP wrapper; padding rows are zeros)."""
     device = embedding_matrix.device
     vectors = embedding_matrix[batch["text_rows"].to(device)].float()  # the matrix is float16: gather, then widen
-    extra = {k: batch[k].to(device) for k in ("item_ids", "values", "value_changes") if k in batch}
+    extra = {k: batch[k].to(device) for k in ("item_ids", "values", "value_changes", "item_summary") if k in batch}
     events = model.event_features(vectors, batch["type_ids"].to(device), batch["log_hours"].to(device), **extra)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
@@ -1610,7 +1661,7 @@ def load_training_data(run) -> TrainingData:
         process.wait_for_all()
     stays, embedding_matrix = prepare_stays(table, preprocessor, encoder, args.cache_dir, process.device,
                                             args.max_events, args.embed_batch_size, embed_stats, args.text_input,
-                                            args.trajectory_from)
+                                            args.trajectory_from, args.item_summary == "on")
     if process.master:
         process.wait_for_all()
     process.wait_for_all()  # every rank has its stays (reading the cache takes a while at scale): now collectives are bounded
@@ -1770,7 +1821,9 @@ def build_trainer(run) -> Trainer:
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items),
                          trajectory_channel=args.trajectory_channel == "on" and args.value_channel == "on"
-                         and bool(preprocessor.items), item_values=args.item_values == "on")
+                         and bool(preprocessor.items), item_values=args.item_values == "on",
+                         item_summary=args.item_summary == "on" and args.value_channel == "on"
+                         and bool(preprocessor.items))
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     seed_rank_streams(args.seed, process.rank)
@@ -1900,7 +1953,7 @@ def save_attention(model, batch, embedding_matrix, n_stays, path):
     model.eval()
     small = {k: v[:n_stays] for k, v in batch.items()}
     n = max(1, int(small["mask"].sum(1).max()))
-    small = {k: (v[:, :n] if v.dim() == 2 and k != "static" else v) for k, v in small.items()}
+    small = {k: (v[:, :n] if v.dim() >= 2 and k != "static" else v) for k, v in small.items()}
     _, att = model(*batch_inputs(model, small, embedding_matrix), return_attention=True)
     model.train(was_training)
     buffer = io.BytesIO()
@@ -2010,6 +2063,12 @@ def write_outputs(run):
     atomic_io.write_csv(pd.DataFrame({"stay_id": [s.stay_id for s in data.stays], "subject_id": subjects,
                                       "split": stay_split, "probability": probs, "probability_uncalibrated": probs_raw,
                                       "mortality": labels}), run.paths.out_dir / "predictions.csv")
+    if "prediction_time" in data.table:  # an extracted table (query.sql or MEDS): meds-evaluation's schema as well
+        test = stay_split == "test"
+        times = pd.to_datetime(data.table.drop_duplicates("stay_id")["prediction_time"].astype("string"))
+        atomic_io.write_parquet(evaluation.meds_prediction_table(subjects[test], times.to_numpy("datetime64[us]")[test],
+                                                                 labels[test], probs[test]),
+                                run.paths.out_dir / "test_predictions_meds.parquet")
     metrics = evaluation.model_metrics(labels, probs, probs_raw, stay_split, subjects, args.bootstrap, args.seed)
     metrics["calibration"] = {"fitted_on": "val", **run.calibration}
     metrics["baselines"] = run.baselines

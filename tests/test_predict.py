@@ -107,3 +107,27 @@ def test_what_does_not_fit_is_one_clear_line_and_nothing_is_written(trained, tmp
 
     assert run_predict([*common, "--data", trained["data"], "--output", tmp_path / "x.txt"]).returncode == 2
     assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".tmp-*")) == []
+
+
+@pytest.mark.slow
+def test_train_writes_its_test_predictions_in_the_meds_schema_too(trained, tmp_path):
+    """A table with prediction_time (extract_cohort.py's, MEDS or SQL): train.py also writes its test split in
+    meds-evaluation's schema, the same stays and probabilities as predictions.csv, and meds-evaluation's AUROC is
+    metrics.json's."""
+    meds = pq.read_table(trained["out"] / "test_predictions_meds.parquet").to_pandas()
+    written = pd.read_csv(trained["out"] / "predictions.csv")
+    test = written[written.split == "test"]
+    assert len(meds) == len(test)
+    np.testing.assert_array_equal(meds.subject_id, test.subject_id)
+    np.testing.assert_allclose(meds.predicted_boolean_probability, test.probability, atol=1e-6)
+    np.testing.assert_array_equal(meds.boolean_value, test.mortality.astype(bool))
+    times = pd.read_csv(trained["data"]).drop_duplicates("stay_id").set_index("stay_id")["prediction_time"]
+    np.testing.assert_array_equal(meds.prediction_time, pd.to_datetime(times.loc[test.stay_id]).to_numpy())
+    cli = shutil.which("meds-evaluation-cli", path=str(Path(sys.executable).parent))
+    scored = subprocess.run([cli, f"predictions_path={trained['out'] / 'test_predictions_meds.parquet'}",
+                             f"output_file={tmp_path / 'meds_eval.json'}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    theirs = json.loads((tmp_path / "meds_eval.json").read_text())["samples_equally_weighted"]
+    ours = json.loads((trained["out"] / "metrics.json").read_text())["test"]
+    assert theirs["roc_auc_score"] == pytest.approx(ours["auroc"], abs=1e-6)

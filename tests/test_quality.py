@@ -223,6 +223,40 @@ def test_value_changes_follow_each_items_previous_value_within_a_stay():
     np.testing.assert_allclose(from_first, [0.0, 1.5, 0.0, 0.5, 0.0, 0.0, -1.0])
 
 
+def test_item_summaries_sit_on_each_items_latest_event_and_equal_a_direct_computation():
+    stays = np.array([1, 1, 1, 1, 1, 2, 2, 2])
+    items = np.array([3, 3, 4, 3, 0, 3, 3, 4])   # item 0: not a frequent item
+    values = np.array([1.0, 2.5, 0.7, 1.5, 0.0, 9.0, 8.0, 0.0], dtype=np.float32)
+    has = np.array([True, True, False, True, False, True, True, False])
+    got = train.item_summaries(stays, items, values, has)
+    expected = np.zeros((8, train.ITEM_SUMMARY_WIDTH), dtype=np.float32)
+    expected[3] = [1, np.log1p(3), 1.0, 2.5, (1.0 + 2.5 + 1.5) / 3]  # stay 1, item 3's latest
+    expected[2] = [1, np.log1p(1), 0, 0, 0]                          # an item whose events carry no number
+    expected[6] = [1, np.log1p(2), 8.0, 9.0, 8.5]
+    expected[7] = [1, np.log1p(1), 0, 0, 0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_a_model_reading_item_summaries_runs_on_a_batch_cut_to_its_first_stays(tmp_path):
+    """save_attention cuts a batch to its first stays' longest length: the [B, L, width] summaries are cut with the
+    [B, L] inputs (a shorter first stay once broke this)."""
+    import torch
+    config = train.ModelConfig(text_dim=4, n_static=2, d_model=8, n_heads=2, pool_heads=2, n_items=3, item_dim=2,
+                               value_channel=True, item_summary=True)
+    model = train.MortalityTransformer(config)
+
+    def stay(n):
+        items = torch.arange(n) % 3 + 1
+        return train.Stay(n, n, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.zeros(n),
+                          torch.zeros(2), 0.0, torch.arange(n), items, torch.ones(n), torch.zeros(n),
+                          torch.from_numpy(train.item_summaries(np.zeros(n), items.numpy(), np.ones(n, np.float32),
+                                                                np.ones(n, bool))))
+    batch = train.collate_stays([stay(2), stay(5)])
+    assert batch["item_summary"].shape == (2, 5, train.ITEM_SUMMARY_WIDTH)
+    path = train.save_attention(model, batch, torch.zeros(1, 4, dtype=torch.float16), 1, tmp_path / "a.npz")
+    assert np.load(path)["pooling_attention"].shape[-1] == 2
+
+
 def test_text_input_item_gives_events_of_one_item_one_text_vector(tmp_path, tiny_bert_dir):
     """--text-input item: the vector read is that of the text without its numbers, so 'Lactate 2.1' and
     'Lactate 4.0' share one (their numbers come through the value channel); 'event' embeds each text."""
