@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import sqlglot
 from sqlglot import exp
@@ -68,11 +69,78 @@ MIMIC_TABLES = {
                              "amountuom": "VARCHAR", "orderid": "BIGINT", "statusdescription": "VARCHAR"},
     "icu/d_items": {"itemid": "BIGINT", "label": "VARCHAR"},
 }
+# The tables only some event kinds read, as MIMIC_TABLES: needed (and loaded) only when --event-kinds asks for one
+# of their kinds (TABLE_KINDS), so a MIMIC-IV folder without chartevents (the demo's download lacks it) still runs.
+KIND_TABLES = {
+    "icu/chartevents": {"stay_id": "BIGINT", "charttime": "TIMESTAMP", "storetime": "TIMESTAMP", "itemid": "BIGINT",
+                        "value": "VARCHAR", "valuenum": "DOUBLE", "valueuom": "VARCHAR"},
+    "icu/outputevents": {"stay_id": "BIGINT", "charttime": "TIMESTAMP", "storetime": "TIMESTAMP", "itemid": "BIGINT",
+                         "value": "DOUBLE", "valueuom": "VARCHAR"},
+}
 # The event types query.sql can write (docs/interfaces.md §1) and those a default run writes: `ingredient` rows
 # are the components (Water, IVF ingredient, Calories) of the `input` rows of the same order and were a
 # third of the demo's events (BENCHMARKS.md, "Cohort fidelity"), so they are written only on request.
-EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient")
+# `vital` (chartevents) and `output` (outputevents) are written only on request for now: the shipped
+# sample_train.csv and its precomputed embeddings were made with the default kinds (docs/design.md).
+EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient", "vital", "output")
 DEFAULT_EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input")
+TABLE_KINDS = {"icu/chartevents": ("vital",), "icu/outputevents": ("output",)}
+# query.sql's event blocks (CTEs united in `all_events`) and the kinds each writes: a block none of whose kinds
+# is asked for is taken out of the query before it runs, so its tables are neither needed nor read (on BigQuery
+# a filter on @event_kinds alone would still scan chartevents, ~300 million rows).
+EVENT_BLOCKS = {"prescription_events": ("prescription",), "lab_events": ("lab",),
+                "microbiology_events": ("microbiology",), "icu_events": ("procedure", "input", "ingredient"),
+                "vital_events": ("vital",), "output_events": ("output",)}
+
+
+class VitalItem(NamedTuple):
+    """A chartevents item written as `vital`: its d_items label and the plausible range of valuenum that a row
+    must have (low < valuenum < high, valuenum <= high where high_inclusive; None: no bound)."""
+    label: str
+    low: Optional[float]
+    high: Optional[float]
+    high_inclusive: bool = False
+    fahrenheit: bool = False  # written in degrees Celsius, as the Celsius item: (valuenum - 32) / 1.8
+
+
+# mimic-code's vital signs and Glasgow Coma Scale (mimic-iv/concepts/measurement/vitalsign.sql, gcs.sql), with its
+# plausibility bounds; the alarm limits (220046/220047 heart rate, 226253 SpO2 desaturation) and the ventilator's
+# set rate (224688) are not vital signs. Labels are d_items' without the numbers some hold ("Glucose finger stick
+# (range 70-100)"), so the value channel reads the measurement. GCS components are bounded by their scales (eye
+# 1-4, motor 1-6, verbal 1-5; mimic-code takes them as charted); a verbal response "No Response-ETT"
+# (GCS_VERBAL_INTUBATED) is intubated, not a score of 1, and is written in words. The one list of these items:
+# query.sql gets it from here (vital_items_sql) and the MEDS import reads VITAL_ITEMS.
+VITAL_RULES = {
+    220045: VitalItem("Heart Rate", 0, 300),
+    220179: VitalItem("Non Invasive Blood Pressure systolic", 0, 400),
+    220050: VitalItem("Arterial Blood Pressure systolic", 0, 400),
+    225309: VitalItem("ART BP Systolic", 0, 400),
+    220180: VitalItem("Non Invasive Blood Pressure diastolic", 0, 300),
+    220051: VitalItem("Arterial Blood Pressure diastolic", 0, 300),
+    225310: VitalItem("ART BP Diastolic", 0, 300),
+    220052: VitalItem("Arterial Blood Pressure mean", 0, 300),
+    220181: VitalItem("Non Invasive Blood Pressure mean", 0, 300),
+    225312: VitalItem("ART BP Mean", 0, 300),
+    220210: VitalItem("Respiratory Rate", 0, 70),
+    224690: VitalItem("Respiratory Rate (Total)", 0, 70),
+    223761: VitalItem("Temperature Fahrenheit", 70, 120, fahrenheit=True),
+    223762: VitalItem("Temperature Celsius", 10, 50),
+    220277: VitalItem("O2 saturation pulseoxymetry", 0, 100, high_inclusive=True),
+    225664: VitalItem("Glucose finger stick", 0, None),
+    220621: VitalItem("Glucose (serum)", 0, None),
+    226537: VitalItem("Glucose (whole blood)", 0, None),
+    220739: VitalItem("GCS - Eye Opening", 0, 4, high_inclusive=True),
+    223901: VitalItem("GCS - Motor Response", 0, 6, high_inclusive=True),
+    223900: VitalItem("GCS - Verbal Response", 0, 5, high_inclusive=True),
+}
+VITAL_ITEMS = {itemid: item.label for itemid, item in VITAL_RULES.items()}  # itemid -> label
+# --vital-bin-hours: 0 writes each charting; H > 0 one event per item per H hours (last value, min, max).
+DEFAULT_VITAL_BIN_HOURS = 2.0
+CELSIUS_ITEMID = 223762  # the item a Fahrenheit temperature is written as
+GCS_VERBAL_INTUBATED = (223900, "No Response-ETT")  # (itemid, value): mimic-code's endotrachflag
+# Rows copied from a table into DuckDB (all others are): of chartevents (~300 million rows, ~4,300 per stay) only
+# the vital-sign items, the rows query.sql reads.
+LOAD_FILTERS = {"icu/chartevents": f"WHERE itemid IN ({', '.join(map(str, VITAL_RULES))})"}
 # query.sql names tables <dataset>.<table> with these placeholder datasets.
 QUERY_DATASETS = {"hosp": "mimiciv_hosp", "icu": "mimiciv_icu"}
 LEAKAGE_WARNING = ("WARNING: --whole-stay keeps events until ICU discharge or death and measures times "
@@ -87,9 +155,10 @@ class ExtractionError(ValueError):
 # ----------------------------------------------------------------------------- the query
 
 def query_parameters(observation_hours=48.0, lookback_hours=0.0, whole_stay=False,
-                     event_kinds=DEFAULT_EVENT_KINDS) -> dict:
+                     event_kinds=DEFAULT_EVENT_KINDS, vital_bin_hours=DEFAULT_VITAL_BIN_HOURS) -> dict:
     """Validated values of query.sql's @parameters."""
-    for name, value in (("observation hours", observation_hours), ("look-back hours", lookback_hours)):
+    for name, value in (("observation hours", observation_hours), ("look-back hours", lookback_hours),
+                        ("vital-sign bin hours", vital_bin_hours)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ExtractionError(f"The {name} must be a finite number of hours, got {value!r}.")
     if observation_hours <= 0:
@@ -97,8 +166,11 @@ def query_parameters(observation_hours=48.0, lookback_hours=0.0, whole_stay=Fals
                               f"got {observation_hours}. Use e.g. --observation-hours 48.")
     if lookback_hours < 0:
         raise ExtractionError(f"--lookback-hours must be >= 0, got {lookback_hours}.")
+    if vital_bin_hours < 0:
+        raise ExtractionError(f"--vital-bin-hours must be >= 0 (0: each charting), got {vital_bin_hours}.")
     return {"observation_hours": float(observation_hours), "lookback_hours": float(lookback_hours),
-            "whole_stay": bool(whole_stay), "event_kinds": parse_event_kinds(event_kinds)}
+            "whole_stay": bool(whole_stay), "event_kinds": parse_event_kinds(event_kinds),
+            "vital_bin_hours": float(vital_bin_hours)}
 
 
 def parse_event_kinds(event_kinds) -> list[str]:
@@ -115,6 +187,86 @@ def parse_event_kinds(event_kinds) -> list[str]:
 def parse_query(path=QUERY_PATH) -> list:
     """query.sql as sqlglot syntax trees (BigQuery dialect): [CREATE TEMP FUNCTION ..., SELECT ...]."""
     return [s for s in sqlglot.parse(Path(path).read_text(), read="bigquery") if s is not None]
+
+
+def prepared_query(event_kinds, path=QUERY_PATH) -> list:
+    """query.sql as it runs for these event kinds: its vital_items rows written from VITAL_RULES, and the event
+    blocks that write none of the kinds taken out (with the CTEs only they used)."""
+    kinds = set(parse_event_kinds(event_kinds))
+    statements = parse_query(path)
+    for statement in statements:
+        if isinstance(statement, exp.Query):
+            fill_vital_items(statement, required="vital" in kinds)
+            keep_event_blocks(statement, kinds)
+    return statements
+
+
+def vital_items_sql() -> str:
+    """The rows of query.sql's vital_items CTE (BigQuery SQL), one per item of VITAL_RULES: itemid, label and unit
+    as written (unit NULL: the row's valueuom), the bounds, whether it is converted from Fahrenheit, and the value
+    that says "intubated" instead of a score."""
+    def number(x):
+        return "CAST(NULL AS FLOAT64)" if x is None else f"CAST({float(x)!r} AS FLOAT64)"
+
+    def string(x):
+        return "CAST(NULL AS STRING)" if x is None else "'" + x.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    rows = []
+    for itemid, item in VITAL_RULES.items():
+        label = VITAL_RULES[CELSIUS_ITEMID].label if item.fahrenheit else item.label
+        intubated = GCS_VERBAL_INTUBATED[1] if itemid == GCS_VERBAL_INTUBATED[0] else None
+        rows.append(f"SELECT {int(itemid)} AS itemid, {string(label)} AS label, "
+                    f"{string('°C' if item.fahrenheit else None)} AS unit, {number(item.low)} AS low, "
+                    f"{number(item.high)} AS high, {str(bool(item.high_inclusive)).upper()} AS high_inclusive, "
+                    f"{str(bool(item.fahrenheit)).upper()} AS fahrenheit, {string(intubated)} AS intubated_value")
+    return "\nUNION ALL ".join(rows)
+
+
+def _ctes(statement: exp.Expression) -> dict:
+    with_ = statement.args.get("with_") or statement.args.get("with")
+    return {cte.alias: cte for cte in with_.expressions} if with_ is not None else {}
+
+
+def fill_vital_items(statement: exp.Expression, required=True) -> None:
+    """Replace the body of query.sql's placeholder CTE vital_items by vital_items_sql(), in place (an older
+    query.sql without it, e.g. bench/cohort_fidelity.py's --baseline-query, runs as it is without `vital`)."""
+    cte = _ctes(statement).get("vital_items")
+    if cte is None:
+        if required:
+            raise ExtractionError("query.sql has no CTE vital_items, where extract_cohort.py writes the vital-sign "
+                                  "items: --event-kinds vital needs this repository's query.sql.")
+        return
+    cte.set("this", sqlglot.parse_one(vital_items_sql(), read="bigquery"))
+
+
+def keep_event_blocks(statement: exp.Expression, kinds: set) -> None:
+    """Take out of all_events (the union of the event blocks, EVENT_BLOCKS) each block that writes none of
+    `kinds`, then every CTE that nothing uses any more; in place."""
+    ctes = _ctes(statement)
+    if "all_events" not in ctes:  # not this repository's query.sql: run as it is
+        return
+    union = ctes["all_events"].this
+    members = list(union.flatten()) if isinstance(union, exp.Union) else [union]
+    kept = []
+    for member in members:
+        block = member.args["from_"].this.name if isinstance(member, exp.Select) and member.args.get("from_") else None
+        if block not in EVENT_BLOCKS:
+            raise ExtractionError(f"query.sql: all_events unites {member.sql('bigquery')!r}, which is not an event "
+                                  f"block of extract_cohort.EVENT_BLOCKS ({', '.join(EVENT_BLOCKS)}).")
+        if set(EVENT_BLOCKS[block]) & kinds:
+            kept.append(member)
+    body = kept[0]
+    for member in kept[1:]:
+        body = exp.union(body, member, distinct=False)
+    ctes["all_events"].set("this", body)
+    while True:  # CTEs used by nothing else (the blocks taken out, and what only they used)
+        ctes = _ctes(statement)
+        used = {t.name for t in statement.find_all(exp.Table)}
+        unused = [cte for alias, cte in ctes.items() if alias not in used]
+        if not unused:
+            return
+        for cte in unused:
+            cte.pop()
 
 
 def rename_datasets(statement: exp.Expression, hosp_dataset: str, icu_dataset: str) -> exp.Expression:
@@ -160,7 +312,7 @@ def duckdb_fixups(node):
 def duckdb_statements(params: dict, query_path=QUERY_PATH) -> tuple[list[str], str]:
     """query.sql translated to DuckDB: (macro definitions, the SELECT)."""
     setup, select = [], None
-    for statement in parse_query(query_path):
+    for statement in prepared_query(params["event_kinds"], query_path):
         statement = bind_parameters(statement, params).transform(duckdb_fixups)
         if isinstance(statement, exp.Create) and statement.kind == "FUNCTION":
             # BigQuery's CREATE TEMP FUNCTION f(x T) AS (body) is DuckDB's CREATE TEMP MACRO f(x) AS body.
@@ -176,16 +328,25 @@ def duckdb_statements(params: dict, query_path=QUERY_PATH) -> tuple[list[str], s
 
 
 def bigquery_sql(hosp_dataset=DEFAULT_HOSP_DATASET, icu_dataset=DEFAULT_ICU_DATASET,
-                 query_path=QUERY_PATH) -> str:
-    """query.sql for BigQuery with the dataset names applied; parameters stay @named."""
-    statements = [rename_datasets(s, hosp_dataset, icu_dataset) for s in parse_query(query_path)]
+                 query_path=QUERY_PATH, event_kinds=DEFAULT_EVENT_KINDS) -> str:
+    """query.sql for BigQuery with the dataset names applied and only the event blocks of `event_kinds` (the
+    same kinds must be passed as @event_kinds); parameters stay @named."""
+    statements = [rename_datasets(s, hosp_dataset, icu_dataset) for s in prepared_query(event_kinds, query_path)]
     return ";\n".join(s.sql(dialect="bigquery", pretty=True) for s in statements)
 
 
 # ----------------------------------------------------------------------------- inputs and outputs
 
-def find_mimic_tables(mimic_dir) -> dict:
-    """table ("hosp/labevents") -> csv(.gz) path, after checking every table and column query.sql needs."""
+def needed_tables(event_kinds=DEFAULT_EVENT_KINDS) -> dict:
+    """table -> {column: DuckDB type} of every table query.sql reads for these event kinds."""
+    kinds = set(parse_event_kinds(event_kinds))
+    return {**MIMIC_TABLES, **{table: columns for table, columns in KIND_TABLES.items()
+                               if set(TABLE_KINDS[table]) & kinds}}
+
+
+def find_mimic_tables(mimic_dir, event_kinds=DEFAULT_EVENT_KINDS) -> dict:
+    """table ("hosp/labevents") -> csv(.gz) path, after checking every table and column query.sql needs for
+    these event kinds."""
     mimic_dir = Path(mimic_dir)
     if not mimic_dir.is_dir():
         raise ExtractionError(f"MIMIC-IV directory {mimic_dir} does not exist. Pass the folder that holds "
@@ -194,11 +355,13 @@ def find_mimic_tables(mimic_dir) -> dict:
         raise ExtractionError(f"{mimic_dir} is not a MIMIC-IV directory: it has neither hosp/ nor icu/. "
                               "Pass the folder that holds hosp/ and icu/ (e.g. mimic-iv-3.1/) with --mimic-dir.")
     paths = {}
-    for table, columns in MIMIC_TABLES.items():
+    for table, columns in needed_tables(event_kinds).items():
         candidates = [mimic_dir / f"{table}.csv.gz", mimic_dir / f"{table}.csv"]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise ExtractionError(f"MIMIC-IV table {table} is missing: expected {candidates[0]} (or .csv). "
+            needed_for = (f" (needed for --event-kinds {','.join(TABLE_KINDS[table])}; leave that kind out to "
+                          "extract without it)") if table in TABLE_KINDS else ""
+            raise ExtractionError(f"MIMIC-IV table {table} is missing: expected {candidates[0]} (or .csv){needed_for}. "
                                   "Download the full hosp/ and icu/ modules from PhysioNet.")
         header = read_header(path)
         missing = [c for c in columns if c not in header]
@@ -269,7 +432,7 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
     import duckdb
 
     output = check_output_path(output)
-    tables = find_mimic_tables(mimic_dir)
+    tables = find_mimic_tables(mimic_dir, params["event_kinds"])
     setup, select = duckdb_statements(params, query_path)
 
     tmp = atomic_io.temporary_name(output)  # keeps the suffix: DuckDB picks the format by extension
@@ -290,14 +453,15 @@ def extract_duckdb(mimic_dir, output, params: dict, memory_limit="4GB", threads=
             con.execute(f"CREATE SCHEMA {dataset}")
         for table, path in tables.items():
             module, name = table.split("/")
-            columns = MIMIC_TABLES[table]
+            columns = needed_tables(params["event_kinds"])[table]
             # times parse as ISO timestamps, with or without fractional seconds (ICU storetime has them)
             types = ", ".join(f"'{col}': '{typ}'" for col, typ in columns.items())
             if progress:
                 print(f"Loading {table} from {path}", file=sys.stderr, flush=True)
             try:
                 con.execute(f"""CREATE TABLE {QUERY_DATASETS[module]}.{name} AS SELECT {', '.join(columns)}
-                    FROM read_csv('{sql_string(path)}', header = true, types = {{{types}}})""")
+                    FROM read_csv('{sql_string(path)}', header = true, types = {{{types}}})
+                    {LOAD_FILTERS.get(table, '')}""")
             except duckdb.Error as err:
                 raise ExtractionError(f"Cannot read MIMIC-IV table {path}: {err}. Is the file complete "
                                       "(re-download it) and a MIMIC-IV csv?") from err
@@ -337,12 +501,13 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    sql = bigquery_sql(hosp_dataset, icu_dataset, query_path)
+    sql = bigquery_sql(hosp_dataset, icu_dataset, query_path, params["event_kinds"])
     types = {"observation_hours": "FLOAT64", "lookback_hours": "FLOAT64", "whole_stay": "BOOL",
-             "event_kinds": "STRING"}
-    job_config = bigquery.QueryJobConfig(query_parameters=[
+             "event_kinds": "STRING", "vital_bin_hours": "FLOAT64"}
+    used = {p.name for s in sqlglot.parse(sql, read="bigquery") if s is not None for p in s.find_all(exp.Parameter)}
+    job_config = bigquery.QueryJobConfig(query_parameters=[  # those of the blocks kept (@vital_bin_hours: vital)
         bigquery.ArrayQueryParameter(name, types[name], value) if isinstance(value, list)
-        else bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items()])
+        else bigquery.ScalarQueryParameter(name, types[name], value) for name, value in params.items() if name in used])
     tmp = atomic_io.temporary_name(output)
     try:
         try:
@@ -380,9 +545,9 @@ def extract_bigquery(project, output, params: dict, hosp_dataset=DEFAULT_HOSP_DA
 def extract_cohort(output, mimic_dir=None, engine="duckdb", observation_hours=48.0, lookback_hours=0.0,
                    whole_stay=False, project=None, hosp_dataset=DEFAULT_HOSP_DATASET,
                    icu_dataset=DEFAULT_ICU_DATASET, memory_limit="4GB", threads=None, temp_dir=None,
-                   progress=True, event_kinds=DEFAULT_EVENT_KINDS) -> dict:
+                   progress=True, event_kinds=DEFAULT_EVENT_KINDS, vital_bin_hours=DEFAULT_VITAL_BIN_HOURS) -> dict:
     """Run query.sql and write the event table to `output`; returns the cohort counts."""
-    params = query_parameters(observation_hours, lookback_hours, whole_stay, event_kinds)
+    params = query_parameters(observation_hours, lookback_hours, whole_stay, event_kinds, vital_bin_hours)
     if whole_stay:
         print(LEAKAGE_WARNING, file=sys.stderr)
     if engine == "duckdb":
@@ -417,7 +582,11 @@ def main(argv=None):
                         help="MEDS dataset folder (data/, metadata/) instead of MIMIC-IV: see meds_cohort.py")
     parser.add_argument("--labels", type=Path,
                         help="with --meds: MEDS label file or folder; one prediction per row (default: the ICU task)")
-    parser.add_argument("--output", type=Path, required=True, help="event table: .csv, .csv.gz or .parquet")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="event table: .csv, .csv.gz or .parquet (with --output-format meds: a folder)")
+    parser.add_argument("--output-format", choices=("table", "meds"), default="table",
+                        help="table: the event table; meds: the same cohort as a MEDS dataset with its labels "
+                        "(meds_export.py), for MEDS tools (MEDS-Tab, meds-torch, ACES)")
     parser.add_argument("--engine", choices=("duckdb", "bigquery"), default="duckdb",
                         help="where query.sql runs: DuckDB on the csv files of --mimic-dir, or BigQuery (--project)")
     parser.add_argument("--observation-hours", type=float, default=48.0,
@@ -428,7 +597,11 @@ def main(argv=None):
                         help="old whole-stay design (events until ICU discharge/death): LEAKS THE OUTCOME")
     parser.add_argument("--event-kinds", default=",".join(DEFAULT_EVENT_KINDS),
                         help="comma-separated event types to write, from " + ",".join(EVENT_KINDS) +
-                        " (ingredient: the components of each input row, off by default)")
+                        " (ingredient: the components of each input row; vital: vital signs and GCS from "
+                        "icu/chartevents; output: icu/outputevents; these three off by default)")
+    parser.add_argument("--vital-bin-hours", type=float, default=DEFAULT_VITAL_BIN_HOURS,
+                        help="with --event-kinds ...,vital: one vital-sign event per item per this many hours (its "
+                        "last value, with the bin's min and max); 0: each charting an event")
     parser.add_argument("--project", help="Google Cloud project billed for the query (bigquery engine)")
     parser.add_argument("--hosp-dataset", default=DEFAULT_HOSP_DATASET, help="BigQuery dataset of hosp tables")
     parser.add_argument("--icu-dataset", default=DEFAULT_ICU_DATASET, help="BigQuery dataset of icu tables")
@@ -440,13 +613,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
+    if args.output_format == "meds":
+        return main_meds_out(parser, args, started)
+    return run_extraction(parser, args, started)
+
+
+def run_extraction(parser, args, started) -> dict:
+    """The event table of the parsed options (MIMIC-IV through query.sql, or --meds) at args.output."""
     try:
         if args.meds is not None or args.labels is not None:
             return main_meds(parser, args, started)
         counts = extract_cohort(args.output, args.mimic_dir, args.engine, args.observation_hours,
                                 args.lookback_hours, args.whole_stay, args.project, args.hosp_dataset,
                                 args.icu_dataset, args.memory_limit, args.threads, args.temp_dir,
-                                progress=not args.no_progress, event_kinds=args.event_kinds)
+                                progress=not args.no_progress, event_kinds=args.event_kinds,
+                                vital_bin_hours=args.vital_bin_hours)
     except ExtractionError as err:
         parser.exit(2, f"extract_cohort.py: error: {err}\n")
     print(f"Wrote {args.output} in {time.perf_counter() - started:.1f} s")
@@ -461,7 +642,8 @@ def main_meds(parser, args, started) -> dict:
     if args.meds is None:
         raise ExtractionError("--labels needs --meds DIR (the MEDS dataset the labels are about).")
     sql_only = [f"--{name.replace('_', '-')}" for name in ("engine", "lookback_hours", "whole_stay", "event_kinds",
-                                                           "project", "hosp_dataset", "icu_dataset", "temp_dir")
+                                                           "vital_bin_hours", "project", "hosp_dataset",
+                                                           "icu_dataset", "temp_dir")
                 if getattr(args, name) != parser.get_default(name)]
     if sql_only:
         raise ExtractionError(f"{', '.join(sql_only)} belong(s) to the query.sql path and do(es) not apply to "
@@ -475,6 +657,27 @@ def main_meds(parser, args, started) -> dict:
     print(f"Cohort: {format_counts(counts)}")
     print("Events per kind: " + ", ".join(f"{kind}={n}" for kind, n in counts["events_per_kind"].items()))
     return counts
+
+
+def main_meds_out(parser, args, started) -> dict:
+    """--output-format meds: extract the event table into a temporary folder beside --output, then write it as a
+    MEDS dataset there (meds_export.py: written under a temporary name, then renamed)."""
+    import tempfile
+
+    import meds_export
+
+    meds_dir = args.output
+    meds_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{meds_dir.name}-events-", dir=meds_dir.parent) as work:
+        args.output = Path(work) / "events.parquet"
+        counts = run_extraction(parser, args, started)
+        try:
+            exported = meds_export.write_meds_dataset(args.output, meds_dir, args.observation_hours)
+        except meds_export.ExtractionError as err:  # run as a script, this file's own class is __main__'s
+            parser.exit(2, f"extract_cohort.py: error: {err}\n")
+    print(f"Wrote the MEDS dataset {meds_dir} in {time.perf_counter() - started:.1f} s "
+          f"(labels under {meds_dir / 'labels'})")
+    return {**counts, "meds": exported}
 
 
 if __name__ == "__main__":

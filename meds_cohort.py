@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import atomic_io
-from extract_cohort import (ExtractionError, check_output_path, cohort_counts, copy_options, duckdb_statements,
-                            query_parameters, sql_string)
+from event_table import EVENT_TYPES
+from extract_cohort import (VITAL_ITEMS, ExtractionError, check_output_path, cohort_counts, copy_options,
+                            duckdb_statements, query_parameters, sql_string)
 
 DATA = meds.DataSchema
 LABEL = meds.LabelSchema
@@ -37,6 +38,9 @@ CODES = meds.CodeMetadataSchema
 # The optional columns the import reads when a shard has them (the MIMIC-IV ETL's names); absent ones are NULL.
 ROW_COLUMNS = ("hadm_id", "icustay_id", "unit", "route", "insurance", "marital_status", "race")
 SEP = "//"
+# The project's own code family (meds_export.py, "MEDS out"): EVENT_TABLE//{event_type}//{item}, the event text in
+# text_value, read back verbatim.
+EVENT_TABLE_FAMILY = "EVENT_TABLE"
 UNKNOWN = "UNK"  # the MEDS ETLs' code part for a missing value (a unit, a careunit)
 # Ids of predictions that no ICU stay gives one (labels outside an ICU stay, or a second label in one stay):
 # above every MIMIC-IV stay_id (30,000,000-39,999,999), within int32.
@@ -45,22 +49,10 @@ SYNTHETIC_ID_START = 1_000_000_000
 # MIMIC-IV's chartevents items (d_items) start at 220000; d_labitems (hospital labs) are 50000-53xxx. The
 # ETL writes both as LAB//{itemid}//{unit}.
 CHARTEVENTS_FIRST_ITEMID = 220_000
-# The chartevents imported as `vital`: mimic-code's vital-sign and GCS items, with their d_items labels
-# (the 0.0.9 ETL's codes.parquet has no description for chartevents; numbers dropped from labels that
-# hold them, so the value channel reads the measurement).
-VITAL_ITEMS = {
-    220045: "Heart Rate",
-    220179: "Non Invasive Blood Pressure systolic", 220050: "Arterial Blood Pressure systolic",
-    225309: "ART BP Systolic",
-    220180: "Non Invasive Blood Pressure diastolic", 220051: "Arterial Blood Pressure diastolic",
-    225310: "ART BP Diastolic",
-    220052: "Arterial Blood Pressure mean", 220181: "Non Invasive Blood Pressure mean", 225312: "ART BP Mean",
-    220210: "Respiratory Rate", 224690: "Respiratory Rate (Total)",
-    223761: "Temperature Fahrenheit", 223762: "Temperature Celsius",
-    220277: "O2 saturation pulseoxymetry",
-    225664: "Glucose finger stick", 220621: "Glucose (serum)", 226537: "Glucose (whole blood)",
-    220739: "GCS - Eye Opening", 223901: "GCS - Motor Response", 223900: "GCS - Verbal Response",
-}
+# The chartevents imported as `vital`: mimic-code's vital-sign and GCS items with their d_items labels
+# (extract_cohort.VITAL_ITEMS, the list query.sql reads too; the 0.0.9 ETL's codes.parquet has no description for
+# chartevents). The MEDS rows are imported as charted: no bounds, Fahrenheit kept, "No Response-ETT" as its score
+# (the ETL's numeric_value; docs/interfaces.md, "MEDS in").
 # outputevents items (SUBJECT_FLUID_OUTPUT//{itemid}//{unit}) with their d_items labels, as for VITAL_ITEMS: the
 # 0.0.9 ETL's codes.parquet has none, and without a name every output would be one item ("fluid output (item #)").
 # The ~40 items seen in the MIMIC-IV demo's outputevents; "#1"-style numbers are dropped from labels (the value
@@ -101,7 +93,7 @@ def code_rule(code: str, description=None) -> dict:
     family = parts[0]
     desc = description.strip() if isinstance(description, str) and description.strip() else None
     rule = {"kind": None, "left_out": None, "name": None, "digits": 3, "value_word": None,
-            "unit": None, "unit_from_row": False, "with_route": False, "suffix": None}
+            "unit": None, "unit_from_row": False, "with_route": False, "suffix": None, "verbatim": False}
 
     def event(kind, name, **kw):
         return {**rule, "kind": kind, "name": TEXT_PREFIX[kind] + name, **kw}
@@ -111,6 +103,10 @@ def code_rule(code: str, description=None) -> dict:
 
     if family in LEFT_OUT_FAMILIES:
         return left_out(LEFT_OUT_FAMILIES[family])
+    if family == EVENT_TABLE_FAMILY:  # meds_export.py's rows: the text_value is the event text
+        if len(parts) < 3 or parts[1] not in EVENT_TYPES:
+            return left_out(f"unknown event type {parts[1] if len(parts) > 1 else ''!r}")
+        return {**rule, "kind": parts[1], "name": desc or SEP.join(parts[2:]), "verbatim": True}
     rest = parts[1:]
     if family == "LAB":
         if rest[:1] == ["SPECIMEN_COLLECTED"]:  # newer ETLs: the draw (no value); the result is LAB//RESULT//...
@@ -374,6 +370,7 @@ def events_sql() -> str:
                    COALESCE(r.unit, CASE WHEN r.unit_from_row THEN NULLIF(TRIM(m.unit), '') END),
                    CASE WHEN r.with_route THEN NULLIF(TRIM(m.route), '') END,
                    r.suffix), '\\s+', ' ', 'g'))"""
+    text = f"CASE WHEN r.verbatim AND m.text_value IS NOT NULL THEN m.text_value ELSE {text} END"
     static = ", ".join(f"p.{c}" for c in STATIC_OUT)
     return f"""
         SELECT p.subject_id, p.hadm_id, p.stay_id, e.event_time, e.event_type, e.event_text,

@@ -8,8 +8,13 @@
 --   @lookback_hours    FLOAT64  also keep hadm-level events this long before intime (default 0)
 --   @whole_stay        BOOL     the old whole-stay design: events until ICU discharge or death and
 --                               times relative to that end. It LEAKS THE OUTCOME (retrospective only).
+--   @vital_bin_hours   FLOAT64  0: each vital-sign charting is an event; H > 0: one event per item per H
+--                               hours (the last value, with the bin's min and max)
 --   @event_kinds       ARRAY<STRING>  the event types written (default: prescription, procedure, lab,
---                               microbiology, input; `ingredient` on request)
+--                               microbiology, input; `ingredient`, `vital` and `output` on request).
+--                               extract_cohort.py also takes the event blocks of kinds not asked for out of
+--                               the query (so chartevents is read only for `vital`), and writes the rows of
+--                               the vital_items CTE (the vital-sign items) from its VITAL_RULES.
 --
 -- Leakage rules: every event is timestamped when its information became available and kept only in
 -- [intime - lookback, prediction time). Lab and microbiology results: storetime (charttime only where
@@ -17,11 +22,14 @@
 -- a row is kept if it was charted before the prediction time (storetime < prediction time), then at
 -- GREATEST(starttime, storetime), or if it is still running at the prediction time (visible at the
 -- bedside), then at starttime; a row that ended before the prediction time but was charted after it
--- is left out. Prescriptions: starttime (the table has no charting time). The cohort is adults still
--- in the ICU and alive at the prediction time, so the label (in-hospital death) always lies after it.
+-- is left out. Vital signs (chartevents) and outputs (outputevents), measurements charted at charttime
+-- and stored at storetime, as lab results: at storetime (charttime where it is null). Prescriptions:
+-- starttime (the table has no charting time). The cohort is adults still in the ICU and alive at the
+-- prediction time, so the label (in-hospital death) always lies after it.
 --
 -- Joins: prescriptions, labs and microbiology by hadm_id (lab and microbiology rows without hadm_id by
--- subject_id and the window that contains them); procedures, inputs and ingredients by stay_id.
+-- subject_id and the window that contains them); procedures, inputs, ingredients, vital signs and outputs
+-- by stay_id.
 
 -- A number at `digits` significant figures, without trailing ".0" (54.32109 -> 54.3, 1000.0 -> 1000).
 CREATE TEMP FUNCTION fmt_num(x FLOAT64, digits INT64) AS (
@@ -284,17 +292,147 @@ icu_events AS (
     AND COALESCE(r.statusdescription, '') != 'Rewritten'
 ),
 
+vital_items AS (
+  -- The chartevents items written as `vital`: mimic-code's vital signs and GCS components
+  -- (mimic-iv/concepts/measurement/vitalsign.sql, gcs.sql), one row each: itemid; label and unit as written
+  -- (unit NULL: the row's valueuom); the plausible range of valuenum (low < valuenum < high, or <= high where
+  -- high_inclusive; NULL: no bound); fahrenheit (written in degrees Celsius); intubated_value (the `value`
+  -- that means intubated, not a score: GCS verbal "No Response-ETT"). extract_cohort.py writes the rows here
+  -- from its VITAL_RULES, the one list of these items (the MEDS import reads it too); this placeholder has none.
+  SELECT CAST(NULL AS INT64) AS itemid, CAST(NULL AS STRING) AS label, CAST(NULL AS STRING) AS unit,
+    CAST(NULL AS FLOAT64) AS low, CAST(NULL AS FLOAT64) AS high, CAST(NULL AS BOOL) AS high_inclusive,
+    CAST(NULL AS BOOL) AS fahrenheit, CAST(NULL AS STRING) AS intubated_value
+  FROM UNNEST([1])
+  WHERE FALSE
+),
+
+vital_rows AS (
+  -- Each charting of a vital sign or GCS component in the window, known when stored (storetime: nurses
+  -- validate monitor values, often several hours at once; charttime where storetime is null), with its
+  -- value converted (Fahrenheit -> Celsius) and kept only inside the item's plausible range, as mimic-code
+  -- does. A GCS verbal response of an intubated patient is a word, not a number: `value` NULL, `word` set.
+  SELECT
+    c.stay_id,
+    c.prediction_time,
+    ce.itemid,
+    ce.charttime,
+    COALESCE(ce.storetime, ce.charttime) AS known_time,
+    vi.label,
+    CASE WHEN ce.value = vi.intubated_value THEN NULL ELSE COALESCE(vi.unit, NULLIF(TRIM(ce.valueuom), '')) END AS unit,
+    CASE
+      WHEN ce.value = vi.intubated_value THEN NULL
+      WHEN vi.fahrenheit THEN (ce.valuenum - 32) / 1.8
+      ELSE ce.valuenum
+    END AS value,
+    CASE WHEN ce.value = vi.intubated_value THEN vi.intubated_value END AS word
+  FROM cohort AS c
+  INNER JOIN mimiciv_icu.chartevents AS ce ON ce.stay_id = c.stay_id
+  INNER JOIN vital_items AS vi ON vi.itemid = ce.itemid
+  WHERE COALESCE(ce.storetime, ce.charttime) >= c.window_start
+    AND COALESCE(ce.storetime, ce.charttime) < c.prediction_time
+    AND (
+      ce.value = vi.intubated_value
+      OR (
+        ce.valuenum IS NOT NULL
+        AND (vi.low IS NULL OR ce.valuenum > vi.low)
+        AND (vi.high IS NULL OR ce.valuenum < vi.high OR (vi.high_inclusive AND ce.valuenum = vi.high))
+      )
+    )
+),
+
+vital_events AS (
+  -- @vital_bin_hours = 0: each charting is an event ("Vital: Heart Rate 92 bpm"). Above 0: one event per
+  -- item per bin of that many hours of charttime, counted back from the prediction time: the bin's last
+  -- charting, with the lowest and highest value of the bin ("Vital: Heart Rate 92 bpm (min 80, max 110)", so
+  -- the value channel reads the last), known when its last row was stored (every row of a bin was stored
+  -- before the prediction time). source_id names the charting shown.
+  SELECT
+    stay_id,
+    known_time AS event_time,
+    'vital' AS event_type,
+    CONCAT('Vital: ', ARRAY_TO_STRING([label, COALESCE(word, fmt_num(value, 3)), unit], ' ')) AS event_text,
+    'chartevents' AS source_table,
+    CONCAT(CAST(itemid AS STRING), ':', CAST(charttime AS STRING)) AS source_id
+  FROM vital_rows
+  WHERE @vital_bin_hours <= 0
+  UNION ALL
+  SELECT
+    stay_id,
+    bin_known_time AS event_time,
+    'vital' AS event_type,
+    CONCAT('Vital: ', ARRAY_TO_STRING([
+      label,
+      COALESCE(word, fmt_num(value, 3)),
+      unit,
+      CASE
+        WHEN bin_min IS NOT NULL THEN CONCAT('(min ', fmt_num(bin_min, 3), ', max ', fmt_num(bin_max, 3), ')')
+      END
+    ], ' ')) AS event_text,
+    'chartevents' AS source_table,
+    CONCAT(CAST(itemid AS STRING), ':', CAST(charttime AS STRING)) AS source_id
+  FROM (
+    SELECT
+      *,
+      MAX(known_time) OVER (PARTITION BY stay_id, itemid, bin_number) AS bin_known_time,
+      MIN(value) OVER (PARTITION BY stay_id, itemid, bin_number) AS bin_min,
+      MAX(value) OVER (PARTITION BY stay_id, itemid, bin_number) AS bin_max,
+      ROW_NUMBER() OVER (
+        PARTITION BY stay_id, itemid, bin_number ORDER BY charttime DESC, known_time DESC, value DESC
+      ) AS last_first
+    FROM (
+      SELECT
+        *,
+        FLOOR(DATETIME_DIFF(prediction_time, charttime, SECOND) / (3600 * @vital_bin_hours)) AS bin_number
+      FROM vital_rows
+      WHERE @vital_bin_hours > 0
+    )
+  )
+  WHERE last_first = 1
+),
+
+output_events AS (
+  -- Urine, drains and other fluid outputs (outputevents: a volume in mL measured at charttime), known when
+  -- stored, as vital signs. The d_items label without its "#1"-style number (Chest Tube #1 and #2 are one
+  -- item, and the value channel reads the volume); an item without a label: "fluid output ... (item N)".
+  SELECT
+    c.stay_id,
+    COALESCE(oe.storetime, oe.charttime) AS event_time,
+    'output' AS event_type,
+    CONCAT('Output: ', ARRAY_TO_STRING([
+      COALESCE(NULLIF(TRIM(REGEXP_REPLACE(di.label, r'\s*#\d+', '')), ''), 'fluid output'),
+      fmt_num(oe.value, 3),
+      NULLIF(TRIM(oe.valueuom), ''),
+      CASE
+        WHEN NULLIF(TRIM(REGEXP_REPLACE(di.label, r'\s*#\d+', '')), '') IS NULL
+          THEN CONCAT('(item ', CAST(oe.itemid AS STRING), ')')
+      END
+    ], ' ')) AS event_text,
+    'outputevents' AS source_table,
+    CONCAT(CAST(oe.itemid AS STRING), ':', CAST(oe.charttime AS STRING)) AS source_id
+  FROM cohort AS c
+  INNER JOIN mimiciv_icu.outputevents AS oe ON oe.stay_id = c.stay_id
+  LEFT JOIN mimiciv_icu.d_items AS di ON di.itemid = oe.itemid
+  WHERE oe.value IS NOT NULL
+    AND COALESCE(oe.storetime, oe.charttime) >= c.window_start
+    AND COALESCE(oe.storetime, oe.charttime) < c.prediction_time
+),
+
 all_events AS (
+  -- the event blocks (extract_cohort.EVENT_BLOCKS); those of kinds not asked for are taken out before the run
   SELECT * FROM prescription_events
   UNION ALL SELECT * FROM lab_events
   UNION ALL SELECT * FROM microbiology_events
   UNION ALL SELECT * FROM icu_events
+  UNION ALL SELECT * FROM vital_events
+  UNION ALL SELECT * FROM output_events
 ),
 
 events AS (
   -- The same statement twice at the same moment (e.g. two pharmacy rows of one order) tells the
   -- model nothing new: keep one, the lowest source row. An ICU row is one administration or procedure
-  -- of its own (two bags charted in one go are two bags), so ICU rows are never merged.
+  -- of its own (two bags charted in one go are two bags), so ICU rows are never merged; nor are two
+  -- chartings of a vital sign or an output stored together (a nurse validates several hours at once),
+  -- only the same item charted twice for the same time with the same value.
   SELECT
     stay_id,
     event_time,
@@ -307,7 +445,10 @@ events AS (
     AND event_type IN UNNEST(@event_kinds)
   QUALIFY ROW_NUMBER() OVER (
     PARTITION BY stay_id, event_time, event_type, TRIM(REGEXP_REPLACE(event_text, r'\s+', ' ')),
-      CASE WHEN source_table IN ('procedureevents', 'inputevents', 'ingredientevents') THEN source_id END
+      CASE
+        WHEN source_table IN ('procedureevents', 'inputevents', 'ingredientevents', 'chartevents', 'outputevents')
+          THEN source_id
+      END
     ORDER BY source_table, source_id
   ) = 1
 )

@@ -134,7 +134,7 @@ def main():
         for hours in args.hours:
             tag = f"{hours:g}h"
             now = extract(args.mimic_dir, folder, f"now{tag}", hours)
-            every = extract(args.mimic_dir, folder, f"all{tag}", hours, extract_cohort.EVENT_KINDS)
+            every = extract(args.mimic_dir, folder, f"all{tag}", hours, (*extract_cohort.DEFAULT_EVENT_KINDS, "ingredient"))
             print(f"\n### {tag} window\n")
             tables = {"this query, default kinds": now, "this query, with ingredient": every}
             if args.baseline_query:

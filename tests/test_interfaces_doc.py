@@ -13,7 +13,7 @@ import explain_clinicalLF
 from interfaces_doc import (DOC, broken_links, broken_section_names, cli_scripts, design_layout, option_table_problems,
                             option_tables, parser_of, parser_options, project_imports, undocumented)
 
-COMMANDS = ["derive_synthetic_vocab.py", "explain_clinicalLF.py", "extract_cohort.py", "predict.py",
+COMMANDS = ["derive_synthetic_vocab.py", "explain_clinicalLF.py", "extract_cohort.py", "meds_export.py", "predict.py",
             "synthetic_mimic.py",
             "train.py"]
 
