@@ -82,6 +82,10 @@ def build_arg_parser():
     p.add_argument("--d-ff", type=int, default=ModelConfig.d_ff)
     p.add_argument("--dropout", type=float, default=ModelConfig.dropout)
     p.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
+    p.add_argument("--count-pool", type=int, default=ModelConfig.count_pool,
+                   help="beside attention pooling (a weighted average, which cannot count), K learned soft counts: "
+                        "log(1 + the sum over events of a learned gate in [0, 1]), e.g. how many lactates, how many "
+                        "in the last hours; 0 switches it off")
     p.add_argument("--item-dim", type=int, default=32,
                    help="width of a learned embedding per frequent item (the event text without its numbers), "
                         "beside the frozen text vector; 0 switches it off")
@@ -151,6 +155,8 @@ def check_options(parser, args):
     for name in ("epochs", "batch_size", "max_events", "embed_batch_size", "d_model", "n_layers", "n_heads", "pool_heads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.count_pool < 0:
+        parser.error("--count-pool must be 0 (off) or more")
     if args.d_model % args.n_heads or args.d_model % args.pool_heads:
         parser.error("--d-model must be divisible by --n-heads and --pool-heads")
     if args.text_input == "item" and args.value_channel == "off":
@@ -1102,6 +1108,7 @@ class ModelConfig:
     d_ff: int = 256
     dropout: float = 0.1
     pool_heads: int = 4
+    count_pool: int = 0          # learned soft counts beside attention pooling (--count-pool)
     n_items: int = 0             # frequent items with a learned embedding (0: none)
     item_dim: int = 0            # their width (train.py: 32 where the training split has frequent items)
     value_channel: bool = False  # the event's standardised number as an input
@@ -1207,8 +1214,12 @@ class MortalityTransformer(nn.Module):
         self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layers)])
         self.ln_f = nn.LayerNorm(config.d_model)
         self.pool = AttentionPooling(config)
+        # Attention pooling averages, so 3 lactates and 12 look alike to it; soft counts (a gate per event and
+        # per count, summed over the stay) give the classifier how often something happened, as a tabular model's
+        # per-item counts do. Removing an event lowers them, so attributions see them.
+        self.count_gate = nn.Linear(config.d_model, config.count_pool) if config.count_pool else None
         self.classifier = nn.Sequential(
-            nn.Linear(config.d_model + config.n_static, 256), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.d_model + config.count_pool + config.n_static, 256), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(256, 128), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(128, 1))
 
     @torch.no_grad()
@@ -1279,15 +1290,19 @@ class MortalityTransformer(nn.Module):
         pooled, pool_weights = self.pool(x, attend)
         pooled = torch.where(has_events[:, None], pooled, self.pool.no_events.to(pooled.dtype).expand_as(pooled))
         pool_weights = pool_weights * has_events[:, None, None, None]
-        logits = self.classifier(torch.cat([pooled, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+        counts = pooled.new_zeros(B, self.config.count_pool)
+        if self.count_gate is not None:
+            counts = torch.log1p((torch.sigmoid(self.count_gate(x)) * mask.unsqueeze(-1).to(x.dtype)).sum(1))
+        logits = self.classifier(torch.cat([pooled, counts, static.to(pooled.dtype)], dim=-1)).squeeze(-1)
         # Every stay as if it had no events (trained by NO_EVENTS_LOSS_WEIGHT; computed here, inside forward, so that
         # DDP sees every parameter it trains)
         no_events_logits = self.classifier(torch.cat([self.pool.no_events.to(pooled.dtype).expand_as(pooled),
-                                                      static.to(pooled.dtype)], dim=-1)).squeeze(-1)
+                                                      torch.zeros_like(counts), static.to(pooled.dtype)],
+                                                     dim=-1)).squeeze(-1)
         attention = {"pooling_attention": pool_weights, "no_events_logits": no_events_logits}
         if return_attention:
             attention.update(layer_attention=torch.stack(layer_attention), transformer_output=x, query=self.pool.query,
-                             pooled=pooled)
+                             pooled=pooled, soft_counts=counts)
         return logits, attention
 
 
@@ -1817,7 +1832,8 @@ def build_trainer(run) -> Trainer:
     stays, preprocessor, device = data.stays, data.preprocessor, process.device
     config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-                         dropout=args.dropout, pool_heads=args.pool_heads, n_items=len(preprocessor.items),
+                         dropout=args.dropout, pool_heads=args.pool_heads, count_pool=args.count_pool,
+                         n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items),
                          trajectory_channel=args.trajectory_channel == "on" and args.value_channel == "on"

@@ -228,3 +228,20 @@ def test_item_values_give_each_item_its_own_value_direction():
     # off by default, and without the value channel there is no number to scale
     assert small_model(n_items=2, item_dim=4, value_channel=True).item_value_embedding is None
     assert small_model(n_items=2, item_dim=4, item_values=True).item_value_embedding is None
+
+
+def test_soft_counts_count_real_events_and_an_empty_stay_is_still_its_statics():
+    """--count-pool: with gates forced to 1 each soft count is log(1 + the stay's real events), padding excluded;
+    a stay without events gets zero counts, so it is still predicted from its static features alone."""
+    stays, matrix = random_stays(8, max_len=15)
+    model = small_model(count_pool=3)
+    with torch.no_grad():
+        model.count_gate.weight.zero_()
+        model.count_gate.bias.fill_(50.0)
+        batch = train.collate_stays(stays)
+        logits, att = model(*train.batch_inputs(model, batch, matrix), return_attention=True)
+    n_events = batch["mask"].sum(1).float()
+    assert 0 in n_events.tolist() and len(set(n_events.tolist())) > 2  # empty and padded stays
+    torch.testing.assert_close(att["soft_counts"], torch.log1p(n_events)[:, None].expand(-1, 3))
+    empty = n_events == 0
+    torch.testing.assert_close(logits[empty], att["no_events_logits"][empty])
