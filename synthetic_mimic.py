@@ -4,6 +4,7 @@ with planted, clinically plausible mortality risk whose truth is written beside 
 
     python synthetic_mimic.py --out-dir /tmp/synth --n-stays 6000 --extract /tmp/synth/events.parquet
     python synthetic_mimic.py --out-dir /tmp/synth --n-stays 20000 --regime small   # the light regime
+    python synthetic_mimic.py --out-dir /tmp/synth --n-stays 6000 --vitals --extract /tmp/synth/events.parquet
     python synthetic_mimic.py --make-sample                                        # remakes sample_train.csv
 
 Two regimes:
@@ -66,6 +67,55 @@ generated stays: ~15-16% of cohort stays die, ceiling AUROC ~0.86-0.87. The plan
 pattern are the shown rows that make it: its lactates; its first creatinine and those meeting the
 criterion; its vasopressor rows; its positive culture's rows; its Intubation and Invasive Ventilation.
 The truth holds for the default window (--observation-hours 48, no look-back).
+
+--vitals (realistic regime only; OFF by default, and off every file is byte for byte what it was before the option
+existed, so today's realistic figures stay reproducible) also writes icu/chartevents (MIMIC-IV's columns: the
+vital-sign and GCS items of extract_cohort.VITAL_RULES) and icu/outputevents (the demo's columns: urine, drains,
+gastric, stool), their d_items rows, and four physiology patterns in the truth; --extract then extracts the `vital`
+and `output` kinds too. Rates and values: synthetic_vocab.json's `vitals` (the MEDS demo's chartevents of 20
+subjects: per item rows per hour of ICU stay, value quantiles, GCS score shares) and `outputs` (the demo's
+outputevents), tested in tests/test_synthetic.py (rates within 25%, quantiles within 10% of the 5th-95th range).
+Items are charted in groups (heart rate, respiratory rate and SpO2 together; a blood pressure's systolic,
+diastolic and mean; GCS eye, motor and verbal) at regular intervals and stored together a median 17 minutes
+later (the demo's outputevents delays, up to hours, none negative for chartevents: MEDS has no storetime), some
+after the prediction time. Values come from organ-system states
+(circulation, respiration, neurology, renal, metabolic) drawn from the same latent severity z as the courses, so
+they co-occur with the other patterns without being a function of them: a stay level, a slow random course, and
+what the stay's courses imply (a hypotension before its first vasopressor and, in refractory shock, under it;
+hypoxaemia for 5 h before most intubations in the ICU; brief deep desaturations in any stay; sedation while
+ventilated: GCS verbal "No Response-ETT" and the eye and motor scores of intubated patients; oliguria in acute and
+end-stage kidney disease and in shock), read through each item's demo quantiles. Urine: a catheter (Foley, charted
+about hourly) in most stays, voids in the others. Each stay weighs WEIGHT_KG = 80 kg (the patientweight the regime
+writes in inputevents; the event table shows no weight, so the truth uses one weight for every stay). The truth
+reads the rows query.sql keeps at 48 h (storetime in [intime, prediction time); every value inside the items'
+bounds) and, for chartevents, the 2-hour bins it writes with its default --vital-bin-hours 2 (each bin's last
+charting with its min and max, known at the bin's latest storetime), so it is a function of the default extracted
+table (tests/test_synthetic.py recomputes it with pandas). Four more patterns (VITAL_PATTERNS):
+    hypotension  mean pressure (ABP, NIBP or ART BP mean) below 65 mmHg throughout three 2-hour bins (each bin's
+                 highest value < 65) known at or after the first vasopressor row shown: hypotension despite
+                 vasopressors (refractory shock; SOFA cardiovascular 3-4)
+    hypoxaemia   SpO2 below 88% throughout two consecutive 2-hour bins (each bin's highest < 88)
+    coma         the last complete GCS shown (eye, motor and verbal charted together, each its bin's last) <= 8; an
+                 intubated verbal response ("No Response-ETT") makes the total 15, as mimic-code's gcs.sql does
+                 (sedation, not coma)
+    oliguria     urine (mimic-code's urine items) charted in (t - 24 h, t] below 0.3 mL/kg/h x 80 kg x 24 h
+                 = 576 mL, for a urine charting t at least 24 h after the stay's first urine charting shown (KDIGO
+                 stage 3 by urine output; SAPS II's < 500 mL/day). The criterion of < 0.5 mL/kg/h over 6 h (KDIGO
+                 stage 1) holds in the first 48 h of 51 of the demo's 74 stays of >= 48 h at 80 kg (deaths 18%
+                 vs 13%): too common and too weak a sign to plant; < 0.3 over 24 h holds in 16 (44% vs 9%)
+    log-odds += 1.0 [hypotension] + 0.9 [hypoxaemia] + 1.5 [coma] + 1.1 [oliguria], intercept -4.1 instead of
+    -3.35 (REALISTIC_INTERCEPT_VITALS), so that ~15% of cohort stays still die
+(orders of magnitude of the scores' weights: SAPS II gives 11 of its points, ~1.1 log-odds at a typical score,
+to urine < 0.5 L/day and 13-26 to GCS < 9; APACHE II 0.146 log-odds per point, 7-12 points for GCS 8-3). At 2,000
+generated stays: ceiling AUROC ~0.90, ~15% deaths (see docs/design.md for the measured figures). The planted rows
+of a stay with a pattern are the rows the table shows for it: the mean-pressure bins' shown chartings, the SpO2
+bins' shown chartings, the three GCS components of the last assessment, and the urine rows of the low 24-hour
+spans. With --vitals, truth/planted_rows.csv.gz also names each row's stay_id: query.sql's source_id of a
+chartevents or outputevents row, itemid:charttime, can be another stay's too (attach_truth joins on it).
+Departures from the demo: SpO2 is below 88% in ~3.5% of readings (the demo's 20 subjects: 0.4%, a handful of
+readings), the price of desaturations common enough that no single SpO2 statistic gives hypoxaemia away; GCS verbal
+"No Response-ETT" is ~33% of verbal responses (demo 37%); outputevents' GU irrigant volumes (227488/227489) are not
+generated.
 
 Everything is vectorised with numpy and written with pyarrow.
 """
@@ -294,9 +344,10 @@ class TableWriter:
     """Collects column dicts per table and appends them, at each flush(), to out_dir/<table>.csv.gz in the
     demo's column order (one gzip stream per table, header once); close() finishes every file."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, columns=None):
         self.out_dir = Path(out_dir)
-        self.parts = {name: [] for name in COLUMNS}
+        self.columns = COLUMNS if columns is None else columns
+        self.parts = {name: [] for name in self.columns}
         self.sinks = {}
 
     def add(self, table, n, **columns):
@@ -307,7 +358,7 @@ class TableWriter:
         for table, parts in self.parts.items():
             if not parts:
                 continue
-            names = COLUMNS[table].split(",")
+            names = self.columns[table].split(",")
             chunks = [pa.table({name: to_arrow(columns.get(name), n) for name in names}) for n, columns in parts]
             data = pa.concat_tables(chunks, promote_options="permissive")
             first = table not in self.sinks
@@ -322,7 +373,7 @@ class TableWriter:
         self.flush()
         for table in self.parts:
             if table not in self.sinks:  # a table with no rows: the header alone
-                names = COLUMNS[table].split(",")
+                names = self.columns[table].split(",")
                 path = self.out_dir / f"{table}.csv.gz"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_csv_gz(pa.table({name: pa.nulls(0, pa.string()) for name in names}), path)
@@ -371,41 +422,48 @@ def events_per_stay(rng, counts, start_h, end_h):
 
 
 def generate(out_dir, n_stays: int, seed: int = 0, events_per_stay_mean: float | None = None,
-             regime: str = "realistic", chunk_stays: int = 2000) -> dict:
+             regime: str = "realistic", chunk_stays: int = 2000, vitals: bool = False) -> dict:
     """Write synthetic MIMIC-IV tables (hosp/, icu/) and the truth (truth/) under out_dir.
 
     regime "realistic" (default) draws from synthetic_vocab.json and writes events chunk by chunk
     (chunk_stays stays at a time, so memory stays bounded); "small" is the light regime of
-    sample_train.csv (~46 events per stay, embedded dictionaries)."""
+    sample_train.csv (~46 events per stay, embedded dictionaries). vitals (realistic only, off by default):
+    also icu/chartevents and icu/outputevents, with the physiology patterns in the truth (see the docstring);
+    without it every file is what it was before --vitals existed."""
     if n_stays < 1:
         raise ValueError(f"--n-stays must be >= 1, got {n_stays}")
     if regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, got {regime!r}")
+    if vitals and regime != "realistic":
+        raise ValueError("--vitals needs --regime realistic")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    w = TableWriter(out_dir)
-    s = draw_stays(rng, n_stays, w, regime)
-    planted = []  # (source_table, source_id array, factor)
+    w = TableWriter(out_dir, {**COLUMNS, **VITAL_COLUMNS} if vitals else COLUMNS)
+    vocab = load_vocab() if regime == "realistic" else None  # draws nothing: the random streams are unchanged
+    s = draw_stays(rng, n_stays, w, regime, SimpleNamespace(seed=seed, vocab=vocab) if vitals else None)
+    planted = []  # (source_table, source_id array, factor[, stay_id array])
     next_ids = IdCounter()
     if regime == "small":
         small_events(w, rng, s, next_ids, planted, events_per_stay_mean or SMALL_EVENTS_PER_STAY)
         small_dictionaries(w)
     else:
-        vocab = load_vocab()
         scale = (events_per_stay_mean or REALISTIC_EVENTS_PER_STAY) / REALISTIC_EVENTS_PER_STAY
         for start in range(0, s.n_stays, chunk_stays):
             chunk = np.arange(start, min(start + chunk_stays, s.n_stays))
             realistic_events(w, rng, s, chunk, next_ids, vocab, scale)
             w.flush()
         write_courses(w, rng, s, next_ids, planted, vocab)
-        realistic_dictionaries(w, vocab)
+        if vitals:
+            write_vitals(w, s, planted)
+        realistic_dictionaries(w, vocab, vitals)
     w.close()
-    return write_truth(out_dir, s, planted)
+    return write_truth(out_dir, s, planted, with_stay_ids=vitals)
 
 
-def draw_stays(rng, n_stays: int, w, regime: str = "small") -> SimpleNamespace:
+def draw_stays(rng, n_stays: int, w, regime: str = "small", vitals=None) -> SimpleNamespace:
     """Patients, admissions and ICU stays with their truth and label (small: planted factors drawn from a
-    latent severity; realistic: clinical courses, see draw_courses), written to w."""
+    latent severity; realistic: clinical courses, see draw_courses; vitals: SimpleNamespace(seed, vocab) for
+    --vitals), written to w."""
     p = draw_people(rng, n_stays)
     if regime == "small":
         truth = small_truth(rng, p)
@@ -413,7 +471,7 @@ def draw_stays(rng, n_stays: int, w, regime: str = "small") -> SimpleNamespace:
         p.intime, p.los_h = draw_timing(rng, p.admittime)
     else:
         p.intime, p.los_h = draw_timing(rng, p.admittime)
-        truth = realistic_truth(rng, p)
+        truth = realistic_truth(rng, p, vitals)
         keep_alive(p, truth)
     return write_stays(w, rng, p, truth)
 
@@ -482,6 +540,8 @@ def keep_alive(p, truth) -> None:
     truth.columns = {name: values[keep] for name, values in truth.columns.items()}
     if truth.course is not None:
         truth.course = keep_course_rows(truth.course, keep)
+    if getattr(truth, "vitals", None) is not None:
+        truth.vitals.keep = keep  # the vital signs are redrawn per chunk of the original stays, then filtered
 
 
 def write_stays(w, rng, p, truth) -> SimpleNamespace:
@@ -528,7 +588,8 @@ def write_stays(w, rng, p, truth) -> SimpleNamespace:
     return SimpleNamespace(n_stays=n_stays, n_patients=n_patients, stay_subject=stay_subject, hadm_id=hadm_id,
                            stay_id=stay_id, intime=intime, los_h=los_h, age=age, quiet=truth.quiet,
                            factors=truth.factors, columns=truth.columns, course=truth.course,
-                           true_probability=truth.true_probability, died=died)
+                           true_probability=truth.true_probability, died=died,
+                           vitals=getattr(truth, "vitals", None))
 
 
 class IdCounter:
@@ -634,8 +695,10 @@ def small_dictionaries(w):
                                           for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
 
 
-def write_truth(out_dir: Path, s, planted) -> dict:
-    """truth/stays.csv.gz (true probability, factors, label) and truth/planted_rows.csv.gz."""
+def write_truth(out_dir: Path, s, planted, with_stay_ids=False) -> dict:
+    """truth/stays.csv.gz (true probability, factors, label) and truth/planted_rows.csv.gz (with_stay_ids, as
+    --vitals writes it: also each row's stay_id, since chartevents and outputevents rows are named by
+    itemid:charttime, which other stays can share)."""
     truth_dir = out_dir / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     stays_truth = pa.table({"subject_id": s.stay_subject, "hadm_id": s.hadm_id, "stay_id": s.stay_id,
@@ -645,10 +708,13 @@ def write_truth(out_dir: Path, s, planted) -> dict:
                             **s.columns})
     write_csv_gz(stays_truth, truth_dir / "stays.csv.gz")
     planted_table = pa.table({
-        "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, _ in planted]), pa.string()),
-        "source_id": pa.array(np.concatenate([np.asarray(i, dtype=object) for _, i, _ in planted]), pa.string()),
-        "factor": pa.array(np.concatenate([np.full(len(i), f, dtype=object) for _, i, f in planted]), pa.string()),
+        "source_table": pa.array(np.concatenate([np.full(len(i), t, dtype=object) for t, i, *_ in planted]), pa.string()),
+        "source_id": pa.array(np.concatenate([np.asarray(i, dtype=object) for _, i, *_ in planted]), pa.string()),
+        "factor": pa.array(np.concatenate([np.full(len(i), f, dtype=object) for _, i, f, *_ in planted]), pa.string()),
     })
+    if with_stay_ids:
+        planted_table = planted_table.append_column(
+            "stay_id", pa.array(np.concatenate([np.asarray(r[3], dtype=np.int64) for r in planted]), pa.int64()))
     write_csv_gz(planted_table, truth_dir / "planted_rows.csv.gz")
     return {"stays": s.n_stays, "patients": s.n_patients, "deaths": int(s.died.sum()),
             "planted_rows": planted_table.num_rows}
@@ -1483,22 +1549,30 @@ def pattern_features(c, intime, n):
     return flags, hours
 
 
-def realistic_truth(rng, p) -> SimpleNamespace:
-    """Courses for every stay, the patterns the table shows at 48 h, the true probability and the label."""
+def realistic_truth(rng, p, vitals=None) -> SimpleNamespace:
+    """Courses for every stay, the patterns the table shows at 48 h, the true probability and the label
+    (vitals: SimpleNamespace(seed, vocab) for --vitals, which adds the physiology patterns)."""
     n = len(p.age)
     quiet = rng.random(n) < 0.01  # nothing charted in the window: the cohort keeps them as one empty row
     severity = rng.normal(0, 1, n)
     course = draw_courses(rng, severity, p.age, ~quiet, p.intime)
     flags, hours = pattern_features(course, p.intime, n)
-    logit = REALISTIC_INTERCEPT + AGE_PER_YEAR * (p.age - 65) \
+    state = None
+    if vitals is not None:
+        state = vital_state(vitals.seed, vitals.vocab, severity, ~quiet, p.intime, p.los_h, course)
+        flags.update(vital_flags(state))
+    logit = (REALISTIC_INTERCEPT if vitals is None else REALISTIC_INTERCEPT_VITALS) + AGE_PER_YEAR * (p.age - 65) \
         + SHOCK_INTERACTION * (flags["lactate"] & flags["pressor"])
     for name, coefficient in PATTERNS.items():
         weight = 2.0 ** (-np.nan_to_num(hours[name]) / RECENCY_HALF_LIFE_H) if name in RECENCY else 1.0
         logit = logit + coefficient * flags[name] * weight
+    if vitals is not None:
+        for name, coefficient in VITAL_PATTERNS.items():
+            logit = logit + coefficient * flags[name]
     true_probability = sigmoid(logit)
     died = rng.random(n) < true_probability
     return SimpleNamespace(quiet=quiet, factors=flags, true_probability=true_probability, died=died, course=course,
-                           columns={f"hours_{name}": hours[name] for name in RECENCY})
+                           columns={f"hours_{name}": hours[name] for name in RECENCY}, vitals=state)
 
 
 def keep_course_rows(course, keep) -> SimpleNamespace:
@@ -1519,7 +1593,8 @@ def write_courses(w, rng, s, next_ids, planted, vocab):
 
     def mark(table, ids, rows, which=slice(None)):
         for factor in PATTERNS:
-            planted.append((table, np.asarray(ids)[rows.planted[which] == factor].astype(str), factor))
+            on = rows.planted[which] == factor
+            planted.append((table, np.asarray(ids)[on].astype(str), factor, s.stay_id[rows.stay[which][on]]))
 
     for itemid in (LACTATE, CREATININE):
         m = c.labs.itemid == itemid
@@ -1569,7 +1644,7 @@ def add_pressor_rows(ctx, rows):
     return np.char.add(np.char.add(orderid.astype(str), ":"), itemid.astype(str))
 
 
-def realistic_dictionaries(w, vocab):
+def realistic_dictionaries(w, vocab, vitals=False):
     items = vocab.lab_items
     w.add("hosp/d_labitems", len(items), itemid=vocab.lab_ids, label=pa.array([i["label"] for i in items]),
           fluid=pa.array([i["fluid"] for i in items], pa.string()),
@@ -1578,8 +1653,536 @@ def realistic_dictionaries(w, vocab):
     known = {r[0] for r in d_items}
     d_items += [r for r in PLANTED_PROCEDURE_ITEMS + [EXTUBATION_ITEM] + [p[0] for p in PRESSOR_INFUSIONS]
                 if r[0] not in known]
+    if vitals:  # the vital-sign and output items
+        d_items += [tuple(r) for r in vocab.raw["vitals"]["d_items"] + vocab.raw["outputs"]["d_items"]
+                    if r[0] not in known]
     w.add("icu/d_items", len(d_items), **{name: pa.array([row[k] for row in d_items])
                                           for k, name in enumerate(COLUMNS["icu/d_items"].split(",")[:7])})
+
+
+# ----------------------------------------------------------------------------- the vital signs (--vitals)
+# icu/chartevents (mimic-code's vital-sign and GCS items, extract_cohort.VITAL_RULES) and icu/outputevents, at
+# the rates and with the value distributions of synthetic_vocab.json's `vitals` and `outputs` (the MEDS demo's
+# chartevents, the demo's outputevents). Each stay's physiology is a state per organ system on a 15-minute grid:
+# a stay level drawn from the latent severity, a slow random course (an Ornstein-Uhlenbeck process) and what the
+# stay's other courses imply (hypotension before and under vasopressors, hypoxaemia before an intubation, oliguria
+# in acute kidney injury, end-stage kidney disease and shock). An item's value is its state at the charting,
+# plus noise, read through the item's demo quantiles (a Gaussian copula), so the values keep the demo's
+# distribution while sick and well stays overlap. The rows are drawn per chunk of VITAL_CHUNK_STAYS stays from
+# their own random stream (seed, VITALS_STREAM, chunk): once for the truth, before the labels, and again,
+# identically, when written; the other tables' random draws are those of a run without --vitals.
+VITAL_COLUMNS = {
+    "icu/chartevents": "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,valueuom,"
+                       "warning",
+    "icu/outputevents": "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valueuom",
+}
+VITALS_STREAM, VITAL_CHUNK_STAYS = 24, 2000
+GRID_H = 0.25
+VITAL_SPAN_H = OBSERVATION_HOURS + 6  # rows are drawn over [intime, intime + min(los, 54 h)), as the ICU tables
+WEIGHT_KG = 80.0  # every stay's weight (the realistic regime's patientweight); the event table shows none
+HEART_RATE, RESP_RATE, SPO2, RESP_RATE_TOTAL = 220045, 220210, 220277, 224690
+NIBP, ABP, ART_BP = (220179, 220180, 220181), (220050, 220051, 220052), (225309, 225310, 225312)
+MEAN_PRESSURE = (220052, 220181, 225312)
+GCS_EYE, GCS_MOTOR, GCS_VERBAL = 220739, 223901, 223900
+GCS_INTUBATED = "No Response-ETT"
+FOLEY, VOID = 226559, 226560
+# urine, as mimic-code's urine_output.sql; its GU irrigant pair (volume in, subtracted, and out) is not generated
+URINE_ITEMS = (226559, 226560, 226561, 226584, 226563, 226564, 226565, 226567, 226557, 226558)
+OUTPUTS_NOT_GENERATED = (227488, 227489)
+# Items charted together (one charting time, storetime and shared measurement noise). A group is charted at its
+# item's rate among the demo's stays that chart it, in a share of the stays equal to those stays' share of the
+# demo's ICU hours (arterial lines more often in the sicker), the ventilator's rate while ventilated, GCS more often
+# while ventilated (GCS_WHEN_VENTILATED); each item of a group at each charting with its own rate's share.
+VITAL_GROUPS = {"monitor": (HEART_RATE, RESP_RATE, SPO2), "nibp": NIBP, "abp": ABP, "art_bp": ART_BP,
+                "temperature_f": (223761,), "temperature_c": (223762,), "glucose_finger": (225664,),
+                "glucose_serum": (220621,), "glucose_blood": (226537,), "gcs": (GCS_EYE, GCS_MOTOR, GCS_VERBAL),
+                "vent_rate": (RESP_RATE_TOTAL,)}
+# item: (organ system, its weight in the item's state, +1 if a worse state raises the value)
+ITEM_STATE = {HEART_RATE: ("circulation", 0.55, 1), RESP_RATE: ("respiration", 0.6, 1),
+              RESP_RATE_TOTAL: ("respiration", 0.5, 1), SPO2: ("respiration", 0.85, -1),
+              **{i: ("circulation", 0.85, -1) for i in NIBP + ABP + ART_BP},
+              223761: ("metabolic", 0.7, 1), 223762: ("metabolic", 0.7, 1), 225664: ("metabolic", 0.7, 1),
+              220621: ("metabolic", 0.7, 1), 226537: ("metabolic", 0.7, 1),
+              GCS_EYE: ("neurology", 0.85, -1), GCS_MOTOR: ("neurology", 0.85, -1), GCS_VERBAL: ("neurology", 0.85, -1)}
+# the mean state where an item is charted in some stays only (arterial lines in the sicker, the ventilator's rate
+# while ventilated), measured: the demo's quantiles of such an item are those of its own population
+ITEM_OFFSET = {**{i: 0.28 for i in ABP}, RESP_RATE_TOTAL: 0.38}
+# the share of an item's own noise that its charting shares with the others charted with it (one cuff reading);
+# the GCS components are assessed together but each has much of its own
+CHARTING_NOISE_SHARE = {"gcs": 0.3}
+URINE_STATE_WEIGHT = 0.85
+# organ system: (weight of the stay level, its correlation with the latent severity, weight of the slow course,
+# its time constant in hours); then the course effects below. SYSTEM_NORM: the mean and sd of the resulting state
+# over 6,000 stays' hours, which standardise it.
+SYSTEMS = {"circulation": (0.6, 0.5, 0.65, 6.0), "respiration": (0.6, 0.45, 0.65, 6.0),
+           "neurology": (0.85, 0.45, 0.45, 12.0), "renal": (0.65, 0.45, 0.6, 8.0), "metabolic": (0.6, 0.25, 0.7, 8.0)}
+SYSTEM_NORM = {"circulation": (0.11, 0.963), "respiration": (0.08, 0.975), "neurology": (0.0, 0.97),
+               "renal": (0.265, 1.04), "metabolic": (0.0, 0.927)}
+HYPOTENSION_BEFORE_PRESSOR = (2.0, 1.3)  # (hours before the first vasopressor, added state): the hypotension treated
+ON_PRESSOR = 0.2  # added while a vasopressor runs (pressure held near its target)
+# refractory shock, in some of the stays whose support escalates: (logit intercept, severity slope, added state)
+REFRACTORY = (-0.6, 0.8, 1.0)
+HYPOXAEMIA_BEFORE_INTUBATION = (5.0, 4.0, 0.6)  # (hours, added state, share of the intubations in the ICU)
+ON_VENTILATOR = 0.3
+AKI_OLIGURIA, ESRD_OLIGURIA, SHOCK_OLIGURIA = 0.8, 1.8, 0.4
+# brief desaturations (a mucus plug, suctioning, turning), deep and in any stay, read in the SpO2 alone: episodes
+# per stay (Poisson mean), shortest and longest in hours, added state
+DESATURATION = (0.9, 1.0, 3.0, 5.0)
+FOLEY_SHARE_LOGIT = (2.6, 0.8)  # a urinary catheter: logit intercept, severity slope (else voiding)
+VOIDING_WITH_FOLEY = 0.2  # stays with a catheter that also void (before it, or after it is removed)
+GCS_WHEN_VENTILATED = 2.2  # GCS is charted this many times as often in a ventilated (sedated) patient
+ABP_SLOPE = 1.0  # arterial line: severity slope on the logit of its share
+VENT_RATE_PER_HOUR = 0.55  # the ventilator's total rate, charted while ventilated (its overall rate is the demo's)
+VITAL_PATTERNS = {  # pattern: log-odds ratio of in-hospital death
+    "hypotension": 1.0,  # mean pressure < 65 mmHg throughout three 2-h bins known after a vasopressor was shown
+    "hypoxaemia": 0.9,   # SpO2 < 88% throughout two consecutive 2-h bins
+    "coma": 1.5,         # the last complete GCS <= 8 (an intubated verbal response counts as 15, mimic-code)
+    "oliguria": 1.1,     # urine < 0.3 mL/kg/h over 24 h (< 576 mL at 80 kg)
+}
+HYPOTENSION_MMHG, HYPOTENSION_BINS = 65, 3
+HYPOXAEMIA_PERCENT = 88
+COMA_GCS = 8
+OLIGURIA_ML_PER_KG_H, OLIGURIA_HOURS = 0.3, 24
+VITAL_BIN_H = 2.0  # extract_cohort's default --vital-bin-hours: the truth reads the bins it writes
+REALISTIC_INTERCEPT_VITALS = -4.1
+
+
+def vital_vocab(raw) -> SimpleNamespace:
+    """synthetic_vocab.json's `vitals` and `outputs` as arrays: items in a fixed order, each with its quantile
+    row (on the vocabulary's probability grid) or, for the GCS components, its score weights."""
+    vitals, outputs = raw["vitals"], raw["outputs"]
+    v = SimpleNamespace(p_grid=np.array(vitals["probabilities"]), out_p_grid=np.array(outputs["probabilities"]))
+    v.items = {int(k): item for k, item in vitals["items"].items()}
+    v.quantiles = {i: np.array(item["quantiles"]) for i, item in v.items.items() if "quantiles" in item}
+    v.store_delay = np.array(outputs["store_delay_minutes"])
+    v.outputs = [o for o in outputs["items"] if o["itemid"] not in OUTPUTS_NOT_GENERATED]
+    v.output_index = {o["itemid"]: k for k, o in enumerate(v.outputs)}
+    return v
+
+
+def ou_course(rng, m, steps, tau_h):
+    """m independent stationary Ornstein-Uhlenbeck courses (mean 0, sd 1, time constant tau_h) on the grid."""
+    a = np.exp(-GRID_H / tau_h)
+    x = np.empty((m, steps))
+    x[:, 0] = rng.standard_normal(m)
+    noise = rng.standard_normal((m, steps)) * np.sqrt(1 - a * a)
+    for k in range(1, steps):
+        x[:, k] = a * x[:, k - 1] + noise[:, k]
+    return x
+
+
+def on_grid(m, steps, stay, start_h, end_h, value=1.0):
+    """Sum over intervals [start_h, end_h) of stay `stay` (chunk-local index) of `value`, on the grid."""
+    out = np.zeros((m, steps + 1))
+    lo = np.clip(np.ceil(np.asarray(start_h) / GRID_H), 0, steps).astype(int)
+    hi = np.clip(np.ceil(np.asarray(end_h) / GRID_H), 0, steps).astype(int)
+    np.add.at(out, (stay, lo), value)
+    np.add.at(out, (stay, hi), -np.asarray(value, float) * np.ones(len(lo)))
+    return np.cumsum(out, axis=1)[:, :steps]
+
+
+def vital_state(seed, vocab, z, active, intime, los_h, course) -> SimpleNamespace:
+    """What the vital signs of every stay are drawn from: its severity and what its other courses show (per
+    stay, by the original stay index, before keep_alive), and the pressor times the truth compares with."""
+    n = len(z)
+    hours = lambda rows, t: (t - intime[rows.stay]) / HOUR  # noqa: E731
+    inputs, procs, labs = course.inputs, course.procs, course.labs
+    kept, ev = visible(inputs, intime, "icu")
+    first_pressor_seen = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first_pressor_seen, inputs.stay[kept], ev[kept])
+    # escalating support: an infusion's last rate >= 1.5 x its first, or a second agent
+    first = np.r_[True, inputs.infusion[1:] != inputs.infusion[:-1]] if len(inputs.stay) else np.zeros(0, bool)
+    last = np.r_[inputs.infusion[1:] != inputs.infusion[:-1], True] if len(inputs.stay) else np.zeros(0, bool)
+    up = inputs.rate[last] >= 1.5 * inputs.rate[first]
+    escalating = np.bincount(inputs.stay[last][up], minlength=n) > 0
+    escalating |= np.bincount(np.unique(inputs.stay * 4 + inputs.agent) // 4, minlength=n) >= 2
+    first_pressor_h = np.full(n, np.inf)
+    np.minimum.at(first_pressor_h, inputs.stay, hours(inputs, inputs.start))
+    vent = procs.itemid == VENTILATION
+    intubation = procs.itemid == INTUBATION
+    intubated_h = np.full(n, np.inf)
+    np.minimum.at(intubated_h, procs.stay[intubation], hours(procs, procs.start)[intubation])
+    creat = labs.itemid == CREATININE
+    order = np.flatnonzero(creat)[np.lexsort((labs.chart[creat], labs.stay[creat]))]
+    first_value = np.full(n, np.nan)
+    stays_with, earliest = np.unique(labs.stay[order], return_index=True)
+    first_value[stays_with] = labs.value[order][earliest]
+    highest = np.zeros(n)
+    np.maximum.at(highest, labs.stay[order], labs.value[order])
+    aki = (highest >= 1.5 * first_value) | (highest >= first_value + 0.3)
+    esrd = first_value >= 4.5
+    return SimpleNamespace(
+        seed=seed, vocab=vital_vocab(vocab.raw), n=n, z=z, active=active, intime=intime, los_h=los_h,
+        first_pressor_seen=first_pressor_seen, first_pressor_h=first_pressor_h, escalating=escalating,
+        pressor=SimpleNamespace(stay=inputs.stay, start=hours(inputs, inputs.start), end=hours(inputs, inputs.end)),
+        vent=SimpleNamespace(stay=procs.stay[vent], start=hours(procs, procs.start)[vent],
+                             end=hours(procs, procs.end)[vent]),
+        intubated_h=intubated_h, aki=aki, esrd=esrd, keep=np.ones(n, bool))
+
+
+def regular_times(rng, rate, span_h, shape=3.0, start_h=None):
+    """Stay index (into rate) and times in hours of a charting process per stay: gaps gamma(shape) with mean
+    1/rate (more regular than Poisson), a random phase, over [start_h, start_h + span_h)."""
+    rate, span_h = np.asarray(rate, float), np.asarray(span_h, float)
+    start_h = np.zeros(len(rate)) if start_h is None else np.asarray(start_h, float)
+    on = (rate > 0) & (span_h > 0)
+    most = np.where(on, np.ceil(rate * span_h * 1.5 + 6 * np.sqrt(rate * span_h + 1) + 2), 0).astype(int)
+    stay = np.repeat(np.arange(len(rate)), most)
+    gaps = rng.gamma(shape, 1.0 / (shape * rate[stay])) if len(stay) else np.zeros(0)
+    first = np.cumsum(most) - most
+    is_first = np.zeros(len(stay), bool)
+    is_first[first[most > 0]] = True
+    # the phase, so that the process is stationary: the start falls in a gap drawn length-biased (gamma(shape + 1)),
+    # at a uniform point of it
+    gaps[is_first] = rng.gamma(shape + 1, 1.0 / (shape * rate[stay[is_first]])) * rng.random(is_first.sum())
+    t = np.cumsum(gaps)
+    t -= np.repeat(t[first[most > 0]] - gaps[first[most > 0]], most[most > 0])
+    keep = t < span_h[stay]
+    return stay[keep], (start_h[stay] + t)[keep]
+
+
+def three_figures(x):
+    """x at 3 significant figures (0 stays 0), as query.sql's fmt_num shows it."""
+    x = np.asarray(x, float)
+    digits = 2 - np.floor(np.log10(np.where(x > 0, x, 1.0)))
+    return np.where(x > 0, np.round(x * 10.0 ** digits) / 10.0 ** digits, x)
+
+
+def minute_unique(stay, minutes):
+    """Rows (sorted by stay, minute) whose minute differs from the previous row's of the same stay."""
+    order = np.lexsort((minutes, stay))
+    stay, minutes = stay[order], minutes[order]
+    new = np.r_[True, (stay[1:] != stay[:-1]) | (minutes[1:] != minutes[:-1])] if len(stay) else np.zeros(0, bool)
+    return order[new]
+
+
+def quantile_value(p_grid, quantiles, u):
+    return np.interp(u, p_grid, quantiles)
+
+
+def organ_states(st, rng, lo_stay, hi_stay, normalise=True):
+    """The organ systems' states of stays [lo_stay, hi_stay) on the grid (standardised by SYSTEM_NORM), and
+    where a vasopressor runs, where the stay is ventilated and where its SpO2 briefly drops."""
+    m = hi_stay - lo_stay
+    steps = int(round(VITAL_SPAN_H / GRID_H))
+    z = st.z[lo_stay:hi_stay]
+    local = lambda rows: (rows.stay >= lo_stay) & (rows.stay < hi_stay)  # noqa: E731
+    pressor_on = local(st.pressor)
+    running = on_grid(m, steps, st.pressor.stay[pressor_on] - lo_stay, st.pressor.start[pressor_on],
+                      st.pressor.end[pressor_on]) > 0
+    first_pressor = st.first_pressor_h[lo_stay:hi_stay]
+    has_pressor = np.isfinite(first_pressor)
+    before_pressor = on_grid(m, steps, np.flatnonzero(has_pressor),
+                             first_pressor[has_pressor] - HYPOTENSION_BEFORE_PRESSOR[0], first_pressor[has_pressor])
+    vent_on = local(st.vent)
+    ventilated = on_grid(m, steps, st.vent.stay[vent_on] - lo_stay, st.vent.start[vent_on], st.vent.end[vent_on]) > 0
+    intubated_h = st.intubated_h[lo_stay:hi_stay]
+    has_intubation = np.isfinite(intubated_h) & (rng.random(m) < HYPOXAEMIA_BEFORE_INTUBATION[2])
+    before_intubation = on_grid(m, steps, np.flatnonzero(has_intubation),
+                                intubated_h[has_intubation] - HYPOXAEMIA_BEFORE_INTUBATION[0],
+                                intubated_h[has_intubation])
+    episodes = rng.poisson(DESATURATION[0], m) * st.active[lo_stay:hi_stay]
+    episode_stay = np.repeat(np.arange(m), episodes)
+    episode_start = rng.random(len(episode_stay)) * np.minimum(st.los_h[lo_stay:hi_stay], VITAL_SPAN_H)[episode_stay]
+    desaturated = on_grid(m, steps, episode_stay, episode_start,
+                          episode_start + rng.uniform(DESATURATION[1], DESATURATION[2], len(episode_stay))) > 0
+    refractory = st.escalating[lo_stay:hi_stay] & (rng.random(m) < sigmoid(REFRACTORY[0] + REFRACTORY[1] * z))
+    effects = {
+        "circulation": running * (ON_PRESSOR + REFRACTORY[2] * refractory[:, None])
+        + HYPOTENSION_BEFORE_PRESSOR[1] * before_pressor,
+        "respiration": ON_VENTILATOR * ventilated + HYPOXAEMIA_BEFORE_INTUBATION[1] * before_intubation,
+        "neurology": 0.0,
+        "renal": (AKI_OLIGURIA * st.aki[lo_stay:hi_stay] + ESRD_OLIGURIA * st.esrd[lo_stay:hi_stay])[:, None]
+        + SHOCK_OLIGURIA * running,
+        "metabolic": 0.0,
+    }
+    state = {}
+    for name, (level_w, corr, course_w, tau) in SYSTEMS.items():
+        level = corr * z + np.sqrt(1 - corr ** 2) * rng.standard_normal(m)
+        raw = level_w * level[:, None] + course_w * ou_course(rng, m, steps, tau) + effects[name]
+        mean, sd = SYSTEM_NORM[name] if normalise else (0.0, 1.0)
+        state[name] = (raw - mean) / sd
+    return state, running, ventilated, desaturated
+
+
+def vital_rows(st, k) -> SimpleNamespace:
+    """The chartevents and outputevents rows of chunk k (original stays [k * VITAL_CHUNK_STAYS, ...)), drawn from
+    the chunk's own random stream: the same rows every time."""
+    rng = np.random.default_rng([st.seed, VITALS_STREAM, k])
+    v = st.vocab
+    lo_stay, hi_stay = k * VITAL_CHUNK_STAYS, min((k + 1) * VITAL_CHUNK_STAYS, st.n)
+    m = hi_stay - lo_stay
+    steps = int(round(VITAL_SPAN_H / GRID_H))
+    z, active = st.z[lo_stay:hi_stay], st.active[lo_stay:hi_stay]
+    span = np.where(active, np.minimum(st.los_h[lo_stay:hi_stay], VITAL_SPAN_H), 0.0)
+    state, running, ventilated, desaturated = organ_states(st, rng, lo_stay, hi_stay)
+
+    def state_at(name, stay, hours):
+        return state[name][stay, np.clip((hours / GRID_H).astype(int), 0, steps - 1)]
+
+    activity = rng.gamma(16.0, 1 / 16.0, m)
+    # --- chartevents: per group, its chartings, then one row per item charted at each
+    rows = {key: [] for key in ("stay", "itemid", "hours", "group_charting", "value", "ett")}
+    charting_base = 0
+    ventilated_at = lambda stay, hours: ventilated[stay, np.clip((hours / GRID_H).astype(int), 0, steps - 1)]  # noqa: E731
+    vent_share = 0.18  # of the stays' hours (measured), so that GCS keeps its overall rate
+    for group, items in VITAL_GROUPS.items():
+        lead = max(items, key=lambda i: v.items[i]["rate_in_stays"])
+        rate = v.items[lead]["rate_in_stays"]
+        share = v.items[lead]["rate"] / rate  # the share of the demo's hours in stays that chart it
+        if group == "vent_rate":
+            stay, hours = regular_times(rng, np.full(m, VENT_RATE_PER_HOUR) * activity, span)
+            stay, hours = stay[ventilated_at(stay, hours)], hours[ventilated_at(stay, hours)]
+        elif group == "gcs":
+            boost = GCS_WHEN_VENTILATED / (1 - vent_share + vent_share * GCS_WHEN_VENTILATED)
+            stay, hours = regular_times(rng, np.full(m, rate * boost) * activity * active, span)
+            keep = ventilated_at(stay, hours) | (rng.random(len(stay)) < 1 / GCS_WHEN_VENTILATED)
+            stay, hours = stay[keep], hours[keep]
+        else:
+            if group == "abp":
+                has = rng.random(m) < sigmoid(np.log(share / (1 - share)) + ABP_SLOPE * z)
+            else:
+                has = rng.random(m) < share
+            stay, hours = regular_times(rng, rate * activity * has, span)
+        pick_rows = minute_unique(stay, minute_times(st.intime[stay + lo_stay], hours) // 60)  # one per charttime
+        stay, hours = stay[pick_rows], hours[pick_rows]
+        n_chartings = len(stay)
+        noise = rng.standard_normal(n_chartings)  # the charting's own noise, shared by its items (one cuff reading)
+        for item in items:
+            present = rng.random(n_chartings) < min(1.0, v.items[item]["rate_in_stays"] / rate)
+            if group == "vent_rate":
+                present[:] = True
+            s_, h_, e_ = stay[present], hours[present], noise[present]
+            system, weight, direction = ITEM_STATE[item]
+            shared = CHARTING_NOISE_SHARE.get(group, 0.85)
+            own = np.sqrt(1 - weight ** 2) * (shared * e_ + np.sqrt(1 - shared ** 2) * rng.standard_normal(len(s_)))
+            latent = weight * (state_at(system, s_, h_) - ITEM_OFFSET.get(item, 0.0)) + own
+            if item == SPO2:  # a brief desaturation reads in the SpO2 alone
+                latent += weight * DESATURATION[3] * desaturated[s_, np.clip((h_ / GRID_H).astype(int), 0, steps - 1)]
+            ett = np.zeros(len(s_), bool)
+            if item in (GCS_EYE, GCS_MOTOR, GCS_VERBAL):
+                intubated = ventilated[s_, np.clip((h_ / GRID_H).astype(int), 0, steps - 1)]
+                u = sigmoid(-1.702 * latent)  # ~ the normal CDF: a worse state, a lower score
+                value = np.zeros(len(s_))
+                for on, key in ((~intubated, "scores"), (intubated, "scores_intubated")):
+                    weights = np.array(v.items[item][key], float)
+                    if weights.sum() == 0:
+                        continue
+                    cdf = np.cumsum(weights) / weights.sum()
+                    value[on] = 1 + np.minimum(np.searchsorted(cdf, u[on], side="right"), len(cdf) - 1)
+                if item == GCS_VERBAL:
+                    ett = intubated
+                    value[ett] = v.items[item]["intubated_valuenum"]
+            else:
+                u = sigmoid(1.702 * direction * latent)
+                value = quantile_value(v.p_grid, v.quantiles[item], u)
+                d = v.items[item]["decimals"]
+                value = np.round(value * 10.0 ** d) / 10.0 ** d
+            rows["stay"].append(s_)
+            rows["itemid"].append(np.full(len(s_), item))
+            rows["hours"].append(h_)
+            rows["group_charting"].append(charting_base + np.flatnonzero(present))
+            rows["value"].append(value)
+            rows["ett"].append(ett)
+        charting_base += n_chartings
+    chart = SimpleNamespace(**{key: np.concatenate(parts) for key, parts in rows.items()})
+    # a charting's items are stored together, a delay after it (the demo's outputevents delays, none negative)
+    delay_min = np.maximum(0, quantile_value(v.out_p_grid, v.store_delay, rng.random(charting_base)))
+    chart.stay_index = chart.stay + lo_stay
+    t0 = minute_times(st.intime[chart.stay_index], chart.hours)
+    chart.chart = t0
+    chart.store = t0 + (np.round(delay_min[chart.group_charting]) * 60).astype(np.int64)
+    chart.caregiver = rng.integers(10000, 99999, charting_base)[chart.group_charting]
+
+    # --- outputevents: urine from the renal state (a catheter charted about hourly, or voids), other outputs
+    foley = active & (rng.random(m) < sigmoid(FOLEY_SHARE_LOGIT[0] + FOLEY_SHARE_LOGIT[1] * z))
+    voids = active & (~foley | (rng.random(m) < VOIDING_WITH_FOLEY))
+    parts = []
+    for itemid, has in ((FOLEY, foley), (VOID, voids)):
+        o = v.outputs[v.output_index[itemid]]
+        stay, hours = regular_times(rng, o["rate_in_stays"] * activity * has, span, shape=4.0 if itemid == FOLEY else 2.0)
+        latent = URINE_STATE_WEIGHT * state_at("renal", stay, hours) \
+            + np.sqrt(1 - URINE_STATE_WEIGHT ** 2) * rng.standard_normal(len(stay))
+        parts.append((stay, hours, np.full(len(stay), itemid),
+                      quantile_value(v.out_p_grid, np.array(o["quantiles"]), sigmoid(-1.702 * latent))))
+    for o in v.outputs:
+        if o["itemid"] in (FOLEY, VOID):
+            continue
+        has = active & (rng.random(m) < o["rate"] / o["rate_in_stays"])  # its share of the demo's hours
+        stay, hours = regular_times(rng, o["rate_in_stays"] * activity * has, span, shape=1.5)
+        parts.append((stay, hours, np.full(len(stay), o["itemid"]),
+                      quantile_value(v.out_p_grid, np.array(o["quantiles"]), rng.random(len(stay)))))
+    stay, hours, itemid, value = (np.concatenate(x) for x in zip(*parts))
+    pick_rows = minute_unique(stay * 1_000_000 + itemid, minute_times(st.intime[stay + lo_stay], hours) // 60)
+    stay, hours, itemid, value = stay[pick_rows], hours[pick_rows], itemid[pick_rows], value[pick_rows]
+    value = three_figures(np.round(value))  # whole mL, at most 3 significant figures: the volume the table shows
+    out = SimpleNamespace(stay=stay, stay_index=stay + lo_stay, itemid=itemid, value=value)
+    out.chart = minute_times(st.intime[out.stay_index], hours)
+    delay = np.round(quantile_value(v.out_p_grid, v.store_delay, rng.random(len(stay))))
+    out.store = out.chart + (delay * 60).astype(np.int64)
+    out.caregiver = rng.integers(10000, 99999, len(stay))
+    return SimpleNamespace(lo=lo_stay, hi=hi_stay, chart=chart, out=out)
+
+
+def bins_of(stay, key, chart, store, value, prediction):
+    """The 2-hour bins query.sql writes (per stay, key = item or item group, bin counted back from the prediction
+    time): for rows sorted by (stay, key, bin, charttime), each bin's first position, last position (the charting
+    shown), min and max value and the latest storetime (when the bin is known)."""
+    bin_number = (prediction - chart) // int(VITAL_BIN_H * HOUR)
+    order = np.lexsort((chart, bin_number, key, stay))
+    group = np.c_[stay[order], key[order], bin_number[order]]
+    new = np.r_[True, np.any(group[1:] != group[:-1], axis=1)] if len(order) else np.zeros(0, bool)
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, len(order) - 1] if len(first) else first
+    with np.errstate(invalid="ignore"):
+        low = np.minimum.reduceat(value[order], first) if len(first) else np.zeros(0)
+        high = np.maximum.reduceat(value[order], first) if len(first) else np.zeros(0)
+    known = np.maximum.reduceat(store[order], first) if len(first) else np.zeros(0, np.int64)
+    return SimpleNamespace(order=order, first=first, last=last, stay=stay[order][first], key=key[order][first],
+                           bin=bin_number[order][first], low=low, high=high, known=known)
+
+
+def vital_patterns(st, rows) -> tuple[dict, dict]:
+    """The four physiology patterns of the chunk's stays, from the rows query.sql keeps at the default prediction
+    time (storetime in [intime, intime + 48 h); every drawn value is inside the items' bounds) and, for chartevents,
+    the 2-hour bins it writes (--vital-bin-hours 2: each bin's last charting, min and max, known at its latest
+    storetime). Returns per-stay flags (chunk-local) and, per table, each row's pattern ("" if none)."""
+    m = rows.hi - rows.lo
+    c, o = rows.chart, rows.out
+    intime = st.intime[c.stay_index]
+    prediction = intime + int(OBSERVATION_HOURS * HOUR)
+    kept = (c.store >= intime) & (c.store < prediction)
+    flags = {name: np.zeros(m, bool) for name in VITAL_PATTERNS}
+    marks = {"chartevents": np.full(len(c.stay), "", dtype=object), "outputevents": np.full(len(o.stay), "", dtype=object)}
+
+    # hypotension despite vasopressors: >= 2 bins of a mean pressure whose highest value is < 65 mmHg (low for the
+    # whole 2 hours), known after a vasopressor was shown
+    at = np.flatnonzero(kept & np.isin(c.itemid, MEAN_PRESSURE))
+    b = bins_of(c.stay[at], c.itemid[at], c.chart[at], c.store[at], c.value[at], prediction[at])
+    low = (b.high < HYPOTENSION_MMHG) & (b.known >= st.first_pressor_seen[b.stay + rows.lo])
+    distinct = np.unique(b.stay[low] * 10_000 + b.bin[low])
+    flags["hypotension"] = np.bincount(distinct // 10_000, minlength=m) >= HYPOTENSION_BINS
+    shown = at[b.order[b.last]]
+    marks["chartevents"][shown[low & flags["hypotension"][b.stay]]] = "hypotension"
+
+    # hypoxaemia: SpO2 < 88% throughout two consecutive bins (each bin's highest)
+    at = np.flatnonzero(kept & (c.itemid == SPO2))
+    b = bins_of(c.stay[at], c.itemid[at], c.chart[at], c.store[at], c.value[at], prediction[at])
+    low = b.high < HYPOXAEMIA_PERCENT
+    key = b.stay.astype(np.int64) * 1000 + b.bin
+    low_keys = key[low]
+    paired = low & (np.isin(key + 1, low_keys) | np.isin(key - 1, low_keys))
+    flags["hypoxaemia"][b.stay[paired]] = True
+    marks["chartevents"][at[b.order[b.last]][paired]] = "hypoxaemia"
+
+    # coma: the last complete GCS shown (eye, motor and verbal charted together, each its bin's last) <= 8, with
+    # an intubated verbal response ("No Response-ETT") counting the total as 15, as mimic-code's gcs.sql does
+    at = np.flatnonzero(kept & np.isin(c.itemid, (GCS_EYE, GCS_MOTOR, GCS_VERBAL)))
+    b = bins_of(c.stay[at], c.itemid[at], c.chart[at], c.store[at], c.value[at], prediction[at])
+    shown = at[b.order[b.last]]
+    order = np.lexsort((c.itemid[shown], c.chart[shown], c.stay[shown]))
+    shown = shown[order]
+    same = np.c_[c.stay[shown], c.chart[shown]]
+    new = np.r_[True, np.any(same[1:] != same[:-1], axis=1)] if len(shown) else np.zeros(0, bool)
+    first = np.flatnonzero(new)
+    size = np.diff(np.r_[first, len(shown)])
+    complete = first[size == 3]
+    if len(complete):
+        total = c.value[shown[complete]] + c.value[shown[complete + 1]] + c.value[shown[complete + 2]]
+        total = np.where(c.ett[shown[complete]] | c.ett[shown[complete + 1]] | c.ett[shown[complete + 2]], 15, total)
+        stay_of = c.stay[shown[complete]]
+        latest = np.r_[stay_of[1:] != stay_of[:-1], True]  # sorted by (stay, charttime): the last per stay
+        coma = latest & (total <= COMA_GCS)
+        flags["coma"][stay_of[coma]] = True
+        for offset in range(3):
+            marks["chartevents"][shown[complete[coma] + offset]] = "coma"
+
+    # oliguria: urine (mimic-code's urine items) charted in (t - 24 h, t] totals < 0.3 mL/kg/h x 80 kg x 24 h, for
+    # a urine charting t at least 24 h after the stay's first urine charting shown
+    o_intime = st.intime[o.stay_index]
+    at = np.flatnonzero((o.store >= o_intime) & (o.store < o_intime + int(OBSERVATION_HOURS * HOUR))
+                        & np.isin(o.itemid, URINE_ITEMS))
+    at = at[np.lexsort((o.chart[at], o.stay[at]))]
+    stay, t, volume = o.stay[at], o.chart[at], o.value[at]
+    cum = np.r_[0.0, np.cumsum(volume)]
+    key = stay.astype(np.int64) * 10 ** 11 + (t - EPOCH_2100)
+    window = int(OLIGURIA_HOURS * HOUR)
+    start = np.searchsorted(key, key - window, side="right")  # the first charting after t - 24 h
+    end = np.searchsorted(key, key, side="right")  # and every charting at t
+    first_of_stay = np.searchsorted(stay, stay, side="left")
+    covered = t - window >= t[first_of_stay] if len(t) else np.zeros(0, bool)
+    low = covered & (cum[end] - cum[start] < OLIGURIA_ML_PER_KG_H * WEIGHT_KG * OLIGURIA_HOURS)
+    flags["oliguria"][stay[low]] = True
+    inside = np.zeros(len(t) + 1, int)
+    np.add.at(inside, start[low], 1)
+    np.add.at(inside, end[low], -1)
+    marks["outputevents"][at[np.cumsum(inside)[:-1] > 0]] = "oliguria"
+    return flags, marks
+
+
+def vital_flags(st) -> dict:
+    """The physiology patterns of every stay (original indices), chunk by chunk; the rows are not kept."""
+    flags = {name: np.zeros(st.n, bool) for name in VITAL_PATTERNS}
+    for k in range(-(-st.n // VITAL_CHUNK_STAYS)):
+        rows = vital_rows(st, k)
+        chunk_flags, _ = vital_patterns(st, rows)
+        for name in VITAL_PATTERNS:
+            flags[name][rows.lo:rows.hi] = chunk_flags[name]
+    return flags
+
+
+def source_times(seconds) -> np.ndarray:
+    """charttime as query.sql casts it into source_id ("2150-01-01 10:00:00")."""
+    return np.char.replace(np.datetime_as_string(stamp(seconds), unit="s"), "T", " ")
+
+
+def write_vitals(w, s, planted):
+    """icu/chartevents and icu/outputevents of the kept stays, chunk by chunk (the rows drawn for the truth, drawn
+    again); the rows that show a pattern go to `planted` with query.sql's source_id, itemid:charttime."""
+    st = s.vitals
+    v = st.vocab
+    new_index = np.cumsum(st.keep) - 1
+    gcs_texts = {i: v.items[i]["texts"] for i in (GCS_EYE, GCS_MOTOR, GCS_VERBAL)}
+    for k in range(-(-st.n // VITAL_CHUNK_STAYS)):
+        rows = vital_rows(st, k)
+        _, marks = vital_patterns(st, rows)
+        for table, r in (("chartevents", rows.chart), ("outputevents", rows.out)):
+            keep = np.flatnonzero(st.keep[r.stay_index])
+            keep = keep[np.lexsort((r.itemid[keep], r.chart[keep], r.stay[keep]))]  # by stay, then time
+            stay = new_index[r.stay_index[keep]]
+            itemid, chart = r.itemid[keep], r.chart[keep]
+            source_id = np.char.add(np.char.add(itemid.astype(str), ":"), source_times(chart))
+            for factor in VITAL_PATTERNS:
+                on = marks[table][keep] == factor
+                if on.any():
+                    planted.append((table, source_id[on], factor, s.stay_id[stay[on]]))
+            n = len(stay)
+            common = dict(subject_id=s.stay_subject[stay], hadm_id=s.hadm_id[stay], stay_id=s.stay_id[stay],
+                          caregiver_id=r.caregiver[keep], charttime=stamp(chart), storetime=stamp(r.store[keep]),
+                          itemid=itemid)
+            value = r.value[keep]
+            if table == "outputevents":
+                w.add("icu/outputevents", n, **common, value=value,
+                      valueuom=strings([o["unit"] for o in v.outputs],
+                                       np.array([v.output_index[i] for i in itemid], dtype=np.int64)))
+                continue
+            ett = r.ett[keep]
+            text = np.empty(n, dtype=object)
+            for item in np.unique(itemid):
+                at = itemid == item
+                if item in gcs_texts:
+                    words = np.array(gcs_texts[item] + [GCS_INTUBATED], dtype=object)
+                    text[at] = words[np.where(ett[at], len(words) - 1, value[at].astype(int) - 1)]
+                else:
+                    text[at] = np.char.mod(f"%.{v.items[item]['decimals']}f", value[at])
+            units = [v.items[i]["unit"] for i in v.items]
+            unit_of = {i: j for j, i in enumerate(v.items)}
+            unit_index = np.array([unit_of[i] for i in itemid], dtype=np.int64)
+            w.add("icu/chartevents", n, **common, value=pa.array(text, pa.string()), valuenum=value,
+                  valueuom=strings([u or "" for u in units], unit_index,
+                                   mask=np.array([u is None for u in units])[unit_index]),
+                  warning=np.zeros(n, np.int64))
+        w.flush()
 
 
 def make_sample(output=SAMPLE_PATH, n_stays=SAMPLE_STAYS, seed=SAMPLE_SEED, work_dir=None) -> dict:
@@ -1625,6 +2228,8 @@ def attach_truth(events_path, mimic_dir) -> None:
 
     import extract_cohort
     events_path, truth = Path(events_path), Path(mimic_dir) / "truth"
+    with gzip.open(truth / "planted_rows.csv.gz", "rt") as f:  # --vitals: rows named by stay too
+        by_stay = "stay_id" in f.readline().strip().split(",")
     reader = (f"read_parquet('{events_path}')" if events_path.name.endswith(".parquet") else
               f"read_csv('{events_path}', types={{'source_table': 'VARCHAR', 'source_id': 'VARCHAR'}})")
     con = duckdb.connect()
@@ -1635,9 +2240,10 @@ def attach_truth(events_path, mimic_dir) -> None:
                      CASE WHEN e.event_type IS NOT NULL AND p.source_id IS NOT NULL THEN 1 ELSE 0 END AS planted_risk,
                      ROUND(t.true_probability, 4) AS true_probability
               FROM {reader} AS e
-              LEFT JOIN (SELECT DISTINCT source_table, source_id
+              LEFT JOIN (SELECT DISTINCT source_table, source_id{", CAST(stay_id AS BIGINT) AS stay_id" if by_stay else ""}
                          FROM read_csv('{truth / "planted_rows.csv.gz"}', all_varchar = true)) AS p
                 ON p.source_table = e.source_table AND p.source_id = e.source_id
+                   {"AND p.stay_id = e.stay_id" if by_stay else ""}
               LEFT JOIN read_csv('{truth / "stays.csv.gz"}') AS t ON t.stay_id = e.stay_id
               ORDER BY e.stay_id, e.event_time NULLS FIRST, e.event_type, e.event_text, e.source_table, e.source_id
             ) TO '{tmp}' ({extract_cohort.copy_options(events_path)})""")
@@ -1656,10 +2262,16 @@ def main(argv=None):
     parser.add_argument("--events-per-stay", type=float, default=None,
                         help=f"mean background events generated per stay (default: {REALISTIC_EVENTS_PER_STAY:g} "
                              f"realistic, {SMALL_EVENTS_PER_STAY:g} small; about 3/4 fall in the 48 h window)")
+    parser.add_argument("--vitals", action="store_true",
+                        help="realistic regime: also write icu/chartevents (vital signs, GCS) and "
+                             "icu/outputevents (urine, drains) at the demo's rates and value distributions, with "
+                             "physiology patterns in the truth (hypotension despite vasopressors, hypoxaemia, "
+                             "coma, oliguria); off, every file is what it was without the option")
     parser.add_argument("--extract", type=Path, metavar="FILE",
-                        help="then run extract_cohort.py (query.sql, its defaults) on --out-dir and write the "
-                             "event table to FILE (.csv, .csv.gz or .parquet), with the truth columns "
-                             "planted_risk and true_probability as in sample_train.csv")
+                        help="then run extract_cohort.py (query.sql, its defaults; with --vitals also the vital "
+                             "and output kinds) on --out-dir and write the event table to FILE (.csv, .csv.gz or "
+                             ".parquet), with the truth columns planted_risk and true_probability as in "
+                             "sample_train.csv")
     parser.add_argument("--make-sample", action="store_true",
                         help=f"remake {SAMPLE_PATH.name} ({SAMPLE_STAYS} stays, seed {SAMPLE_SEED}) exactly")
     args = parser.parse_args(argv)
@@ -1672,11 +2284,16 @@ def main(argv=None):
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         for sub in ("hosp", "icu", "truth"):
             shutil.rmtree(args.out_dir / sub, ignore_errors=True)
-    stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay, regime=args.regime)
+    if args.vitals and args.regime != "realistic":
+        parser.error("--vitals needs --regime realistic")
+    stats = generate(args.out_dir, args.n_stays, args.seed, args.events_per_stay, regime=args.regime,
+                     vitals=args.vitals)
     print(f"Wrote synthetic MIMIC-IV to {args.out_dir}: " + " ".join(f"{k}={v}" for k, v in stats.items()))
     if args.extract:
         import extract_cohort
-        counts = extract_cohort.extract_cohort(args.extract, args.out_dir, progress=False)
+        kinds = (*extract_cohort.DEFAULT_EVENT_KINDS, "vital", "output") if args.vitals else \
+            extract_cohort.DEFAULT_EVENT_KINDS
+        counts = extract_cohort.extract_cohort(args.extract, args.out_dir, progress=False, event_kinds=kinds)
         attach_truth(args.extract, args.out_dir)
         print(f"Wrote the event table {args.extract}: {extract_cohort.format_counts(counts)}")
     return stats

@@ -416,3 +416,287 @@ def test_bad_stay_count(tmp_path):
     with pytest.raises(ValueError, match="n-stays"):
         synthetic_mimic.generate(tmp_path, 0)
     assert np.isclose(synthetic_mimic.sigmoid(0.0), 0.5)
+
+
+# ----------------------------------------------------------------------------- --vitals: chartevents, outputevents
+WITH_VITALS = (*extract_cohort.DEFAULT_EVENT_KINDS, "vital", "output")
+# MIMIC-IV 2.2's chartevents columns (the demo download has no chartevents file: tests/test_extract_vitals.py)
+CHARTEVENTS_COLUMNS = ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid", "value",
+                       "valuenum", "valueuom", "warning"]
+
+
+@pytest.fixture(scope="module")
+def realistic_vitals(tmp_path_factory):
+    """1,200 stays of the realistic regime with --vitals (about 870 in the cohort), extracted with the vital and
+    output kinds at the default 2-hour bins (about 20 s on 2 cores: its tests are marked slow)."""
+    root = tmp_path_factory.mktemp("realistic_vitals")
+    stats = synthetic_mimic.generate(root / "mimic", 1200, seed=13, vitals=True)
+    events = root / "events.parquet"
+    counts = extract_cohort.extract_cohort(events, root / "mimic", progress=False, event_kinds=WITH_VITALS)
+    return root / "mimic", stats, pd.read_parquet(events), counts
+
+
+def source_parts(rows: pd.DataFrame) -> pd.DataFrame:
+    """itemid and charttime of chartevents / outputevents rows, read back from query.sql's source_id."""
+    parts = rows["source_id"].str.split(":", n=1)
+    return rows.assign(itemid=parts.str[0].astype("int64"), charttime=pd.to_datetime(parts.str[1]))
+
+
+def vital_events(events: pd.DataFrame) -> pd.DataFrame:
+    """The `vital` rows with itemid, charttime, the value shown (NaN for a word), the bin's min and max, whether it
+    is an intubated verbal response, and the 2-hour bin (counted back from the prediction time)."""
+    rows = source_parts(events[events["event_type"] == "vital"])
+    label = rows["itemid"].map({i: r.label for i, r in extract_cohort.VITAL_RULES.items()})
+    rest = pd.Series([t[len("Vital: ") + len(lab) + 1:] for t, lab in zip(rows["event_text"], label)], index=rows.index)
+    rows["ett"] = rest.str.startswith(synthetic_mimic.GCS_INTUBATED)
+    rows["value"] = pd.to_numeric(rest.str.split(" ").str[0].where(~rows["ett"]), errors="coerce")
+    bounds = rest.str.extract(r"\(min (-?[\d.]+), max (-?[\d.]+)\)$").astype(float)
+    rows["low"], rows["high"] = bounds[0], bounds[1]
+    since = (pd.to_datetime(rows["prediction_time"]) - rows["charttime"]).dt.total_seconds()
+    rows["bin"] = (since // (synthetic_mimic.VITAL_BIN_H * 3600)).astype(int)
+    return rows
+
+
+def output_events(events: pd.DataFrame) -> pd.DataFrame:
+    rows = source_parts(events[events["event_type"] == "output"])
+    return rows.assign(value=rows["event_text"].str.extract(r" (-?[\d.]+) ml$")[0].astype(float))
+
+
+def vital_patterns_from_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The four physiology patterns of --vitals, recomputed from the event table alone (pandas, as the module
+    docstring defines them on the default 2-hour bins). One row per stay of the table."""
+    sm = synthetic_mimic
+    events = table.dropna(subset=["event_type"]).copy()
+    events["event_time"] = pd.to_datetime(events["event_time"])
+    vitals, outputs = vital_events(events), output_events(events)
+    out = pd.DataFrame(index=pd.Index(sorted(table["stay_id"].unique()), name="stay_id"))
+
+    pressors = pressor_rows(events[events["event_type"] == "input"])
+    first_pressor = pressors.groupby("stay_id")["event_time"].min()
+    pressure = vitals[vitals["itemid"].isin(sm.MEAN_PRESSURE)].join(first_pressor.rename("pressor"), on="stay_id")
+    low = pressure[(pressure["high"] < sm.HYPOTENSION_MMHG) & (pressure["event_time"] >= pressure["pressor"])]
+    out["hypotension"] = low.groupby("stay_id")["bin"].nunique().reindex(out.index, fill_value=0) >= sm.HYPOTENSION_BINS
+
+    spo2 = vitals[(vitals["itemid"] == sm.SPO2) & (vitals["high"] < sm.HYPOXAEMIA_PERCENT)]
+    pairs = spo2.merge(spo2.assign(bin=spo2["bin"] - 1)[["stay_id", "bin"]], on=["stay_id", "bin"])
+    out["hypoxaemia"] = out.index.isin(pairs["stay_id"])
+
+    gcs = vitals[vitals["itemid"].isin([sm.GCS_EYE, sm.GCS_MOTOR, sm.GCS_VERBAL])]
+    per_time = gcs.groupby(["stay_id", "charttime"]).agg(items=("itemid", "nunique"), total=("value", "sum"),
+                                                          ett=("ett", "any"))
+    last = per_time[per_time["items"] == 3].groupby("stay_id").tail(1)
+    total = last["total"].where(~last["ett"], 15)
+    out["coma"] = out.index.isin(total[total <= sm.COMA_GCS].index.get_level_values("stay_id"))
+
+    urine = outputs[outputs["itemid"].isin(sm.URINE_ITEMS)][["stay_id", "charttime", "value"]]
+    first = urine.groupby("stay_id")["charttime"].min()
+    window = pd.Timedelta(hours=sm.OLIGURIA_HOURS)
+    ends = urine[["stay_id", "charttime"]].drop_duplicates().rename(columns={"charttime": "end"})
+    ends = ends[ends["end"] - window >= ends["stay_id"].map(first)]
+    spans = ends.merge(urine, on="stay_id")
+    spans = spans[(spans["charttime"] > spans["end"] - window) & (spans["charttime"] <= spans["end"])]
+    volume = spans.groupby(["stay_id", "end"])["value"].sum()
+    limit = sm.OLIGURIA_ML_PER_KG_H * sm.WEIGHT_KG * sm.OLIGURIA_HOURS
+    out["oliguria"] = out.index.isin(volume[volume < limit].index.get_level_values("stay_id"))
+    return out
+
+
+@pytest.mark.slow
+def test_vital_tables_have_mimic_columns_and_pass_the_query(realistic_vitals, mimic_demo_dir):
+    mimic, _, table, counts = realistic_vitals
+    assert header(mimic / "icu/chartevents.csv.gz") == CHARTEVENTS_COLUMNS
+    assert header(mimic / "icu/outputevents.csv.gz") == header(Path(mimic_demo_dir) / "icu/outputevents.csv.gz")
+    con = duckdb.connect()
+    demo_types = {r[0]: r[1] for r in con.execute(
+        f"DESCRIBE SELECT * FROM read_csv('{Path(mimic_demo_dir) / 'icu/outputevents.csv.gz'}')").fetchall()}
+    ours_types = {r[0]: r[1] for r in con.execute(
+        f"DESCRIBE SELECT * FROM read_csv('{mimic / 'icu/outputevents.csv.gz'}')").fetchall()}
+    assert ours_types == demo_types
+    chart = pd.read_csv(mimic / "icu/chartevents.csv.gz", keep_default_na=False, na_values=[""],
+                        parse_dates=["charttime", "storetime"], dtype={"value": str})
+    assert set(chart["itemid"]) == set(extract_cohort.VITAL_RULES)
+    for itemid, rule in extract_cohort.VITAL_RULES.items():  # every value passes the query's bounds
+        v = chart.loc[chart["itemid"] == itemid, "valuenum"]
+        assert (v > rule.low).all(), itemid
+        assert rule.high is None or ((v < rule.high) | (rule.high_inclusive & (v == rule.high))).all(), itemid
+    assert (chart["storetime"] >= chart["charttime"]).all()
+    # every active stay of the cohort has vital signs and outputs; some rows are stored after the prediction time
+    events = table.dropna(subset=["event_type"])
+    per_kind = events.groupby(["stay_id", "event_type"]).size().unstack(fill_value=0)
+    assert (per_kind["vital"] > 50).mean() > 0.97 and (per_kind["output"] > 0).mean() > 0.97
+    cohort = table.drop_duplicates("stay_id")[["stay_id", "prediction_time"]]
+    chart = chart.merge(cohort.assign(prediction_time=pd.to_datetime(cohort["prediction_time"])), on="stay_id")
+    late = (chart["charttime"] < chart["prediction_time"]) & (chart["storetime"] >= chart["prediction_time"])
+    assert late.sum() > 100
+    # each vital event shows a charting stored before the prediction time
+    shown = source_parts(events[events["event_type"] == "vital"])[["stay_id", "itemid", "charttime"]]
+    shown = shown.merge(chart, on=["stay_id", "itemid", "charttime"], how="left", validate="one_to_one")
+    assert (shown["storetime"] < shown["prediction_time"]).all()
+    assert counts["stays"] > 700
+
+
+@pytest.mark.slow
+def test_vital_rates_and_values_match_the_demo(realistic_vitals):
+    """Per item: rows per hour of ICU stay within 25% of the demo's (items expected in >= 100 stays and >= 300
+    rows), value quantiles (10th, 50th, 90th; such items with >= 1,000 rows) within 10% of the demo's 5th-95th range or
+    one unit of the value's precision, GCS score shares within 8 points (the verbal response counting "No
+    Response-ETT" as intubated), outputs' rates and volumes likewise."""
+    mimic, _, _, _ = realistic_vitals
+    vocab = synthetic_mimic.load_vocab().raw
+    stays = pd.read_csv(mimic / "icu/icustays.csv.gz", parse_dates=["intime", "outtime"])
+    hours = ((stays["outtime"] - stays["intime"]).dt.total_seconds() / 3600).clip(upper=synthetic_mimic.VITAL_SPAN_H)
+    hours = hours.sum()
+    chart = pd.read_csv(mimic / "icu/chartevents.csv.gz", keep_default_na=False, na_values=[""], dtype={"value": str})
+    outputs = pd.read_csv(mimic / "icu/outputevents.csv.gz")
+    failures = []
+
+    def compare(name, rows, item, grid, values):
+        expected_stays = item["rate"] / item["rate_in_stays"] * len(stays)
+        if expected_stays >= 100 and item["rate"] * hours >= 300 and \
+                abs(len(rows) / hours - item["rate"]) > 0.25 * item["rate"]:
+            failures.append(f"{name}: {len(rows) / hours:.3f} rows per hour, demo {item['rate']:.3f}")
+        if "quantiles" in item and expected_stays >= 100 and len(rows) >= 1000:
+            demo = np.interp([0.1, 0.5, 0.9], grid, item["quantiles"])
+            spread = np.diff(np.interp([0.05, 0.95], grid, item["quantiles"]))[0]
+            ours = np.quantile(values, [0.1, 0.5, 0.9])
+            if (np.abs(ours - demo) > max(0.1 * spread, 10.0 ** -item.get("decimals", 0)) + 1e-9).any():
+                failures.append(f"{name}: quantiles {ours}, demo {demo}")
+
+    grid = vocab["vitals"]["probabilities"]
+    for key, item in vocab["vitals"]["items"].items():
+        rows = chart[chart["itemid"] == int(key)]
+        compare(key, rows, item, grid, rows["valuenum"])
+        if "scores" in item:
+            ett = rows["value"] == synthetic_mimic.GCS_INTUBATED
+            demo = np.array(item["scores"]) + np.array(item["scores_intubated"])
+            demo = np.r_[demo / demo.sum() * (1 - item.get("intubated_share", 0)), item.get("intubated_share", 0)]
+            scores = rows.loc[~ett, "valuenum"].astype(int)
+            ours = np.r_[[(scores == k).sum() for k in range(1, len(item["scores"]) + 1)], ett.sum()] / len(rows)
+            if np.abs(ours - demo).max() > 0.08:
+                failures.append(f"{key}: score shares {ours.round(3)}, demo {demo.round(3)}")
+    grid = vocab["outputs"]["probabilities"]
+    for item in vocab["outputs"]["items"]:
+        if item["itemid"] in synthetic_mimic.OUTPUTS_NOT_GENERATED:
+            continue
+        rows = outputs[outputs["itemid"] == item["itemid"]]
+        compare(item["itemid"], rows, item, grid, rows["value"])
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.slow
+def test_vital_truth_is_the_documented_function_of_the_table(realistic_vitals):
+    """With --vitals, the truth's nine patterns, recomputed from the extracted table (default 2-hour bins), are the
+    generator's; the true probability is the documented logistic function of them; the label is drawn from it; the
+    planted rows are exactly the rows the table shows for each pattern's stays."""
+    mimic, _, table, _ = realistic_vitals
+    sm = synthetic_mimic
+    truth = pd.read_csv(mimic / "truth" / "stays.csv.gz").set_index("stay_id")
+    ours = patterns_from_table(table).join(vital_patterns_from_table(table))
+    theirs = truth.loc[ours.index]
+    for name in [*sm.PATTERNS, *sm.VITAL_PATTERNS]:
+        assert (ours[name] == theirs[f"factor_{name}"].astype(bool)).all(), name
+        assert 0.01 < ours[name].mean() < 0.35, name
+    age = table.drop_duplicates("stay_id").set_index("stay_id").loc[ours.index, "patient_age"]
+    logit = sm.REALISTIC_INTERCEPT_VITALS + sm.AGE_PER_YEAR * (age - 65) \
+        + sm.SHOCK_INTERACTION * (ours["lactate"] & ours["pressor"])
+    for name, coefficient in sm.PATTERNS.items():
+        weight = 2.0 ** (-ours[f"hours_{name}"].fillna(0) / sm.RECENCY_HALF_LIFE_H) if name in sm.RECENCY else 1.0
+        logit = logit + coefficient * ours[name] * weight
+    for name, coefficient in sm.VITAL_PATTERNS.items():
+        logit = logit + coefficient * ours[name]
+    assert np.allclose(1 / (1 + np.exp(-logit)), theirs["true_probability"], rtol=0, atol=1e-9)
+    labels = table.drop_duplicates("stay_id").set_index("stay_id").loc[ours.index, "mortality"]
+    assert 0.10 < labels.mean() < 0.22
+    assert 0.80 < roc_auc_score(labels, theirs["true_probability"]) < 0.95
+    # planted rows: named by (stay, table, source_id); each pattern's are in its stays only, and all its stays have some
+    planted = pd.read_csv(mimic / "truth" / "planted_rows.csv.gz", dtype={"source_id": str})
+    events = table.dropna(subset=["event_type"])
+    shown = events.merge(planted, on=["stay_id", "source_table", "source_id"])
+    for name in sm.VITAL_PATTERNS:
+        stays_with_rows = set(shown.loc[shown["factor"] == name, "stay_id"])
+        assert stays_with_rows == set(ours.index[ours[name]]), name
+
+
+@pytest.mark.slow
+def test_no_single_vital_statistic_gives_a_pattern_away(realistic_vitals):
+    """As for the other patterns: no threshold on one vital item's per-stay count, max, min, last or mean (of the
+    values the table shows: each bin's last, min and max) separates the stays with a physiology pattern from the
+    others (AUROC < 0.95 either way), and every item a pattern reads is charted in stays without it."""
+    _, _, table, _ = realistic_vitals
+    sm = synthetic_mimic
+    patterns = vital_patterns_from_table(table)
+    events = table.dropna(subset=["event_type"])
+    vitals, outputs = vital_events(events), output_events(events)
+    items = {"hypotension": sm.MEAN_PRESSURE, "hypoxaemia": (sm.SPO2,),
+             "coma": (sm.GCS_EYE, sm.GCS_MOTOR, sm.GCS_VERBAL), "oliguria": (sm.FOLEY, sm.VOID)}
+    failures = []
+    for pattern, itemids in items.items():
+        has = patterns[pattern]
+        for itemid in itemids:
+            rows = (outputs if pattern == "oliguria" else vitals)
+            rows = rows[rows["itemid"] == itemid]
+            if rows.empty:
+                continue
+            background_with_item = patterns.index[~has].isin(rows["stay_id"]).sum()
+            if background_with_item < 5:
+                failures.append(f"{itemid}: in {background_with_item} stays without {pattern}")
+            for column in ("value", "low", "high") if pattern != "oliguria" else ("value",):
+                for name, statistic in per_stay_statistics(rows.assign(value=rows[column]).dropna(subset=["value"]),
+                                                           patterns.index).items():
+                    auroc = roc_auc_score(has, statistic)
+                    if max(auroc, 1 - auroc) >= 0.95:
+                        failures.append(f"{itemid} {column} {name} separates {pattern}: AUROC {auroc:.3f}")
+    assert not failures, "; ".join(failures)
+
+
+def test_vitals_are_deterministic_and_opt_in(tmp_path):
+    """--vitals writes the two tables (the same for the same seed, however the chunks fall) and the stay of each
+    planted row; without it neither table, nor the column, is written."""
+    synthetic_mimic.generate(tmp_path / "a", 120, seed=3, vitals=True, chunk_stays=40)
+    synthetic_mimic.generate(tmp_path / "b", 120, seed=3, vitals=True)
+    for name in ("icu/chartevents.csv.gz", "icu/outputevents.csv.gz", "truth/stays.csv.gz", "icu/d_items.csv.gz"):
+        assert gzip.open(tmp_path / "a" / name).read() == gzip.open(tmp_path / "b" / name).read(), name
+    planted = [pd.read_csv(tmp_path / run / "truth/planted_rows.csv.gz") for run in ("a", "b")]
+    vital_rows = [p[p["source_table"].isin(["chartevents", "outputevents"])].reset_index(drop=True) for p in planted]
+    pd.testing.assert_frame_equal(*vital_rows)  # (other rows' ids follow the order in which chunks are written)
+    assert header(tmp_path / "a/truth/planted_rows.csv.gz") == ["source_table", "source_id", "factor", "stay_id"]
+    d_items = pd.read_csv(tmp_path / "a/icu/d_items.csv.gz")
+    assert set(extract_cohort.VITAL_RULES) <= set(d_items["itemid"]) and synthetic_mimic.FOLEY in set(d_items["itemid"])
+    synthetic_mimic.generate(tmp_path / "c", 120, seed=3)
+    assert not (tmp_path / "c/icu/chartevents.csv.gz").exists() and not (tmp_path / "c/icu/outputevents.csv.gz").exists()
+    assert header(tmp_path / "c/truth/planted_rows.csv.gz") == ["source_table", "source_id", "factor"]
+    with pytest.raises(ValueError, match="realistic"):
+        synthetic_mimic.generate(tmp_path / "d", 10, regime="small", vitals=True)
+
+
+def test_vocab_vital_items_are_the_querys():
+    """synthetic_vocab.json's vital items are extract_cohort.VITAL_RULES' (derive_synthetic_vocab.py lists them
+    itself: it imports no project module), and it holds rates and quantiles only."""
+    import derive_synthetic_vocab
+    raw = synthetic_mimic.load_vocab().raw
+    assert set(map(int, raw["vitals"]["items"])) == set(extract_cohort.VITAL_RULES) \
+        == set(derive_synthetic_vocab.VITAL_ITEMIDS)
+    keys = {k for item in raw["vitals"]["items"].values() for k in item} | {k for i in raw["outputs"]["items"] for k in i}
+    assert keys <= {"unit", "rate", "stay_share", "rate_in_stays", "quantiles", "decimals", "texts", "scores",
+                    "scores_intubated", "intubated_share", "intubated_valuenum", "itemid"}
+
+
+def test_one_command_makes_a_vitals_cohort(tmp_path):
+    """`synthetic_mimic.py --vitals --extract FILE`: the event table has the vital and output kinds, and its
+    planted_risk marks exactly the planted rows, named by stay, table and source_id (chartevents and outputevents
+    rows are named by itemid:charttime, which two stays can share)."""
+    events = tmp_path / "events.parquet"
+    synthetic_mimic.main(["--out-dir", str(tmp_path / "mimic"), "--n-stays", "150", "--seed", "5", "--vitals",
+                          "--extract", str(events)])
+    table = pd.read_parquet(events)
+    assert {"vital", "output"} <= set(table["event_type"].dropna())
+    planted = pd.read_csv(tmp_path / "mimic" / "truth" / "planted_rows.csv.gz", dtype={"source_id": str})
+    keys = planted[["stay_id", "source_table", "source_id"]].drop_duplicates().assign(expected=1)
+    marked = table.merge(keys, on=["stay_id", "source_table", "source_id"], how="left")["expected"].fillna(0)
+    marked = marked.where(table["event_type"].notna(), 0)
+    assert (table["planted_risk"].to_numpy() == marked.to_numpy()).all()
+    assert set(planted.loc[planted["source_table"].isin(["chartevents", "outputevents"]), "factor"]) <= \
+        set(synthetic_mimic.VITAL_PATTERNS)
+    assert table.loc[table["event_type"].isin(["vital", "output"]), "planted_risk"].sum() > 0
+    truth = pd.read_csv(tmp_path / "mimic" / "truth" / "stays.csv.gz")
+    assert {f"factor_{name}" for name in synthetic_mimic.VITAL_PATTERNS} <= set(truth.columns)
