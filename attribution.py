@@ -94,7 +94,7 @@ def integrated_gradients(model, events, mask, static, event_baseline=None, stati
 
 
 def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps=8, tolerance=0.05,
-                           max_n_steps=256, max_rows=None):
+                           max_n_steps=256, max_rows=None, return_pieces=False):
     """(Layer)IG integrated piece by piece, with more pieces where the path is rough.
 
     Why: on stays of hundreds of events the integrand (gradient . (input - baseline)) is flat near the
@@ -111,7 +111,7 @@ def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps
     `tolerance` x |change| and it has steps left (max_n_steps in all), its pieces with at least half of its
     largest |delta| are halved. At most `max_rows` pieces go into one Captum call (Captum's internal batch
     cannot be smaller than its number of inputs). Returns (attributions summed over each stay's pieces,
-    delta [B], steps [B])."""
+    delta [B], steps [B]) and, with return_pieces, the pieces (stay [P], a [P], b [P]) as a fourth element."""
     attribute = _in_chunks(attribute, max_rows)
     n_start = max(1, n_steps // segment_steps)
     edges = torch.linspace(0.0, 1.0, n_start + 1)
@@ -141,9 +141,27 @@ def adaptive_path_integral(attribute, change, n_stays, n_steps=32, segment_steps
         rows, a, b = torch.cat([rows[keep], new_rows]), torch.cat([a[keep], new_a]), torch.cat([b[keep], new_b])
         delta = torch.cat([delta[keep], new_delta.detach().float().cpu()])
         attrs = [torch.cat([old[keep.to(old.device)], new]) for old, new in zip(attrs, new_attrs)]
-    summed = tuple(torch.zeros(n_stays, *t.shape[1:], dtype=t.dtype, device=t.device).index_add_(
+    summed = _sum_pieces(attrs, rows, n_stays)
+    return (summed, total, steps, (rows, a, b)) if return_pieces else (summed, total, steps)
+
+
+def _sum_pieces(attrs, rows, n_stays):
+    """Attributions of path pieces (tuple of [P, ...]) summed per stay (rows [P]): tuple of [n_stays, ...]."""
+    return tuple(torch.zeros(n_stays, *t.shape[1:], dtype=t.dtype, device=t.device).index_add_(
         0, rows.to(t.device), t) for t in attrs)
-    return summed, total, steps
+
+
+def doubled_path_integral(attribute, pieces, n_stays, segment_steps=8, max_rows=None):
+    """The same path integral with every piece of `pieces` (adaptive_path_integral's, return_pieces=True) cut in
+    two halves of segment_steps steps each: twice the steps of every stay, on the same layout. Comparing it with
+    the attributions on `pieces` shows, event by event, how far they are from converged (the completeness delta
+    sums over events, so its errors can cancel). Returns the attributions summed per stay (a tuple, as
+    adaptive_path_integral's)."""
+    rows, a, b = pieces
+    middle = (a + b) / 2
+    attrs, _ = _in_chunks(attribute, max_rows)(rows.repeat(2), torch.cat([a, middle]), torch.cat([middle, b]),
+                                               segment_steps)
+    return _sum_pieces(attrs, rows.repeat(2), n_stays)
 
 
 def _in_chunks(attribute, max_rows):
@@ -172,10 +190,12 @@ def _segment(start, end, rows, a, b):
 
 def refined_integrated_gradients(model, events, mask, static, event_baseline=None, static_baseline=None,
                                  n_steps=32, internal_batch_size=None, tolerance=0.05, max_n_steps=256,
-                                 segment_steps=8):
+                                 segment_steps=8, with_doubled=False):
     """IG of every event and static column, integrated piece-wise until complete within `tolerance`
     (adaptive_path_integral). Returns event attributions [B,L], static attributions [B,S], the logit change
-    f(x) - f(baseline) [B], the completeness delta [B] and the steps used per stay [B]."""
+    f(x) - f(baseline) [B], the completeness delta [B] and the steps used per stay [B]; with_doubled (True, or
+    Bool[B]: for these stays) also, sixth, the event attributions with twice each stay's steps (every piece
+    halved: doubled_path_integral) [B,L], 0 for the stays not asked for."""
     base_events, base_static = path_baselines(events, mask, static, event_baseline, static_baseline)
     forward = LogitForward(model)
     ig = IntegratedGradients(forward)
@@ -191,9 +211,18 @@ def refined_integrated_gradients(model, events, mask, static, event_baseline=Non
             internal_batch_size=internal_batch_size, return_convergence_delta=True)
         return (attr_events.sum(-1).detach() * m, attr_static.detach()), delta
 
-    (ev, st), delta, steps = adaptive_path_integral(attribute, change, events.shape[0], n_steps, segment_steps,
-                                                    tolerance, max_n_steps, internal_batch_size)
-    return ev, st, change.detach(), delta.to(change.device), steps
+    (ev, st), delta, steps, pieces = adaptive_path_integral(attribute, change, events.shape[0], n_steps,
+                                                            segment_steps, tolerance, max_n_steps,
+                                                            internal_batch_size, return_pieces=True)
+    if with_doubled is None or with_doubled is False:
+        return ev, st, change.detach(), delta.to(change.device), steps
+    wanted = torch.ones(events.shape[0], dtype=torch.bool) if with_doubled is True else with_doubled.cpu()
+    keep = wanted[pieces[0]]
+    doubled = torch.zeros_like(ev)
+    if keep.any():
+        doubled, _ = doubled_path_integral(attribute, tuple(t[keep] for t in pieces), events.shape[0], segment_steps,
+                                           internal_batch_size)
+    return ev, st, change.detach(), delta.to(change.device), steps, doubled
 
 
 def find_input_projection(model):
@@ -204,6 +233,13 @@ def find_input_projection(model):
         raise AttributionError(f"{type(model).__name__} has no `input_proj` module; layer integrated gradients "
                                "needs the layer that projects the event features.")
     return layer
+
+
+def input_projection_is_linear(model):
+    """Whether the input projection is one nn.Linear: then LayerIG on its output is IG on the events with the static
+    features held at their values (a straight path maps to a straight path, and the gradient passes through the
+    matrix), so per event it differs from IG only through the static part of IG's path."""
+    return type(getattr(model, "input_proj", None)) is nn.Linear
 
 
 def layer_integrated_gradients(model, events, mask, static, event_baseline=None, n_steps=32,
@@ -282,10 +318,26 @@ def feature_ablation(model, events, mask, static, static_groups, static_baseline
 
 
 @torch.no_grad()
-def attention_outputs(model, events, mask, static):
-    logits, attn = model(events, mask, static, return_attention=True)
+def attention_outputs(model, events, mask, static, layers=True):
+    """(logits, attention outputs) of one forward. layers=False skips each layer's [L, L] attention weights (the
+    model's faster path): the pooling weights, the transformer output (read from `ln_f`, where the model has one)
+    and the pooling scores remain."""
+    if layers:
+        logits, attn = model(events, mask, static, return_attention=True)
+    else:
+        captured = {}
+        final_norm = getattr(model, "ln_f", None)
+        hook = (final_norm.register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+                if isinstance(final_norm, nn.Module) else None)
+        try:
+            logits, attn = model(events, mask, static)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if "out" in captured:
+            attn = dict(attn, transformer_output=captured["out"])
     attn = {k: v.detach() for k, v in attn.items()}
-    scores = pooling_scores(model, attn["transformer_output"])
+    scores = pooling_scores(model, attn["transformer_output"]) if "transformer_output" in attn else None
     if scores is not None:
         attn["pooling_scores"] = scores
     return logits, attn
@@ -396,26 +448,41 @@ def auto_rows(model, length, device, with_grad, share=0.25, cap=1024):
 # One batch, every method.
 
 def explain_batch(model, events, mask, static, static_groups, settings, event_baseline=None,
-                  static_baseline=None):
-    """Every method on one batch. Returns event attributions {method: [B,L]}, static attributions
-    {method: [B,G]}, the logits, IG's logit change and convergence delta, and the attention outputs."""
-    logits, attn = attention_outputs(model, events, mask, static)
+                  static_baseline=None, methods=METHODS, convergence=False, layer_attention=True):
+    """The methods on one batch: `methods` (of METHODS; integrated_gradients and attention_pooling always run:
+    every stay of a cohort gets them). Returns event attributions {method: [B,L]}, static attributions
+    {method: [B,G]}, the logits, IG's logit change, convergence delta and steps (LayerIG's too where it ran),
+    the attention outputs and, with `convergence` (True, or Bool[B]: for these stays), `ig_doubled`: IG's event
+    attributions with twice each stay's steps [B,L] (refined_integrated_gradients' with_doubled) and
+    `ig_doubled_stays` Bool[B]. layer_attention=False leaves out each layer's attention weights (attention_outputs'
+    faster path)."""
+    logits, attn = attention_outputs(model, events, mask, static, layers=layer_attention)
     rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=True)
-    ig_events, ig_static, ig_change, ig_delta, ig_steps = refined_integrated_gradients(
+    ig_events, ig_static, ig_change, ig_delta, ig_steps, *doubled = refined_integrated_gradients(
         model, events, mask, static, event_baseline, static_baseline, settings.n_steps, rows,
-        settings.ig_tolerance, settings.max_n_steps)
-    lig_events, lig_change, lig_delta, lig_steps = refined_layer_integrated_gradients(
-        model, events, mask, static, event_baseline, settings.n_steps, rows, settings.ig_tolerance,
-        settings.max_n_steps)
-    # FeatureAblation runs perturbations_per_eval x B rows per forward: bounded by the same memory budget
-    forward_rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device, with_grad=False)
-    per_eval = max(1, min(settings.perturbations_per_eval, forward_rows // max(1, events.shape[0])))
-    fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline, per_eval)
-    event_attr = {"integrated_gradients": ig_events, "layer_integrated_gradients": lig_events,
-                  "feature_ablation": fa_events, "attention_pooling": pooling_weights(attn) * mask}
-    static_attr = {"integrated_gradients": group_static(ig_static, static_groups), "feature_ablation": fa_static}
+        settings.ig_tolerance, settings.max_n_steps, with_doubled=convergence)
+    event_attr = {"integrated_gradients": ig_events}
+    static_attr = {"integrated_gradients": group_static(ig_static, static_groups)}
     cpu = lambda d: {k: v.detach().float().cpu() for k, v in d.items()}  # noqa: E731
-    return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(),
-                ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), ig_steps=ig_steps,
-                lig_change=lig_change.float().cpu(), lig_delta=lig_delta.float().cpu(), lig_steps=lig_steps,
+    result = dict(ig_change=ig_change.float().cpu(), ig_delta=ig_delta.float().cpu(), ig_steps=ig_steps)
+    if "layer_integrated_gradients" in methods:
+        lig_events, lig_change, lig_delta, lig_steps = refined_layer_integrated_gradients(
+            model, events, mask, static, event_baseline, settings.n_steps, rows, settings.ig_tolerance,
+            settings.max_n_steps)
+        event_attr["layer_integrated_gradients"] = lig_events
+        result.update(lig_change=lig_change.float().cpu(), lig_delta=lig_delta.float().cpu(), lig_steps=lig_steps)
+    if "feature_ablation" in methods:
+        # FeatureAblation runs perturbations_per_eval x B rows per forward: bounded by the same memory budget
+        forward_rows = settings.internal_batch_size or auto_rows(model, events.shape[1], events.device,
+                                                                 with_grad=False)
+        per_eval = max(1, min(settings.perturbations_per_eval, forward_rows // max(1, events.shape[0])))
+        fa_events, fa_static = feature_ablation(model, events, mask, static, static_groups, static_baseline,
+                                                per_eval)
+        event_attr["feature_ablation"], static_attr["feature_ablation"] = fa_events, fa_static
+    event_attr["attention_pooling"] = pooling_weights(attn) * mask
+    if doubled:
+        result["ig_doubled"] = doubled[0].detach().float().cpu()
+        result["ig_doubled_stays"] = (torch.ones(events.shape[0], dtype=torch.bool) if convergence is True
+                                      else convergence.cpu())
+    return dict(event=cpu(event_attr), static=cpu(static_attr), logits=logits.float().cpu(), **result,
                 attention=cpu(attn))

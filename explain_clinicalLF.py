@@ -26,6 +26,13 @@ Faithfulness (faithfulness.json): deletion/insertion curves vs random order, ERA
 and sufficiency, rank agreement between methods, a model-randomisation sanity check and, where the
 data has a `planted_risk` column, per-stay AUPRC of recovering the planted events.
 
+Two modes. Every method on every stay (--every-method, and whenever no more stays are explained than
+--audit-stays: the default run on 100 test stays). Cohort mode (more stays than --audit-stays): every stay
+gets IG (events and statics, completeness checked and refined) and attention pooling; a seeded random sample
+of --audit-stays stays (the audit) gets every method and every faithfulness measure, IG's per-event
+convergence (n against 2n steps) and the randomisation check, stated in faithfulness.json with intervals over
+the sample. Both write cohort_attributions.csv: IG per item (the event text without its numbers) over stays.
+
 This file holds the options, loading, the batch loop and the command; the methods are in attribution.py, the
 measures in faithfulness.py, what a run keeps of its batches in explanation_sums.py and the figures in
 figures.py. The options are parsed before the heavy imports, so --help answers at once.
@@ -45,9 +52,18 @@ DEFAULT_CHECKPOINT = "trained_models/clinical_LF/checkpoints/best_model.pth"
 DEFAULT_DATA = "sample_train.csv"
 DEFAULT_SAVE_DIR = "trained_models/clinical_LF/explainability"
 DEFAULT_CACHE_DIR = "clinical_LF_precomp_emb"  # train.py's default cache (shipped vectors of the default encoder)
+# A batch holds at most this many padded events (stays x its longest stay): real-length stays (300-768 events) go
+# a few at a time, so the per-stay progress bar moves and its estimate means something; the sample's batches (16
+# stays of at most 145 events) are as before.
+MAX_BATCH_EVENTS = 2_560
+REPORT_MAX_STAYS = 200  # the HTML report (report.py) is on by default when no more stays than this are explained
 FIGURES = ("layer_attention_weights.png", "sequence_importance.png", "sequence_importance_combined.png",
-           "head_specialization.png", "feature_importance.png", "query_vector_analysis.png",
-           "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png")
+           "feature_importance.png",
+           "captum_attributions.png", "captum_layer_attributions.png", "captum_ablation_attributions.png",
+           "cohort_attributions.png")
+DEVELOPER_FIGURES = ("head_specialization.png", "query_vector_analysis.png")  # --developer-figures only
+COHORT_METHODS = ("integrated_gradients", "attention_pooling")  # what every stay gets in cohort mode
+N_STEPS_EVERY_METHOD, N_STEPS_COHORT = 32, 16  # IG's starting steps where --n-steps is not given
 # -----------------------------------------------------------------------------
 
 
@@ -66,18 +82,24 @@ class ExplainRun:
     stay_ids: list | None = None    # also explain these stays and draw a timeline for each
     batch_size: int = 16            # stays per explanation batch
     randomisation_stays: int = 5    # stays explained again by every model of the cascading randomisation; 0 = skip
+    audit_stays: int = 200          # seeded random sample of the split's stays that gets every method and measure;
+                                    # more stays than this: cohort mode (IG and attention on the others)
+    every_method: bool = False      # every method and measure on every stay, however many
     cache_dir: str | None = None    # embedding cache; None = the checkpoint's, else DEFAULT_CACHE_DIR
     text_encoder: str | None = None  # encoder folder, only for texts missing from the cache
     device: str = "cpu"
     max_events: int | None = None   # most recent events per stay; None = the checkpoint's --max-events
     make_figures: bool = True
+    developer_figures: bool = False  # also DEVELOPER_FIGURES (the pooling heads' internals, for model developers)
+    report: bool | None = None      # report/ (report.py): per-stay HTML pages; None = on up to REPORT_MAX_STAYS stays
     show_progress: bool = True
 
 
 @dataclass
 class ExplainSettings:
     """How the methods and the faithfulness measures run; the defaults are also the command's."""
-    n_steps: int = 32                   # IG / LayerIG integration steps (Gauss-Legendre)
+    n_steps: int | None = None          # IG / LayerIG starting steps (Gauss-Legendre); None: N_STEPS_EVERY_METHOD,
+                                        # in cohort mode N_STEPS_COHORT
     internal_batch_size: int | None = None  # rows (stays x steps) per IG forward/backward chunk; None = from the
                                             # free memory (auto_rows); it also bounds ablation and curve forwards
     baseline: str = "zero"              # IG/LayerIG event baseline and static baseline: "zero" or "mean"
@@ -87,6 +109,8 @@ class ExplainSettings:
     seed: int = 0
     ig_tolerance: float = 0.05          # IG: while a stay's completeness error exceeds this share of its logit
     max_n_steps: int = 256              # change, the worst pieces of its path are halved, up to max_n_steps
+    layer_ig: str = "auto"              # "on", "off" or "auto": on, except in cohort mode where the input projection
+                                        # is linear (then layer IG is IG but for the static part)
 
 
 def explain_options(options):
@@ -121,15 +145,26 @@ def build_arg_parser():
                    help="explain the first N stays of the split (0 = all)")
     p.add_argument("--stay-ids", type=int, nargs="*", default=run.stay_ids,
                    help="also explain these stays and draw a timeline for each")
-    p.add_argument("--batch-size", type=int, default=run.batch_size, help="stays per explanation batch")
+    p.add_argument("--batch-size", type=int, default=run.batch_size,
+                   help="stays per explanation batch (and at most 2,560 padded events: real-length stays go a few "
+                        "at a time)")
+    p.add_argument("--audit-stays", type=int, default=run.audit_stays,
+                   help="a seeded random sample of this many stays of the split gets every method and measure; where "
+                   "more stays are explained, the others get IG and attention pooling only (cohort mode)")
+    p.add_argument("--every-method", action="store_true",
+                   help="every method and measure on every stay, however many (slow: seconds per stay)")
     p.add_argument("--n-steps", type=int, default=settings.n_steps,
-                   help="integration steps of (Layer) Integrated Gradients (Gauss-Legendre; check the reported "
-                   "convergence delta)")
+                   help=f"starting integration steps of (Layer) Integrated Gradients (Gauss-Legendre; refined per "
+                   f"stay until complete, see --ig-tolerance; default: {N_STEPS_EVERY_METHOD}, in cohort mode "
+                   f"{N_STEPS_COHORT})")
     p.add_argument("--ig-tolerance", type=float, default=settings.ig_tolerance,
                    help="while a stay's IG completeness error exceeds this share of its logit change, the pieces of "
                    "its path with the largest errors are halved (8 more steps each) up to --max-n-steps (0 = never)")
     p.add_argument("--max-n-steps", type=int, default=settings.max_n_steps,
                    help="most IG steps the re-integration may use")
+    p.add_argument("--layer-ig", choices=("auto", "on", "off"), default=settings.layer_ig,
+                   help="layer IG on the stays that get every method; auto: except in cohort mode where the input "
+                   "projection is linear (layer IG then equals IG but for the static features' part)")
     p.add_argument("--internal-batch-size", type=int, default=settings.internal_batch_size,
                    help="rows (stays x steps) per IG forward/backward chunk, also the most rows of an ablation or "
                    "curve forward; default: from the free memory (a quarter of it) and the stays' length")
@@ -155,6 +190,11 @@ def build_arg_parser():
                    help="seeds torch, the random orders of the faithfulness reference, the randomisation check and "
                    "the figures' sample of events")
     p.add_argument("--no-figures", action="store_true", help="write the CSVs and faithfulness.json only")
+    p.add_argument("--developer-figures", action="store_true",
+                   help="also draw the figures for model developers: " + ", ".join(DEVELOPER_FIGURES))
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=run.report,
+                   help="write report/index.html and one self-contained HTML page per explained stay (--no-report: "
+                   f"not); default: on when at most {REPORT_MAX_STAYS} stays are explained")
     return p
 
 
@@ -163,6 +203,7 @@ if __name__ == "__main__":  # --help and bad options answer here, before the hea
 
 import contextlib  # noqa: E402  (after the early parse above)
 import math  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -304,6 +345,10 @@ class ExplainInputs:
     split_of_stay: pd.Series
     event_baseline: torch.Tensor | None = None   # None: zeros (--baseline zero)
     static_baseline: torch.Tensor | None = None
+    audited: frozenset = frozenset()  # the audit's stay ids: a seeded sample of the split's stays (all of them if few)
+    cohort: bool = False            # cohort mode: stays outside the audit get COHORT_METHODS only
+    calibration: dict | None = None  # the checkpoint's map from logit to probability
+    n_in_split: int = 0             # explained stays of the split (the audit's pool)
 
     @property
     def static_names(self):
@@ -343,9 +388,37 @@ def prepare_explanation(checkpoint_path, data_path, run, settings):
     event_baseline = static_baseline = None
     if settings.baseline == "mean":
         event_baseline, static_baseline = mean_training_baselines(model, table, split_of_stay, prepare, run.batch_size)
+    in_split = [s for s in chosen if run.split == "all" or split_of_stay.get(s) == run.split]
+    cohort = not run.every_method and len(in_split) > run.audit_stays
     # from here on only the explained stays' rows (the table goes when this returns)
     return ExplainInputs(model, embedding_matrix, rows, sorted(stays, key=lambda s: (len(s.type_ids), s.stay_id)),
-                    preprocessor.static_feature_groups, split_of_stay, event_baseline, static_baseline)
+                         preprocessor.static_feature_groups, split_of_stay, event_baseline, static_baseline,
+                         audited=audit_sample(in_split, run.audit_stays, settings.seed), cohort=cohort,
+                         calibration=ckpt.get("calibration"), n_in_split=len(in_split))
+
+
+def audit_sample(stay_ids, size, seed):
+    """The audit's stays: `size` of `stay_ids` drawn at random without replacement (the same for the same seed
+    and stays), or all of them where there are no more."""
+    stay_ids = sorted(int(s) for s in stay_ids)
+    if len(stay_ids) <= size:
+        return frozenset(stay_ids)
+    return frozenset(int(s) for s in np.random.default_rng(seed).choice(stay_ids, size=max(size, 0), replace=False))
+
+
+def resolved_settings(settings, cohort):
+    """The settings with IG's starting steps filled in for the mode (N_STEPS_EVERY_METHOD or N_STEPS_COHORT)."""
+    if settings.n_steps is not None:
+        return settings
+    return dataclasses.replace(settings, n_steps=N_STEPS_COHORT if cohort else N_STEPS_EVERY_METHOD)
+
+
+def audit_methods(model, settings, cohort):
+    """The methods the audited stays (every stay outside cohort mode) get: every method, less layer IG where it
+    adds nothing (--layer-ig auto in cohort mode with a linear input projection) or is switched off."""
+    layer_ig = settings.layer_ig == "on" or (settings.layer_ig == "auto" and not (
+        cohort and attribution.input_projection_is_linear(model)))
+    return tuple(m for m in attribution.METHODS if m != "layer_integrated_gradients" or layer_ig)
 
 
 def randomisation_check_batches(n_batches, run):
@@ -356,16 +429,22 @@ def randomisation_check_batches(n_batches, run):
     return set(np.linspace(0, n_batches - 1, n_check).round().astype(int).tolist()) if n_check else set()
 
 
-def explain_chunk(data, chunk, run, settings, rng, cascade=None):
-    """One batch of stays: every method, both attribution tables' rows and the faithfulness measures; with
-    `cascade` = (randomised models, their settings, number of stays) also the first stays' attributions by every
-    randomised model. Returns (meta, mask, out, event_rows, static_rows, faith, randomised, in_split): what
-    Collected.add takes."""
+def explain_chunk(data, chunk, run, settings, rng, cascade=None, methods=attribution.METHODS, audit=True):
+    """One batch of stays: `methods`, both attribution tables' rows and, with `audit`, the faithfulness measures
+    and IG's per-event convergence on the batch's audited stays; with `cascade` = (randomised models, their
+    settings, number of stays) also the first stays' attributions by every randomised model. Returns (meta, mask,
+    out, event_rows, static_rows, faith, randomised, in_split): what Collected.add takes."""
     batch = {k: v.to(run.device) for k, v in train.collate_stays(chunk).items()}
     with torch.no_grad():  # the tensor Captum attributes (train.MortalityTransformer.event_features)
         events, mask, static = train.batch_inputs(data.model, batch, data.embedding_matrix)
     baselines = data.event_baseline, data.static_baseline
-    out = attribution.explain_batch(data.model, events, mask, static, data.static_groups, settings, *baselines)
+    convergence = torch.tensor([audit and stay.stay_id in data.audited for stay in chunk])
+    # each layer's attention weights (layer_attention_weights.png, the single-stay figures): audited batches and
+    # --stay-ids stays; cohort batches take the model's faster path without them
+    layer_attention = audit or any(stay.stay_id in set(run.stay_ids or []) for stay in chunk)
+    out = attribution.explain_batch(data.model, events, mask, static, data.static_groups, settings, *baselines,
+                                    methods=methods, convergence=convergence if bool(convergence.any()) else False,
+                                    layer_attention=layer_attention)
     meta = []
     for b, stay in enumerate(chunk):
         n = len(stay.type_ids)
@@ -374,17 +453,25 @@ def explain_chunk(data, chunk, run, settings, rng, cascade=None):
         meta.append(data.rows.iloc[stay.event_row_index.numpy()])
     event_rows, static_rows = attribution_rows(batch["stay_id"].tolist(), meta, out["event"], out["static"],
                                                data.static_names, mask.cpu())
-    faith = faithfulness_for_batch(data.model, events, mask, static,
-                                   {m: out["event"][m] for m in attribution.METHODS}, settings.curve_points,
-                                   settings.random_orders, rng, max_rows=settings.internal_batch_size)
+    faith = {}
+    if audit:
+        faith = faithfulness_for_batch(data.model, events, mask, static,
+                                       {m: out["event"][m] for m in attribution.METHODS if m in out["event"]},
+                                       settings.curve_points, settings.random_orders, rng,
+                                       max_rows=settings.internal_batch_size)
     randomised = None
     if cascade:
         models, cascade_settings, k = cascade
         randomised = [(name, attribution.explain_batch(step_model, events[:k], mask[:k], static[:k], data.static_groups,
-                                                       cascade_settings, *baselines)["event"])
+                                                       cascade_settings, *baselines, methods=methods)["event"])
                       for name, step_model in models]
     in_split = [run.split == "all" or data.split_of_stay.get(stay.stay_id) == run.split for stay in chunk]
     return meta, mask.cpu(), out, event_rows, static_rows, faith, randomised, in_split
+
+
+def report_wanted(run, n_stays):
+    """--report, or by default (None) up to REPORT_MAX_STAYS stays explained."""
+    return bool(run.report) or (run.report is None and n_stays <= REPORT_MAX_STAYS)
 
 
 def explain_in_batches(data, run, settings, save_dir):
@@ -394,41 +481,89 @@ def explain_in_batches(data, run, settings, save_dir):
               if run.randomisation_stays else [])
     # the randomised models are explained with IG's starting steps: rank correlations need no re-integration
     cascade_settings = dataclasses.replace(settings, ig_tolerance=0.0)
-    collected = Collected(data.static_names, detail_stay_ids=run.stay_ids or [], seed=settings.seed)
+    collected = Collected(data.static_names, detail_stay_ids=run.stay_ids or [], seed=settings.seed,
+                          calibration=data.calibration, keep_stay_measures=report_wanted(run, len(data.stays)))
     rng = np.random.default_rng(settings.seed)
-    starts = list(range(0, len(data.stays), run.batch_size))
-    check_batches = randomisation_check_batches(len(starts), run)
+    batches = plan_batches(data, run, settings.seed)
+    n_audit_batches = sum(audit for _, audit, _ in batches)
+    check_batches = randomisation_check_batches(n_audit_batches, run)
+    methods = audit_methods(data.model, settings, data.cohort)
+    # wall and CPU seconds and stays of the batches with every method and of those with IG and attention only
+    timing = {f"{kind}_{what}": 0 for kind in ("every_method", "ig_and_attention")
+              for what in ("seconds", "cpu_seconds", "stays")}
     with contextlib.ExitStack() as outputs:
         # the attribution tables are written batch by batch to temporary names, published when complete
         writers = {name: StreamingCsv(outputs.enter_context(atomic_io.atomic_output(save_dir / name)))
                    for name in ("event_attributions.csv", "static_attributions.csv")}
-        progress = tqdm(starts, desc="explaining", unit="batch", disable=not run.show_progress)
-        for batch_number, i in enumerate(progress):
-            chunk = data.stays[i:i + run.batch_size]
+        progress = outputs.enter_context(tqdm(total=len(data.stays), desc="explaining", unit="stay",
+                                              disable=not run.show_progress, smoothing=0.05))
+        for chunk, audit, audit_number in batches:
+            start, cpu_start = time.perf_counter(), time.process_time()
             cascade = None
-            if models and batch_number in check_batches:
+            if models and audit and audit_number in check_batches:
                 k = math.ceil(run.randomisation_stays / len(check_batches))  # the check's stays, spread over batches
                 cascade = models, cascade_settings, k
             meta, mask, out, event_rows, static_rows, faith, randomised, in_split = explain_chunk(
-                data, chunk, run, settings, rng, cascade)
+                data, chunk, run, settings, rng, cascade, methods if audit else COHORT_METHODS, audit)
             collected.add(chunk, meta, mask, out, event_rows, static_rows, faith, randomised, data.has_planted,
-                          in_split)
+                          in_split, [audit and stay.stay_id in data.audited for stay in chunk] if data.cohort else None)
             writers["event_attributions.csv"].write(event_rows.sort_values(["stay_id", "method", "event_index"],
                                                                            kind="stable"))
             writers["static_attributions.csv"].write(static_rows.sort_values(["stay_id", "method"], kind="stable"))
+            kind = "every_method" if audit else "ig_and_attention"
+            timing[f"{kind}_seconds"] += time.perf_counter() - start
+            timing[f"{kind}_cpu_seconds"] += time.process_time() - cpu_start
+            timing[f"{kind}_stays"] += len(chunk)
+            progress.update(len(chunk))
 
         for writer in writers.values():
             writer.close()
+    collected.timing = timing
     return collected
+
+
+def plan_batches(data, run, seed):
+    """[(stays, audit, number among the audit batches)] in the order they run. Every method on every stay: the
+    length-sorted stays in batches of run.batch_size, each an audit batch, as before cohort mode. Cohort mode:
+    the audited stays in their own batches and the others in theirs (each length-sorted), the batches in a
+    seeded random order, so that the progress bar's time estimate holds from the start; a batch also ends where
+    the next stay is much longer than its first (similar_length_batches), as a sample of a few hundred stays spans
+    every length and a batch runs at its longest stay's length."""
+    size = max(1, run.batch_size)
+    if not data.cohort:
+        return [(chunk, True, n) for n, chunk in enumerate(similar_length_batches(data.stays, size, ratio=None))]
+    audited = [stay for stay in data.stays if stay.stay_id in data.audited]
+    others = [stay for stay in data.stays if stay.stay_id not in data.audited]
+    batches = [(chunk, True, n) for n, chunk in enumerate(similar_length_batches(audited, size))]
+    batches += [(chunk, False, None) for chunk in similar_length_batches(others, size)]
+    return [batches[i] for i in np.random.default_rng(seed).permutation(len(batches))]
+
+
+def similar_length_batches(stays, size, ratio=1.25, slack=16, max_events=MAX_BATCH_EVENTS):
+    """Length-sorted stays in batches of at most `size` stays and `max_events` padded events (stays x the longest
+    one), a batch ending (unless `ratio` is None) before a stay longer than `ratio` x its first stay's events +
+    `slack`: every method runs a batch at its longest stay's length (feature ablation once per position), so a batch
+    of a short and a long stay costs the long one's price twice."""
+    batches, current = [], []
+    for stay in stays:
+        n = len(stay.type_ids)
+        if current and (len(current) >= size or (len(current) + 1) * n > max_events
+                        or (ratio is not None and n > ratio * len(current[0].type_ids) + slack)):
+            batches.append(current)
+            current = []
+        current.append(stay)
+    return batches + [current] if current else batches
 
 
 def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_path=DEFAULT_DATA,
                                 save_dir=DEFAULT_SAVE_DIR, return_tables=True, **options):
-    """Explain the chosen stays with every method and write docs/interfaces.md §4's outputs under save_dir.
+    """Explain the chosen stays (every method on every stay, or cohort mode: see the module's docstring) and write
+    docs/interfaces.md §4's outputs under save_dir.
     `options`: any field of ExplainRun or ExplainSettings by name (their defaults are the command's).
     Returns dict(paths={name: Path}, faithfulness=dict, event_attributions=DataFrame,
-    static_attributions=DataFrame, predictions=DataFrame, analyses={layer_attention_patterns,
-    feature_importance_over_time, critical_time_periods: {method: DataFrame}}).
+    static_attributions=DataFrame, predictions=DataFrame (probability: calibrated with the checkpoint's map;
+    probability_uncalibrated), analyses={layer_attention_patterns, feature_importance_over_time,
+    critical_time_periods: {method: DataFrame}}, timing={prepare_seconds, every_method_seconds, ..., total_seconds}).
 
     The run holds no attribution table: both are written batch by batch, and the analyses and figures come from
     running sums, a bounded sample and the stays they draw (Collected), so memory does not grow with the events
@@ -437,12 +572,21 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     run, settings = explain_options(options)
     if settings.baseline not in ("zero", "mean"):
         raise ExplainError(f"--baseline must be 'zero' or 'mean', not {settings.baseline!r}")
+    if run.audit_stays < 1:
+        raise ExplainError(f"--audit-stays must be 1 or more, not {run.audit_stays}: the faithfulness measures, the "
+                           "randomisation check and IG's per-event convergence run on the audited stays")
+    if settings.layer_ig not in ("auto", "on", "off"):
+        raise ExplainError(f"--layer-ig must be 'auto', 'on' or 'off', not {settings.layer_ig!r}")
     torch.manual_seed(settings.seed)
+    start = time.perf_counter()
     data = prepare_explanation(checkpoint_path, test_data_path, run, settings)
+    settings = resolved_settings(settings, data.cohort)
+    prepare_seconds = time.perf_counter() - start
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     collected = explain_in_batches(data, run, settings, save_dir)
     measures = collected.faithfulness(settings, data.has_planted)
+    measures["audit"] = audit_summary(data, run, settings)
     measures["data"] = dict(checkpoint=str(checkpoint_path), data=str(test_data_path), split=run.split,
                             n_stays=len(data.stays), n_events=int(sum(len(s.type_ids) for s in data.stays)),
                             n_stays_outside_split=collected.n_stays_outside_split,
@@ -451,15 +595,45 @@ def run_explainability_analysis(checkpoint_path=DEFAULT_CHECKPOINT, test_data_pa
     paths = {"event_attributions.csv": save_dir / "event_attributions.csv",
              "static_attributions.csv": save_dir / "static_attributions.csv",
              "faithfulness.json": atomic_io.write_json(measures, save_dir / "faithfulness.json")}
+    with atomic_io.atomic_output(save_dir / "cohort_attributions.csv") as tmp:
+        collected.cohort_frame().to_csv(tmp, index=False)
+    paths["cohort_attributions.csv"] = save_dir / "cohort_attributions.csv"
     if run.make_figures:
-        paths.update(figures.make_all_figures(collected, save_dir, measures, run.stay_ids or []))
+        paths.update(figures.make_all_figures(collected, save_dir, measures, run.stay_ids or [],
+                                              run.developer_figures, data.rows))
+    if report_wanted(run, len(data.stays)):
+        import report  # the per-stay HTML pages (docs/interfaces.md §4)
+        paths.update(report.write_report(save_dir, checkpoint_path, test_data_path, data, collected, run, settings))
     analyses = dict(layer_attention_patterns=collected.layer_pattern_frame(),
                     feature_importance_over_time=collected.events.feature_importance_over_time(),
                     critical_time_periods={m: collected.critical_time_periods(m) for m in attribution.METHODS})
     tables = {name: read_attribution_table(paths[f"{name}.csv"]) if return_tables else None
               for name in ("event_attributions", "static_attributions")}
+    timing = dict(prepare_seconds=prepare_seconds, **collected.timing,
+                  total_seconds=time.perf_counter() - start)
     return dict(paths=paths, faithfulness=measures, predictions=collected.prediction_frame(),
-                analyses=analyses, **tables)
+                analyses=analyses, timing=timing, **tables)
+
+
+def audit_summary(data, run, settings):
+    """faithfulness.json's `audit`: the mode, which methods ran on which stays, and the audited stays."""
+    methods = audit_methods(data.model, settings, data.cohort)
+    every_stay = COHORT_METHODS if data.cohort else methods
+    if data.cohort:
+        note = (f"cohort mode: every stay got {' and '.join(COHORT_METHODS)} (IG's completeness checked and refined "
+                f"on every stay); a seeded random sample of {len(data.audited)} of the split's {data.n_in_split} "
+                "stays (the audit) got every method in methods_on_audited_stays, the deletion/insertion curves, "
+                "ERASER measures, rank agreement, planted-event recovery, the randomisation check and IG's per-event "
+                "convergence: those measures and their 95% intervals (*_ci95, Student's t over stays) are over the "
+                "audited stays")
+    else:
+        note = ("every method and measure on every stay (the *_ci95 intervals are over the stays); IG's per-event "
+                "convergence on the audited stays (every stay of the split where there are no more than "
+                "--audit-stays)")
+    return dict(mode="cohort" if data.cohort else "every_method", audit_stays=run.audit_stays,
+                n_stays_audited=len(data.audited), n_stays_of_split=data.n_in_split, seed=settings.seed,
+                methods_on_every_stay=list(every_stay), methods_on_audited_stays=list(methods),
+                stay_ids=sorted(data.audited), note=note)
 
 
 # -----------------------------------------------------------------------------
@@ -486,7 +660,14 @@ def main(argv=None):
 
 def format_summary(f):
     lines = [f"{'method':<28}{'deletion':>9}{'insertion':>10}{'comp@20%':>9}{'suff@20%':>9}{'planted':>9}"]
+    audit = f.get("audit", {})
+    if audit.get("mode") == "cohort":
+        lines.insert(0, f"cohort mode: IG and attention on every stay; every method and measure on a seeded sample of "
+                        f"{audit['n_stays_audited']} of {audit['n_stays_of_split']} stays (--every-method: all)")
     for name, entry in list(f["methods"].items()) + [("random", f["random"])]:
+        if "not_run" in entry:
+            lines.append(f"{name:<28}not run ({entry['not_run'].split(':')[0]})")
+            continue
         planted = entry.get("planted_auprc")
         lines.append(f"{name:<28}{entry.get('deletion_auc', float('nan')):>9.3f}"
                      f"{entry.get('insertion_auc', float('nan')):>10.3f}"
@@ -499,6 +680,12 @@ def format_summary(f):
             lines.append(f"{name} completeness: {conv['n_stays'] - conv['n_missed_tolerance']} of {conv['n_stays']} "
                          f"stays within {conv['tolerance']:.0%} (median error {conv['relative_delta_median']:.3g}, "
                          f"max {conv['relative_delta_max']:.3g}; {figures.steps_used_label(conv['steps_used'])})")
+    conv = f.get("integrated_gradients_per_event_convergence")
+    if conv and conv.get("n_stays"):
+        lines.append(f"integrated_gradients per event, n against 2n steps on {conv['n_stays']} audited stays: largest "
+                     f"change / largest |attribution| median {conv['largest_change_median']:.3g}, max "
+                     f"{conv['largest_change_max']:.3g}; {conv['share_within_tolerance']:.0%} within "
+                     f"{conv['tolerance']:.0%}")
     return "\n".join(lines)
 
 

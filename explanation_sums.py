@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+import event_table
 from attribution import METHODS
+from evaluation import apply_calibration
 from faithfulness import (ERASER_FRACTIONS, concatenate_records, convergence_summary, mean_rank_correlation,
-                          planted_recovery, planted_share, rank_agreement, stack_records, summarise_faithfulness)
+                          per_event_change, per_event_convergence_summary, planted_recovery, planted_share,
+                          rank_agreement, stack_records, summarise_faithfulness)
 
 
 # -----------------------------------------------------------------------------
@@ -190,6 +193,7 @@ class EventSums:
         self.n_largest, self.largest = n_largest, {}
         self.type_windows = None  # IG: sum and count per (event type, window)
         self.event_texts = self.text_sums = self.text_counts = None
+        self.items = ItemSums()  # IG per item (the text without its numbers) and stay: the cohort summary
 
     def add(self, rows):
         if rows.empty:
@@ -202,6 +206,7 @@ class EventSums:
             if method == "integrated_gradients":
                 self._add_by_type_and_window(part, hours)
                 self._add_by_text(part)
+                self.items.add(part)
 
     def _keep_largest(self, method, part):
         both = pd.concat([self.largest.get(method), part[LARGEST_COLUMNS]], ignore_index=True)
@@ -242,6 +247,78 @@ class EventSums:
                             index=pd.Index(self.event_texts[used], name="event_text")).sort_index()
 
 
+COHORT_COLUMNS = ["item", "n_stays", "share_of_stays", "n_events", "mean_attribution", "mean_attribution_ci95_low",
+                  "mean_attribution_ci95_high", "mean_abs_attribution", "mean_abs_attribution_ci95_low",
+                  "mean_abs_attribution_ci95_high", "mean_attribution_over_all_stays"]
+
+
+class ItemSums:
+    """The cohort summary's running sums: per item (event_table.item_of_text: the event text without its numbers),
+    the stays it appears in, its events, and over those stays the sum, sum of squares and sum of |.| of the stay's
+    IG attribution of the item (the sum over the item's events in the stay: its share of that stay's logit
+    change). Added IG rows of whole stays at a time; a few numbers per distinct item."""
+
+    def __init__(self):
+        self.sums = None  # DataFrame by item: n_stays, n_events, sum, sum_sq, sum_abs
+        self._categories = self._item_of_category = None
+
+    def _items(self, texts):
+        """The item of each text: through the table's categories (each distinct text mapped once) where the texts
+        are categorical, else text by text."""
+        if isinstance(texts.dtype, pd.CategoricalDtype):
+            categories = texts.cat.categories
+            if self._categories is None or not (categories is self._categories or categories.equals(self._categories)):
+                self._categories = categories
+                self._item_of_category = event_table.item_of_text(pd.Series(categories.astype(str))).to_numpy()
+            codes = texts.cat.codes.to_numpy()
+            items = self._item_of_category[np.maximum(codes, 0)]
+            return np.where(codes >= 0, items, "")
+        return event_table.item_of_text(texts.astype(str)).to_numpy()
+
+    def add(self, rows):
+        if rows.empty:
+            return
+        frame = pd.DataFrame({"item": self._items(rows["event_text"]), "stay_id": rows["stay_id"].to_numpy(),
+                              "attribution": rows["attribution"].to_numpy(dtype=float)})
+        per_stay = frame.groupby(["item", "stay_id"], sort=False)["attribution"].agg(["sum", "count"])
+        total = per_stay["sum"]
+        part = pd.DataFrame({"n_stays": 1, "n_events": per_stay["count"], "sum": total, "sum_sq": total * total,
+                             "sum_abs": total.abs()}).groupby(level="item").sum()
+        self.sums = part if self.sums is None else self.sums.add(part, fill_value=0)
+
+    def table(self, n_stays_total):
+        """One row per item (COHORT_COLUMNS), the largest total |attribution| over the cohort first: mean_attribution
+        and mean_abs_attribution are means over the stays the item appears in of its IG attribution in the stay
+        (summed over its events there) and of its absolute value, each with a 95% interval over those stays
+        (Student's t; empty for an item of one stay); mean_attribution_over_all_stays counts a stay without the
+        item as 0 (its average push on the cohort's logits)."""
+        if self.sums is None:
+            return pd.DataFrame(columns=COHORT_COLUMNS)
+        sums = self.sums
+        n = sums["n_stays"].to_numpy(dtype=float)
+        out = pd.DataFrame({"item": sums.index.to_numpy(dtype=object), "n_stays": n.astype(np.int64),
+                            "share_of_stays": n / max(n_stays_total, 1),
+                            "n_events": sums["n_events"].to_numpy(dtype=np.int64)})
+        for name, total in (("mean_attribution", sums["sum"]), ("mean_abs_attribution", sums["sum_abs"])):
+            mean = total.to_numpy(dtype=float) / n
+            # sum of squares is the same for x and |x|
+            variance = np.where(n > 1, (sums["sum_sq"].to_numpy(dtype=float) - n * mean * mean) / np.maximum(n - 1, 1),
+                                np.nan)
+            half = mean_ci95_half_width(np.maximum(variance, 0.0), n)
+            out[name], out[f"{name}_ci95_low"], out[f"{name}_ci95_high"] = mean, mean - half, mean + half
+        out["mean_attribution_over_all_stays"] = sums["sum"].to_numpy(dtype=float) / max(n_stays_total, 1)
+        order = np.lexsort((out["item"].to_numpy(dtype=str), -sums["sum_abs"].to_numpy(dtype=float)))
+        return out.iloc[order].reset_index(drop=True)[COHORT_COLUMNS]
+
+
+def mean_ci95_half_width(variance, n):
+    """Half width of the 95% interval of a mean of n values with this sample variance (Student's t; NaN for n < 2)."""
+    from scipy.stats import t as student_t
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 1, student_t.ppf(0.975, np.maximum(n - 1, 1)) * np.sqrt(variance / n), np.nan)
+
+
 class Collected:
     """What a run keeps of its batches for faithfulness.json, the analyses and the figures.
 
@@ -252,10 +329,15 @@ class Collected:
     about 2 KB per stay. Everything else is a running sum (EventSums, static attributions, pooling weight per
     event type, attention patterns), a seeded sample of at most FIGURE_SAMPLE_EVENTS events (EventSample) for
     the box and scatter plots, or the whole detail of the stays a figure draws: the example stay and the
-    --stay-ids stays."""
+    --stay-ids stays. In cohort mode the faithfulness measures' inputs are kept for the audited stays only (the
+    sample that gets every method and measure); IG's completeness and the running sums cover every stay.
+    `calibration`: the checkpoint's map from logit to probability (evaluation.apply_calibration); the
+    probabilities shown and returned are calibrated, the uncalibrated ones named so."""
 
-    def __init__(self, static_names, detail_stay_ids=(), sample_size=FIGURE_SAMPLE_EVENTS, seed=0):
+    def __init__(self, static_names, detail_stay_ids=(), sample_size=FIGURE_SAMPLE_EVENTS, seed=0, calibration=None,
+                 keep_stay_measures=False):
         self.static_names = static_names
+        self.calibration = calibration
         # per stay of the split, in the same order: the faithfulness measures' inputs
         self.scores = {m: [] for m in METHODS}
         self.planted, self.random_order_scores = [], []  # only where the data names planted events
@@ -263,6 +345,8 @@ class Collected:
         self.cascade = {}  # cascading randomisation: {step: {method: (original, randomised) scores per stay}}
         self.relative_delta = {"ig": [], "lig": []}  # completeness of IG and LayerIG: |delta| / |logit change|
         self.steps_used = {"ig": [], "lig": []}
+        self.per_event_changes = []  # IG per event at twice the steps, audited stays with events (per_event_change)
+        self.methods_run = set()  # the methods run on any batch (cohort mode skips layer IG where it equals IG)
         # every stay explained (also --stay-ids stays of another split)
         self.predictions = []
         self.n_stays_outside_split = 0
@@ -275,14 +359,24 @@ class Collected:
         self.detail_stay_ids = {int(s) for s in detail_stay_ids}
         self.details = {}  # stay_id -> detail of a --stay-ids stay
         self.example, self._example_rank = None, None
+        # per batch: each stay's IG completeness and deletion curves, kept only for the HTML report (~60 numbers a
+        # stay; the report is written for a few hundred stays, and nothing else may grow with the stays explained)
+        self.keep_stay_measures, self.stay_measures = keep_stay_measures, []
 
-    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None):
+    def add(self, chunk, meta, mask, out, event_rows, static_rows, faith, randomised, has_planted, in_split=None,
+            audited=None):
         """in_split[b]: stay b belongs to the explained split (a --stay-ids stay of another split is explained
-        and drawn, but kept out of the faithfulness measures)."""
+        and drawn, but kept out of the faithfulness measures). audited[b]: stay b is one of the audit's (every
+        method and measure; default: every stay of the split, as in every-method mode); only those count in the
+        faithfulness measures."""
         in_split = [True] * len(chunk) if in_split is None else list(in_split)
+        audited = list(in_split) if audited is None else [bool(a) and s for a, s in zip(audited, in_split)]
+        self.methods_run.update(out["event"])
+        if self.keep_stay_measures:
+            self._keep_stay_measures(chunk, out, faith)
         random_orders = {r["stay_position"]: r["order_scores"] for r in faith.get("random", [])}
         for name, records in faith.items():
-            kept = [r for r in records if in_split[r["stay_position"]]]
+            kept = [r for r in records if audited[r["stay_position"]]]
             if kept:
                 self.faith.setdefault(name, []).append(stack_records(kept))
         hours = torch.zeros(mask.shape)
@@ -290,12 +384,16 @@ class Collected:
             n = len(m)
             hours[b, :n] = torch.as_tensor(hours_before_prediction(m))
             logit = float(out["logits"][b])
-            probability = 1 / (1 + math.exp(-logit))
+            probability_uncalibrated = 1 / (1 + math.exp(-logit))
+            probability = float(apply_calibration(self.calibration, logit))
             self.predictions.append(dict(stay_id=int(stay.stay_id), logit=logit, probability=probability,
+                                         probability_uncalibrated=probability_uncalibrated,
                                          mortality=int(stay.label), n_events=n))
-            self._keep_detail(stay, m, out, b, probability)
+            self._keep_detail(stay, m, out, b, probability, probability_uncalibrated)
             if in_split[b]:
-                self._add_stay_of_split(m, out, b, randomised, has_planted, random_orders.get(b))
+                self._add_completeness(out, b)
+                if audited[b]:
+                    self._add_stay_of_split(m, out, b, randomised, has_planted, random_orders.get(b))
             else:
                 self.n_stays_outside_split += 1
         self._add_pooling_by_type(out["attention"], meta)
@@ -305,8 +403,12 @@ class Collected:
         self.sample.add(self._event_rows_for_sample(chunk, meta, mask, out, hours))
 
     def _add_stay_of_split(self, m, out, b, randomised, has_planted, random_orders):
+        """An audited stay: its scores of each method run, planted flags, random orders, randomisation pairs and
+        IG's per-event convergence."""
         n = len(m)
         for method in METHODS:
+            if method not in out["event"]:
+                continue  # not run (layer IG where it equals IG but for the static part)
             scores = out["event"][method][b, :n]
             self.scores[method].append(scores.numpy().copy())  # a copy: a view would keep the batch's tensor
             for step, random_event in randomised or []:
@@ -320,24 +422,37 @@ class Collected:
             # a random order's scores are its ranks n..1: exact in the smallest integer type that holds n
             self.random_order_scores.append(None if random_orders is None else
                                             [o.astype(np.min_scalar_type(n)) for o in random_orders])
+        if "ig_doubled" in out and bool(out["ig_doubled_stays"][b]) and n:
+            self.per_event_changes.append(per_event_change(out["event"]["integrated_gradients"][b, :n].numpy(),
+                                                           out["ig_doubled"][b, :n].numpy()))
+
+    def _add_completeness(self, out, b):
+        """IG's completeness (every stay of the split) and LayerIG's (where it ran)."""
         for key in ("ig", "lig"):
+            if f"{key}_steps" not in out:
+                continue
             self.steps_used[key].append(int(out[f"{key}_steps"][b]))
             change = float(out[f"{key}_change"][b])
             if abs(change) > 1e-6:
                 self.relative_delta[key].append(abs(float(out[f"{key}_delta"][b])) / abs(change))
 
-    def _keep_detail(self, stay, m, out, b, probability):
+    def _keep_detail(self, stay, m, out, b, probability, probability_uncalibrated=None):
         """Everything the single-stay figures draw, for a --stay-ids stay and for the example stay (the highest
-        predicted risk among stays with >= 3 events, else among all stays; the first of equals)."""
+        predicted risk among stays with >= 3 events, else among all stays; the first of equals; in cohort mode
+        among the audited stays, which have every method run)."""
         stay_id, n = int(stay.stay_id), len(m)
-        rank = (n >= 3, probability)
+        logit = float(out["logits"][b])
+        rank = ("feature_ablation" in out["event"], n >= 3, probability, logit)
         is_example = self.example is None or rank > self._example_rank
         if stay_id not in self.detail_stay_ids and not is_example:
             return
-        received = out["attention"]["layer_attention"][:, b].mean(1)[:, :n, :n]  # [layers, queries, keys]
+        attn = out["attention"]
+        received = (attn["layer_attention"][:, b].mean(1)[:, :n, :n] if "layer_attention" in attn  # [layers, q, k]
+                    else torch.zeros(0, n, n))  # a cohort batch: the model's path without the layers' weights
         detail = dict(stay_id=stay_id, meta=m.reset_index(drop=True), label=int(stay.label), probability=probability,
+                      probability_uncalibrated=probability_uncalibrated,
                       layer_received=received.mean(1).numpy() if n else np.zeros((received.shape[0], 0)),
-                      attributions={k: out["event"][k][b, :n].numpy().copy() for k in METHODS},
+                      attributions={k: out["event"][k][b, :n].numpy().copy() for k in METHODS if k in out["event"]},
                       static={k: out["static"][k][b].numpy().copy() for k in out["static"]})
         if stay_id in self.detail_stay_ids:
             self.details[stay_id] = detail
@@ -356,6 +471,8 @@ class Collected:
                 self.count_by_type[event_type] = self.count_by_type.get(event_type, 0) + int(of_type.sum())
 
     def _add_layer_patterns(self, attn, mask, hours):
+        if "layer_attention" not in attn:
+            return  # a cohort batch: layer attention patterns come from the audited stays
         patterns = analyze_layer_attention_patterns(attn["layer_attention"], mask, hours)
         n_stays = int((mask.sum(1) > 0).sum())
         if patterns.empty or not n_stays:
@@ -381,17 +498,47 @@ class Collected:
                    "event_index": np.concatenate([m["event_index"].to_numpy() for m in meta]),
                    "event_type": np.concatenate([m["event_type"].astype(str).to_numpy(dtype=object) for m in meta]),
                    "hours_before": hours[mask].numpy()}
-        columns.update({method: out["event"][method][mask].numpy() for method in METHODS})
+        n_events = int(mask.sum())  # a method not run on these stays: NaN
+        columns.update({method: out["event"][method][mask].numpy() if method in out["event"]
+                        else np.full(n_events, np.nan, dtype=np.float32) for method in METHODS})
         scores = out["attention"].get("pooling_scores")
         if scores is not None:
             per_event = scores.transpose(1, 2)[mask]  # [events, heads]
             columns.update({f"pool_score_{h}": per_event[:, h].numpy() for h in range(per_event.shape[1])})
         return pd.DataFrame(columns)
 
+    def _keep_stay_measures(self, chunk, out, faith):
+        """Per stay of the batch (also those outside the split): IG's logit change and completeness delta and, per
+        ranking of `faith` (each method; "random": the mean of the random orders), its deletion curve and area, NaN
+        where the stay has no record (no events, or not measured). About 60 numbers per stay."""
+        part = pd.DataFrame({"stay_id": [int(s.stay_id) for s in chunk], "ig_change": out["ig_change"].double().numpy(),
+                             "ig_delta": out["ig_delta"].double().numpy()})
+        for name, records in faith.items():
+            auc, curve = np.full(len(chunk), np.nan), [np.nan] * len(chunk)
+            for r in records:
+                auc[r["stay_position"]], curve[r["stay_position"]] = r["deletion_auc"], np.asarray(r["deletion_curve"])
+            part[f"deletion_auc:{name}"], part[f"deletion_curve:{name}"] = auc, pd.Series(curve, dtype=object)
+        self.stay_measures.append(part)
+
     # ---- what the analyses and figures read
 
     def prediction_frame(self):
         return pd.DataFrame(self.predictions)
+
+    def cohort_frame(self):
+        """cohort_attributions.csv: IG per item over every explained stay (ItemSums.table)."""
+        return self.events.items.table(len(self.predictions))
+
+    def stay_measure_frame(self):
+        """One row per explained stay, by stay_id: ig_change, ig_delta, ig_relative_delta (|delta| / |change|, NaN
+        where the change is below 1e-6) and per ranking `deletion_auc:{name}` and `deletion_curve:{name}` (an array
+        of the predicted class's probability; NaN where not measured for that stay)."""
+        if not self.stay_measures:
+            return pd.DataFrame(columns=["ig_change", "ig_delta", "ig_relative_delta"]).rename_axis("stay_id")
+        frame = pd.concat(self.stay_measures, ignore_index=True).set_index("stay_id")
+        change = frame["ig_change"].abs()
+        frame["ig_relative_delta"] = (frame["ig_delta"].abs() / change).where(change > 1e-6)
+        return frame
 
     def layer_pattern_frame(self):
         """analyze_layer_attention_patterns over every batch, each batch weighted by its number of stays."""
@@ -433,6 +580,11 @@ class Collected:
 
         result = {"methods": {}, "random": summary("random")}
         for method in METHODS:
+            if not self.scores[method] and self.scores["integrated_gradients"]:
+                result["methods"][method] = dict(not_run="--layer-ig off" if settings.layer_ig == "off" else (
+                    "cohort mode with a linear input projection: layer IG equals IG but for the static features' "
+                    "part of IG's path; --layer-ig on runs it on the audited stays"))
+                continue
             entry = summary(method)
             last = self.cascade[list(self.cascade)[-1]][method] if self.cascade else ([], [])
             rho, n = mean_rank_correlation(*last)
@@ -462,10 +614,13 @@ class Collected:
         result["layer_integrated_gradients_convergence"]["note"] = (
             "LayerIG's own completeness: logit(events, static) - logit(baseline events, static); static "
             "features stay at their values on its path")
+        result["integrated_gradients_per_event_convergence"] = per_event_convergence_summary(
+            self.per_event_changes, settings.ig_tolerance)
         result["settings"] = dict(n_steps=settings.n_steps, baseline=settings.baseline,
                                   curve_points=settings.curve_points, random_orders=settings.random_orders,
                                   eraser_fractions=list(ERASER_FRACTIONS),
-                                  curves="predicted-class probability as events are removed (deletion) or added "
+                                  curves="predicted-class probability (uncalibrated: the sigmoid of the logit, "
+                                         "class at 0.5) as events are removed (deletion) or added "
                                          "(insertion) in attribution order towards the predicted class; area "
                                          "over the fraction of events; deletion lower = better, insertion higher "
                                          "= better; comprehensiveness higher = better, sufficiency lower = better")

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from scipy.stats import t as student_t
 from sklearn.metrics import average_precision_score
 
 from attribution import METHODS, SIGNED_METHODS, auto_rows, without_absent_events
@@ -159,6 +160,8 @@ def summarise_faithfulness(records):
     if not len(records["deletion_auc"]):
         return {}
     pct = [f"{round(f * 100)}%" for f in ERASER_FRACTIONS]
+    comprehensiveness_ci = mean_ci95(records["comprehensiveness"])
+    sufficiency_ci = mean_ci95(records["sufficiency"])
     return dict(deletion_auc=float(np.mean(records["deletion_auc"])),
                 insertion_auc=float(np.mean(records["insertion_auc"])),
                 comprehensiveness=dict(zip(pct, map(float, np.mean(records["comprehensiveness"], axis=0)))),
@@ -166,7 +169,25 @@ def summarise_faithfulness(records):
                 deletion_curve=np.mean(records["deletion_curve"], axis=0).tolist(),
                 insertion_curve=np.mean(records["insertion_curve"], axis=0).tolist(),
                 sufficiency_by_predicted_class=sufficiency_by_class(records, pct),
-                n_stays=len(records["deletion_auc"]))
+                n_stays=len(records["deletion_auc"]),
+                deletion_auc_ci95=mean_ci95(records["deletion_auc"]),
+                insertion_auc_ci95=mean_ci95(records["insertion_auc"]),
+                comprehensiveness_ci95=dict(zip(pct, comprehensiveness_ci)),
+                sufficiency_ci95=dict(zip(pct, sufficiency_ci)))
+
+
+def mean_ci95(values):
+    """95% interval of the mean over stays (Student's t, one row per stay): [low, high] for a [N] array, a list of
+    them for each column of a [N, K] array; None where fewer than two stays."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 2:
+        return [mean_ci95(values[:, k]) for k in range(values.shape[1])]
+    n = len(values)
+    if n < 2:
+        return None
+    half = float(student_t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    mean = float(np.mean(values))
+    return [mean - half, mean + half]
 
 
 def sufficiency_by_class(records, pct):
@@ -187,6 +208,8 @@ def mean_rank_correlation(a_by_stay, b_by_stay, absolute=False):
     compares |a| with |b| (how much each event matters, whatever its direction)."""
     rhos = []
     for a, b in zip(a_by_stay, b_by_stay):
+        if a is None or b is None:  # a method not run on this stay
+            continue
         if absolute:
             a, b = np.abs(a), np.abs(b)
         if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
@@ -234,6 +257,32 @@ def convergence_summary(relative_deltas, steps_used, settings):
                 tolerance=settings.ig_tolerance, max_n_steps=settings.max_n_steps,
                 steps_used={str(k): int(v) for k, v in zip(*np.unique(steps_used, return_counts=True))},
                 note="|sum of IG attributions - (logit(input) - logit(baseline))| / |logit(input) - logit(baseline)|")
+
+
+def per_event_change(scores, doubled):
+    """How far one stay's IG scores are from converged, event by event: the largest |change| of an event's score
+    from its steps to twice as many, relative to the stay's largest |score| (0 for a stay whose scores are all
+    0)."""
+    scores, doubled = np.asarray(scores, dtype=float), np.asarray(doubled, dtype=float)
+    if not len(scores):
+        return 0.0
+    largest = float(np.abs(scores).max())
+    return float(np.abs(doubled - scores).max() / largest) if largest > 0 else 0.0
+
+
+def per_event_convergence_summary(changes, tolerance):
+    """per_event_change over the audited stays: quantiles, the share within `tolerance`, and the note that says
+    how it was measured."""
+    changes = np.asarray(changes, dtype=float)
+    have = len(changes) > 0
+    return dict(largest_change_median=float(np.median(changes)) if have else None,
+                largest_change_p95=float(np.quantile(changes, 0.95)) if have else None,
+                largest_change_max=float(changes.max()) if have else None,
+                share_within_tolerance=float((changes <= tolerance).mean()) if have else None,
+                tolerance=tolerance, n_stays=int(len(changes)),
+                note="per audited stay with events: max over its events of |IG with twice the steps (every piece of "
+                     "its path halved) - IG as reported| / max over its events of |IG as reported|; the completeness "
+                     "check sums over events, so its errors can cancel, this one cannot")
 
 
 def rank_agreement(scores):

@@ -25,102 +25,219 @@ def _plt():
 # Training run figures
 
 
-def plot_subgroups(subgroups, overall_auroc, plots_dir):
-    """Forest plot: test AUROC and its patient-bootstrap interval per subgroup (unscored groups are listed)."""
+def plot_subgroups(subgroups, overall_auroc, plots_dir, xlim=(0.4, 1.0)):
+    """Forest plot: test AUROC and its patient-bootstrap interval per subgroup; an unscored group says why, and an
+    interval reaching past the axis ends in an arrow."""
     plt = _plt()
-    labels, points, lows, highs = [], [], [], []
+    labels, points, lows, highs, reasons = [], [], [], [], []
     for attribute, groups in subgroups.items():
         for group, g in groups.items():
             labels.append(f"{attribute}: {group} (n={g['n_stays']}, deaths={g['n_deaths']})")
             points.append(np.nan if g["auroc"] is None else g["auroc"])
-            lo, hi = g.get("auroc_ci95", [np.nan, np.nan])
-            lows.append(lo)
-            highs.append(hi)
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
+            lo, hi = g.get("auroc_ci95") or [np.nan, np.nan]
+            lows.append(np.nan if lo is None else lo)
+            highs.append(np.nan if hi is None else hi)
+            reasons.append(g.get("reason") or "not scored")
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(labels) + 1.6), layout="constrained")
     ypos = np.arange(len(labels))[::-1]
     points, lows, highs = map(np.asarray, (points, lows, highs))
-    ax.errorbar(points, ypos, xerr=[points - lows, highs - points], fmt="o", color="tab:blue", capsize=2)
-    for yv, pv in zip(ypos, points):
+    shown_low, shown_high = np.clip(lows, *xlim), np.clip(highs, *xlim)
+    ax.errorbar(points, ypos, xerr=[np.nan_to_num(points - shown_low), np.nan_to_num(shown_high - points)], fmt="o",
+                color="tab:blue", capsize=2)
+    for yv, pv, lo, hi, reason in zip(ypos, points, lows, highs, reasons):
         if np.isnan(pv):
-            ax.text(0.5, yv, "not scored", va="center", fontsize=7, color="gray")
+            ax.text(xlim[0] + 0.01, yv, f"not scored: {reason}", va="center", fontsize=7, color="0.35")
+            continue
+        if lo < xlim[0]:  # the interval goes on past the axis: an arrowhead, and where it ends
+            ax.plot([xlim[0]], [yv], marker="<", ms=8, color="tab:blue", clip_on=False)
+            ax.text(xlim[0] + 0.012, yv + 0.15, f"to {lo:.2f}", fontsize=6.5, color="tab:blue", va="bottom")
+        if hi > xlim[1]:
+            ax.plot([xlim[1]], [yv], marker=">", ms=8, color="tab:blue", clip_on=False)
+            ax.text(xlim[1] - 0.012, yv + 0.15, f"to {hi:.2f}", fontsize=6.5, color="tab:blue", va="bottom",
+                    ha="right")
+    ax.axvline(0.5, color="0.8", lw=0.8)
+    title = "Subgroup performance (test split)"
     if overall_auroc is not None:
-        ax.axvline(overall_auroc, color="gray", ls="--", lw=1, label=f"all test stays ({overall_auroc:.3f})")
-        ax.legend(loc="lower left", fontsize=7)
+        ax.axvline(overall_auroc, color="0.4", ls="--", lw=1)
+        title += f"\ndashed line: all test stays, AUROC {overall_auroc:.3f}; thin line: chance (0.5)"
     ax.set_yticks(ypos, labels, fontsize=7)
-    ax.set(xlabel="test AUROC (95% patient-bootstrap interval)", title="Subgroup performance", xlim=(0.4, 1.0))
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set(xlabel="test AUROC (95% patient-bootstrap interval; an arrow: it goes on past the axis)", xlim=xlim)
+    ax.set_title(title, fontsize=9)
     atomic_io.save_figure(fig, plots_dir / "subgroup_performance.png")
 
 
-def plot_curves(history, plots_dir):
+def kept_epoch(history, select_by="auroc"):
+    """The 0-based index of the epoch train.py kept (best_model.pth): the first epoch whose validation score beat
+    every earlier one (AUROC with --select-by auroc, else minus the loss; minus the loss also where an epoch has no
+    AUROC), as train.validate_and_checkpoint decides."""
+    best, kept = -np.inf, None
+    for i, (auroc, loss) in enumerate(zip(history["val_auroc"], history["val_loss"])):
+        score = auroc if select_by == "auroc" and auroc is not None else -loss
+        if score > best:
+            best, kept = score, i
+    return kept
+
+
+def _mark_kept(ax, epoch_number, y=None):
+    ax.axvline(epoch_number, color="tab:green", ls=":", lw=1.2, label=f"kept: epoch {epoch_number}")
+    if y is not None and not np.isnan(y):
+        ax.plot([epoch_number], [y], marker="*", ms=12, color="tab:green", zorder=5)
+
+
+def plot_curves(history, plots_dir, select_by="auroc"):
+    """loss_curves.png and auroc_curve.png: epochs counted from 1, the kept epoch (best_model.pth) marked."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     epochs = np.arange(1, len(history["train_loss"]) + 1)
-    fig, (ax, ax_objective) = plt.subplots(1, 2, figsize=(9, 3.5))
+    kept = kept_epoch(history, select_by)
+    kept_number = None if kept is None else kept + 1
+    fig, (ax, ax_objective) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
     # Like with like: both curves are the unweighted BCE of the model in eval mode after the epoch.
     if len(history.get("train_bce", [])) == len(epochs):
-        ax.plot(epochs, history["train_bce"], label="train (eval mode)")
-    ax.plot(epochs, history["val_loss"], label="val")
+        ax.plot(epochs, history["train_bce"], marker=".", label="train (eval mode)")
+    ax.plot(epochs, history["val_loss"], marker=".", label="val")
+    if kept_number is not None:
+        _mark_kept(ax, kept_number, history["val_loss"][kept])
+        _mark_kept(ax_objective, kept_number)
     ax.set(xlabel="epoch", ylabel="BCE, unweighted", title="Loss after each epoch")
-    ax.legend()
-    ax_objective.plot(epochs, history["train_loss"], color="tab:gray")
-    ax_objective.set(xlabel="epoch", ylabel="weighted BCE + temporal term",
-                     title="Training objective (mean over the epoch's batches)")
+    ax.legend(fontsize=8)
+    ax_objective.plot(epochs, history["train_loss"], marker=".", color="tab:gray")
+    ax_objective.set(xlabel="epoch", ylabel="weighted BCE + temporal term")
+    ax_objective.set_title("Training objective (mean over the epoch's batches)", fontsize=10)
+    for a in (ax, ax_objective):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     atomic_io.save_figure(fig, plots_dir / "loss_curves.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [np.nan if v is None else v for v in history["val_auroc"]], label="val AUROC")
-    ax.set(xlabel="epoch", ylabel="AUROC", title="Validation AUROC")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    aurocs = np.array([np.nan if v is None else v for v in history["val_auroc"]], dtype=float)
+    ax.plot(epochs, aurocs, marker=".", label="val AUROC")
+    if kept_number is not None:
+        _mark_kept(ax, kept_number, aurocs[kept])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="AUROC")
+    ax.set_title(f"Validation AUROC (the kept epoch: best validation {'AUROC' if select_by == 'auroc' else 'loss'})",
+                 fontsize=9)
+    ax.legend(fontsize=8)
     atomic_io.save_figure(fig, plots_dir / "auroc_curve.png")
 
 
-def plot_attention(path_npz, plots_dir):
+def plot_attention(path_npz, plots_dir, title=None):
+    """attention_heatmap.png from a train.save_attention file; `title` says whose attention it is (the kept model's
+    at the end of the run; during training the weights of that batch)."""
     plt = _plt()
     data = np.load(path_npz)
     pool, mask = data["pooling_attention"].astype(np.float32), data["mask"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].imshow(pool.mean(1)[:, 0, :] * mask, aspect="auto", cmap="viridis")
-    axes[0].set(xlabel="event (time order)", ylabel="stay", title="Pooling attention (mean of heads)",
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    pooled = np.ma.masked_where(~mask.astype(bool), pool.mean(1)[:, 0, :])  # padding: left blank, not 0
+    im = axes[0].imshow(pooled, aspect="auto", cmap="viridis", interpolation="nearest")
+    axes[0].set(xlabel="event (time order: oldest left, the prediction time right)", ylabel="stay",
                 yticks=range(len(pool)), yticklabels=[str(s) for s in data["stay_id"]])
+    axes[0].set_title("Pooling attention (mean of heads); blank: no event", fontsize=9)
+    fig.colorbar(im, ax=axes[0], fraction=0.04, label="weight")
     n = int(mask[0].sum()) or 1
-    im = axes[1].imshow(data["layer_attention"][-1, 0].astype(np.float32).mean(0)[:n, :n], cmap="viridis")
-    axes[1].set(xlabel="key event", ylabel="query event", title="Last layer self-attention, first stay")
-    fig.colorbar(im, ax=axes[1])
-    fig.suptitle(Path(path_npz).stem)
+    im = axes[1].imshow(data["layer_attention"][-1, 0].astype(np.float32).mean(0)[:n, :n], cmap="viridis",
+                        interpolation="nearest")
+    axes[1].set(xlabel="key event (time order)", ylabel="query event (time order)")
+    axes[1].set_title(f"Last layer self-attention, mean of heads, stay {data['stay_id'][0]}", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.04, label="weight")
+    if title is None:
+        title = f"{Path(path_npz).stem} (during training: that batch's weights, not necessarily the kept model)"
+    fig.suptitle(title, fontsize=10)
     atomic_io.save_figure(fig, plots_dir / "attention_heatmap.png")
 
 
+def _outcome_axes(ax, kind):
+    """Axis labels in the reader's words (the positive class is death), not scikit-learn's "Positive label: 1"."""
+    if kind == "roc":
+        ax.set_xlabel("false positive rate (share of survivors flagged)")
+        ax.set_ylabel("true positive rate (share of deaths flagged)")
+    elif kind == "pr":
+        ax.set_xlabel("recall (share of deaths flagged)")
+        ax.set_ylabel("precision (share of flagged stays that died)")
+    else:
+        ax.set_xlabel("predicted risk of death (mean in the bin)")
+        ax.set_ylabel("observed death rate in the bin")
+
+
+def wilson_interval(k, n, z=1.959964):
+    """95% Wilson score interval of k deaths out of n stays (arrays)."""
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def plot_test_curves(y, p, plots_dir, p_uncalibrated=None, baselines=None):
-    """ROC and precision-recall of the model (and the baselines' test probabilities beside it), and the
-    calibration curve of the model before and after calibration."""
+    """ROC and precision-recall of the model (and the baselines' test probabilities beside it; on PR the prevalence,
+    a model without skill), and the calibration curve of the model before and after calibration with the stays
+    (and deaths) in each bin."""
     plt = _plt()
-    from sklearn.calibration import CalibrationDisplay
+    from sklearn.calibration import calibration_curve
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+    y, p = np.asarray(y), np.asarray(p, dtype=float)
     if len(np.unique(y)) < 2:
         return
-    for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall_curve.png", PrecisionRecallDisplay)):
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        display.from_predictions(y, p, ax=ax, name="model")
+    prevalence = float(np.mean(y))
+    subtitle = f"Test split: {len(y)} stays, {int(y.sum())} deaths"
+    for name, display, kind in (("roc_curve.png", RocCurveDisplay, "roc"),
+                                ("precision_recall_curve.png", PrecisionRecallDisplay, "pr")):
+        fig, ax = plt.subplots(figsize=(5.2, 4.8), layout="constrained")
+        display.from_predictions(y, p, ax=ax, name="model", pos_label=1)
         for baseline, pb in (baselines or {}).items():
-            shown = display.from_predictions(y, pb, ax=ax, name=baseline)
+            shown = display.from_predictions(y, pb, ax=ax, name=baseline, pos_label=1)
             shown.line_.set_linestyle("--")
-        ax.set_title("Test split")
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":", label="chance (AUC = 0.5)")
+        else:
+            ax.axhline(prevalence, color="0.6", lw=0.8, ls=":", label=f"prevalence: {prevalence:.3f} (no skill)")
+            ax.set_ylim(0, 1.02)
+        _outcome_axes(ax, kind)
+        ax.legend(fontsize=8, loc="lower right" if kind == "roc" else "upper right")
+        ax.set_title(subtitle + "; positive class: death", fontsize=9)
         atomic_io.save_figure(fig, plots_dir / name)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True, layout="constrained",
+                                   gridspec_kw=dict(height_ratios=[3, 1.2]))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":", label="perfectly calibrated")
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, 11)))
     if p_uncalibrated is not None:
-        shown = CalibrationDisplay.from_predictions(y, p_uncalibrated, n_bins=10, strategy="quantile", ax=ax,
-                                                    name="uncalibrated")
-        shown.line_.set_linestyle("--")
-    CalibrationDisplay.from_predictions(y, p, n_bins=10, strategy="quantile", ax=ax, name="calibrated")
-    ax.set_title("Test split")
+        observed, predicted = calibration_curve(y, p_uncalibrated, n_bins=10, strategy="quantile")
+        ax.plot(predicted, observed, "s--", ms=4, color="tab:gray", label="uncalibrated")
+    bins = np.clip(np.searchsorted(edges[1:-1], p, side="right"), 0, max(len(edges) - 2, 0))
+    n_bin = np.bincount(bins, minlength=len(edges) - 1)
+    deaths_bin = np.bincount(bins, weights=y, minlength=len(edges) - 1).astype(int)
+    used = n_bin > 0
+    mean_p = np.bincount(bins, weights=p, minlength=len(edges) - 1)[used] / n_bin[used]
+    rate = deaths_bin[used] / n_bin[used]
+    counts = n_bin[used]
+    low, high = wilson_interval(deaths_bin[used], counts)
+    span = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+    ax.errorbar(mean_p, rate, yerr=[rate - low, high - rate], fmt="o-", color="tab:blue", capsize=2, lw=1.2,
+                label=f"calibrated: {len(counts)} bins of {span} stays\n(bars: 95% Wilson interval of the death rate)")
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02))
+    _outcome_axes(ax, "calibration")
+    ax.set_title(subtitle + "; below: the stays at each predicted risk", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax_n.hist([p[y == 0], p[y == 1]], bins=np.linspace(0, 1, 21), stacked=True, color=["0.7", "tab:red"],
+              label=["survived", "died"])
+    ax_n.set(xlabel="predicted risk of death (calibrated)", ylabel="stays")
+    ax_n.legend(fontsize=7)
     atomic_io.save_figure(fig, plots_dir / "calibration_curve.png")
 
 # -----------------------------------------------------------------------------
 # Explanation figures
 
-# x axes are hours before the prediction time (0 = prediction time, on the right); the top events are named
-# by their text. Each takes explanation_sums.Collected (what the run kept of its batches) and a path.
+# x axes are hours before the prediction time (0 = prediction time, on the right); the top events are numbered
+# on the plot and named in full in a list beside it. Each takes explanation_sums.Collected (what the run kept of its batches) and a path.
 
 METHOD_LABELS = {"integrated_gradients": "Integrated Gradients", "layer_integrated_gradients": "Layer IG (input proj.)",
                  "feature_ablation": "Feature ablation (event removed)", "attention_pooling": "Attention pooling"}
+# What each method's number is, in the reader's units (axis labels).
+METHOD_UNITS = {"integrated_gradients": "contribution to the log-odds of death",
+                "layer_integrated_gradients": "contribution to the log-odds of death",
+                "feature_ablation": "log-odds of death minus that without the event",
+                "attention_pooling": "pooling weight (no sign; sums to 1 over the stay)"}
+LOG_ODDS = "contribution to the log-odds of death"
 
 
 def _short(text, n=48):
@@ -128,11 +245,41 @@ def _short(text, n=48):
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
-def _label_top(ax, hours, values, texts, k=5, signed=True):
-    order = np.argsort(-(np.abs(values) if signed else values))[:k]
-    for rank, j in enumerate(order):
-        ax.annotate(_short(texts[j], 40), (hours[j], values[j]), xytext=(4, 10 + 9 * (rank % 3)),
-                    textcoords="offset points", fontsize=7, arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"))
+def _wrap(text, width=60):
+    import textwrap
+    return "\n   ".join(textwrap.wrap(str(text), width)) or str(text)
+
+
+def _stagger(xs, ys, span, near=0.015, step=11):
+    """Vertical offsets (points) for numbered labels: a label within `near` x `span` of an earlier one on the same
+    side of 0 goes one step further out, so that labels of events close in time do not cover each other."""
+    offsets, placed = [], []
+    for x, y in zip(xs, ys):
+        side = 1 if y >= 0 else -1
+        level = sum(1 for px, ps in placed if ps == side and abs(px - x) <= near * span)
+        placed.append((x, side))
+        offsets.append(side * (4 + step * level))
+    return offsets
+
+
+def _numbered(ax, xs, ys, numbers, color="black", span=None):
+    """Small numbered labels on the points (no leader lines, staggered where close): the list beside the axes names
+    them."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    span = span or (float(np.ptp(xs)) if len(xs) else 1.0) or 1.0
+    for x, y, k, dy in zip(xs, ys, numbers, _stagger(xs, ys, span)):
+        ax.annotate(str(k), (x, y), xytext=(0, dy), textcoords="offset points", ha="center",
+                    va="bottom" if y >= 0 else "top", fontsize=7, fontweight="bold", color=color,
+                    bbox=dict(boxstyle="circle,pad=0.15", fc="white", ec="0.5", lw=0.4))
+
+
+def _event_ticks(ax, hours_in_order, n_ticks=8):
+    """Ticks on an axis of events evenly spaced in time order (not a time axis): the event's number and its hours."""
+    n = len(hours_in_order)
+    ticks = np.unique(np.linspace(0, n - 1, min(n_ticks, n)).astype(int)) if n else []
+    ax.set_xticks(ticks, [f"#{t + 1}\n{hours_in_order[t]:.1f} h" for t in ticks], fontsize=8)
+    ax.set_xlabel(f"the stay's {n} events in time order, evenly spaced (not a time axis); tick: event number and "
+                  "hours before the prediction")
 
 
 def fig_layer_attention(collected, path):
@@ -140,30 +287,32 @@ def fig_layer_attention(collected, path):
     stay = collected.example
     meta, received = stay["meta"], stay["layer_received"]
     hours = hours_before_prediction(meta)
-    order = np.argsort(-hours)  # oldest left, prediction time right
+    order = np.argsort(-hours, kind="stable")  # oldest left, prediction time right
     patterns = collected.layer_pattern_frame()
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw=dict(width_ratios=[3, 1.2]), layout="constrained")
     ax = axes[0]
     image = np.vstack([received, stay["attributions"]["attention_pooling"][None]])[:, order]
     im = ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(image.shape[0]), [f"layer {i}" for i in range(received.shape[0])] + ["pooling"])
-    ticks = np.linspace(0, len(order) - 1, min(8, len(order))).astype(int)
-    ax.set_xticks(ticks, [f"{hours[order][t]:.1f}" for t in ticks])
-    ax.set_xlabel("event, labelled by hours before the prediction time")
-    top = np.argsort(-image[-1])[:5]
-    ax.set_title(f"Stay {stay['stay_id']} (P(death)={stay['probability']:.2f}, died={stay['label']}): attention each "
-                 f"event receives, mean over heads and queries\nmost pooled: " +
-                 "; ".join(_short(meta['event_text'].iloc[order[j]], 30) for j in top[:3]), fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.025)
+    _event_ticks(ax, hours[order])
+    top = np.argsort(-image[-1])[:3]
+    ax.set_title(f"Stay {stay['stay_id']} (P(death)={stay['probability']:.2f}, "
+                 f"{'died' if stay['label'] else 'survived'}): attention each event receives, mean over heads and "
+                 f"queries\nmost pooled: " + "; ".join(f"#{j + 1} {_short(meta['event_text'].iloc[order[j]], 32)}"
+                                                       for j in top), fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.025, label="attention weight")
     ax = axes[1]
     pivot = patterns.pivot(index="layer", columns="head", values="entropy_normalised")
-    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="magma_r", vmin=0, vmax=1)
+    values = pivot.to_numpy(dtype=float)
+    im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.55 else "white")
     ax.set_xticks(range(pivot.shape[1]), pivot.columns)
     ax.set_yticks(range(pivot.shape[0]), pivot.index)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("Mean attention entropy / log(events in the stay)\n(1 = uniform, low = focused on few events)",
-                 fontsize=9)
+    ax.set_title("Mean attention entropy / log(events in the stay), explained stays\n(1 = spread evenly over every "
+                 "event; low = focused on few events)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     return atomic_io.save_figure(fig, path)
 
@@ -191,25 +340,65 @@ def fig_sequence_importance(collected, path):
     return atomic_io.save_figure(fig, path)
 
 
-def fig_sequence_importance_combined(collected, path):
+def relative_difference(values, other):
+    """max |values - other| / max |other| (NaN where other is missing or all zero): how far layer IG is from IG on a
+    stay (per event they differ only by the static part of IG's path where the input projection is linear)."""
+    if other is None or len(values) != len(other) or not len(other):
+        return float("nan")
+    scale = float(np.abs(other).max())
+    return float(np.abs(np.asarray(values) - np.asarray(other)).max() / scale) if scale > 0 else float("nan")
+
+
+FOLD_LAYER_IG = 0.05  # layer IG shares IG's panel where it is within this share of IG's largest |score| on every event
+
+
+def fig_sequence_importance_combined(collected, path, k=6):
+    """The example stay's events under every method that ran on it (one panel each; layer IG is folded into IG's
+    panel where it is within FOLD_LAYER_IG of it), on one time axis; the k largest |IG| events numbered in every
+    panel and named in the list on the right."""
     plt = _plt()
     stay = collected.example
     meta = stay["meta"]
     hours = hours_before_prediction(meta)
     texts = meta["event_text"].astype(str).to_numpy()
-    fig, axes = plt.subplots(len(METHODS), 1, figsize=(12, 2.6 * len(METHODS)), sharex=True)
-    for ax, method in zip(axes, METHODS):
-        values = stay["attributions"][method]
+    attributions = stay["attributions"]
+    methods = [m for m in METHODS if m in attributions]  # cohort mode: those run on the audited stays
+    ig = attributions.get("integrated_gradients")
+    gap = (relative_difference(attributions["layer_integrated_gradients"], ig)
+           if "layer_integrated_gradients" in methods else float("nan"))
+    folded = gap <= FOLD_LAYER_IG
+    if folded:
+        methods.remove("layer_integrated_gradients")
+    fig = plt.figure(figsize=(15, 1.2 + 2.3 * len(methods)), layout="constrained")
+    grid = fig.add_gridspec(len(methods), 2, width_ratios=[4, 1.25])
+    axes = [fig.add_subplot(grid[0, 0])]
+    axes += [fig.add_subplot(grid[i, 0], sharex=axes[0]) for i in range(1, len(methods))]
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    ax_list = fig.add_subplot(grid[:, 1])
+    ax_list.axis("off")
+    key = ig if ig is not None else attributions[methods[0]]
+    named = np.argsort(-np.abs(key), kind="stable")[:min(k, len(key))]
+    for ax, method in zip(axes, methods):
+        values = attributions[method]
         colors = np.where(values >= 0, "tab:red", "tab:blue") if method in SIGNED_METHODS else "tab:gray"
-        ax.vlines(hours, 0, values, colors=colors, lw=1.2)
-        ax.scatter(hours, values, c=colors, s=10)
+        ax.vlines(hours, 0, values, colors=colors, lw=1.0)
+        ax.scatter(hours, values, c=colors, s=8)
         ax.axhline(0, color="0.5", lw=0.5)
-        _label_top(ax, hours, values, texts, k=4, signed=method in SIGNED_METHODS)
-        ax.set_ylabel(METHOD_LABELS[method].split(" (")[0], fontsize=8)
+        _numbered(ax, hours[named], values[named], range(1, len(named) + 1), span=float(np.ptp(hours)))
+        name = METHOD_LABELS[method] + (f" (layer IG is the same within {gap:.1%} of the largest |IG|: not drawn "
+                                        "again)" if method == "integrated_gradients" and folded else "")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_ylabel(_wrap(METHOD_UNITS[method], 24).replace("\n   ", "\n"), fontsize=7)
+        ax.margins(y=0.4)  # room for the numbered labels, staggered where events are close
     axes[-1].invert_xaxis()
-    axes[-1].set_xlabel("hours before the prediction time")
-    fig.suptitle(f"Stay {stay['stay_id']}: every method on the same events (P(death)={stay['probability']:.2f}, "
-                 f"died={stay['label']}; red = towards death; the 4 largest named)", y=1.01)
+    axes[-1].set_xlabel("hours before the prediction time (0 = prediction time)")
+    listing = "\n".join(f"{i}. {_wrap(texts[j], 46)}\n   {hours[j]:.1f} h before; IG {key[j]:+.2g}"
+                        for i, j in enumerate(named, 1))
+    ax_list.text(0, 1, f"The {len(named)} largest |IG| events\n(numbered in every panel)\n\n" + listing, fontsize=7.5,
+                 va="top", ha="left", transform=ax_list.transAxes)
+    fig.suptitle(f"Stay {stay['stay_id']}: every method that ran, on the same events (P(death)={stay['probability']:.2f}, "
+                 f"{'died' if stay['label'] else 'survived'}; red = towards death, blue = towards survival)", fontsize=10)
     return atomic_io.save_figure(fig, path)
 
 
@@ -241,28 +430,56 @@ def fig_head_specialization(collected, path):
     return atomic_io.save_figure(fig, path)
 
 
+def mean_by_item(by_text):
+    """mean_by_text (IG's mean and number of events per distinct text) grouped by item (event_table.item_of_text:
+    the text without its numbers, so one row for every potassium value): the signed mean over the item's events."""
+    import event_table
+    if by_text.empty:
+        return pd.DataFrame(columns=["mean", "count", "n_texts"])
+    frame = pd.DataFrame({"item": event_table.item_of_text(pd.Series(by_text.index.astype(str))).to_numpy(),
+                          "sum": (by_text["mean"] * by_text["count"]).to_numpy(dtype=float),
+                          "count": by_text["count"].to_numpy(dtype=np.int64)})
+    grouped = frame.groupby("item").agg(sum=("sum", "sum"), count=("count", "sum"), n_texts=("count", "size"))
+    return pd.DataFrame({"mean": grouped["sum"] / grouped["count"], "count": grouped["count"],
+                         "n_texts": grouped["n_texts"]})
+
+
 def fig_feature_importance(collected, path):
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw=dict(width_ratios=[2, 1]), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw=dict(width_ratios=[2, 1]), layout="constrained")
     ax = axes[0]
-    by_text = collected.events.mean_by_text()
-    if not by_text.empty:
-        by_text = by_text[by_text["count"] >= min(3, int(by_text["count"].max()))]
-        top = pd.concat([by_text.nlargest(10, "mean"), by_text.nsmallest(10, "mean")]).drop_duplicates()
-        top = top.sort_values("mean")
-        ax.barh([f"{_short(t, 55)} (n={c})" for t, c in zip(top.index, top["count"])], top["mean"],
+    by_item = mean_by_item(collected.events.mean_by_text())
+    if not by_item.empty:
+        by_item = by_item[by_item["count"] >= min(3, int(by_item["count"].max()))]
+        top = pd.concat([by_item[by_item["mean"] > 0].nlargest(10, "mean"),
+                         by_item[by_item["mean"] < 0].nsmallest(10, "mean")])
+        top = top[~top.index.duplicated()].sort_values("mean")
+        ax.barh([f"{_short(t, 60)} (n={c})" for t, c in zip(top.index, top["count"])], top["mean"],
                 color=np.where(top["mean"] >= 0, "tab:red", "tab:blue"))
         ax.tick_params(axis="y", labelsize=7)
     ax.axvline(0, color="0.4", lw=0.5)
-    ax.set_xlabel("mean Integrated Gradients attribution to the logit (red = towards death)")
-    ax.set_title("Which events push predictions, across explained stays?", fontsize=10)
+    ax.set_xlabel(f"mean Integrated Gradients attribution per event: {LOG_ODDS}\n(red = towards death, blue = towards "
+                  "survival)")
+    ax.set_title("Which items push predictions, across explained stays? An item is an event text with its numbers as # "
+                 "\n(every potassium value together); the 10 most towards death and towards survival, n = events",
+                 fontsize=9)
     ax = axes[1]
     static = collected.static_means()
     if not static.empty:
-        table = static["magnitude"].unstack("method")
-        table.sort_values(table.columns[0]).plot.barh(ax=ax)
-    ax.set_xlabel("mean |attribution| to the logit")
-    ax.set_title("Static features (all one-hot columns of a\nvariable together)", fontsize=10)
+        from matplotlib.ticker import MaxNLocator
+        from report import STATIC_LABELS
+        table = static["attribution"].unstack("method")
+        table = table.rename(columns=METHOD_LABELS, index=lambda f: STATIC_LABELS.get(f, f))
+        # grey shades for the methods: red and blue mean towards death and survival in every figure
+        table.loc[table.abs().max(axis=1).sort_values().index].plot.barh(
+            ax=ax, color=["0.3", "0.65", "0.5", "0.8"][:table.shape[1]])
+        ax.legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.axvline(0, color="0.4", lw=0.5)
+    ax.set_ylabel("")
+    ax.set_xlabel(f"mean attribution: {LOG_ODDS}")
+    ax.set_title("Static features (all one-hot columns of a variable together),\nmean over the explained stays",
+                 fontsize=9)
     return atomic_io.save_figure(fig, path)
 
 
@@ -303,25 +520,29 @@ def fig_query_vector(collected, path):
 def _by_type_and_top(ax_box, ax_top, sample, largest, method, note=""):
     """Box plots of the method's scores by event type (of the sampled events) and its largest single-event
     attributions (of every event)."""
+    sample = sample[sample[method].notna()]  # cohort mode: the method ran on the audited stays only
     types = sorted(sample.event_type.astype(str).unique())
     ax_box.boxplot([sample.loc[sample.event_type == t, method] for t in types], tick_labels=types, showfliers=False)
     ax_box.tick_params(axis="x", labelrotation=30)
     ax_box.axhline(0, color="0.5", lw=0.5)
-    ax_box.set_ylabel("attribution to the logit")
+    ax_box.set_ylabel(f"per event: {METHOD_UNITS[method]}", fontsize=8)
     ax_box.set_title(f"{METHOD_LABELS[method]}: by event type{note}", fontsize=10)
     top = largest.iloc[::-1] if largest is not None else pd.DataFrame(columns=LARGEST_COLUMNS)
     ax_top.barh([f"{_short(t, 45)} [{s}, {h:.1f}h]" for t, s, h in
                  zip(top.event_text, top.stay_id, hours_before_prediction(top))], top["attribution"],
                 color=np.where(top["attribution"] >= 0, "tab:red", "tab:blue"))
+    ax_top.axvline(0, color="0.4", lw=0.5)
     ax_top.tick_params(axis="y", labelsize=7)
+    ax_top.set_xlabel(f"{METHOD_UNITS[method]} (red = towards death)", fontsize=8)
     ax_top.set_title("largest single-event attributions [stay, hours before prediction]", fontsize=10)
 
 
 def _method_scatter(ax, sample, method, other="integrated_gradients", note=""):
+    sample = sample[sample[method].notna() & sample[other].notna()]
     ax.scatter(sample[other], sample[method], s=5, alpha=0.5)
     rho = spearmanr(sample[method], sample[other]).statistic if len(sample) > 2 else float("nan")
-    ax.set_xlabel(METHOD_LABELS[other])
-    ax.set_ylabel(METHOD_LABELS[method])
+    ax.set_xlabel(f"{METHOD_LABELS[other]}: {METHOD_UNITS[other]}", fontsize=8)
+    ax.set_ylabel(f"{METHOD_LABELS[method]}: {METHOD_UNITS[method]}", fontsize=8)
     ax.set_title(f"per event, all stays{note} (Spearman {rho:.2f})", fontsize=10)
 
 
@@ -337,14 +558,23 @@ def fig_captum(collected, path, method, faithfulness):
         axes[2].axvline(conv["tolerance"], color="tab:red", lw=0.8, ls="--")
         axes[2].set_title(convergence_title(conv), fontsize=10)
         axes[2].set_xlabel("relative completeness error per stay (dashed: tolerance)")
+        axes[2].set_ylabel("stays")
     elif method == "feature_ablation":
         static = collected.static_means()
         rows = (static["attribution"].xs("feature_ablation", level="method").sort_values() if not static.empty
                 else pd.Series(dtype=float))
-        axes[2].barh(rows.index, rows.to_numpy(), color=np.where(rows >= 0, "tab:red", "tab:blue"))
+        from matplotlib.ticker import MaxNLocator
+        from report import STATIC_LABELS
+        axes[2].barh([STATIC_LABELS.get(f, f) for f in rows.index], rows.to_numpy(),
+                     color=np.where(rows >= 0, "tab:red", "tab:blue"))
+        axes[2].axvline(0, color="0.4", lw=0.5)
+        axes[2].xaxis.set_major_locator(MaxNLocator(5))
+        axes[2].set_xlabel("mean change in the log-odds of death when the column is removed", fontsize=8)
         axes[2].set_title("static column removed: mean logit change", fontsize=10)
     else:
         _method_scatter(axes[2], sample, method, note=note)
+    fig.suptitle(f"{METHOD_LABELS[method]}: an event's attribution is its {METHOD_UNITS[method]} (what the model "
+                 "uses, not causes)", fontsize=10)
     return atomic_io.save_figure(fig, path)
 
 
@@ -364,49 +594,138 @@ def convergence_title(conv):
             f"{conv['n_missed_tolerance']} of {conv['n_stays']} stays above {conv['tolerance']:.0%}")
 
 
-def fig_stay_timeline(stay, path, static_names=()):
-    """Every event of one stay on a time axis, coloured by its IG attribution, the top events named; the
-    static columns' IG attributions beside it."""
+def timeline_colour_limit(collected):
+    """The timelines' colour scale, one for every stay of the run: the report's (report.colour_limit, the 99th
+    percentile of |IG| over the run's events; beyond it colours are clipped)."""
+    from report import colour_limit
+    sample = collected.event_sample()
+    values = sample["integrated_gradients"].dropna() if "integrated_gradients" in sample else []
+    return colour_limit(values)
+
+
+def _static_value(value):
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "not recorded"
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
+def fig_stay_timeline(stay, path, static_names=(), limit=None, static_values=None, k=8):
+    """Every event of one stay on a time axis, one lane per kind, coloured by its IG attribution on the run's one
+    scale (`limit`: clipped beyond it); the k largest |IG| numbered on the plot and named in full in the list beside
+    it; the static columns' IG attributions with the stay's values (`static_values`: feature -> value)."""
     plt = _plt()
+    from matplotlib.colors import Normalize
+    from report import STATIC_LABELS
     meta = stay["meta"]
-    fig, (ax, ax_static) = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw=dict(width_ratios=[4, 1]),
-                                        layout="constrained")
+    fig = plt.figure(figsize=(17, 6.2), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[3.2, 1.3], height_ratios=[1.25, 1])
+    ax, ax_list, ax_static = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
+    ax_list.axis("off")
     title = f"Stay {stay['stay_id']}: predicted P(death) = {stay['probability']:.2f}, outcome: " + \
         ("died" if stay["label"] else "survived")
+    values = stay["attributions"].get("integrated_gradients", np.zeros(len(meta)))
+    if limit is None:
+        limit = max(float(np.abs(values).max(initial=0.0)), 1e-9)
     if len(meta):
         hours = hours_before_prediction(meta)
         types = list(dict.fromkeys(sorted(meta.event_type.astype(str))))
         y = np.array([types.index(t) for t in meta.event_type.astype(str)])
-        values = stay["attributions"]["integrated_gradients"]
-        limit = max(float(np.abs(values).max()), 1e-9)
-        sc = ax.scatter(hours, y, c=values, cmap="RdBu_r", vmin=-limit, vmax=limit, s=40, edgecolors="0.3", lw=0.3)
-        middle = (hours.max() + hours.min()) / 2
-        for rank, j in enumerate(np.argsort(-np.abs(values))[:6]):
-            right_half = hours[j] < middle  # the axis is inverted: small hours are on the right
-            dy = 10 + 9 * (rank % 3) if rank % 2 == 0 else -14 - 9 * (rank % 3)  # alternate above / below
-            ax.annotate(f"{_short(meta.event_text.iloc[j], 40)} ({values[j]:+.2f})", (hours[j], y[j]),
-                        xytext=(-8 if right_half else 8, dy),
-                        textcoords="offset points", fontsize=7, ha="right" if right_half else "left",
-                        arrowprops=dict(arrowstyle="-", lw=0.5))
+        norm = Normalize(-limit, limit, clip=True)
+        small_first = np.argsort(np.abs(values), kind="stable")  # the strong colours drawn on top
+        sc = ax.scatter(hours[small_first], y[small_first], c=values[small_first], cmap="RdBu_r", norm=norm, s=42,
+                        edgecolors="0.3", lw=0.3)
+        named = np.argsort(-np.abs(values), kind="stable")[:min(k, len(values))]
+        named = named[np.abs(values[named]) > 0]
+        span = float(np.ptp(hours)) or 1.0
+        for lane in np.unique(y[named]):
+            in_lane = named[y[named] == lane]
+            ranks = [int(np.flatnonzero(named == j)[0]) + 1 for j in in_lane]
+            for j, rank, dy in zip(in_lane, ranks, _stagger(hours[in_lane], np.ones(len(in_lane)), span)):
+                ax.annotate(str(rank), (hours[j], y[j]), xytext=(0, 5 + dy), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, fontweight="bold",
+                            bbox=dict(boxstyle="circle,pad=0.15", fc="white", ec="0.4", lw=0.5))
         ax.set_yticks(range(len(types)), types)
-        ax.set_ylim(-0.8, len(types) - 0.2)
+        ax.set_ylim(-0.7, len(types) - 0.3)
         ax.invert_xaxis()
-        fig.colorbar(sc, ax=ax, fraction=0.03, label="IG attribution to the logit (red = towards death)")
+        fig.colorbar(sc, ax=ax, fraction=0.03, extend="both", label="IG (log-odds of death)")
+        title += (f"\ncolour: each event's IG {LOG_ODDS} (red = towards death, blue = towards survival), on one "
+                  f"scale for every stay of the run, clipped at ±{limit:.2g}")
+        texts = meta.event_text.astype(str).to_numpy()
+        listing = "\n".join(f"{rank}. {_wrap(texts[j], 58)}\n   {hours[j]:.1f} h before; IG {values[j]:+.2g}"
+                            for rank, j in enumerate(named, 1))
+        ax_list.text(0, 1, f"The {len(named)} events that moved the prediction most (|IG|):\n\n{listing}",
+                     fontsize=7.5, va="top", ha="left", transform=ax_list.transAxes)
     else:
         title += " — no events: predicted from its static features alone"
-    ax.set_xlabel("hours before the prediction time")
+    ax.set_xlabel("hours before the prediction time (0 = prediction time, right)")
     ax.set_title(title, fontsize=10)
     static = stay["static"].get("integrated_gradients")
     if static is not None and len(static_names) == len(static):
-        order = np.argsort(np.abs(static))
-        ax_static.barh(np.asarray(static_names)[order], static[order],
-                       color=np.where(static[order] >= 0, "tab:red", "tab:blue"))
+        order = np.argsort(np.abs(static), kind="stable")
+        known = static_values or {}
+        names = [f"{STATIC_LABELS.get(n, n)}: {_static_value(known.get(n))}" if static_values is not None
+                 else STATIC_LABELS.get(n, n) for n in np.asarray(static_names)[order]]
+        bars = ax_static.barh(names, static[order], color=np.where(static[order] >= 0, "tab:red", "tab:blue"))
+        ax_static.bar_label(bars, [f"{v:+.2f}" for v in static[order]], fontsize=6, padding=2)
         ax_static.axvline(0, color="0.4", lw=0.5)
-    ax_static.set_title("static columns (IG)", fontsize=9)
+        ax_static.tick_params(axis="y", labelsize=7)
+        ax_static.margins(x=0.25)
+    ax_static.set_xlabel(f"IG: {LOG_ODDS}", fontsize=8)
+    ax_static.set_title("static features (the stay's value: IG)", fontsize=9)
     return atomic_io.save_figure(fig, path)
 
 
-def make_all_figures(collected, save_dir, faithfulness, stay_ids):
+def fig_cohort_attributions(cohort, path, n_stays, top=15):
+    """What drives predicted risk across the cohort (cohort_attributions.csv): the items (event texts without their
+    numbers) that push the cohort's logits most towards death and towards survival, ranked by their IG attribution
+    averaged over every explained stay (0 where absent). Per item its mean attribution in the stays it appears in
+    with the 95% interval over those stays, and the share of stays it appears in. Items of fewer than 1% of the
+    stays (at least 5) are left out, and so are those whose average push is below 2% of the largest: noise."""
+    plt = _plt()
+    rows = pd.DataFrame(columns=cohort.columns)
+    if not cohort.empty:
+        common = cohort[cohort["n_stays"] >= min(max(5, int(np.ceil(0.01 * n_stays))), int(cohort["n_stays"].max()))]
+        key = "mean_attribution_over_all_stays"
+        common = common[common[key].abs() >= 0.02 * common[key].abs().max()]
+        down, up = common[common[key] < 0].nsmallest(top, key), common[common[key] > 0].nlargest(top, key)
+        # drawn by the bar's own value: towards survival at the bottom, towards death at the top
+        rows = pd.concat([down, up]).sort_values("mean_attribution", kind="stable")
+    fig, (ax, ax_share) = plt.subplots(1, 2, figsize=(15, 2.2 + 0.3 * max(len(rows), 4)), sharey=True,
+                                       gridspec_kw=dict(width_ratios=[3, 1]), layout="constrained")
+    y = np.arange(len(rows))
+    if len(rows):
+        mean = rows["mean_attribution"].to_numpy(dtype=float)
+        low, high = (rows[f"mean_attribution_ci95_{end}"].to_numpy(dtype=float) for end in ("low", "high"))
+        error = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+        colors = np.where(rows["mean_attribution_over_all_stays"] >= 0, "tab:red", "tab:blue")
+        ax.barh(y, mean, xerr=error, color=colors, alpha=0.8, error_kw=dict(lw=0.8, capsize=2))
+        ax.set_yticks(y, [_short(t, 60) for t in rows["item"]], fontsize=7)
+        share = rows["share_of_stays"].to_numpy(dtype=float)
+        ax_share.barh(y, 100 * share, color="0.6")
+        for yi, (s, n) in enumerate(zip(share, rows["n_stays"])):
+            ax_share.text(100 * s, yi, f" {n:,}", va="center", fontsize=7)
+        ax_share.set_xlim(0, 115)
+    else:
+        ax.text(0.5, 0.5, "no events explained", ha="center", transform=ax.transAxes)
+    ax.axvline(0, color="0.4", lw=0.5)
+    ax.set_xlabel("mean IG attribution to the log-odds of death in the stays with the item (95% interval over stays)")
+    fig.suptitle(f"What drives predicted risk across the {n_stays:,} explained stays (what the model uses, not "
+                 "causes)", fontsize=11)
+    ax.set_title(f"up to {top} items pushing predictions most towards death (red) and towards survival (blue), chosen "
+                 "by their attribution averaged over every stay (0 where absent);\nan item's attribution in a stay sums "
+                 "its events there (a number in the text is #)", fontsize=8)
+    ax_share.set_xlabel("% of stays with the item (number of stays)")
+    ax_share.set_title("how common", fontsize=9)
+    return atomic_io.save_figure(fig, path)
+
+
+DEVELOPER_FIGURES = ("head_specialization.png", "query_vector_analysis.png")  # with developer_figures only
+
+
+def make_all_figures(collected, save_dir, faithfulness, stay_ids, developer_figures=False, event_rows=None):
+    """Every explanation figure (docs/interfaces.md section 4); `developer_figures`: also DEVELOPER_FIGURES (the
+    pooling heads' internals); `event_rows`: the event table, whose first row per stay gives the timelines' static
+    values."""
     save_dir = Path(save_dir)
     if not collected.predictions:
         return {}
@@ -415,17 +734,32 @@ def make_all_figures(collected, save_dir, faithfulness, stay_ids):
         "sequence_importance.png": fig_sequence_importance(collected, save_dir / "sequence_importance.png"),
         "sequence_importance_combined.png": fig_sequence_importance_combined(
             collected, save_dir / "sequence_importance_combined.png"),
-        "head_specialization.png": fig_head_specialization(collected, save_dir / "head_specialization.png"),
         "feature_importance.png": fig_feature_importance(collected, save_dir / "feature_importance.png"),
-        "query_vector_analysis.png": fig_query_vector(collected, save_dir / "query_vector_analysis.png"),
         "captum_attributions.png": fig_captum(collected, save_dir / "captum_attributions.png",
                                               "integrated_gradients", faithfulness),
-        "captum_layer_attributions.png": fig_captum(collected, save_dir / "captum_layer_attributions.png",
-                                                    "layer_integrated_gradients", faithfulness),
-        "captum_ablation_attributions.png": fig_captum(collected, save_dir / "captum_ablation_attributions.png",
-                                                       "feature_ablation", faithfulness),
     }
+    if developer_figures:
+        paths["head_specialization.png"] = fig_head_specialization(collected, save_dir / "head_specialization.png")
+        paths["query_vector_analysis.png"] = fig_query_vector(collected, save_dir / "query_vector_analysis.png")
+    if "layer_integrated_gradients" in getattr(collected, "methods_run", METHODS):  # cohort mode may skip it
+        paths["captum_layer_attributions.png"] = fig_captum(collected, save_dir / "captum_layer_attributions.png",
+                                                            "layer_integrated_gradients", faithfulness)
+    paths["captum_ablation_attributions.png"] = fig_captum(collected, save_dir / "captum_ablation_attributions.png",
+                                                           "feature_ablation", faithfulness)
+    paths["cohort_attributions.png"] = fig_cohort_attributions(collected.cohort_frame(),
+                                                               save_dir / "cohort_attributions.png",
+                                                               len(collected.predictions))
+    limit = timeline_colour_limit(collected) if stay_ids else None
+    firsts = None
+    if stay_ids and event_rows is not None:
+        wanted = event_rows[event_rows["stay_id"].isin([int(s) for s in stay_ids])]
+        firsts = wanted.drop_duplicates("stay_id").set_index("stay_id")
     for stay_id in stay_ids:
         name = f"timeline_stay_{stay_id}.png"
-        paths[name] = fig_stay_timeline(collected.details[int(stay_id)], save_dir / name, collected.static_names)
+        values = None
+        if firsts is not None:
+            row = firsts.loc[int(stay_id)] if int(stay_id) in firsts.index else pd.Series(dtype=object)
+            values = {n: row.get(n) for n in collected.static_names}
+        paths[name] = fig_stay_timeline(collected.details[int(stay_id)], save_dir / name, collected.static_names,
+                                        limit, values)
     return paths

@@ -1814,7 +1814,7 @@ class Trainer:
             self.batches_run += 1
             if process.master and args.attention_every and state.global_step % args.attention_every == 0:
                 path = save_attention(raw_model, batch, data.embedding_matrix, args.attention_stays,
-                                      run.paths.attention / f"attention_epoch_{state.epoch}_batch_{b}.npz")
+                                      run.paths.attention / f"attention_epoch_{state.epoch + 1}_batch_{b}.npz")
                 figures.plot_attention(path, run.paths.plots)
             if args.checkpoint_every and (b + 1) % args.checkpoint_every == 0 and b + 1 < len(batches):
                 payload = checkpoint_payload(run, resumable=True)
@@ -1947,7 +1947,7 @@ def validate_and_checkpoint(run, train_probe, t0):
             save_checkpoint(paths.best, checkpoint_payload(run))
     else:
         state.bad_epochs += 1
-    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch, train_loss, val_loss,
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %s%s (%.1fs)", state.epoch + 1, train_loss, val_loss,
              "n/a" if val_auroc is None else f"{val_auroc:.4f}", " *best*" if improved else "", time.time() - t0)
     if state.bad_epochs >= args.patience:
         log.info("early stopping: no better validation %s for %d epochs", args.select_by, args.patience)
@@ -1958,7 +1958,7 @@ def validate_and_checkpoint(run, train_probe, t0):
     payload = checkpoint_payload(run, resumable=True)
     if process.master:
         save_checkpoint(paths.latest, payload)
-        figures.plot_curves(history, paths.plots)
+        figures.plot_curves(history, paths.plots, args.select_by)
     process.wait_for_all()
 
 
@@ -2037,7 +2037,7 @@ def set_up_run(argv) -> Run:
         check_resume_world_size(resume, process.world_size, paths.latest)
         args = resumed_options(parser, args, resume["args"])
         log.info("resuming from %s (epoch %d, batch %d) with the run's original options", paths.latest,
-                 resume["epoch"], resume["batch_in_epoch"])
+                 resume["epoch"] + 1, resume["batch_in_epoch"])
     if process.master:
         for d in (paths.checkpoints, paths.plots, paths.attention):
             d.mkdir(parents=True, exist_ok=True)
@@ -2051,6 +2051,13 @@ def predict_with_best_model(run):
     model, _, run.best = model_from_checkpoint(load_checkpoint(run.paths.best))
     model.to(run.process.device)
     run.logits = predict_logits(model, run.data.stays, run.data.embedding_matrix, run.args.batch_size)
+    if run.args.attention_every:  # attention_heatmap.png, last: the kept model's, on the longest validation stays
+        shown = sorted(run.data.by_split["val"] or run.data.stays, key=lambda s: -len(s.type_ids))
+        shown, epoch = shown[:max(1, run.args.attention_stays)], int(run.best["epoch"]) + 1
+        path = save_attention(model, collate_stays(shown), run.data.embedding_matrix, len(shown),
+                              run.paths.attention / f"attention_kept_model_epoch_{epoch}.npz")
+        figures.plot_attention(path, run.paths.plots, f"The kept model (best_model.pth, epoch {epoch}): the "
+                               f"{len(shown)} longest validation stays")
 
 
 def calibrate_best_model(run):
@@ -2099,7 +2106,8 @@ def write_outputs(run):
     metrics["comparisons"] = evaluation.compare_with_baselines(
         labels[test], probs[test], run.baselines, run.baseline_probs, subjects[test], args.bootstrap, args.seed,
         None if true_auroc is None else truth[test])
-    metrics.update(best_epoch=int(run.best["epoch"]), epochs_run=len(history["train_loss"]),
+    metrics.update(best_epoch=int(run.best["epoch"]), best_epoch_number=int(run.best["epoch"]) + 1,
+                   epochs_run=len(history["train_loss"]),
                    stopped_early=len(history["train_loss"]) < args.epochs, temporal_loss_weight=args.temporal_loss_weight,
                    data={"n_stays_cut_to_max_events": data.n_cut, "max_events": args.max_events,
                          **(data.planted_cut or {}), **data.embed_stats,
@@ -2108,6 +2116,8 @@ def write_outputs(run):
     figures.plot_test_curves(labels[test], probs[test], run.paths.plots, probs_raw[test], run.baseline_probs)
     figures.plot_subgroups(metrics["subgroups"], metrics["test"]["auroc"], run.paths.plots)
     print(evaluation.summary_table(metrics), flush=True)
+    log.info("the kept model (best_model.pth): epoch %d of %d run (epochs counted from 1)", metrics["best_epoch_number"],
+             metrics["epochs_run"])
     log.info("wrote %s", run.paths.out_dir)
 
 

@@ -1,12 +1,31 @@
-"""Explanation cost on MIMIC-sized stays: seconds per stay and peak memory of explain_clinicalLF's way, and of
-the straightforward use of Captum on the same stays, for stays of 64, 128, 256 and 512 events with 768-d text
-vectors (a Longformer-sized encoder's width).
+"""Explanation cost per stay: cohort mode and every-method mode of explain_clinicalLF on a trained model's own
+test stays (default), or, with --lengths, explain_clinicalLF's way against the straightforward use of Captum on
+stays cut to fixed lengths.
 
-    python bench/explain.py                          # 4 stays per length, 2 for the straightforward way
-    python bench/explain.py --lengths 256 --stays 16 --straightforward-stays 4
-    python bench/explain.py --checkpoint RUN/checkpoints/best_model.pth --data cohort.parquet --lengths 256 512
+    python bench/explain.py --checkpoint RUN/checkpoints/best_model.pth --data cohort.parquet
+                                                     # cohort mode on 40 test stays (8 of them audited), every
+                                                     # method on 8: what users run, at the stays' real length
+    python bench/explain.py --checkpoint ... --data ... --cohort-stays 200 --audit-stays 20 --every-method-stays 20
+
+Cohort mode (the default run of more stays than --audit-stays): run_explainability_analysis itself, on the first
+--cohort-stays test stays with --audit-stays of them audited, without figures or the HTML report, in its own
+process (peak = VmHWM); its result's timing gives the seconds of the batches with IG and attention only (per
+stay: `cohort_part`) and of the audited batches (every method, faithfulness curves, per-event convergence; per
+audited stay: `audit_part`). The cascading randomisation check is timed apart, on one stay (`cascade_per_stay`).
+`seconds_per_stay_cohort` is what a cohort-mode run of a full-size test split costs per stay with the default
+audit: cohort_part + (200 x audit_part + 5 x cascade_per_stay) / --split-size (default 7,517: the test split of a
+full-size MIMIC-IV run), loading and figures not counted. `share_within_tolerance` is the share of the cohort
+run's stays whose IG is complete within --ig-tolerance. Every-method mode: the same on the first
+--every-method-stays stays with --every-method (`seconds_per_stay_every_method` with the default 5 cascade stays
+amortised over 100, the default run). The last line holds name=value pairs, `seconds_per_stay_cohort=` and
+`share_within_tolerance=` last; CPU seconds beside each (on a shared machine the fairer figure).
+
+With --lengths (the earlier comparison):
+
+    python bench/explain.py --lengths 64 128 256 512                 # random weights, 4 stays per length
+    python bench/explain.py --checkpoint ... --data ... --lengths 256 --stays 8 --straightforward-stays 2
                                                      # a trained model on its own test stays (their most recent
-                                                     # 256 / 512 events): what users run, IG as it converges there
+                                                     # 256 events)
 
 What is timed per stay, both ways, on the same model and the same stays:
   every method        IG and LayerIG (to within --ig-tolerance of completeness, at most --max-n-steps steps),
@@ -219,14 +238,126 @@ def worker(args):
     print(json.dumps(result))
 
 
+# ----------------------------------------------------------------------------- the two modes on real stays
+
+def mode_worker(args):
+    """One mode in this process: run_explainability_analysis on the checkpoint's first test stays (cohort, every
+    method), or the cascade of one stay; prints its timing as JSON."""
+    import tempfile
+    import torch
+    torch.set_num_threads(args.threads)
+    import explain_clinicalLF as ex
+    options = dict(max_stays=args.cohort_stays if args.way == "cohort" else args.every_method_stays,
+                   audit_stays=args.audit_stays, every_method=args.way == "every_method", randomisation_stays=0,
+                   ig_tolerance=args.ig_tolerance, max_n_steps=args.max_n_steps, batch_size=args.batch_size,
+                   seed=args.seed, show_progress=False, make_figures=False, report=False)
+    if args.n_steps:
+        options["n_steps"] = args.n_steps
+    if args.cache_dir:
+        options["cache_dir"] = args.cache_dir
+    if args.way == "cascade":
+        return print(json.dumps(cascade_seconds(args, options)))
+    with tempfile.TemporaryDirectory(prefix="bench_explain_") as save_dir:
+        result = ex.run_explainability_analysis(args.checkpoint, args.data, save_dir, return_tables=False, **options)
+    f = result["faithfulness"]
+    print(json.dumps(dict(timing=result["timing"], completeness=f["integrated_gradients_convergence"],
+                          per_event=f["integrated_gradients_per_event_convergence"], audit=f["audit"]["mode"],
+                          n_events=f["data"]["n_events"], peak_MiB=_common.peak_rss_mib())))
+
+
+def cascade_seconds(args, options):
+    """Wall and CPU seconds of the randomisation check for one audited stay (the median-length one of the first
+    --every-method-stays test stays): the methods of the audit, by every randomised model, IG at its starting steps,
+    as explain_in_batches runs it."""
+    import dataclasses
+    import torch
+    import attribution
+    import explain_clinicalLF as ex
+    import train
+    run, settings = ex.explain_options(dict(options, max_stays=args.every_method_stays))
+    data = ex.prepare_explanation(args.checkpoint, args.data, run, settings)
+    settings = ex.resolved_settings(settings, cohort=True)
+    stay = data.stays[len(data.stays) // 2]
+    with torch.no_grad():
+        events, mask, static = train.batch_inputs(data.model, train.collate_stays([stay]), data.embedding_matrix)
+    methods = ex.audit_methods(data.model, settings, cohort=True)
+    models = attribution.cascading_randomisation(data.model, seed=settings.seed + 1)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _, step_model in models:
+        attribution.explain_batch(step_model, events, mask, static, data.static_groups,
+                                  dataclasses.replace(settings, ig_tolerance=0.0), methods=methods)
+    return dict(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
+                n_events=len(stay.type_ids), n_models=len(models))
+
+
+def measure_modes(args):
+    """Cohort mode and every-method mode on the checkpoint's test stays (see the module's docstring)."""
+    import explain_clinicalLF as ex
+    if not args.checkpoint:
+        args.checkpoint, args.data = ex.DEFAULT_CHECKPOINT, args.data or ex.DEFAULT_DATA
+    if not args.data:
+        raise SystemExit("--data: the event table the checkpoint was trained on")
+    print(_common.machine_description(), flush=True)
+    common = ["--checkpoint", args.checkpoint, "--data", args.data, "--threads", str(args.threads),
+              "--seed", str(args.seed), "--batch-size", str(args.batch_size), "--ig-tolerance", str(args.ig_tolerance),
+              "--max-n-steps", str(args.max_n_steps), "--cohort-stays", str(args.cohort_stays),
+              "--audit-stays", str(args.audit_stays), "--every-method-stays", str(args.every_method_stays)]
+    common += (["--cache-dir", args.cache_dir] if args.cache_dir else []) + \
+        (["--n-steps", str(args.n_steps)] if args.n_steps else [])
+    load_start = os.getloadavg()[0]
+    runs = {way: _common.run_json_subprocess([__file__, "--way", way, *common])
+            for way in ("cohort", "every_method", "cascade")}
+    cohort, every, cascade = runs["cohort"], runs["every_method"], runs["cascade"]
+    if cohort["audit"] != "cohort":
+        raise SystemExit(f"--cohort-stays {args.cohort_stays} must be more than --audit-stays {args.audit_stays}")
+    t = cohort["timing"]
+    rows, headline = [], {}
+    for clock, suffix in (("seconds", ""), ("cpu_seconds", "_cpu")):
+        part = t[f"ig_and_attention_{clock}"] / max(t["ig_and_attention_stays"], 1)
+        audit = t[f"every_method_{clock}"] / max(t["every_method_stays"], 1)
+        per_stay = part + (200 * audit + 5 * cascade[clock]) / args.split_size
+        e = every["timing"]
+        every_per_stay = e[f"every_method_{clock}"] / max(e["every_method_stays"], 1) + cascade[clock] * 5 / 100
+        rows.append(dict(clock=clock, cohort_part=part, audit_part=audit, cascade_per_stay=cascade[clock],
+                         cohort_per_stay_projected=per_stay, every_method_per_stay=every_per_stay))
+        headline[f"seconds_per_stay_every_method{suffix}"] = every_per_stay
+        headline[f"cohort_part{suffix}"] = part
+        headline[f"audit_part{suffix}"] = audit
+        headline[f"seconds_per_stay_cohort{suffix}"] = per_stay
+    completeness, per_event = cohort["completeness"], cohort["per_event"]
+    print(json.dumps(dict(cohort_run=cohort, every_method_run=every, cascade=cascade)), flush=True)
+    _common.print_table(rows, f"seconds per stay; cohort mode projected to a test split of {args.split_size:,} stays "
+                              "with 200 audited and 5 cascade stays")
+    print(f"\ncohort run: {t['ig_and_attention_stays'] + t['every_method_stays']} stays, {cohort['n_events']:,} events, "
+          f"{t['every_method_stays']} audited; IG steps {completeness['steps_used']}; completeness median "
+          f"{completeness['relative_delta_median']:.3g}, max {completeness['relative_delta_max']:.3g}; per-event change "
+          f"n vs 2n on the audited stays: median {per_event['largest_change_median'] or 0:.3g}, max "
+          f"{per_event['largest_change_max'] or 0:.3g}; peak {cohort['peak_MiB']:.0f} MiB (every method: "
+          f"{every['peak_MiB']:.0f} MiB)")
+    headline.update(per_event_change_max=per_event["largest_change_max"] or 0.0,
+                    load_average_start=round(load_start, 1), load_average_end=round(os.getloadavg()[0], 1),
+                    hours_for_split=headline["seconds_per_stay_cohort"] * args.split_size / 3600)
+    seconds = headline.pop("seconds_per_stay_cohort")
+    _common.print_headline(**headline, seconds_per_stay_cohort=seconds,
+                           share_within_tolerance=completeness["share_within_tolerance"])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="compare with the straightforward way on stays cut to these lengths (e.g. 64 128 256 512) "
+                        "instead of measuring the two modes")
+    p.add_argument("--cohort-stays", type=int, default=40, help="test stays of the cohort-mode run")
+    p.add_argument("--audit-stays", type=int, default=8, help="of them audited (every method and measure)")
+    p.add_argument("--every-method-stays", type=int, default=8, help="test stays of the every-method run")
+    p.add_argument("--split-size", type=int, default=7517,
+                   help="stays of the test split the cohort-mode cost is projected to (7,517: a full-size run's)")
+    p.add_argument("--n-steps", type=int, default=None,
+                   help="IG's starting steps (default: explain_clinicalLF's, per mode; 32 with --lengths)")
     p.add_argument("--stays", type=int, default=4, help="stays per length, the project's way")
     p.add_argument("--straightforward-stays", type=int, default=2, help="stays per length, the straightforward way")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--text-dim", type=int, default=768)
-    p.add_argument("--n-steps", type=int, default=32)
     p.add_argument("--ig-tolerance", type=float, default=0.05)
     p.add_argument("--max-n-steps", type=int, default=256)
     p.add_argument("--randomisation-stays", type=int, default=5, help="explain_clinicalLF's default")
@@ -237,9 +368,15 @@ def main():
                                         "instead of the random-weight model (--text-dim is then the encoder's)")
     p.add_argument("--data", help="the event table the checkpoint was trained on (with --checkpoint)")
     p.add_argument("--cache-dir", help="its embedding cache (with --checkpoint; default: the one it was trained with)")
-    p.add_argument("--way", choices=("project", "straightforward"), help=argparse.SUPPRESS)
+    p.add_argument("--way", choices=("project", "straightforward", "cohort", "every_method", "cascade"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--worker-length", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.way in ("cohort", "every_method", "cascade"):
+        return mode_worker(args)
+    if args.way is None and args.lengths is None:
+        return measure_modes(args)
+    args.n_steps = args.n_steps or 32  # the comparison's steps
     if args.way:
         return worker(args)
     print(_common.machine_description(), flush=True)

@@ -56,6 +56,9 @@ def test_writes_every_output_of_contract_section_4(explained):
     paths = explained["result"]["paths"]
     names = {p.name for p in map(lambda p: p, paths.values())}
     assert FIGURES <= names
+    assert not set(ex.DEVELOPER_FIGURES) & names  # --developer-figures only
+    # train.py --epochs 2 (fewer batches than --attention-every) still draws the kept model's attention at its end
+    assert (explained["root"] / "run" / "plots" / "attention_heatmap.png").is_file()
     assert {"event_attributions.csv", "static_attributions.csv", "faithfulness.json",
             f"timeline_stay_{explained['empty_stay']}.png", f"timeline_stay_{explained['long_stay']}.png"} <= names
     for path in paths.values():
@@ -207,8 +210,8 @@ def test_a_batch_of_stays_without_events_is_explained_and_drawn(trained, tmp_pat
     empty = [int(s) for s in counts.index[counts == 0]]
     result = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path, max_stays=2,
                                             stay_ids=empty, batch_size=1, n_steps=8, randomisation_stays=0,
-                                            cache_dir=trained["cache"], show_progress=False)
-    assert FIGURES <= set(result["paths"])
+                                            cache_dir=trained["cache"], show_progress=False, developer_figures=True)
+    assert FIGURES | set(ex.DEVELOPER_FIGURES) <= set(result["paths"])
     assert set(empty) <= set(result["static_attributions"].stay_id)
     assert result["analyses"]["critical_time_periods"]["integrated_gradients"]["n_events"].sum() == \
         result["predictions"]["n_events"].sum()
@@ -313,3 +316,221 @@ def test_every_output_file_column_and_faithfulness_key_is_in_the_interfaces_docu
         for scores in step["methods"].values():
             names |= set(scores)
     assert undocumented(names) == []
+
+
+# -----------------------------------------------------------------------------
+# Cohort mode (issue 25): IG and attention on every stay, every method and measure on a seeded audit sample.
+
+@pytest.fixture(scope="module")
+def cohort(trained):
+    """Every stay of the table in cohort mode, 6 of them audited. The lactate value varies by stay, so that texts
+    of different numbers share one item in the cohort summary (the new texts are embedded with the tiny encoder)."""
+    table = trained["table"].copy()
+    table["event_text"] = table["event_text"].astype(object)
+    lactate = table["event_text"].astype(str).str.startswith("Lab: Lactate")
+    values = (5 + table.loc[lactate, "stay_id"] % 4).astype(str) + ".1"
+    table.loc[lactate, "event_text"] = "Lab: Lactate " + values + " mmol/L (ref 0.5-2.0) abnormal"
+    data = trained["root"] / "events_varied.csv"
+    table.to_csv(data, index=False)
+    kept, draw, bars = {}, figures.make_all_figures, []
+
+    def draw_and_keep(collected, *args):
+        kept["collected"] = collected
+        return draw(collected, *args)
+
+    class Bar(ex.tqdm):  # the progress bar, as the run builds it
+        def __init__(self, *args, **kwargs):
+            bars.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "make_all_figures", draw_and_keep)
+        patch.setattr(ex, "tqdm", Bar)
+        result = ex.run_explainability_analysis(
+            trained["checkpoint"], data, trained["root"] / "cohort", split="all", max_stays=0, audit_stays=6,
+            batch_size=4, n_steps=8, randomisation_stays=2, cache_dir=trained["cache"], show_progress=False,
+            report=False)
+    return dict(result=result, collected=kept["collected"], bars=bars, data=data,
+                table=event_table.read_event_table(data), save_dir=trained["root"] / "cohort")
+
+
+def test_cohort_mode_gives_every_stay_ig_with_completeness_and_audits_a_seeded_sample(cohort, trained):
+    result, table = cohort["result"], cohort["table"]
+    f = result["faithfulness"]
+    all_stays = sorted(int(s) for s in table["stay_id"].unique())
+    audit = f["audit"]
+    assert audit["mode"] == "cohort" and audit["n_stays_audited"] == 6 and audit["n_stays_of_split"] == len(all_stays)
+    # the audit is a seeded random sample of the split's stays (the same for the same seed), not the first ones
+    expected = sorted(int(s) for s in np.random.default_rng(0).choice(all_stays, size=6, replace=False))
+    assert audit["stay_ids"] == expected == sorted(ex.audit_sample(all_stays, 6, seed=0))
+    assert audit["stay_ids"] != sorted(ex.audit_sample(all_stays, 6, seed=1))
+    assert audit["methods_on_every_stay"] == ["integrated_gradients", "attention_pooling"]
+    assert audit["methods_on_audited_stays"] == ["integrated_gradients", "feature_ablation", "attention_pooling"]
+    # every stay with events has IG and attention rows; ablation only the audited ones; layer IG none (linear
+    # input projection: it would be IG but for the static part)
+    rows = pd.read_csv(cohort["save_dir"] / "event_attributions.csv")
+    with_events = set(table.loc[table["event_type"].notna(), "stay_id"].astype(int))
+    for method in ("integrated_gradients", "attention_pooling"):
+        assert set(rows.loc[rows.method == method, "stay_id"]) == with_events
+    assert set(rows.loc[rows.method == "feature_ablation", "stay_id"]) == with_events & set(expected)
+    assert "layer_integrated_gradients" not in set(rows.method)
+    static = pd.read_csv(cohort["save_dir"] / "static_attributions.csv")
+    assert set(static.loc[static.method == "integrated_gradients", "stay_id"]) == set(all_stays)
+    assert set(static.loc[static.method == "feature_ablation", "stay_id"]) == set(expected)
+    # IG's completeness is checked (and refined) on every stay; its steps are counted for every stay
+    conv = f["integrated_gradients_convergence"]
+    assert sum(conv["steps_used"].values()) == len(all_stays)
+    assert conv["share_within_tolerance"] == 1.0 and conv["relative_delta_max"] <= 0.05
+    # the faithfulness measures and the per-event convergence are over the audited stays with events
+    audited_with_events = len(with_events & set(expected))
+    for method in ("integrated_gradients", "feature_ablation", "attention_pooling"):
+        entry = f["methods"][method]
+        assert entry["n_stays"] == audited_with_events, method
+        low, high = entry["deletion_auc_ci95"]
+        assert low <= entry["deletion_auc"] <= high
+    # the randomisation check ran on the audited stays (the first stays of spread audit batches; the correlations
+    # need stays of >= 3 events)
+    assert [step["step"] for step in f["randomisation_cascade"]][:2] == ["classifier", "pool"]
+    assert "not_run" in f["methods"]["layer_integrated_gradients"]
+    assert f["integrated_gradients_per_event_convergence"]["n_stays"] == audited_with_events
+    assert f["settings"]["n_steps"] == 8
+    timing = result["timing"]
+    assert timing["every_method_stays"] == 6 and timing["ig_and_attention_stays"] == len(all_stays) - 6
+    # figures: the cohort figure, no layer-IG figure, the example stay is an audited one
+    assert "cohort_attributions.png" in result["paths"] and "captum_layer_attributions.png" not in result["paths"]
+    assert cohort["collected"].example["stay_id"] in expected
+    # progress: one bar over the stays, not the batches
+    (bar,) = cohort["bars"]
+    assert bar["total"] == len(all_stays) and bar["unit"] == "stay"
+
+
+def test_probabilities_are_the_calibrated_ones_and_the_uncalibrated_are_named_so(cohort, trained):
+    import evaluation
+    predictions = cohort["result"]["predictions"]
+    calibration = train.load_checkpoint(trained["checkpoint"])["calibration"]
+    np.testing.assert_allclose(predictions["probability"],
+                               evaluation.apply_calibration(calibration, predictions["logit"]), rtol=1e-12)
+    np.testing.assert_allclose(predictions["probability_uncalibrated"], 1 / (1 + np.exp(-predictions["logit"])),
+                               rtol=1e-12)
+    assert cohort["collected"].example["probability"] == pytest.approx(
+        float(predictions.set_index("stay_id").loc[cohort["collected"].example["stay_id"], "probability"]))
+
+
+def test_cohort_summary_is_the_groupby_of_event_attributions_per_item_and_stay(cohort):
+    from scipy.stats import t as student_t
+    rows = pd.read_csv(cohort["save_dir"] / "event_attributions.csv")
+    ig = rows[rows.method == "integrated_gradients"].assign(item=lambda r: event_table.item_of_text(r.event_text))
+    per_stay = ig.groupby(["item", "stay_id"])["attribution"].agg(["sum", "count"]).reset_index()
+    by_item = per_stay.groupby("item")
+    n_stays = cohort["result"]["predictions"]["stay_id"].nunique()
+    expected = pd.DataFrame({"n_stays": by_item.size(), "n_events": by_item["count"].sum(),
+                             "mean_attribution": by_item["sum"].mean(),
+                             "sd": by_item["sum"].std(ddof=1),
+                             "mean_abs_attribution": by_item["sum"].apply(lambda s: s.abs().mean()),
+                             "sd_abs": by_item["sum"].apply(lambda s: s.abs().std(ddof=1)),
+                             "total_abs": by_item["sum"].apply(lambda s: s.abs().sum())})
+    got = pd.read_csv(cohort["save_dir"] / "cohort_attributions.csv")
+    assert list(got.columns) == explanation_sums.COHORT_COLUMNS
+    # the largest total |attribution| first, then by item
+    order = expected.reset_index().sort_values(["total_abs", "item"], ascending=[False, True])["item"].tolist()
+    assert got["item"].tolist() == order
+    got = got.set_index("item").loc[expected.index]
+    assert (got["n_stays"] == expected["n_stays"]).all() and (got["n_events"] == expected["n_events"]).all()
+    np.testing.assert_allclose(got["share_of_stays"], expected["n_stays"] / n_stays)
+    np.testing.assert_allclose(got["mean_attribution"], expected["mean_attribution"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got["mean_abs_attribution"], expected["mean_abs_attribution"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got["mean_attribution_over_all_stays"],
+                               expected["mean_attribution"] * expected["n_stays"] / n_stays, rtol=1e-6, atol=1e-9)
+    half = student_t.ppf(0.975, expected["n_stays"] - 1) * expected["sd"] / np.sqrt(expected["n_stays"])
+    np.testing.assert_allclose(got["mean_attribution_ci95_low"], expected["mean_attribution"] - half, rtol=1e-5,
+                               atol=1e-7)
+    half_abs = student_t.ppf(0.975, expected["n_stays"] - 1) * expected["sd_abs"] / np.sqrt(expected["n_stays"])
+    np.testing.assert_allclose(got["mean_abs_attribution_ci95_high"], expected["mean_abs_attribution"] + half_abs,
+                               rtol=1e-5, atol=1e-7)
+    # the varied lactate texts are one item, in the stays that have one of them
+    lactate = "Lab: Lactate # mmol/L (ref #-#) abnormal"
+    assert got.loc[lactate, "n_stays"] == ig.loc[ig.event_text.str.startswith("Lab: Lactate"), "stay_id"].nunique()
+    assert ig.loc[ig.item == lactate, "event_text"].nunique() > 1
+    # texts as plain strings (not the table's categories) give the same sums
+    plain = explanation_sums.ItemSums()
+    for _, part in ig.drop(columns="item").groupby("stay_id"):
+        plain.add(part)
+    pd.testing.assert_frame_equal(plain.table(n_stays).set_index("item").loc[expected.index],
+                                  got.rename_axis("item"), check_dtype=False, rtol=1e-9)
+
+
+def test_per_event_convergence_equals_a_direct_computation_on_one_stay(trained, tmp_path):
+    """One audited stay, IG without refinement (--ig-tolerance 0): its reported IG is Captum's 8-step
+    Gauss-Legendre rule over the whole path, and the per-event convergence compares it with the same rule on the
+    path's two halves (16 steps), relative to the stay's largest |IG|."""
+    from captum.attr import IntegratedGradients
+    table = trained["table"]
+    seed = train.load_checkpoint(trained["checkpoint"])["args"]["seed"]
+    split = event_table.split_stays_by_patient(table, seed=seed)
+    test_stays = sorted(int(s) for s in split.index[split == "test"])
+    counts = table.groupby("stay_id")["event_type"].count()
+    explain_seed = next(s for s in range(50) if counts[next(iter(ex.audit_sample(test_stays, 1, s)))] >= 3)
+    result = ex.run_explainability_analysis(
+        trained["checkpoint"], trained["data"], tmp_path, max_stays=0, audit_stays=1, n_steps=8, ig_tolerance=0.0,
+        randomisation_stays=0, seed=explain_seed, cache_dir=trained["cache"], make_figures=False, report=False,
+        show_progress=False)
+    f = result["faithfulness"]
+    (stay_id,) = f["audit"]["stay_ids"]
+    assert f["audit"]["mode"] == "cohort" and f["integrated_gradients_per_event_convergence"]["n_stays"] == 1
+    model, _, ckpt = train.model_from_checkpoint(train.load_checkpoint(trained["checkpoint"]))
+    (stay,), matrix = train.prepare_stays_of_checkpoint(table[table.stay_id == stay_id].reset_index(drop=True), ckpt,
+                                                         trained["cache"], max_events=10)
+    with torch.no_grad():
+        events, mask, static = train.batch_inputs(model, train.collate_stays([stay]), matrix)
+    ig = IntegratedGradients(attribution.LogitForward(model))
+
+    def piece(a, b):  # IG of the piece of the straight path from zeros between a and b, 8 Gauss-Legendre steps
+        attr_events, _ = ig.attribute((b * events, b * static), baselines=(a * events, a * static),
+                                      additional_forward_args=(mask,), n_steps=8, method="gausslegendre")
+        return attr_events.sum(-1)[0].double()
+
+    reported, doubled = piece(0.0, 1.0), piece(0.0, 0.5) + piece(0.5, 1.0)
+    rows = result["event_attributions"]
+    ours = rows[(rows.stay_id == stay_id) & (rows.method == "integrated_gradients")]["attribution"].to_numpy()
+    np.testing.assert_allclose(ours, reported.numpy(), rtol=1e-4, atol=1e-6)
+    direct = float((doubled - reported).abs().max() / reported.abs().max())
+    assert direct > 0
+    assert f["integrated_gradients_per_event_convergence"]["largest_change_max"] == pytest.approx(direct, rel=1e-3,
+                                                                                                   abs=1e-6)
+
+
+def test_every_method_flag_gives_the_every_method_run_on_any_number_of_stays(trained, tmp_path):
+    """--every-method with more stays than --audit-stays writes what the every-method run (few stays) writes: the
+    same attribution tables, figures' inputs and faithfulness measures (only the audit's description and the
+    per-event convergence, measured on the audit sample, differ)."""
+    options = dict(max_stays=5, n_steps=8, randomisation_stays=2, batch_size=2, cache_dir=trained["cache"],
+                   make_figures=False, report=False, show_progress=False)
+    few = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path / "few", **options)
+    forced = ex.run_explainability_analysis(trained["checkpoint"], trained["data"], tmp_path / "forced",
+                                            audit_stays=2, every_method=True, **options)
+    assert few["faithfulness"]["audit"]["mode"] == forced["faithfulness"]["audit"]["mode"] == "every_method"
+    for name in ("event_attributions.csv", "static_attributions.csv", "cohort_attributions.csv"):
+        assert (tmp_path / "few" / name).read_bytes() == (tmp_path / "forced" / name).read_bytes(), name
+    assert set(few["event_attributions"]["method"]) == set(attribution.METHODS)
+    drop = ("audit", "integrated_gradients_per_event_convergence")
+    assert {k: v for k, v in few["faithfulness"].items() if k not in drop} == \
+        {k: v for k, v in forced["faithfulness"].items() if k not in drop}
+    assert forced["faithfulness"]["integrated_gradients_per_event_convergence"]["n_stays"] <= 2
+
+
+def test_feature_importance_groups_texts_by_item_keeping_the_sign():
+    """feature_importance.png: one row per item (every potassium value together), the events' signed mean."""
+    by_text = pd.DataFrame({"mean": [0.2, -0.4, 1.0], "count": [1, 3, 2]},
+                           index=pd.Index(["Lab: Potassium 3.5 mEq/L", "Lab: Potassium 5.9 mEq/L", "Procedure: Intubation"],
+                                          name="event_text"))
+    items = figures.mean_by_item(by_text)
+    assert items.loc["Lab: Potassium # mEq/L", "count"] == 4 and items.loc["Lab: Potassium # mEq/L", "n_texts"] == 2
+    assert items.loc["Lab: Potassium # mEq/L", "mean"] == pytest.approx((0.2 - 3 * 0.4) / 4)
+    assert items.loc["Procedure: Intubation", "mean"] == pytest.approx(1.0)
+
+
+def test_layer_ig_shares_igs_panel_only_where_it_is_the_same():
+    ig = np.array([1.0, -0.5, 0.2])
+    assert figures.relative_difference(ig * 1.01, ig) <= figures.FOLD_LAYER_IG
+    assert figures.relative_difference(ig[::-1], ig) > figures.FOLD_LAYER_IG
+    assert np.isnan(figures.relative_difference(ig, None))

@@ -282,3 +282,103 @@ def test_faithfulness_runs_each_distinct_subset_once_with_the_same_probabilities
                 assert rec["deletion_curve"][j] == pytest.approx(p if predicted_death else 1 - p, abs=1e-5)
         assert [r["deletion_auc"] for r in res["integrated_gradients"]] == \
             [r["deletion_auc"] for r in res["layer_integrated_gradients"]]
+
+
+def test_doubled_ig_is_each_stays_pieces_halved_and_only_for_the_stays_asked_for():
+    """with_doubled: the same path layout with every piece cut in two (twice each stay's steps). Without
+    refinement that is the refined IG at twice the starting steps; on a sharp model where stays are refined, its
+    per-event change from the reported IG is small; stays not asked for get 0."""
+    from test_explain import N_TYPES
+    model = HandBuiltModel(scale=1.0)
+    events, mask, static = make_batch([5, 9, 3])
+    ev, _, _, _, steps, doubled = attribution.refined_integrated_gradients(model, events, mask, static, n_steps=16,
+                                                                          tolerance=0.0, with_doubled=True)
+    assert (steps == 16).all()
+    at_32 = attribution.refined_integrated_gradients(model, events, mask, static, n_steps=32, tolerance=0.0)[0]
+    torch.testing.assert_close(doubled, at_32, rtol=1e-5, atol=1e-6)
+    only = torch.tensor([False, True, False])
+    *_, partial = attribution.refined_integrated_gradients(model, events, mask, static, n_steps=16, tolerance=0.0,
+                                                           with_doubled=only)
+    torch.testing.assert_close(partial[1], at_32[1], rtol=1e-5, atol=1e-6)
+    assert (partial[[0, 2]] == 0).all()
+    sharp = SharpStepModel()
+    events, mask, static = make_batch([12, 30, 7])
+    events[..., N_TYPES] = torch.tensor([1.0, 1.1, 0.9]).view(3, 1) * mask
+    ev, _, _, _, steps, doubled = attribution.refined_integrated_gradients(sharp, events, mask, static, n_steps=32,
+                                                                          max_n_steps=64, with_doubled=True)
+    for b in range(3):
+        n = int(mask[b].sum())
+        change = faithfulness.per_event_change(ev[b, :n].numpy(), doubled[b, :n].numpy())
+        largest = float(ev[b, :n].abs().max())
+        assert change == pytest.approx(float((doubled[b, :n] - ev[b, :n]).abs().max()) / largest)
+        assert change < 0.05
+    summary = faithfulness.per_event_convergence_summary([0.01, 0.2, 0.03], tolerance=0.05)
+    assert summary["largest_change_max"] == 0.2 and summary["share_within_tolerance"] == pytest.approx(2 / 3)
+
+
+def test_explain_batch_runs_the_methods_asked_for_and_ig_with_attention_always():
+    model = _tiny_transformer()
+    events, mask, static = make_batch([5, 8, 3])
+    settings = ex.ExplainSettings(n_steps=8)
+    full = attribution.explain_batch(model, events, mask, static, STATIC_GROUPS, settings)
+    cohort = attribution.explain_batch(model, events, mask, static, STATIC_GROUPS, settings,
+                                       methods=ex.COHORT_METHODS, layer_attention=False)
+    assert set(cohort["event"]) == {"integrated_gradients", "attention_pooling"} and set(cohort["static"]) == {
+        "integrated_gradients"}
+    assert "lig_steps" not in cohort and "layer_attention" not in cohort["attention"]
+    for method in ("integrated_gradients", "attention_pooling"):  # the same numbers either way
+        torch.testing.assert_close(cohort["event"][method], full["event"][method])
+    torch.testing.assert_close(cohort["logits"], full["logits"])
+    # the faster path still gives the pooling scores (the transformer output read from ln_f)
+    torch.testing.assert_close(cohort["attention"]["pooling_scores"], full["attention"]["pooling_scores"])
+    assert attribution.input_projection_is_linear(model)
+    assert ex.audit_methods(model, settings, cohort=True) == ("integrated_gradients", "feature_ablation",
+                                                              "attention_pooling")
+    assert ex.audit_methods(model, settings, cohort=False) == attribution.METHODS
+    on = ex.ExplainSettings(layer_ig="on")
+    assert ex.audit_methods(model, on, cohort=True) == attribution.METHODS
+
+
+def test_interval_of_the_mean_over_stays():
+    from scipy.stats import t as student_t
+    values = np.array([0.2, 0.4, 0.9, 0.5])
+    low, high = faithfulness.mean_ci95(values)
+    half = student_t.ppf(0.975, 3) * values.std(ddof=1) / 2
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half))
+    assert faithfulness.mean_ci95(np.array([1.0])) is None
+    columns = faithfulness.mean_ci95(np.stack([values, 2 * values], 1))
+    assert columns[1] == pytest.approx([2 * low, 2 * high])
+
+
+def test_batches_every_method_as_before_and_in_cohort_mode_audited_apart_and_of_similar_length():
+    from types import SimpleNamespace
+    stays = [SimpleNamespace(stay_id=i, type_ids=[0] * n) for i, n in enumerate([1, 2, 3, 10, 11, 12, 13, 40, 300, 320])]
+    run = SimpleNamespace(batch_size=4)
+    every = ex.plan_batches(SimpleNamespace(stays=stays, cohort=False, audited=frozenset()), run, seed=0)
+    assert [[s.stay_id for s in chunk] for chunk, _, _ in every] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [(audit, n) for _, audit, n in every] == [(True, 0), (True, 1), (True, 2)]
+    audited = frozenset({1, 4, 8, 9})
+    cohort = ex.plan_batches(SimpleNamespace(stays=stays, cohort=True, audited=audited), run, seed=0)
+    assert sorted(s.stay_id for chunk, audit, _ in cohort if audit for s in chunk) == sorted(audited)
+    assert sorted(s.stay_id for chunk, audit, _ in cohort if not audit for s in chunk) == [0, 2, 3, 5, 6, 7]
+    for chunk, _, _ in cohort:  # no batch runs a short stay at a much longer one's length
+        lengths = [len(s.type_ids) for s in chunk]
+        assert len(chunk) <= 4 and max(lengths) <= 1.25 * min(lengths) + 16
+    assert sorted(n for _, audit, n in cohort if audit) == list(range(sum(audit for _, audit, _ in cohort)))
+    assert cohort == ex.plan_batches(SimpleNamespace(stays=stays, cohort=True, audited=audited), run, seed=0)
+
+
+def test_a_batch_of_real_length_stays_holds_a_few_of_them_and_the_samples_batches_are_as_before():
+    """At most MAX_BATCH_EVENTS padded events a batch (so the per-stay progress moves on real-length stays); 16
+    stays of the sample's longest length (145 events) still make one batch."""
+    from types import SimpleNamespace
+    run = SimpleNamespace(batch_size=16)
+    short = [SimpleNamespace(stay_id=i, type_ids=[0] * 145) for i in range(32)]
+    every = ex.plan_batches(SimpleNamespace(stays=short, cohort=False, audited=frozenset()), run, seed=0)
+    assert [len(chunk) for chunk, _, _ in every] == [16, 16]
+    long = [SimpleNamespace(stay_id=i, type_ids=[0] * n) for i, n in enumerate([300, 340, 350, 360, 400, 500,
+                                                                                 700, 768, 768, 900])]
+    every = ex.plan_batches(SimpleNamespace(stays=long, cohort=False, audited=frozenset()), run, seed=0)
+    assert [[s.stay_id for s in chunk] for chunk, _, _ in every] == [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9]]
+    for chunk, _, _ in every:
+        assert len(chunk) == 1 or len(chunk) * max(len(s.type_ids) for s in chunk) <= ex.MAX_BATCH_EVENTS

@@ -26,6 +26,9 @@ def test_event_table_columns_and_event_types_are_documented():
 def test_explain_methods_figures_and_columns_are_documented():
     assert undocumented(attribution.METHODS) == []
     assert undocumented(explain_clinicalLF.FIGURES) == []
+    assert undocumented(explain_clinicalLF.DEVELOPER_FIGURES) == []
+    import figures  # the figures module draws exactly these behind --developer-figures
+    assert figures.DEVELOPER_FIGURES == explain_clinicalLF.DEVELOPER_FIGURES
     assert undocumented(explain_clinicalLF.ATTRIBUTION_EVENT_COLUMNS) == []
 
 

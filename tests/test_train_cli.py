@@ -9,6 +9,7 @@ import torch
 
 import evaluation
 import event_table
+import figures
 import train
 from train_tables import SMALL_MODEL_ARGS, make_event_table, run_train
 
@@ -82,8 +83,11 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     for png in ("loss_curves", "auroc_curve", "roc_curve", "precision_recall_curve", "calibration_curve",
                 "attention_heatmap"):
         assert (out / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    npz = sorted((out / "attention_weights").glob("*.npz"))
-    assert npz and all(re.fullmatch(r"attention_epoch_\d+_batch_\d+\.npz", p.name) for p in npz)
+    npz = sorted((out / "attention_weights").glob("attention_epoch_*.npz"))
+    assert npz and all(re.fullmatch(r"attention_epoch_[1-9]\d*_batch_\d+\.npz", p.name) for p in npz)  # epochs from 1
+    # attention_heatmap.png is drawn last from the kept model (its epoch counted from 1, as in the log)
+    assert [p.name for p in (out / "attention_weights").glob("attention_kept_model_*.npz")] == [
+        f"attention_kept_model_epoch_{best['epoch'] + 1}.npz"]
     a = np.load(npz[0])
     assert a["layer_attention"].shape[0] == 2 and a["layer_attention"].shape[2] == 4
     assert a["pooling_attention"].shape[1:3] == (4, 1)
@@ -115,6 +119,13 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     assert sum(g["n_stays"] for g in metrics["subgroups"]["gender"].values()) == metrics["test"]["n_stays"]
     assert (out / "plots" / "subgroup_performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gradient_boosting" in result.stdout and "model (calibrated)" in result.stdout
+    # Epochs are counted from 1 wherever a person reads them; best_epoch stays the 0-based index (docs section 3).
+    assert metrics["best_epoch_number"] == metrics["best_epoch"] + 1 == best["epoch"] + 1
+    logged = [int(e) for e in re.findall(r"INFO epoch (\d+): train loss", result.stderr)]
+    assert logged == list(range(1, metrics["epochs_run"] + 1))
+    assert f"the kept model (best_model.pth): epoch {metrics['best_epoch_number']} of {metrics['epochs_run']}" in \
+        result.stderr
+    assert figures.kept_epoch(latest["history"]) == metrics["best_epoch"]
 
 
 @pytest.mark.slow
