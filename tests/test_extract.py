@@ -52,6 +52,21 @@ def demo_table(mimic_demo_dir, tmp_path_factory):
     return pd.read_parquet(out), counts
 
 
+def install_stand_in_bigquery(monkeypatch, client_class):
+    """A stand-in google.cloud.bigquery module whose Client is `client_class`; query parameters are plain tuples
+    (name, type, value) so that a test can read what the engine sends."""
+    import types
+    fake = types.ModuleType("google.cloud.bigquery")
+    fake.Client = client_class
+    fake.QueryJobConfig = lambda query_parameters: types.SimpleNamespace(query_parameters=query_parameters)
+    fake.ScalarQueryParameter = lambda name, kind, value: (name, kind, value)
+    fake.ArrayQueryParameter = lambda name, kind, values: (name, f"ARRAY<{kind}>", tuple(values))
+    google, cloud = types.ModuleType("google"), types.ModuleType("google.cloud")
+    google.cloud, cloud.bigquery = cloud, fake
+    for name, module in (("google", google), ("google.cloud", cloud), ("google.cloud.bigquery", fake)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
 def test_cohort_counts_match_independent_count(demo_table, mimic_demo_dir):
     table, counts = demo_table
     expected = expected_cohort(mimic_demo_dir)
@@ -380,16 +395,7 @@ def test_bigquery_engine_streams_result_with_query_parameters(demo_table, tmp_pa
             sent["sql"], sent["params"] = sql, job_config.query_parameters
             return Job()
 
-    fake = types.ModuleType("google.cloud.bigquery")
-    fake.Client = Client
-    fake.QueryJobConfig = lambda query_parameters: types.SimpleNamespace(query_parameters=query_parameters)
-    fake.ScalarQueryParameter = lambda name, kind, value: (name, kind, value)
-    fake.ArrayQueryParameter = lambda name, kind, values: (name, f"ARRAY<{kind}>", tuple(values))
-    google, cloud = types.ModuleType("google"), types.ModuleType("google.cloud")
-    google.cloud, cloud.bigquery = cloud, fake
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.cloud", cloud)
-    monkeypatch.setitem(sys.modules, "google.cloud.bigquery", fake)
+    install_stand_in_bigquery(monkeypatch, Client)
 
     out = tmp_path / "bq.csv.gz"
     got = run_extraction(out, engine="bigquery", project="my-project", observation_hours=24,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import event_table  # noqa: E402
 import extract_cohort  # noqa: E402
 from extract_cohort import ExtractionError, extract_cohort as run_extraction  # noqa: E402
-from test_extract import expected_cohort, read_mimic  # noqa: E402
+from test_extract import expected_cohort, install_stand_in_bigquery, read_mimic  # noqa: E402
 
 # mimic-code's bounds (valuenum > low and < high; <= high where inclusive) and the GCS scales
 BOUNDS = {220045: (0, 300, False), 220179: (0, 400, False), 220050: (0, 400, False), 225309: (0, 400, False),
@@ -483,15 +483,7 @@ def test_bigquery_engine_sends_the_vital_parameters(each_charting, tmp_path, mon
             return types.SimpleNamespace(result=lambda page_size: types.SimpleNamespace(
                 to_arrow_iterable=lambda: iter(pa.Table.from_pandas(table, preserve_index=False).to_batches())))
 
-    fake = types.ModuleType("google.cloud.bigquery")
-    fake.Client = Client
-    fake.QueryJobConfig = lambda query_parameters: types.SimpleNamespace(query_parameters=query_parameters)
-    fake.ScalarQueryParameter = lambda name, kind, value: (name, kind, value)
-    fake.ArrayQueryParameter = lambda name, kind, values: (name, f"ARRAY<{kind}>", tuple(values))
-    google, cloud = types.ModuleType("google"), types.ModuleType("google.cloud")
-    google.cloud, cloud.bigquery = cloud, fake
-    for name, module in (("google", google), ("google.cloud", cloud), ("google.cloud.bigquery", fake)):
-        monkeypatch.setitem(sys.modules, name, module)
+    install_stand_in_bigquery(monkeypatch, Client)
     run_extraction(tmp_path / "bq.parquet", engine="bigquery", project="p", hosp_dataset="p.h", icu_dataset="p.i",
                    event_kinds="lab,vital,output", vital_bin_hours=1)
     run_extraction(tmp_path / "bq.parquet", engine="bigquery", project="p", hosp_dataset="p.h", icu_dataset="p.i",
