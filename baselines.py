@@ -5,7 +5,7 @@ models) is fitted on the training stays only and each model's hyper-parameters a
 
     features = PerItemFeatures().fit(training_rows)     # scikit-learn's fit/transform
     x = features.transform(table)                        # sparse [stays, features], absent = 0 (as MEDS-Tab)
-    results, test_probabilities = fit_baselines(table, stay_split, seed)
+    results, probabilities = fit_baselines(table, stay_split, seed)  # probabilities: every stay's, per model
 
 An item is the event text without its number (event_table.items_and_values, as the model's value channel reads
 it). Per item seen in >= MIN_ITEM_STAYS training stays, and per event type: the count over the window and over
@@ -157,9 +157,9 @@ def fit_baselines(table, stay_split, seed=0):
     """`stay_split`: "train"/"val"/"test" per stay, in the order of table.stay_id.drop_duplicates().
     Fit the plain models on the training stays, choose their hyper-parameters on validation, score test.
 
-    Returns ({name: {"features", "chosen", "val", "test", "seconds"}}, {name: test probabilities}) for
-    "gradient_boosting" (LightGBM) and "logistic_regression", both on PerItemFeatures; ({}, {}) when the
-    training split has a single class."""
+    Returns ({name: {"features", "chosen", "val", "test", "seconds"}}, {name: every stay's probability, aligned
+    with stay_split}) for "gradient_boosting" (LightGBM) and "logistic_regression", both on PerItemFeatures;
+    ({}, {}) when the training split has a single class."""
     stays = table.drop_duplicates("stay_id")
     y = stays["mortality"].to_numpy(dtype=int)
     split = np.asarray(stay_split)  # aligned with the stays, as train.py holds it
@@ -174,12 +174,13 @@ def fit_baselines(table, stay_split, seed=0):
                  "n_features": int(x.shape[1]), "n_items": len(features.items_),
                  "n_items_below_min_stays": features.n_rare_items_}
     feature_seconds = time.perf_counter() - start
-    results, test_probs = {}, {}
+    results, probabilities = {}, {}
     for name, fit in (("gradient_boosting", lambda: _fit_boosting(x, y, is_train, is_val, seed)),
                       ("logistic_regression", lambda: _fit_logistic(x, y, is_train, is_val))):
         start = time.perf_counter()
         _, chosen, model = fit()
-        p_val, p_test = model.predict_proba(x[is_val])[:, 1], model.predict_proba(x[is_test])[:, 1]
+        p = model.predict_proba(x)[:, 1]
+        p_val, p_test = p[is_val], p[is_test]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results[name] = {"model": "LightGBM" if name == "gradient_boosting" else "scikit-learn LogisticRegression",
@@ -187,5 +188,5 @@ def fit_baselines(table, stay_split, seed=0):
                              "val": split_metrics(y[is_val], p_val, "val"),
                              "test": split_metrics(y[is_test], p_test, "test"),
                              "seconds": round(time.perf_counter() - start + feature_seconds, 2)}
-        test_probs[name] = p_test
-    return results, test_probs
+        probabilities[name] = p
+    return results, probabilities

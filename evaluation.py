@@ -264,6 +264,33 @@ def compare_with_baselines(y, p_model, baseline_results, baseline_probs, subject
     return out
 
 
+BLEND_WEIGHTS = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # the model's share, 0 (the baseline alone) first
+
+
+def model_plus_baseline(y, model_logits, p_baseline, stay_split, subject_ids, n_resamples, seed, name) -> dict:
+    """Does the model know something the baseline does not? Their logits, each standardised on validation, are
+    averaged with the model's weight w chosen on validation AUROC (ties go to the smaller w: the model must earn
+    its share); the blend is compared with the baseline alone on the test stays, paired over patients. w = 0, or
+    a difference whose interval holds 0, means the model adds nothing measurable to the baseline on these data.
+    Arrays cover every stay, aligned with stay_split; {} where validation or test has a single class."""
+    y, split = np.asarray(y, dtype=float), np.asarray(stay_split)
+    val, test = split == "val", split == "test"
+    if len(np.unique(y[val])) < 2 or len(np.unique(y[test])) < 2:
+        return {}
+    p_baseline = np.clip(np.asarray(p_baseline, dtype=float), 1e-7, 1 - 1e-7)
+    standardised = [(z - z[val].mean()) / max(z[val].std(), 1e-12)
+                    for z in (np.asarray(model_logits, dtype=float), np.log(p_baseline / (1 - p_baseline)))]
+    val_auroc = [roc_auc_score(y[val], w * standardised[0][val] + (1 - w) * standardised[1][val])
+                 for w in BLEND_WEIGHTS]
+    w = float(BLEND_WEIGHTS[int(np.argmax(val_auroc))])
+    blend = w * standardised[0] + (1 - w) * standardised[1]
+    return {"baseline": name, "weight_on_model": w, "chosen_on": "val", "val_auroc": float(max(val_auroc)),
+            "test_auroc": float(roc_auc_score(y[test], blend[test])),
+            "test_auprc": float(average_precision_score(y[test], blend[test])),
+            "minus_baseline": paired_comparison(y[test], blend[test], p_baseline[test], np.asarray(subject_ids)[test],
+                                                n_resamples, seed)}
+
+
 def auroc_of_true_probability(truth, labels, selected):
     """Synthetic tables only (`truth`: true_probability(table)): the AUROC of the planted risk on the `selected`
     stays, the best any model can reach; None without a truth or with a single class."""
@@ -385,6 +412,16 @@ def summary_table(metrics) -> str:
                          f"{interval(best['auroc_ratio_to_ceiling_ci95'])}")
         lines.append(f"Better on this test split than the best baseline ({comparisons['best_baseline']}, chosen on "
                      f"validation): {comparisons['better_on_test']}")
+    blend = metrics.get("model_plus_baseline")
+    if blend:
+        c, name = blend["minus_baseline"], blend["baseline"]
+        verdict = ("validation gives the model no weight: nothing it adds to the baseline shows there"
+                   if blend["weight_on_model"] == 0 else
+                   "the model adds to the baseline" if c["auroc_difference_ci95"] and c["auroc_difference_ci95"][0] > 0
+                   else "not measurably better than the baseline alone")
+        lines.append(f"model + {name} (logits averaged, {blend['weight_on_model']:.2f} on the model, chosen on "
+                     f"validation): AUROC {blend['test_auroc']:.3f}, minus {name} {c['auroc_difference']:+.3f} "
+                     f"{interval(c['auroc_difference_ci95'], True)}: {verdict}")
     if t.get("too_few_deaths"):
         lines.append(f"WARNING: {t['n_deaths']} test deaths (< {MIN_DEATHS}): these figures are anecdotes, not estimates")
     return "\n".join(lines)

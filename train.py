@@ -2015,7 +2015,7 @@ class Run:
     logits: np.ndarray = None      # the best model's logit of each stay, in the order of data.stays
     calibration: dict = None       # the map from logit to probability (calibrate_best_model)
     baselines: dict = field(default_factory=dict)       # name -> metrics of the plain models (fit_baseline_models)
-    baseline_probs: dict = field(default_factory=dict)  # name -> their test probabilities
+    baseline_probs: dict = field(default_factory=dict)  # name -> every stay's probability (aligned with stay_split)
 
 
 def set_up_run(argv) -> Run:
@@ -2103,9 +2103,14 @@ def write_outputs(run):
     true_auroc = evaluation.auroc_of_true_probability(truth, labels, test)
     if true_auroc is not None:  # synthetic data only: the best AUROC the planted risk allows
         metrics["test"]["auroc_of_true_probability"] = true_auroc
+    baseline_test_probs = {name: p[test] for name, p in run.baseline_probs.items()}
     metrics["comparisons"] = evaluation.compare_with_baselines(
-        labels[test], probs[test], run.baselines, run.baseline_probs, subjects[test], args.bootstrap, args.seed,
+        labels[test], probs[test], run.baselines, baseline_test_probs, subjects[test], args.bootstrap, args.seed,
         None if true_auroc is None else truth[test])
+    if metrics["comparisons"]:  # does the model know what the best baseline does not?
+        best = metrics["comparisons"]["best_baseline"]
+        metrics["model_plus_baseline"] = evaluation.model_plus_baseline(
+            labels, run.logits, run.baseline_probs[best], stay_split, subjects, args.bootstrap, args.seed, best)
     metrics.update(best_epoch=int(run.best["epoch"]), best_epoch_number=int(run.best["epoch"]) + 1,
                    epochs_run=len(history["train_loss"]),
                    stopped_early=len(history["train_loss"]) < args.epochs, temporal_loss_weight=args.temporal_loss_weight,
@@ -2113,7 +2118,7 @@ def write_outputs(run):
                          **(data.planted_cut or {}), **data.embed_stats,
                          **run.seconds})
     atomic_io.write_json(metrics, run.paths.out_dir / "metrics.json")
-    figures.plot_test_curves(labels[test], probs[test], run.paths.plots, probs_raw[test], run.baseline_probs)
+    figures.plot_test_curves(labels[test], probs[test], run.paths.plots, probs_raw[test], baseline_test_probs)
     figures.plot_subgroups(metrics["subgroups"], metrics["test"]["auroc"], run.paths.plots)
     print(evaluation.summary_table(metrics), flush=True)
     log.info("the kept model (best_model.pth): epoch %d of %d run (epochs counted from 1)", metrics["best_epoch_number"],

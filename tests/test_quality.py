@@ -105,6 +105,38 @@ def test_equal_mass_ece_and_the_paired_bootstrap_equal_a_direct_computation():
     assert got["bootstrap_resamples"] == len(diffs)
 
 
+def test_model_plus_baseline_weights_the_model_by_validation_only_and_sees_what_it_adds():
+    """Deaths from two independent signals: a baseline that reads one and a model that reads the other (the blend
+    must beat the baseline, with a weight chosen on validation), or a model that reads nothing (weight ~0)."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    seen_by_baseline, seen_by_model = rng.normal(size=n), rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-1.5 + seen_by_baseline + seen_by_model)))).astype(int)
+    split = np.array(["train", "val", "test"])[rng.integers(0, 3, n)]
+    subjects = np.arange(n) // 2
+    p_baseline = 1 / (1 + np.exp(-(seen_by_baseline + rng.normal(0, 0.3, n))))
+    model_logits = 3 * seen_by_model + 1  # scale and shift do not matter: both are standardised on validation
+    got = evaluation.model_plus_baseline(y, model_logits, p_baseline, split, subjects, 200, 0, "gradient_boosting")
+    val, test = split == "val", split == "test"
+    z = [(v - v[val].mean()) / v[val].std() for v in (model_logits, np.log(p_baseline / (1 - p_baseline)))]
+    direct = [roc_auc_score(y[val], w * z[0][val] + (1 - w) * z[1][val]) for w in evaluation.BLEND_WEIGHTS]
+    w = evaluation.BLEND_WEIGHTS[int(np.argmax(direct))]
+    assert got["weight_on_model"] == pytest.approx(w) and 0.3 <= w <= 0.7
+    blend = w * z[0] + (1 - w) * z[1]
+    assert got["test_auroc"] == pytest.approx(roc_auc_score(y[test], blend[test]))
+    assert got["minus_baseline"]["auroc_difference_ci95"][0] > 0.05  # the model's signal is one the baseline lacks
+    # test labels play no part in the weight
+    flipped = np.where(test, 1 - y, y)
+    assert evaluation.model_plus_baseline(flipped, model_logits, p_baseline, split, subjects, 50, 0,
+                                          "gradient_boosting")["weight_on_model"] == got["weight_on_model"]
+    # a model of noise earns (almost) no weight and adds nothing
+    noise = evaluation.model_plus_baseline(y, rng.normal(size=n), p_baseline, split, subjects, 200, 0, "gradient_boosting")
+    assert noise["weight_on_model"] <= 0.1 and noise["minus_baseline"]["auroc_difference_ci95"][0] <= 0
+    line = evaluation.summary_table({"test": {"n_stays": 1, "n_deaths": 1, "auroc": 0.5, "auprc": 0.5, "brier": 0.1,
+                                              "ece": 0.1}, "model_plus_baseline": got})
+    assert "model + gradient_boosting" in line and "the model adds to the baseline" in line
+
+
 def test_calibration_with_a_handful_of_validation_deaths_fits_only_an_intercept():
     """The demo's case: 11 validation stays, 1 death, raw probabilities 0.49-0.51. Platt scaling would stretch them
     to 0-1; the guard fits only an intercept, so the ranking and spread stay and the mean matches the death rate."""
