@@ -618,8 +618,9 @@ def main(argv=None):
     return run_extraction(parser, args, started)
 
 
-def run_extraction(parser, args, started) -> dict:
-    """The event table of the parsed options (MIMIC-IV through query.sql, or --meds) at args.output."""
+def run_extraction(parser, args, started, written_as=None) -> dict:
+    """The event table of the parsed options (MIMIC-IV through query.sql, or --meds) at args.output; `written_as`:
+    what the "Wrote" line names instead of args.output (--output-format meds: a temporary table)."""
     try:
         if args.meds is not None or args.labels is not None:
             return main_meds(parser, args, started)
@@ -630,7 +631,7 @@ def run_extraction(parser, args, started) -> dict:
                                 vital_bin_hours=args.vital_bin_hours)
     except ExtractionError as err:
         parser.exit(2, f"extract_cohort.py: error: {err}\n")
-    print(f"Wrote {args.output} in {time.perf_counter() - started:.1f} s")
+    print(f"Wrote {written_as or args.output} in {time.perf_counter() - started:.1f} s")
     print(f"Cohort: {format_counts(counts)}")
     return counts
 
@@ -670,7 +671,7 @@ def main_meds_out(parser, args, started) -> dict:
     meds_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{meds_dir.name}-events-", dir=meds_dir.parent) as work:
         args.output = Path(work) / "events.parquet"
-        counts = run_extraction(parser, args, started)
+        counts = run_extraction(parser, args, started, written_as="the event table (for the MEDS dataset)")
         try:
             exported = meds_export.write_meds_dataset(args.output, meds_dir, args.observation_hours)
         except meds_export.ExtractionError as err:  # run as a script, this file's own class is __main__'s

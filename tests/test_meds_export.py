@@ -306,14 +306,17 @@ def test_meds_in_reads_the_event_table_family_verbatim(code, kind):
         assert rule["left_out"].startswith("EVENT_TABLE: unknown event type")
 
 
-def test_extract_cohort_output_format_meds_reads_back_as_the_extracted_table(mimic_demo_dir, tmp_path):
+def test_extract_cohort_output_format_meds_reads_back_as_the_extracted_table(mimic_demo_dir, tmp_path, capsys):
     """`extract_cohort.py --mimic-dir DEMO --output-format meds`: the MIMIC-IV demo's cohort as a MEDS dataset,
     which MEDS in (with its labels) reads back as the event table the same extraction writes."""
     import extract_cohort
     direct = tmp_path / "direct.parquet"
     extract_cohort.main(["--mimic-dir", str(mimic_demo_dir), "--output", str(direct), "--no-progress"])
+    capsys.readouterr()
     counts = extract_cohort.main(["--mimic-dir", str(mimic_demo_dir), "--output", str(tmp_path / "meds"),
                                   "--output-format", "meds", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert f"Wrote the MEDS dataset {tmp_path / 'meds'}" in printed and "-events-" not in printed  # no temporary path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.parquet", "meds"]  # no temporary table left
     exported = counts["meds"]
     original = event_table.read_event_table(direct)
