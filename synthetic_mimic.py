@@ -1907,80 +1907,99 @@ def organ_states(st, rng, lo_stay, hi_stay, normalise=True):
 
 def vital_rows(st, k) -> SimpleNamespace:
     """The chartevents and outputevents rows of chunk k (original stays [k * VITAL_CHUNK_STAYS, ...)), drawn from
-    the chunk's own random stream: the same rows every time."""
+    the chunk's own random stream: the same rows every time (the steps below draw from it in a fixed order)."""
     rng = np.random.default_rng([st.seed, VITALS_STREAM, k])
-    v = st.vocab
     lo_stay, hi_stay = k * VITAL_CHUNK_STAYS, min((k + 1) * VITAL_CHUNK_STAYS, st.n)
-    m = hi_stay - lo_stay
-    steps = int(round(VITAL_SPAN_H / GRID_H))
-    z, active = st.z[lo_stay:hi_stay], st.active[lo_stay:hi_stay]
-    span = np.where(active, np.minimum(st.los_h[lo_stay:hi_stay], VITAL_SPAN_H), 0.0)
+    active = st.active[lo_stay:hi_stay]
     state, running, ventilated, desaturated = organ_states(st, rng, lo_stay, hi_stay)
+    chunk = SimpleNamespace(st=st, v=st.vocab, lo=lo_stay, m=hi_stay - lo_stay, steps=int(round(VITAL_SPAN_H / GRID_H)),
+                            z=st.z[lo_stay:hi_stay], active=active, state=state, ventilated=ventilated,
+                            desaturated=desaturated,
+                            span=np.where(active, np.minimum(st.los_h[lo_stay:hi_stay], VITAL_SPAN_H), 0.0),
+                            activity=rng.gamma(16.0, 1 / 16.0, hi_stay - lo_stay))  # how busy each stay's charting is
+    return SimpleNamespace(lo=lo_stay, hi=hi_stay, chart=chartevent_rows(chunk, rng), out=outputevent_rows(chunk, rng))
 
-    def state_at(name, stay, hours):
-        return state[name][stay, np.clip((hours / GRID_H).astype(int), 0, steps - 1)]
 
-    activity = rng.gamma(16.0, 1 / 16.0, m)
-    # --- chartevents: per group, its chartings, then one row per item charted at each
+def at_hours(grid, chunk, stay, hours):
+    """A [stays, grid steps] array read at each row's stay and hour."""
+    return grid[stay, np.clip((hours / GRID_H).astype(int), 0, chunk.steps - 1)]
+
+
+def group_chartings(chunk, rng, group, items):
+    """(stay, hours) of a charting group's chartings: at its rate in the stays that chart it, scaled by each stay's
+    activity; the ventilator's rate only while ventilated, GCS more often while ventilated; one per minute."""
+    v, m = chunk.v, chunk.m
+    lead = max(items, key=lambda i: v.items[i]["rate_in_stays"])
+    rate = v.items[lead]["rate_in_stays"]
+    share = v.items[lead]["rate"] / rate  # the share of the demo's hours in stays that chart it
+    vent_share = 0.18  # of the stays' hours (measured), so that GCS keeps its overall rate
+    if group == "vent_rate":
+        stay, hours = regular_times(rng, np.full(m, VENT_RATE_PER_HOUR) * chunk.activity, chunk.span)
+        on = at_hours(chunk.ventilated, chunk, stay, hours)
+        stay, hours = stay[on], hours[on]
+    elif group == "gcs":
+        boost = GCS_WHEN_VENTILATED / (1 - vent_share + vent_share * GCS_WHEN_VENTILATED)
+        stay, hours = regular_times(rng, np.full(m, rate * boost) * chunk.activity * chunk.active, chunk.span)
+        keep = at_hours(chunk.ventilated, chunk, stay, hours) | (rng.random(len(stay)) < 1 / GCS_WHEN_VENTILATED)
+        stay, hours = stay[keep], hours[keep]
+    else:
+        if group == "abp":
+            has = rng.random(m) < sigmoid(np.log(share / (1 - share)) + ABP_SLOPE * chunk.z)
+        else:
+            has = rng.random(m) < share
+        stay, hours = regular_times(rng, rate * chunk.activity * has, chunk.span)
+    pick_rows = minute_unique(stay, minute_times(chunk.st.intime[stay + chunk.lo], hours) // 60)  # one per charttime
+    return stay[pick_rows], hours[pick_rows], rate
+
+
+def item_values(chunk, rng, item, group, stay, hours, noise):
+    """(value, ett) of an item at its chartings: its organ system's state plus noise (partly the charting's own,
+    shared by its items), read through the demo's value quantiles; GCS components as scores (intubated stays
+    from their own score shares; the verbal one then "No Response-ETT", flagged by ett)."""
+    v = chunk.v
+    system, weight, direction = ITEM_STATE[item]
+    shared = CHARTING_NOISE_SHARE.get(group, 0.85)
+    own = np.sqrt(1 - weight ** 2) * (shared * noise + np.sqrt(1 - shared ** 2) * rng.standard_normal(len(stay)))
+    latent = weight * (at_hours(chunk.state[system], chunk, stay, hours) - ITEM_OFFSET.get(item, 0.0)) + own
+    if item == SPO2:  # a brief desaturation reads in the SpO2 alone
+        latent += weight * DESATURATION[3] * at_hours(chunk.desaturated, chunk, stay, hours)
+    ett = np.zeros(len(stay), bool)
+    if item in (GCS_EYE, GCS_MOTOR, GCS_VERBAL):
+        intubated = at_hours(chunk.ventilated, chunk, stay, hours)
+        u = sigmoid(-1.702 * latent)  # ~ the normal CDF: a worse state, a lower score
+        value = np.zeros(len(stay))
+        for on, key in ((~intubated, "scores"), (intubated, "scores_intubated")):
+            weights = np.array(v.items[item][key], float)
+            if weights.sum() == 0:
+                continue
+            cdf = np.cumsum(weights) / weights.sum()
+            value[on] = 1 + np.minimum(np.searchsorted(cdf, u[on], side="right"), len(cdf) - 1)
+        if item == GCS_VERBAL:
+            ett = intubated
+            value[ett] = v.items[item]["intubated_valuenum"]
+        return value, ett
+    value = quantile_value(v.p_grid, v.quantiles[item], sigmoid(1.702 * direction * latent))
+    d = v.items[item]["decimals"]
+    return np.round(value * 10.0 ** d) / 10.0 ** d, ett
+
+
+def chartevent_rows(chunk, rng) -> SimpleNamespace:
+    """Per charting group its chartings, then one row per item charted at each, stored together a delay later."""
+    v = chunk.v
     rows = {key: [] for key in ("stay", "itemid", "hours", "group_charting", "value", "ett")}
     charting_base = 0
-    ventilated_at = lambda stay, hours: ventilated[stay, np.clip((hours / GRID_H).astype(int), 0, steps - 1)]  # noqa: E731
-    vent_share = 0.18  # of the stays' hours (measured), so that GCS keeps its overall rate
     for group, items in VITAL_GROUPS.items():
-        lead = max(items, key=lambda i: v.items[i]["rate_in_stays"])
-        rate = v.items[lead]["rate_in_stays"]
-        share = v.items[lead]["rate"] / rate  # the share of the demo's hours in stays that chart it
-        if group == "vent_rate":
-            stay, hours = regular_times(rng, np.full(m, VENT_RATE_PER_HOUR) * activity, span)
-            stay, hours = stay[ventilated_at(stay, hours)], hours[ventilated_at(stay, hours)]
-        elif group == "gcs":
-            boost = GCS_WHEN_VENTILATED / (1 - vent_share + vent_share * GCS_WHEN_VENTILATED)
-            stay, hours = regular_times(rng, np.full(m, rate * boost) * activity * active, span)
-            keep = ventilated_at(stay, hours) | (rng.random(len(stay)) < 1 / GCS_WHEN_VENTILATED)
-            stay, hours = stay[keep], hours[keep]
-        else:
-            if group == "abp":
-                has = rng.random(m) < sigmoid(np.log(share / (1 - share)) + ABP_SLOPE * z)
-            else:
-                has = rng.random(m) < share
-            stay, hours = regular_times(rng, rate * activity * has, span)
-        pick_rows = minute_unique(stay, minute_times(st.intime[stay + lo_stay], hours) // 60)  # one per charttime
-        stay, hours = stay[pick_rows], hours[pick_rows]
+        stay, hours, rate = group_chartings(chunk, rng, group, items)
         n_chartings = len(stay)
         noise = rng.standard_normal(n_chartings)  # the charting's own noise, shared by its items (one cuff reading)
         for item in items:
             present = rng.random(n_chartings) < min(1.0, v.items[item]["rate_in_stays"] / rate)
             if group == "vent_rate":
                 present[:] = True
-            s_, h_, e_ = stay[present], hours[present], noise[present]
-            system, weight, direction = ITEM_STATE[item]
-            shared = CHARTING_NOISE_SHARE.get(group, 0.85)
-            own = np.sqrt(1 - weight ** 2) * (shared * e_ + np.sqrt(1 - shared ** 2) * rng.standard_normal(len(s_)))
-            latent = weight * (state_at(system, s_, h_) - ITEM_OFFSET.get(item, 0.0)) + own
-            if item == SPO2:  # a brief desaturation reads in the SpO2 alone
-                latent += weight * DESATURATION[3] * desaturated[s_, np.clip((h_ / GRID_H).astype(int), 0, steps - 1)]
-            ett = np.zeros(len(s_), bool)
-            if item in (GCS_EYE, GCS_MOTOR, GCS_VERBAL):
-                intubated = ventilated[s_, np.clip((h_ / GRID_H).astype(int), 0, steps - 1)]
-                u = sigmoid(-1.702 * latent)  # ~ the normal CDF: a worse state, a lower score
-                value = np.zeros(len(s_))
-                for on, key in ((~intubated, "scores"), (intubated, "scores_intubated")):
-                    weights = np.array(v.items[item][key], float)
-                    if weights.sum() == 0:
-                        continue
-                    cdf = np.cumsum(weights) / weights.sum()
-                    value[on] = 1 + np.minimum(np.searchsorted(cdf, u[on], side="right"), len(cdf) - 1)
-                if item == GCS_VERBAL:
-                    ett = intubated
-                    value[ett] = v.items[item]["intubated_valuenum"]
-            else:
-                u = sigmoid(1.702 * direction * latent)
-                value = quantile_value(v.p_grid, v.quantiles[item], u)
-                d = v.items[item]["decimals"]
-                value = np.round(value * 10.0 ** d) / 10.0 ** d
-            rows["stay"].append(s_)
-            rows["itemid"].append(np.full(len(s_), item))
-            rows["hours"].append(h_)
+            value, ett = item_values(chunk, rng, item, group, stay[present], hours[present], noise[present])
+            rows["stay"].append(stay[present])
+            rows["itemid"].append(np.full(int(present.sum()), item))
+            rows["hours"].append(hours[present])
             rows["group_charting"].append(charting_base + np.flatnonzero(present))
             rows["value"].append(value)
             rows["ett"].append(ett)
@@ -1988,20 +2007,25 @@ def vital_rows(st, k) -> SimpleNamespace:
     chart = SimpleNamespace(**{key: np.concatenate(parts) for key, parts in rows.items()})
     # a charting's items are stored together, a delay after it (the demo's outputevents delays, none negative)
     delay_min = np.maximum(0, quantile_value(v.out_p_grid, v.store_delay, rng.random(charting_base)))
-    chart.stay_index = chart.stay + lo_stay
-    t0 = minute_times(st.intime[chart.stay_index], chart.hours)
-    chart.chart = t0
-    chart.store = t0 + (np.round(delay_min[chart.group_charting]) * 60).astype(np.int64)
+    chart.stay_index = chart.stay + chunk.lo
+    chart.chart = minute_times(chunk.st.intime[chart.stay_index], chart.hours)
+    chart.store = chart.chart + (np.round(delay_min[chart.group_charting]) * 60).astype(np.int64)
     chart.caregiver = rng.integers(10000, 99999, charting_base)[chart.group_charting]
+    return chart
 
-    # --- outputevents: urine from the renal state (a catheter charted about hourly, or voids), other outputs
-    foley = active & (rng.random(m) < sigmoid(FOLEY_SHARE_LOGIT[0] + FOLEY_SHARE_LOGIT[1] * z))
+
+def outputevent_rows(chunk, rng) -> SimpleNamespace:
+    """Urine from the renal state (a catheter charted about hourly, or voids), and the other outputs at the demo's
+    rates and volumes; whole mL at three significant figures, stored a delay later."""
+    v, m, active = chunk.v, chunk.m, chunk.active
+    foley = active & (rng.random(m) < sigmoid(FOLEY_SHARE_LOGIT[0] + FOLEY_SHARE_LOGIT[1] * chunk.z))
     voids = active & (~foley | (rng.random(m) < VOIDING_WITH_FOLEY))
     parts = []
     for itemid, has in ((FOLEY, foley), (VOID, voids)):
         o = v.outputs[v.output_index[itemid]]
-        stay, hours = regular_times(rng, o["rate_in_stays"] * activity * has, span, shape=4.0 if itemid == FOLEY else 2.0)
-        latent = URINE_STATE_WEIGHT * state_at("renal", stay, hours) \
+        stay, hours = regular_times(rng, o["rate_in_stays"] * chunk.activity * has, chunk.span,
+                                    shape=4.0 if itemid == FOLEY else 2.0)
+        latent = URINE_STATE_WEIGHT * at_hours(chunk.state["renal"], chunk, stay, hours) \
             + np.sqrt(1 - URINE_STATE_WEIGHT ** 2) * rng.standard_normal(len(stay))
         parts.append((stay, hours, np.full(len(stay), itemid),
                       quantile_value(v.out_p_grid, np.array(o["quantiles"]), sigmoid(-1.702 * latent))))
@@ -2009,19 +2033,19 @@ def vital_rows(st, k) -> SimpleNamespace:
         if o["itemid"] in (FOLEY, VOID):
             continue
         has = active & (rng.random(m) < o["rate"] / o["rate_in_stays"])  # its share of the demo's hours
-        stay, hours = regular_times(rng, o["rate_in_stays"] * activity * has, span, shape=1.5)
+        stay, hours = regular_times(rng, o["rate_in_stays"] * chunk.activity * has, chunk.span, shape=1.5)
         parts.append((stay, hours, np.full(len(stay), o["itemid"]),
                       quantile_value(v.out_p_grid, np.array(o["quantiles"]), rng.random(len(stay)))))
     stay, hours, itemid, value = (np.concatenate(x) for x in zip(*parts))
-    pick_rows = minute_unique(stay * 1_000_000 + itemid, minute_times(st.intime[stay + lo_stay], hours) // 60)
+    pick_rows = minute_unique(stay * 1_000_000 + itemid, minute_times(chunk.st.intime[stay + chunk.lo], hours) // 60)
     stay, hours, itemid, value = stay[pick_rows], hours[pick_rows], itemid[pick_rows], value[pick_rows]
-    value = three_figures(np.round(value))  # whole mL, at most 3 significant figures: the volume the table shows
-    out = SimpleNamespace(stay=stay, stay_index=stay + lo_stay, itemid=itemid, value=value)
-    out.chart = minute_times(st.intime[out.stay_index], hours)
+    out = SimpleNamespace(stay=stay, stay_index=stay + chunk.lo, itemid=itemid,
+                          value=three_figures(np.round(value)))  # whole mL, at most 3 significant figures
+    out.chart = minute_times(chunk.st.intime[out.stay_index], hours)
     delay = np.round(quantile_value(v.out_p_grid, v.store_delay, rng.random(len(stay))))
     out.store = out.chart + (delay * 60).astype(np.int64)
     out.caregiver = rng.integers(10000, 99999, len(stay))
-    return SimpleNamespace(lo=lo_stay, hi=hi_stay, chart=chart, out=out)
+    return out
 
 
 def bins_of(stay, key, chart, store, value, prediction):
