@@ -284,11 +284,14 @@ def model_plus_baseline(y, model_logits, p_baseline, stay_split, subject_ids, n_
                  for w in BLEND_WEIGHTS]
     w = float(BLEND_WEIGHTS[int(np.argmax(val_auroc))])
     blend = w * standardised[0] + (1 - w) * standardised[1]
+    minus_baseline = paired_comparison(y[test], blend[test], p_baseline[test], np.asarray(subject_ids)[test],
+                                       n_resamples, seed)
     return {"baseline": name, "weight_on_model": w, "chosen_on": "val", "val_auroc": float(max(val_auroc)),
             "test_auroc": float(roc_auc_score(y[test], blend[test])),
             "test_auprc": float(average_precision_score(y[test], blend[test])),
-            "minus_baseline": paired_comparison(y[test], blend[test], p_baseline[test], np.asarray(subject_ids)[test],
-                                                n_resamples, seed)}
+            "minus_baseline": minus_baseline,
+            "better_on_test": ("neither: validation gives the model no weight, so nothing it adds to the baseline "
+                               "shows there" if w == 0 else better_of_two(minus_baseline, f"model + {name}", name))}
 
 
 def auroc_of_true_probability(truth, labels, selected):
@@ -415,13 +418,9 @@ def summary_table(metrics) -> str:
     blend = metrics.get("model_plus_baseline")
     if blend:
         c, name = blend["minus_baseline"], blend["baseline"]
-        verdict = ("validation gives the model no weight: nothing it adds to the baseline shows there"
-                   if blend["weight_on_model"] == 0 else
-                   "the model adds to the baseline" if c["auroc_difference_ci95"] and c["auroc_difference_ci95"][0] > 0
-                   else "not measurably better than the baseline alone")
         lines.append(f"model + {name} (logits averaged, {blend['weight_on_model']:.2f} on the model, chosen on "
                      f"validation): AUROC {blend['test_auroc']:.3f}, minus {name} {c['auroc_difference']:+.3f} "
-                     f"{interval(c['auroc_difference_ci95'], True)}: {verdict}")
+                     f"{interval(c['auroc_difference_ci95'], True)}; better: {blend['better_on_test']}")
     if t.get("too_few_deaths"):
         lines.append(f"WARNING: {t['n_deaths']} test deaths (< {MIN_DEATHS}): these figures are anecdotes, not estimates")
     return "\n".join(lines)

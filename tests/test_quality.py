@@ -134,7 +134,9 @@ def test_model_plus_baseline_weights_the_model_by_validation_only_and_sees_what_
     assert noise["weight_on_model"] <= 0.1 and noise["minus_baseline"]["auroc_difference_ci95"][0] <= 0
     line = evaluation.summary_table({"test": {"n_stays": 1, "n_deaths": 1, "auroc": 0.5, "auprc": 0.5, "brier": 0.1,
                                               "ece": 0.1}, "model_plus_baseline": got})
-    assert "model + gradient_boosting" in line and "the model adds to the baseline" in line
+    assert got["better_on_test"] == "model + gradient_boosting (AUROC difference interval above 0)"
+    assert "model + gradient_boosting" in line and got["better_on_test"] in line
+    assert noise["better_on_test"].startswith("neither")
 
 
 def test_calibration_with_a_handful_of_validation_deaths_fits_only_an_intercept():
