@@ -53,101 +53,135 @@ log = logging.getLogger("train")
 
 
 def build_arg_parser():
-    p = argparse.ArgumentParser(description="Train the ICU mortality transformer on an event table.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=str(REPO_DIR / "sample_train.csv"), help="event table (.csv, .csv.gz, .parquet)")
-    p.add_argument("--output-dir", default=str(REPO_DIR / "trained_models" / "clinical_LF"))
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/latest_checkpoint.pth")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    # text encoder and cache
-    p.add_argument("--text-encoder", default=None,
-                   help="Hugging Face model folder; default hf_cache/clinical_longformer if present, else all-MiniLM-L6-v2")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="text vector: CLS token or mean of the last layer")
-    p.add_argument("--text-max-length", type=int, default=None, help="tokens per text (default: the encoder's limit)")
-    p.add_argument("--embed-batch-size", type=int, default=64)
-    p.add_argument("--embed-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                   help="encoder precision; auto = bf16/fp16 on a GPU, float32 on a CPU (bfloat16 is several times "
-                        "faster on CPUs with AMX/avx512_bf16; vectors are stored as float16 either way)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
-    p.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
-    # data
+    """The command line, one argument group per concern (as --help lists them)."""
+    parser = argparse.ArgumentParser(description="Train the ICU mortality transformer on an event table.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_options(parser.add_argument_group("run"))
+    add_text_encoder_options(parser.add_argument_group("text encoder and embedding cache"))
+    add_data_options(parser.add_argument_group("data"))
+    add_model_options(parser.add_argument_group("model"))
+    add_loss_options(parser.add_argument_group("loss"))
+    add_optimisation_options(parser.add_argument_group("optimisation"))
+    add_bookkeeping_options(parser.add_argument_group("checkpoints and attention"))
+    add_evaluation_options(parser.add_argument_group("evaluation"))
+    return parser
+
+
+def add_run_options(group):
+    """Where the data is, where the run goes, and how it starts."""
+    group.add_argument("--data", default=str(REPO_DIR / "sample_train.csv"), help="event table (.csv, .csv.gz, .parquet)")
+    group.add_argument("--output-dir", default=str(REPO_DIR / "trained_models" / "clinical_LF"))
+    group.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/latest_checkpoint.pth")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def add_text_encoder_options(group):
+    """The frozen encoder that turns each distinct event text into a vector, and the cache of those vectors."""
+    group.add_argument("--text-encoder", default=None,
+                       help="Hugging Face model folder; default hf_cache/clinical_longformer if present, else all-MiniLM-L6-v2")
+    group.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="text vector: CLS token or mean of the last layer")
+    group.add_argument("--text-max-length", type=int, default=None, help="tokens per text (default: the encoder's limit)")
+    group.add_argument("--embed-batch-size", type=int, default=64)
+    group.add_argument("--embed-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                       help="encoder precision; auto = bf16/fp16 on a GPU, float32 on a CPU (bfloat16 is several times "
+                            "faster on CPUs with AMX/avx512_bf16; vectors are stored as float16 either way)")
+    group.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    group.add_argument("--embed-only", action="store_true", help="fill the embedding cache for --data, then exit")
+
+
+def add_data_options(group):
+    """Which events of each stay the model reads."""
     # 768 keeps every event of 96% of the MIMIC-IV demo's stays at 48 h (90th percentile 578; BENCHMARKS.md,
     # "Cohort fidelity"); the run logs how many stays are cut
-    p.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
-    # model
-    p.add_argument("--d-model", type=int, default=ModelConfig.d_model)
-    p.add_argument("--n-layers", type=int, default=ModelConfig.n_layers)
-    p.add_argument("--n-heads", type=int, default=ModelConfig.n_heads)
-    p.add_argument("--d-ff", type=int, default=ModelConfig.d_ff)
-    p.add_argument("--dropout", type=float, default=ModelConfig.dropout)
-    p.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
-    p.add_argument("--count-pool", type=int, default=ModelConfig.count_pool,
-                   help="beside attention pooling (a weighted average, which cannot count), K learned soft counts: "
-                        "log(1 + the sum over events of a learned gate in [0, 1]), e.g. how many lactates, how many "
-                        "in the last hours; 0 switches it off")
-    p.add_argument("--item-dim", type=int, default=32,
-                   help="width of a learned embedding per frequent item (the event text without its numbers), "
-                        "beside the frozen text vector; 0 switches it off")
-    p.add_argument("--min-item-count", type=int, default=5, help="training events an item needs for its own embedding")
-    p.add_argument("--value-channel", choices=("on", "off"), default="on",
-                   help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
-    p.add_argument("--trajectory-channel", choices=("on", "off"), default="off",
-                   help="also the change of that number from the same item's previous one in the stay (with "
-                        "--value-channel on)")
-    p.add_argument("--text-input", choices=("event", "item"), default="event",
-                   help="the text whose vector the model reads: the whole event text ('Lab: Lactate 4.2 mmol/L'), or "
-                        "its item, the text without its numbers ('Lab: Lactate # mmol/L'), whose number then comes "
-                        "only through the value channel (needs --value-channel on)")
-    p.add_argument("--trajectory-from", choices=("previous", "first"), default="previous",
-                   help="the trajectory channel's reference: the same item's previous number in the stay, or its "
-                        "first (the stay's baseline, as KDIGO reads creatinine and lactate clearance reads lactate)")
-    p.add_argument("--item-values", choices=("on", "off"), default="off",
-                   help="each frequent item's number (and change) also scales a learned vector of its own, so that "
-                        "'lactate 6' and 'creatinine 6' differ in more than the item they belong to (with "
-                        "--value-channel on and --item-dim > 0)")
-    p.add_argument("--item-summary", choices=("on", "off"), default="off",
-                   help="the stay's most recent event of each frequent item also carries that item's summary over "
-                        "the stay (a latest flag, log count, min, max and mean of its standardised numbers), as the "
-                        "tabular baselines read it (with --value-channel on)")
-    # loss
-    p.add_argument("--temporal-loss-weight", type=float, default=0.1,
-                   help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
-    p.add_argument("--pos-weight", choices=("balanced", "none"), default="balanced",
-                   help="balanced: deaths weigh (survivors / deaths) in the BCE; none: unweighted BCE")
-    p.add_argument("--temporal-half-life-hours", type=float, default=12.0,
-                   help="half-life of the recency prior of the temporal-aware term")
-    # optimisation
-    p.add_argument("--epochs", type=int, default=30, help="the cap; early stopping (--patience) normally ends a run")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.0,
-                   help="validate, keep and report an exponential moving average of the weights, updated after "
-                        "every batch with this decay (e.g. 0.995: ~200 batches' memory); 0 uses the weights as they are")
-    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better validation score")
-    p.add_argument("--select-by", choices=("auroc", "loss"), default="auroc",
-                   help="the validation score that keeps the best epoch and stops early: AUROC, or the (steadier) "
-                        "unweighted log loss")
-    p.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
-    p.add_argument("--ddp-timeout", type=float, default=1800.0,
-                   help="torchrun: seconds a training collective waits for the other processes before the run ends "
-                        "with an error (a dead or stuck process); waiting while rank 0 embeds is not limited by it")
-    # bookkeeping
-    p.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
-    p.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
-    p.add_argument("--attention-stays", type=int, default=4, help="stays of the batch whose attention is saved")
-    p.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples (of patients) for the test AUROC/AUPRC intervals")
-    # evaluation
-    p.add_argument("--calibration", choices=("platt", "temperature", "isotonic", "none"), default="platt",
-                   help="map from the logit to the reported probability, fitted on the validation split")
-    p.add_argument("--baselines", choices=("all", "none"), default="all",
-                   help="also fit the fair tabular baselines (LightGBM and logistic regression on per-item "
-                        "features, baselines.py) on the same split and report them beside the model")
-    return p
+    group.add_argument("--max-events", type=int, default=768, help="keep the most recent N events of each stay")
+
+
+def add_model_options(group):
+    """The transformer's shape and the inputs beside each event's text vector."""
+    group.add_argument("--d-model", type=int, default=ModelConfig.d_model)
+    group.add_argument("--n-layers", type=int, default=ModelConfig.n_layers)
+    group.add_argument("--n-heads", type=int, default=ModelConfig.n_heads)
+    group.add_argument("--d-ff", type=int, default=ModelConfig.d_ff)
+    group.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    group.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
+    group.add_argument("--count-pool", type=int, default=ModelConfig.count_pool,
+                       help="beside attention pooling (a weighted average, which cannot count), K learned soft counts: "
+                            "log(1 + the sum over events of a learned gate in [0, 1]), e.g. how many lactates, how many "
+                            "in the last hours; 0 switches it off")
+    group.add_argument("--item-dim", type=int, default=32,
+                       help="width of a learned embedding per frequent item (the event text without its numbers), "
+                            "beside the frozen text vector; 0 switches it off")
+    group.add_argument("--min-item-count", type=int, default=5, help="training events an item needs for its own embedding")
+    group.add_argument("--value-channel", choices=("on", "off"), default="on",
+                       help="the event's number (e.g. 6.2 in 'Lactate 6.2 mmol/L'), standardised per item, as an input")
+    group.add_argument("--trajectory-channel", choices=("on", "off"), default="off",
+                       help="also the change of that number from the same item's previous one in the stay (with "
+                            "--value-channel on)")
+    group.add_argument("--text-input", choices=("event", "item"), default="event",
+                       help="the text whose vector the model reads: the whole event text ('Lab: Lactate 4.2 mmol/L'), or "
+                            "its item, the text without its numbers ('Lab: Lactate # mmol/L'), whose number then comes "
+                            "only through the value channel (needs --value-channel on)")
+    group.add_argument("--trajectory-from", choices=("previous", "first"), default="previous",
+                       help="the trajectory channel's reference: the same item's previous number in the stay, or its "
+                            "first (the stay's baseline, as KDIGO reads creatinine and lactate clearance reads lactate)")
+    group.add_argument("--item-values", choices=("on", "off"), default="off",
+                       help="each frequent item's number (and change) also scales a learned vector of its own, so that "
+                            "'lactate 6' and 'creatinine 6' differ in more than the item they belong to (with "
+                            "--value-channel on and --item-dim > 0)")
+    group.add_argument("--item-summary", choices=("on", "off"), default="off",
+                       help="the stay's most recent event of each frequent item also carries that item's summary over "
+                            "the stay (a latest flag, log count, min, max and mean of its standardised numbers), as the "
+                            "tabular baselines read it (with --value-channel on)")
+
+
+def add_loss_options(group):
+    """The training objective."""
+    group.add_argument("--temporal-loss-weight", type=float, default=0.1,
+                       help="weight of the temporal-aware term (0 switches it off); see docs/design.md 'Loss'")
+    group.add_argument("--pos-weight", choices=("balanced", "none"), default="balanced",
+                       help="balanced: deaths weigh (survivors / deaths) in the BCE; none: unweighted BCE")
+    group.add_argument("--temporal-half-life-hours", type=float, default=12.0,
+                       help="half-life of the recency prior of the temporal-aware term")
+
+
+def add_optimisation_options(group):
+    """Optimiser, schedule, weight averaging and early stopping."""
+    group.add_argument("--epochs", type=int, default=30, help="the cap; early stopping (--patience) normally ends a run")
+    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--lr", type=float, default=1e-3)
+    group.add_argument("--weight-decay", type=float, default=0.01)
+    group.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
+    group.add_argument("--grad-clip", type=float, default=1.0)
+    group.add_argument("--ema-decay", type=float, default=0.0,
+                       help="validate, keep and report an exponential moving average of the weights, updated after "
+                            "every batch with this decay (e.g. 0.995: ~200 batches' memory); 0 uses the weights as they are")
+    group.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better validation score")
+    group.add_argument("--select-by", choices=("auroc", "loss"), default="auroc",
+                       help="the validation score that keeps the best epoch and stops early: AUROC, or the (steadier) "
+                            "unweighted log loss")
+    group.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on a GPU")
+    group.add_argument("--ddp-timeout", type=float, default=1800.0,
+                       help="torchrun: seconds a training collective waits for the other processes before the run ends "
+                            "with an error (a dead or stuck process); waiting while rank 0 embeds is not limited by it")
+
+
+def add_bookkeeping_options(group):
+    """What the run saves while it trains."""
+    group.add_argument("--checkpoint-every", type=int, default=20, help="also save latest_checkpoint.pth every K batches")
+    group.add_argument("--attention-every", type=int, default=50, help="save attention weights every K batches")
+    group.add_argument("--attention-stays", type=int, default=4, help="stays of the batch whose attention is saved")
+
+
+def add_evaluation_options(group):
+    """How the test split is reported."""
+    group.add_argument("--bootstrap", type=int, default=1000,
+                       help="bootstrap resamples (of patients) for the test AUROC/AUPRC intervals")
+    group.add_argument("--calibration", choices=("platt", "temperature", "isotonic", "none"), default="platt",
+                       help="map from the logit to the reported probability, fitted on the validation split")
+    group.add_argument("--baselines", choices=("all", "none"), default="all",
+                       help="also fit the fair tabular baselines (LightGBM and logistic regression on per-item "
+                            "features, baselines.py) on the same split and report them beside the model")
 
 
 def check_options(parser, args):
