@@ -554,7 +554,11 @@ def fig_captum(collected, path, method, faithfulness):
     if method in ("integrated_gradients", "layer_integrated_gradients"):
         key = "ig" if method == "integrated_gradients" else "lig"
         conv = faithfulness[f"{method}_convergence"]
-        axes[2].hist(np.asarray(collected.relative_delta[key]), bins=30)
+        errors = np.asarray(collected.relative_delta[key], dtype=float)
+        errors = errors[np.isfinite(errors)]
+        # bins from 0 to past the tolerance: errors of 1e-7 fill the first bin rather than a bar too thin to see
+        upper = max(2 * conv["tolerance"], float(errors.max()) if errors.size else 0.0)
+        axes[2].hist(errors, bins=np.linspace(0, upper, 41))
         axes[2].axvline(conv["tolerance"], color="tab:red", lw=0.8, ls="--")
         axes[2].set_title(convergence_title(conv), fontsize=10)
         axes[2].set_xlabel("relative completeness error per stay (dashed: tolerance)")
