@@ -245,3 +245,24 @@ def test_soft_counts_count_real_events_and_an_empty_stay_is_still_its_statics():
     torch.testing.assert_close(att["soft_counts"], torch.log1p(n_events)[:, None].expand(-1, 3))
     empty = n_events == 0
     torch.testing.assert_close(logits[empty], att["no_events_logits"][empty])
+
+
+def test_debiased_moving_average_weighs_each_step_as_written():
+    """--ema-decay's average after t updates is sum_i (1 - d) d^(t-i) theta_i / (1 - d^t) over the weights after
+    each step, computed directly here (torch's plain get_ema_multi_avg_fn fails this: the first step keeps d^(t-1))."""
+    from torch.optim.swa_utils import AveragedModel
+    decay, steps = 0.9, 25
+    model = small_model()
+    average = AveragedModel(model, multi_avg_fn=train.debiased_ema_update(decay), use_buffers=True)
+    history = []
+    for _ in range(steps):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        history.append([p.detach().clone().double() for p in model.parameters()])
+        average.update_parameters(model)
+    w = torch.tensor([(1 - decay) * decay ** (steps - 1 - i) for i in range(steps)], dtype=torch.float64)
+    w /= w.sum()
+    for k, p in enumerate(average.module.parameters()):
+        direct = sum(w[i] * history[i][k] for i in range(steps))
+        torch.testing.assert_close(p.double(), direct, atol=1e-5, rtol=1e-5)
