@@ -84,6 +84,7 @@ KIND_TABLES = {
 # sample_train.csv and its precomputed embeddings were made with the default kinds (docs/design.md).
 EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input", "ingredient", "vital", "output")
 DEFAULT_EVENT_KINDS = ("prescription", "procedure", "lab", "microbiology", "input")
+EVENT_KINDS_WITH_VITALS = (*DEFAULT_EVENT_KINDS, "vital", "output")  # what a --vitals synthetic cohort is read with
 TABLE_KINDS = {"icu/chartevents": ("vital",), "icu/outputevents": ("output",)}
 # query.sql's event blocks (CTEs united in `all_events`) and the kinds each writes: a block none of whose kinds
 # is asked for is taken out of the query before it runs, so its tables are neither needed nor read (on BigQuery

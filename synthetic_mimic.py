@@ -2315,8 +2315,7 @@ def main(argv=None):
     print(f"Wrote synthetic MIMIC-IV to {args.out_dir}: " + " ".join(f"{k}={v}" for k, v in stats.items()))
     if args.extract:
         import extract_cohort
-        kinds = (*extract_cohort.DEFAULT_EVENT_KINDS, "vital", "output") if args.vitals else \
-            extract_cohort.DEFAULT_EVENT_KINDS
+        kinds = extract_cohort.EVENT_KINDS_WITH_VITALS if args.vitals else extract_cohort.DEFAULT_EVENT_KINDS
         counts = extract_cohort.extract_cohort(args.extract, args.out_dir, progress=False, event_kinds=kinds)
         attach_truth(args.extract, args.out_dir)
         print(f"Wrote the event table {args.extract}: {extract_cohort.format_counts(counts)}")

@@ -12,7 +12,7 @@ Each extraction runs in a fresh process, so its peak resident memory (DuckDB inc
 
 --vitals generates the synthetic tables with chartevents and outputevents (synthetic_mimic.py --vitals) and
 extracts the default kinds plus `vital` and `output` from them and from the demo (whose outputevents are real;
-skipped where it has no icu/chartevents).
+skipped, with extract_cohort's reason, where it lacks a table these kinds need: the demo ships no chartevents).
 --raw-texts off skips the second extraction that only counts distinct texts with raw numbers.
 """
 import argparse
@@ -44,7 +44,7 @@ parser.add_argument("--worker", nargs=3, metavar=("MIMIC_DIR", "OUTPUT", "NUMBER
 
 def event_kinds(vitals: bool) -> tuple:
     import extract_cohort
-    return extract_cohort.DEFAULT_EVENT_KINDS + (("vital", "output") if vitals else ())
+    return extract_cohort.EVENT_KINDS_WITH_VITALS if vitals else extract_cohort.DEFAULT_EVENT_KINDS
 
 
 def worker(mimic_dir, output, numbers, memory_limit, threads, vitals):
@@ -73,6 +73,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker, args.memory_limit, args.threads, args.vitals)
+    import extract_cohort
     import synthetic_mimic
 
     print(f"Machine: {machine_description()}")
@@ -81,13 +82,14 @@ def main():
     rows, headline = [], {}
     with WorkDir(args.work_dir, "bench_extract_") as work:
         datasets = []
-        demo_chartevents = list((args.mimic_dir / "icu").glob("chartevents.csv*"))
         if not (args.mimic_dir / "hosp").is_dir():
             print(f"(no MIMIC-IV demo at {args.mimic_dir}: skipped)", file=sys.stderr)
-        elif args.vitals and not demo_chartevents:
-            print(f"(the MIMIC-IV demo at {args.mimic_dir} has no icu/chartevents: skipped with --vitals)", file=sys.stderr)
         else:
-            datasets.append(("MIMIC-IV demo", args.mimic_dir, None))
+            try:  # the extraction's own check of the tables these kinds need (the demo ships no chartevents)
+                extract_cohort.find_mimic_tables(args.mimic_dir, event_kinds(args.vitals))
+                datasets.append(("MIMIC-IV demo", args.mimic_dir, None))
+            except extract_cohort.ExtractionError as error:
+                print(f"(MIMIC-IV demo skipped: {error})", file=sys.stderr)
         for n in args.synthetic_stays:
             folder = work / f"synthetic_{n}"
             start = time.perf_counter()

@@ -40,7 +40,7 @@ BOUNDS = {220045: (0, 300, False), 220179: (0, 400, False), 220050: (0, 400, Fal
           223900: (0, 5, True)}
 NOT_VITALS = (220046, 220047, 226253, 224688)  # alarm limits, SpO2 desaturation limit, set respiratory rate
 FAHRENHEIT, CELSIUS, GCS_VERBAL = 223761, 223762, 223900
-WITH_VITALS = ",".join((*extract_cohort.DEFAULT_EVENT_KINDS, "vital", "output"))
+WITH_VITALS = ",".join(extract_cohort.EVENT_KINDS_WITH_VITALS)
 MAX_EVENTS = 768  # train.py's default --max-events (train.py is not imported here: it is slow to import)
 
 
