@@ -174,6 +174,7 @@ def fit_baselines(table, stay_split, seed=0):
                  "n_features": int(x.shape[1]), "n_items": len(features.items_),
                  "n_items_below_min_stays": features.n_rare_items_}
     feature_seconds = time.perf_counter() - start
+    described["seconds"] = round(feature_seconds, 2)
     results, probabilities = {}, {}
     for name, fit in (("gradient_boosting", lambda: _fit_boosting(x, y, is_train, is_val, seed)),
                       ("logistic_regression", lambda: _fit_logistic(x, y, is_train, is_val))):
