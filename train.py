@@ -2135,8 +2135,11 @@ def write_outputs(run):
     labels, subjects, stay_split = data.labels, data.subject_ids, data.stay_split
     probs_raw = 1 / (1 + np.exp(-run.logits))
     probs = evaluation.apply_calibration(run.calibration, run.logits)
+    # The baselines' probabilities beside the model's, so that any later comparison (another run, an ensemble)
+    # can be paired on the same stays without refitting them.
     atomic_io.write_csv(pd.DataFrame({"stay_id": [s.stay_id for s in data.stays], "subject_id": subjects,
                                       "split": stay_split, "probability": probs, "probability_uncalibrated": probs_raw,
+                                      **{f"probability_{name}": p for name, p in run.baseline_probs.items()},
                                       "mortality": labels}), run.paths.out_dir / "predictions.csv")
     if "prediction_time" in data.table:  # an extracted table (query.sql or MEDS): meds-evaluation's schema as well
         test = stay_split == "test"

@@ -63,7 +63,7 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
 
     pred = pd.read_csv(out / "predictions.csv")
     assert list(pred.columns) == ["stay_id", "subject_id", "split", "probability", "probability_uncalibrated",
-                                  "mortality"]
+                                  "probability_gradient_boosting", "probability_logistic_regression", "mortality"]
     assert sorted(pred.stay_id) == sorted(table.stay_id.unique())
     split = event_table.split_stays_by_patient(table, 5)
     assert (pred.set_index("stay_id")["split"] == split.reindex(pred.stay_id)).all()
@@ -111,8 +111,10 @@ def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
 
     # Baselines, subgroups and the calibration figures of every run.
     assert set(metrics["baselines"]) == {"logistic_regression", "gradient_boosting"}
-    for b in metrics["baselines"].values():
+    for name, b in metrics["baselines"].items():
         assert {"auroc", "auprc", "brier", "ece"} <= set(b["test"]) and b["test"]["n_stays"] == metrics["test"]["n_stays"]
+        # predictions.csv carries each baseline's probability: its test AUROC is the one in metrics.json
+        assert b["test"]["auroc"] == pytest.approx(roc_auc_score(test.mortality, test[f"probability_{name}"]))
     for key in ("ece_uncalibrated", "brier_uncalibrated", "calibration_slope", "calibration_intercept"):
         assert key in metrics["test"]
     assert set(metrics["subgroups"]) == {"gender", "race", "insurance", "age_band", "first_careunit"}
@@ -191,6 +193,8 @@ def test_single_class_and_max_events(tmp_path, tiny_bert_dir):
     assert "single class" in result.stderr and "AUROC" in result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["baselines"] == {} and "baselines_seconds" not in metrics["data"]
+    assert not any(c.startswith("probability_") and c != "probability_uncalibrated"
+                   for c in pd.read_csv(tmp_path / "out" / "predictions.csv").columns)
     assert metrics["calibration"]["method"] == "none"  # one class in validation: nothing to fit
     assert all(g["auroc"] is None and "single class" in g["reason"] for g in metrics["subgroups"]["gender"].values()
                if g["n_stays"] >= evaluation.MIN_SUBGROUP_STAYS)
