@@ -44,12 +44,14 @@ LOGISTIC_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 def _events(table, stays: pd.Index) -> pd.DataFrame:
     """One row per event: the stay's row in `stays`, type, item, value and hours before the prediction time."""
-    events = table.loc[table["event_type"].notna()]
-    items, values = items_and_values(events["event_text"])
-    return pd.DataFrame({"stay_row": stays.get_indexer(events["stay_id"]),
-                         "event_type": events["event_type"].astype(str).to_numpy(),
-                         "item": items.astype(str).to_numpy(), "value": values.to_numpy(dtype=float),
-                         "hours": events["relative_time_to_final_event"].to_numpy(dtype=float) / 60.0})
+    has_event = table["event_type"].notna().to_numpy()
+    column = lambda name: table[name][has_event]  # one column at a time: no copy of the whole table's rows
+    items, values = items_and_values(column("event_text"))
+    return pd.DataFrame({"stay_row": stays.get_indexer(column("stay_id")),
+                         # object, not str: a categorical's values then point at its categories (no string per row)
+                         "event_type": column("event_type").astype(object).to_numpy(),
+                         "item": items.to_numpy(dtype=object), "value": values.to_numpy(dtype=float),
+                         "hours": column("relative_time_to_final_event").to_numpy(dtype=float) / 60.0})
 
 
 class PerItemFeatures:

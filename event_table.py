@@ -370,8 +370,12 @@ NUMBER = r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"  # a stand-alone number ("41" in "
 def items_and_values(texts: pd.Series):
     """(item, value) of each event text: the text without its numbers, and its first stand-alone number
     (NaN when none). Computed once per distinct text."""
-    codes, uniques = pd.factorize(texts.astype(str).to_numpy())
-    uniques = pd.Series(uniques, dtype=object)
+    if isinstance(texts.dtype, pd.CategoricalDtype) and not texts.isna().any():
+        # read_event_table's column: its categories are the distinct texts already (no string per row made)
+        codes, uniques = texts.cat.codes.to_numpy(), pd.Series(texts.cat.categories.astype(str), dtype=object)
+    else:
+        codes, uniques = pd.factorize(texts.astype(str).to_numpy())
+        uniques = pd.Series(uniques, dtype=object)
     items = item_of_text(uniques)
     values = pd.to_numeric(uniques.str.extract(f"({NUMBER})", expand=False), errors="coerce")
     return (pd.Series(items.to_numpy()[codes], index=texts.index),

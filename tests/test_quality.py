@@ -228,6 +228,10 @@ def test_items_and_values_parse_the_number_of_each_event(table_and_split):
     assert items.tolist()[:4] == ["Lab: Lactate # mmol/L (ref #-#) abnormal", "Lab: Lactate # mmol/L (ref #-#)",
                                   "Lab: pCO# # mm Hg (ref #-#)", "Procedure: Invasive Ventilation"]
     assert values.tolist()[:3] == [6.2, 1.2, 41.0] and np.isnan(values[3])
+    # A categorical column (read_event_table's) is parsed through its categories, with the same result.
+    categorical = pd.Series(pd.Categorical(texts, categories=[*reversed(texts.unique()), "Input: unused 5 mL"]))
+    for ours, theirs in zip(event_table.items_and_values(categorical), (items, values)):
+        pd.testing.assert_series_equal(ours, theirs)
     table = pd.DataFrame({"event_type": ["lab"] * 5, "event_text": texts})
     pre = train.EventPreprocessor().fit_items(table, min_count=2)
     assert pre.items == ["Lab: Lactate # mmol/L (ref #-#)"]  # the only item seen twice
