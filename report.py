@@ -434,7 +434,7 @@ def trust(events, measures, tolerance):
 
 def event_data(events):
     """The tooltips' data, one entry per event by event_index (the page's JSON)."""
-    _, values = event_table.items_and_values(events["event_text"].astype(str)) if len(events) else (None, [])
+    _, values = event_table.items_and_values(events["event_text"]) if len(events) else (None, [])
     data = {}
     for e, value in zip(events.itertuples(), values):
         data[int(e.event_index)] = dict(

@@ -241,7 +241,7 @@ class EventPreprocessor:
     def fit_items(self, table, min_count=5, max_items=20_000):
         """The item vocabulary (items with >= min_count training events, most frequent first) and each item's
         value mean and standard deviation, from the training rows."""
-        texts = table.loc[table["event_type"].notna(), "event_text"].astype(str)
+        texts = table.loc[table["event_type"].notna(), "event_text"]
         items, values = items_and_values(texts)
         counts = items.value_counts()
         self.items = [str(i) for i in counts.index[counts >= min_count][:max_items]]
@@ -256,7 +256,7 @@ class EventPreprocessor:
         """(item_ids int64, values float32, has_value bool) of event rows: the item's id (0 = not a frequent training
         item), the event's number standardised with its item's training statistics (0 when none), clipped to +-5,
         and whether the event has a number of a frequent item."""
-        items, values = items_and_values(rows["event_text"].astype(str))
+        items, values = items_and_values(rows["event_text"])
         ids = pd.Index(self.items).get_indexer(items)
         mean = np.asarray(self.item_value_mean + [0.0])[ids]  # id -1 reads the appended 0 / 1
         std = np.asarray(self.item_value_std + [1.0])[ids]
