@@ -152,6 +152,9 @@ def add_optimisation_options(group):
     group.add_argument("--lr", type=float, default=1e-3)
     group.add_argument("--weight-decay", type=float, default=0.01)
     group.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of all steps spent in linear warm-up")
+    group.add_argument("--event-dropout", type=float, default=0.0,
+                       help="in training only, hide each event of a stay from the model with this probability, drawn "
+                            "afresh every batch (a stay keeps at least one event); 0 switches it off")
     group.add_argument("--grad-clip", type=float, default=1.0)
     group.add_argument("--ema-decay", type=float, default=0.995,
                        help="validate, keep and report an exponential moving average of the weights, updated after "
@@ -200,6 +203,8 @@ def check_options(parser, args):
         parser.error("--item-summary on summarises the numbers of the value channel: it needs --value-channel on")
     if not 0 <= args.ema_decay < 1:
         parser.error("--ema-decay must be in [0, 1)")
+    if not 0 <= args.event_dropout < 1:
+        parser.error("--event-dropout must be in [0, 1)")
 
 
 def resumed_options(parser, args, saved) -> argparse.Namespace:
@@ -1351,6 +1356,17 @@ def batch_inputs(model, batch, embedding_matrix):
     events = model.event_features(vectors, batch["type_ids"].to(device), batch["log_hours"].to(device), **extra)
     return events, batch["mask"].to(device), batch["static"].to(device)
 
+
+def drop_events(mask, p, generator=None):
+    """`mask` with each real event hidden with probability p (--event-dropout; training only). Hidden events are
+    masked, as padding is: neither attended nor pooled nor counted. A stay that would lose every event keeps
+    them all, so that training never turns a stay with events into one without."""
+    if p <= 0:
+        return mask
+    kept = mask & (torch.rand(mask.shape, generator=generator, device=mask.device) >= p)
+    emptied = mask.any(1) & ~kept.any(1)
+    return torch.where(emptied[:, None], mask, kept)
+
 # -----------------------------------------------------------------------------
 # Loss
 
@@ -1817,6 +1833,7 @@ class Trainer:
             if b < state.batch_in_epoch:
                 continue  # already done before the resume
             batch = collate_stays([train_stays[i] for i in idx])
+            batch["mask"] = drop_events(batch["mask"], args.event_dropout)
             try:
                 with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                     logits, attention = model(*batch_inputs(raw_model, batch, data.embedding_matrix))

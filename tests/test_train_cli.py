@@ -266,3 +266,21 @@ def test_with_ema_decay_the_moving_average_is_validated_and_kept(tmp_path, tiny_
     for k, v in best["model_state"].items():
         assert torch.equal(v, average[k]), k
     assert not all(torch.equal(v, latest["model_state"][k]) for k, v in best["model_state"].items())
+
+
+@pytest.mark.slow
+def test_event_dropout_changes_training_and_is_saved_with_the_run(tmp_path, tiny_bert_dir):
+    """--event-dropout reaches the training step: the same seed trains other weights with it than without, and the
+    checkpoint records it (so --resume continues with it)."""
+    data = tmp_path / "events.csv"
+    make_event_table(n_patients=40, seed=1).to_csv(data, index=False)
+    weights = {}
+    for p in ("0", "0.5"):
+        out = tmp_path / f"out{p}"
+        result = run_train(["--data", data, "--output-dir", out, "--cache-dir", tmp_path / "cache", "--text-encoder",
+                            tiny_bert_dir, "--epochs", "1", "--event-dropout", p, *SMALL_MODEL_ARGS])
+        assert result.returncode == 0, result.stderr[-3000:]
+        latest = train.load_checkpoint(out / "checkpoints" / "latest_checkpoint.pth")
+        assert latest["args"]["event_dropout"] == float(p)
+        weights[p] = latest["model_state"]
+    assert not all(torch.equal(v, weights["0.5"][k]) for k, v in weights["0"].items())

@@ -266,3 +266,22 @@ def test_debiased_moving_average_weighs_each_step_as_written():
     for k, p in enumerate(average.module.parameters()):
         direct = sum(w[i] * history[i][k] for i in range(steps))
         torch.testing.assert_close(p.double(), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_event_dropout_hides_real_events_only_and_never_empties_a_stay():
+    """--event-dropout: each real event is hidden with probability p; padding stays hidden, a stay with events
+    keeps at least one, and p = 0 changes nothing."""
+    lengths = [0, 1, 2, 5, 200] * 40
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    g = torch.Generator().manual_seed(0)
+    dropped = train.drop_events(mask, 0.5, generator=g)
+    assert not (dropped & ~mask).any()                       # padding never becomes an event
+    assert torch.equal(dropped.any(1), mask.any(1))          # no stay is emptied, the empty ones stay empty
+    long = torch.tensor(lengths) == 200
+    hidden = 1 - dropped[long].sum() / mask[long].sum()
+    assert 0.47 < float(hidden) < 0.53
+    assert dropped[torch.tensor(lengths) == 1, 0].all()      # a one-event stay would be emptied: it keeps its event
+    assert torch.equal(train.drop_events(mask, 0.0), mask)
+    assert not torch.equal(train.drop_events(mask, 0.5, generator=g), dropped)  # drawn afresh each call
