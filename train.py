@@ -1359,8 +1359,9 @@ def batch_inputs(model, batch, embedding_matrix):
 
 def drop_events(mask, p, generator=None):
     """`mask` with each real event hidden with probability p (--event-dropout; training only). Hidden events are
-    masked, as padding is: neither attended nor pooled nor counted. A stay that would lose every event keeps
-    them all, so that training never turns a stay with events into one without."""
+    masked, as padding is: neither attended nor pooled nor counted (their numbers still reach later events of the
+    item through the trajectory channel, computed when the stay was built). A stay that would lose every event
+    keeps them all, so that training never turns a stay with events into one without."""
     if p <= 0:
         return mask
     kept = mask & (torch.rand(mask.shape, generator=generator, device=mask.device) >= p)
