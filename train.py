@@ -104,6 +104,10 @@ def add_model_options(group):
     group.add_argument("--n-heads", type=int, default=ModelConfig.n_heads)
     group.add_argument("--d-ff", type=int, default=ModelConfig.d_ff)
     group.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    group.add_argument("--attention-dropout", type=float, default=ModelConfig.attention_dropout,
+                       help="dropout on each layer's attention weights (in training); above 0, a CPU cannot use "
+                            "PyTorch's fused attention and materialises every stay's events x events weights, ~3x "
+                            "slower per step at 350 events (a GPU's kernels drop out within the fused kernel)")
     group.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
     group.add_argument("--count-pool", type=int, default=ModelConfig.count_pool,
                        help="beside attention pooling (a weighted average, which cannot count), K learned soft counts: "
@@ -205,6 +209,8 @@ def check_options(parser, args):
         parser.error("--ema-decay must be in [0, 1)")
     if not 0 <= args.event_dropout < 1:
         parser.error("--event-dropout must be in [0, 1)")
+    if not 0 <= args.attention_dropout < 1:
+        parser.error("--attention-dropout must be in [0, 1)")
 
 
 def resumed_options(parser, args, saved) -> argparse.Namespace:
@@ -213,6 +219,8 @@ def resumed_options(parser, args, saved) -> argparse.Namespace:
     this command's --device and --output-dir."""
     options = vars(parser.parse_args([]))
     options.update(saved)
+    if "attention_dropout" not in saved:  # runs from before the option dropped out attention with --dropout
+        options["attention_dropout"] = options["dropout"]
     options.update(resume=True, device=args.device, output_dir=args.output_dir)
     return argparse.Namespace(**options)
 
@@ -1147,6 +1155,7 @@ class ModelConfig:
     n_heads: int = 8
     d_ff: int = 256
     dropout: float = 0.1
+    attention_dropout: float = 0.1
     pool_heads: int = 4
     count_pool: int = 0          # learned soft counts beside attention pooling (--count-pool)
     n_items: int = 0             # frequent items with a learned embedding (0: none)
@@ -1169,7 +1178,7 @@ def sinusoidal_positions(length, d_model, device=None):
 class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.n_heads, self.attention_dropout = config.n_heads, config.attention_dropout
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -1178,7 +1187,7 @@ class SelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
         key_mask = attend[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.attention_dropout if self.training else 0.0)
         weights = None
         if return_attention:  # the weights SDPA used (before attention dropout), from the same q and k
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
@@ -1902,7 +1911,8 @@ def build_trainer(run) -> Trainer:
     stays, preprocessor, device = data.stays, data.preprocessor, process.device
     config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-                         dropout=args.dropout, pool_heads=args.pool_heads, count_pool=args.count_pool,
+                         dropout=args.dropout, attention_dropout=args.attention_dropout, pool_heads=args.pool_heads,
+                         count_pool=args.count_pool,
                          n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,
                          value_channel=args.value_channel == "on" and bool(preprocessor.items),

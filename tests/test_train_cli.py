@@ -51,6 +51,24 @@ def test_resume_overlays_the_saved_options_on_the_parsers_defaults():
     assert (resumed.resume, resumed.output_dir, resumed.device) == (True, "runs/x", "cpu")
 
 
+def test_a_run_from_before_attention_dropout_resumes_dropping_out_attention_as_it_did():
+    """Before --attention-dropout, --dropout also dropped out the attention weights: such a run resumes so."""
+    parser = train.build_arg_parser()
+    args = parser.parse_args(["--resume"])
+    saved = {k: v for k, v in vars(parser.parse_args(["--dropout", "0.3"])).items() if k != "attention_dropout"}
+    assert train.resumed_options(parser, args, saved).attention_dropout == 0.3
+    saved_since = vars(parser.parse_args(["--dropout", "0.3", "--attention-dropout", "0"]))
+    assert train.resumed_options(parser, args, saved_since).attention_dropout == 0.0
+
+
+@pytest.mark.parametrize("option", ["--attention-dropout", "--event-dropout", "--ema-decay"])
+def test_a_probability_of_one_or_more_is_refused_with_the_options_name(option, capsys):
+    parser = train.build_arg_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        train.check_options(parser, parser.parse_args([option, "1"]))
+    assert exit_info.value.code == 2 and f"{option} must be in [0, 1)" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_outputs_of_contract_section_3(small_run, tiny_bert_dir):
     data, out, cache, result = small_run

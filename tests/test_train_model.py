@@ -285,3 +285,19 @@ def test_event_dropout_hides_real_events_only_and_never_empties_a_stay():
     assert dropped[torch.tensor(lengths) == 1, 0].all()      # a one-event stay would be emptied: it keeps its event
     assert torch.equal(train.drop_events(mask, 0.0), mask)
     assert not torch.equal(train.drop_events(mask, 0.5, generator=g), dropped)  # drawn afresh each call
+
+
+def test_attention_dropout_is_its_own_option_and_reaches_every_layers_attention():
+    """--attention-dropout drops out the attention weights only: with every other dropout at 0, a training-mode
+    forward is the eval-mode one at 0 and differs from it above 0."""
+    stays, matrix = random_stays(6, seed=3)
+    batch = train.collate_stays(stays)
+    for attention_dropout, same in ((0.0, True), (0.5, False)):
+        model = small_model(dropout=0.0, attention_dropout=attention_dropout)
+        inputs = train.batch_inputs(model, batch, matrix)
+        with torch.no_grad():
+            eval_logits, _ = model.eval()(*inputs)
+            torch.manual_seed(1)
+            train_logits, _ = model.train()(*inputs)
+        assert torch.allclose(eval_logits, train_logits, atol=1e-6) == same, attention_dropout
+        assert all(layer.attn.attention_dropout == attention_dropout for layer in model.layers)
