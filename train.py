@@ -108,6 +108,10 @@ def add_model_options(group):
                        help="dropout on each layer's attention weights (in training); above 0, a CPU cannot use "
                             "PyTorch's fused attention and materialises every stay's events x events weights, ~3x "
                             "slower per step at 350 events (a GPU's kernels drop out within the fused kernel)")
+    group.add_argument("--attention-key-dropout", type=float, default=ModelConfig.attention_key_dropout,
+                       help="in training, each head of each layer ignores each event of the stay with this "
+                            "probability, the same events for every query (DropKey through the mask; the fused "
+                            "attention stays usable on a CPU); 0 switches it off")
     group.add_argument("--pool-heads", type=int, default=ModelConfig.pool_heads)
     group.add_argument("--count-pool", type=int, default=ModelConfig.count_pool,
                        help="beside attention pooling (a weighted average, which cannot count), K learned soft counts: "
@@ -209,8 +213,9 @@ def check_options(parser, args):
         parser.error("--ema-decay must be in [0, 1)")
     if not 0 <= args.event_dropout < 1:
         parser.error("--event-dropout must be in [0, 1)")
-    if not 0 <= args.attention_dropout < 1:
-        parser.error("--attention-dropout must be in [0, 1)")
+    for name in ("attention_dropout", "attention_key_dropout"):
+        if not 0 <= getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
 
 
 def resumed_options(parser, args, saved) -> argparse.Namespace:
@@ -1156,6 +1161,7 @@ class ModelConfig:
     d_ff: int = 256
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    attention_key_dropout: float = 0.0
     pool_heads: int = 4
     count_pool: int = 0          # learned soft counts beside attention pooling (--count-pool)
     n_items: int = 0             # frequent items with a learned embedding (0: none)
@@ -1179,6 +1185,7 @@ class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_heads, self.attention_dropout = config.n_heads, config.attention_dropout
+        self.key_dropout = config.attention_key_dropout
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -1187,7 +1194,13 @@ class SelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
         key_mask = attend[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.attention_dropout if self.training else 0.0)
+        if self.training and self.key_dropout > 0:
+            # DropKey shared by every query: each head ignores a random share of the stay's events, through the mask,
+            # so that a CPU keeps the fused kernel (dropout on the weights makes it materialise L x L of them)
+            kept = key_mask & (torch.rand(B, self.n_heads, 1, L, device=x.device) >= self.key_dropout)
+            key_mask = torch.where(kept.any(-1, keepdim=True), kept, key_mask)  # a head keeps at least one event
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                           dropout_p=self.attention_dropout if self.training else 0.0)
         weights = None
         if return_attention:  # the weights SDPA used (before attention dropout), from the same q and k
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
@@ -1911,7 +1924,8 @@ def build_trainer(run) -> Trainer:
     stays, preprocessor, device = data.stays, data.preprocessor, process.device
     config = ModelConfig(text_dim=int(data.embedding_matrix.shape[1]), n_static=int(stays[0].static.numel()),
                          d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-                         dropout=args.dropout, attention_dropout=args.attention_dropout, pool_heads=args.pool_heads,
+                         dropout=args.dropout, attention_dropout=args.attention_dropout,
+                         attention_key_dropout=args.attention_key_dropout, pool_heads=args.pool_heads,
                          count_pool=args.count_pool,
                          n_items=len(preprocessor.items),
                          item_dim=args.item_dim if preprocessor.items else 0,

@@ -301,3 +301,27 @@ def test_attention_dropout_is_its_own_option_and_reaches_every_layers_attention(
             train_logits, _ = model.train()(*inputs)
         assert torch.allclose(eval_logits, train_logits, atol=1e-6) == same, attention_dropout
         assert all(layer.attn.attention_dropout == attention_dropout for layer in model.layers)
+
+
+def test_attention_key_dropout_hides_events_from_a_head_never_all_of_them_and_never_padding():
+    """--attention-key-dropout: in training each head ignores random events of the stay (weights exactly 0 for
+    them, for every query), keeps at least one, and never attends to padding; in eval nothing is dropped."""
+    stays, matrix = random_stays(8, seed=5)
+    batch = train.collate_stays(stays)
+    model = small_model(dropout=0.0, attention_dropout=0.0, attention_key_dropout=0.9)
+    inputs = train.batch_inputs(model, batch, matrix)
+    mask = inputs[1]
+    with torch.no_grad():
+        eval_logits, _ = model.eval()(*inputs)
+        torch.manual_seed(0)
+        train_logits, attention = model.train()(*inputs, return_attention=True)
+    assert torch.isfinite(train_logits).all() and not torch.allclose(eval_logits, train_logits, atol=1e-6)
+    real = mask.any(1)                                          # stays with events
+    weights = attention["layer_attention"][:, real]             # layers, stays, heads, L (queries), L (keys)
+    events = mask[real][None, :, None, None, :]                 # which keys are real events
+    assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+    assert (weights[~events.expand_as(weights)] == 0).all()     # padding is never attended
+    unseen = (weights == 0) & events                            # real events a query of a head does not see
+    assert (unseen == unseen[..., :1, :]).all()                 # the same events for every query of a head
+    share_hidden = unseen[..., 0, :].sum() / events.expand_as(weights)[..., 0, :].sum()
+    assert 0.5 < share_hidden < 0.95                            # ~0.9 asked; a head never loses all its events
