@@ -107,7 +107,7 @@ def add_model_options(group):
     group.add_argument("--attention-dropout", type=float, default=ModelConfig.attention_dropout,
                        help="dropout on each layer's attention weights (in training); above 0, a CPU cannot use "
                             "PyTorch's fused attention and materialises every stay's events x events weights, ~3x "
-                            "slower per step at 350 events (a GPU's kernels drop out within the fused kernel)")
+                            "slower per step at 350 events (a GPU's fused kernels apply it themselves)")
     group.add_argument("--attention-key-dropout", type=float, default=ModelConfig.attention_key_dropout,
                        help="in training, each head of each layer ignores each event of the stay with this "
                             "probability, the same events for every query (DropKey through the mask; the fused "
