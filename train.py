@@ -209,11 +209,7 @@ def check_options(parser, args):
         parser.error("--text-input item reads the numbers only through the value channel: it needs --value-channel on")
     if args.item_summary == "on" and args.value_channel == "off":
         parser.error("--item-summary on summarises the numbers of the value channel: it needs --value-channel on")
-    if not 0 <= args.ema_decay < 1:
-        parser.error("--ema-decay must be in [0, 1)")
-    if not 0 <= args.event_dropout < 1:
-        parser.error("--event-dropout must be in [0, 1)")
-    for name in ("attention_dropout", "attention_key_dropout"):
+    for name in ("ema_decay", "event_dropout", "attention_dropout", "attention_key_dropout"):
         if not 0 <= getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
 
@@ -1195,10 +1191,10 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
         key_mask = attend[:, None, None, :]
         if self.training and self.key_dropout > 0:
-            # DropKey shared by every query: each head ignores a random share of the stay's events, through the mask,
-            # so that a CPU keeps the fused kernel (dropout on the weights makes it materialise L x L of them)
-            kept = key_mask & (torch.rand(B, self.n_heads, 1, L, device=x.device) >= self.key_dropout)
-            key_mask = torch.where(kept.any(-1, keepdim=True), kept, key_mask)  # a head keeps at least one event
+            # DropKey shared by every query: each head ignores a random share of the stay's events (keeping at least
+            # one), through the mask, so that a CPU keeps the fused kernel (dropout on the weights makes it
+            # materialise L x L of them)
+            key_mask = drop_events(key_mask.expand(B, self.n_heads, 1, L), self.key_dropout)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
                                            dropout_p=self.attention_dropout if self.training else 0.0)
         weights = None
@@ -1383,12 +1379,13 @@ def drop_events(mask, p, generator=None):
     """`mask` with each real event hidden with probability p (--event-dropout; training only). Hidden events are
     masked, as padding is: neither attended nor pooled nor counted (their numbers still reach later events of the
     item through the trajectory channel, computed when the stay was built). A stay that would lose every event
-    keeps them all, so that training never turns a stay with events into one without."""
+    keeps them all, so that training never turns a stay with events into one without. The events are the last
+    axis, so a [B, heads, 1, L] mask gets the same per head (--attention-key-dropout)."""
     if p <= 0:
         return mask
     kept = mask & (torch.rand(mask.shape, generator=generator, device=mask.device) >= p)
-    emptied = mask.any(1) & ~kept.any(1)
-    return torch.where(emptied[:, None], mask, kept)
+    emptied = mask.any(-1) & ~kept.any(-1)
+    return torch.where(emptied[..., None], mask, kept)
 
 # -----------------------------------------------------------------------------
 # Loss
