@@ -325,3 +325,45 @@ def test_attention_key_dropout_hides_events_from_a_head_never_all_of_them_and_ne
     assert (unseen == unseen[..., :1, :]).all()                 # the same events for every query of a head
     share_hidden = unseen[..., 0, :].sum() / events.expand_as(weights)[..., 0, :].sum()
     assert 0.5 < share_hidden < 0.95                            # ~0.9 asked; a head never loses all its events
+
+
+def test_attention_key_dropout_per_query_draws_each_querys_keys_keeps_its_own_and_never_padding():
+    """--attention-key-dropout-per query: each query of each head ignores its own random events (weights exactly
+    0), always sees its own event, never attends to padding, and nothing is dropped in eval."""
+    stays, matrix = random_stays(8, seed=5)
+    batch = train.collate_stays(stays)
+    model = small_model(dropout=0.0, attention_dropout=0.0, attention_key_dropout=0.5, attention_key_dropout_per="query")
+    inputs = train.batch_inputs(model, batch, matrix)
+    mask = inputs[1]
+    with torch.no_grad():
+        eval_logits, _ = model.eval()(*inputs)
+        torch.manual_seed(0)
+        train_logits, attention = model.train()(*inputs, return_attention=True)
+    assert torch.isfinite(train_logits).all() and not torch.allclose(eval_logits, train_logits, atol=1e-6)
+    real = mask.any(1)
+    weights = attention["layer_attention"][:, real]             # layers, stays, heads, L (queries), L (keys)
+    events = mask[real][None, :, None, None, :].expand_as(weights)
+    queries = mask[real][None, :, None, :, None].expand_as(weights)
+    assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+    assert (weights[~events & queries] == 0).all()              # padding is never attended by a real query
+    own = torch.diagonal(weights, dim1=-2, dim2=-1)[torch.diagonal(queries & events, dim1=-2, dim2=-1)]
+    assert (own > 0).all()                                      # a real query always sees its own event
+    unseen = (weights == 0) & events & queries
+    differs = (unseen != unseen[..., :1, :]) & queries          # queries of one head that drop different events
+    assert differs.any()
+    share_hidden = unseen.sum() / (events & queries).sum()
+    assert 0.35 < share_hidden < 0.55                           # ~0.5 asked, less the events kept as their own
+
+
+def test_per_query_key_mask_drops_at_the_asked_rate():
+    """The 16-bit draw behind the per-query mask keeps each real key with probability 1 - p."""
+    attend = torch.ones(4, 64, dtype=torch.bool)
+    attend[1, 10:] = False
+    generator = torch.Generator().manual_seed(0)
+    for p in (0.1, 0.5):
+        keep = train.drop_keys_per_query(attend, 8, p, generator=generator)
+        off_diagonal = ~torch.eye(64, dtype=torch.bool)
+        real = attend[:, None, :, None] & attend[:, None, None, :] & off_diagonal
+        assert abs(float(keep[real.expand_as(keep)].float().mean()) - (1 - p)) < 0.01, p
+        assert keep[1, :, 10:, :].all()                         # padded queries attend to everything
+        assert not keep[1, :, :10, 10:].any()                   # real queries never to padding
