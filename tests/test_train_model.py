@@ -303,21 +303,26 @@ def test_attention_dropout_is_its_own_option_and_reaches_every_layers_attention(
         assert all(layer.attn.attention_dropout == attention_dropout for layer in model.layers)
 
 
-def test_attention_key_dropout_hides_events_from_a_head_never_all_of_them_and_never_padding():
-    """--attention-key-dropout: in training each head ignores random events of the stay (weights exactly 0 for
-    them, for every query), keeps at least one, and never attends to padding; in eval nothing is dropped."""
+def forward_with_key_dropout(**key_dropout_options):
+    """A small model with DropKey (`key_dropout_options`) as its only dropout, on 8 random stays: training's logits
+    are finite and differ from eval's (nothing dropped there); returns the event mask and training's layer attention."""
     stays, matrix = random_stays(8, seed=5)
-    batch = train.collate_stays(stays)
-    model = small_model(dropout=0.0, attention_dropout=0.0, attention_key_dropout=0.9)
-    inputs = train.batch_inputs(model, batch, matrix)
-    mask = inputs[1]
+    model = small_model(dropout=0.0, attention_dropout=0.0, **key_dropout_options)
+    inputs = train.batch_inputs(model, train.collate_stays(stays), matrix)
     with torch.no_grad():
         eval_logits, _ = model.eval()(*inputs)
         torch.manual_seed(0)
         train_logits, attention = model.train()(*inputs, return_attention=True)
     assert torch.isfinite(train_logits).all() and not torch.allclose(eval_logits, train_logits, atol=1e-6)
+    return inputs[1], attention["layer_attention"]
+
+
+def test_attention_key_dropout_hides_events_from_a_head_never_all_of_them_and_never_padding():
+    """--attention-key-dropout: in training each head ignores random events of the stay (weights exactly 0 for
+    them, for every query), keeps at least one, and never attends to padding; in eval nothing is dropped."""
+    mask, attention = forward_with_key_dropout(attention_key_dropout=0.9)
     real = mask.any(1)                                          # stays with events
-    weights = attention["layer_attention"][:, real]             # layers, stays, heads, L (queries), L (keys)
+    weights = attention[:, real]                                # layers, stays, heads, L (queries), L (keys)
     events = mask[real][None, :, None, None, :]                 # which keys are real events
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
     assert (weights[~events.expand_as(weights)] == 0).all()     # padding is never attended
@@ -330,18 +335,9 @@ def test_attention_key_dropout_hides_events_from_a_head_never_all_of_them_and_ne
 def test_attention_key_dropout_per_query_draws_each_querys_keys_keeps_its_own_and_never_padding():
     """--attention-key-dropout-per query: each query of each head ignores its own random events (weights exactly
     0), always sees its own event, never attends to padding, and nothing is dropped in eval."""
-    stays, matrix = random_stays(8, seed=5)
-    batch = train.collate_stays(stays)
-    model = small_model(dropout=0.0, attention_dropout=0.0, attention_key_dropout=0.5, attention_key_dropout_per="query")
-    inputs = train.batch_inputs(model, batch, matrix)
-    mask = inputs[1]
-    with torch.no_grad():
-        eval_logits, _ = model.eval()(*inputs)
-        torch.manual_seed(0)
-        train_logits, attention = model.train()(*inputs, return_attention=True)
-    assert torch.isfinite(train_logits).all() and not torch.allclose(eval_logits, train_logits, atol=1e-6)
+    mask, attention = forward_with_key_dropout(attention_key_dropout=0.5, attention_key_dropout_per="query")
     real = mask.any(1)
-    weights = attention["layer_attention"][:, real]             # layers, stays, heads, L (queries), L (keys)
+    weights = attention[:, real]                                # layers, stays, heads, L (queries), L (keys)
     events = mask[real][None, :, None, None, :].expand_as(weights)
     queries = mask[real][None, :, None, :, None].expand_as(weights)
     assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
