@@ -1156,7 +1156,7 @@ class ModelConfig:
     n_static: int
     n_event_types: int = len(EVENT_TYPES)
     # The defaults are train.py's (its options read them from here): 2 layers of 128 fit a 6,000-stay cohort
-    # better than 4 of 256 (BENCHMARKS.md, "Model quality").
+    # better than 4 of 256, 1 of 128 or 2 of 64 (BENCHMARKS.md, "Model quality").
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 8
