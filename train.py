@@ -147,6 +147,10 @@ def add_model_options(group):
                        help="the stay's most recent event of each frequent item also carries that item's summary over "
                             "the stay (a latest flag, log count, min, max and mean of its standardised numbers), as the "
                             "tabular baselines read it (with --value-channel on)")
+    group.add_argument("--time-periods", type=int, default=ModelConfig.time_periods,
+                       help="K: each event also carries sin and cos of its hours before the prediction time at periods "
+                            "1, 2, 4 ... 2^(K-1) hours, so that attention can tell how far apart two events are "
+                            "(the index positions give only their order); 0 switches it off")
 
 
 def add_loss_options(group):
@@ -209,6 +213,8 @@ def check_options(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.count_pool < 0:
         parser.error("--count-pool must be 0 (off) or more")
+    if not 0 <= args.time_periods <= 24:
+        parser.error("--time-periods must be between 0 (off) and 24 (periods up to 2^23 hours)")
     if args.d_model % args.n_heads or args.d_model % args.pool_heads:
         parser.error("--d-model must be divisible by --n-heads and --pool-heads")
     if args.text_input == "item" and args.value_channel == "off":
@@ -1173,6 +1179,7 @@ class ModelConfig:
     trajectory_channel: bool = False  # its change from the same item's previous number in the stay (standardised)
     item_values: bool = False    # each frequent item's number (and change) also scales a learned vector of that item
     item_summary: bool = False   # each item's latest event also carries the item's summary over the stay
+    time_periods: int = 0        # sines and cosines of the hours before the prediction time, periods 1, 2, 4 ... h
 
 
 def sinusoidal_positions(length, d_model, device=None):
@@ -1261,7 +1268,13 @@ class MortalityTransformer(nn.Module):
         n_in = config.n_event_types + config.text_dim + 1 + int(config.value_channel) + int(config.trajectory_channel)
         # A learned vector per frequent item beside the frozen text vector (row 0: any other item).
         self.item_embedding = nn.Embedding(config.n_items + 1, config.item_dim) if config.item_dim else None
-        n_in += config.item_dim + ITEM_SUMMARY_WIDTH * int(config.item_summary)
+        n_in += config.item_dim + ITEM_SUMMARY_WIDTH * int(config.item_summary) + 2 * config.time_periods
+        # Hours before the prediction time as sines and cosines: the index positions say which event came before
+        # which, not how many hours apart (two events a minute apart and two a day apart can be neighbours), and a
+        # single log-hours number cannot express "within 6 h of each other" in a dot product of queries and keys;
+        # sin/cos of a difference are bilinear in those of each time. Buffers: the preprocessor's log-hours scaling.
+        if config.time_periods:
+            self.register_buffer("time_scaling", torch.tensor([0.0, 1.0]))  # log1p(hours): mean, std
         # With one shared value input, 'lactate 6' and 'creatinine 6' move the event's vector in the same direction
         # and only the layers above can tell them apart; a vector per item, scaled by the item's standardised number
         # (and by its change where the trajectory channel is on), lets each item's value mean something of its own.
@@ -1307,11 +1320,24 @@ class MortalityTransformer(nn.Module):
         self.text_mean.copy_(mean.float())
         self.text_scale.copy_(variance.sqrt().float().clamp_min(1e-3) if n > 1 else torch.ones_like(self.text_scale))
 
+    @torch.no_grad()
+    def set_time_scaling(self, time_mean, time_std):
+        """The preprocessor's log-hours standardisation, so that time_features can recover hours."""
+        if self.config.time_periods:
+            self.time_scaling.copy_(torch.tensor([float(time_mean), float(time_std)]))
+
+    def time_features(self, log_hours):
+        """[sin | cos] of 2 pi hours / period for periods 1, 2, 4 ... 2^(time_periods - 1) hours."""
+        hours = torch.expm1(log_hours.float() * self.time_scaling[1] + self.time_scaling[0]).clamp_min(0)
+        periods = 2.0 ** torch.arange(self.config.time_periods, device=log_hours.device, dtype=torch.float32)
+        angles = 2 * math.pi * hours.unsqueeze(-1) / periods
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
     def event_features(self, text_vectors, type_ids, log_hours, item_ids=None, values=None, value_changes=None,
                        item_summary=None):
         """[type one-hot | standardised text vector | standardised log-hours | value | value change | item summary |
-        item embedding | value x item's value vector | change x item's change vector] per event (those after
-        log-hours where the model has them); padding (type_id < 0) rows are zeros."""
+        item embedding | value x item's value vector | change x item's change vector | sin, cos of hours] per event
+        (those after log-hours where the model has them); padding (type_id < 0) rows are zeros."""
         real = (type_ids >= 0).unsqueeze(-1)
         onehot = F.one_hot(type_ids.clamp_min(0), self.config.n_event_types).to(text_vectors.dtype)
         text = (text_vectors - self.text_mean) / self.text_scale
@@ -1337,6 +1363,8 @@ class MortalityTransformer(nn.Module):
                 parts.append((values.unsqueeze(-1) * self.item_value_embedding(items)).to(text_vectors.dtype))
             if self.item_change_embedding is not None:
                 parts.append((value_changes.unsqueeze(-1) * self.item_change_embedding(items)).to(text_vectors.dtype))
+        if self.config.time_periods:
+            parts.append(self.time_features(log_hours).to(text_vectors.dtype))
         return torch.cat(parts, dim=-1) * real
 
     def forward(self, events, mask, static, return_attention=False):
@@ -1954,13 +1982,14 @@ def build_trainer(run) -> Trainer:
                          trajectory_channel=args.trajectory_channel == "on" and args.value_channel == "on"
                          and bool(preprocessor.items), item_values=args.item_values == "on",
                          item_summary=args.item_summary == "on" and args.value_channel == "on"
-                         and bool(preprocessor.items))
+                         and bool(preprocessor.items), time_periods=args.time_periods)
     torch.manual_seed(args.seed)
     model = MortalityTransformer(config)
     seed_rank_streams(args.seed, process.rank)
     train_stays = data.by_split["train"]
     train_text_rows = torch.cat([s.text_rows for s in train_stays]) if train_stays else torch.zeros(0, dtype=torch.long)
     model.set_text_normalization(data.embedding_matrix, train_text_rows)
+    model.set_time_scaling(preprocessor.time_mean, preprocessor.time_std)
     raw_model = model = model.to(device)
     if process.ddp:
         from torch.nn.parallel import DistributedDataParallel

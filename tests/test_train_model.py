@@ -1,5 +1,7 @@
 """train.py: dataset, batching and the attention-pooling transformer."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,31 @@ def test_item_values_give_each_item_its_own_value_direction():
     # off by default, and without the value channel there is no number to scale
     assert small_model(n_items=2, item_dim=4, value_channel=True).item_value_embedding is None
     assert small_model(n_items=2, item_dim=4, item_values=True).item_value_embedding is None
+
+
+def test_time_periods_encode_the_hours_before_prediction_and_their_differences():
+    """--time-periods K: each event carries sin, cos of 2 pi hours / period (periods 1, 2, 4 ... h), hours recovered
+    from the preprocessor's log-hours scaling, so a dot product of two events' features is a function of how many
+    hours apart they are; padding rows stay zero; the scaling is saved with the model; off by default."""
+    model = small_model(time_periods=4)
+    time_mean, time_std = 1.7, 0.9
+    model.set_time_scaling(time_mean, time_std)
+    hours = torch.tensor([[0.0, 0.5, 3.0, 30.0, 0.0]])
+    log_hours = (torch.log1p(hours) - time_mean) / time_std
+    type_ids = torch.tensor([[0, 1, 2, 3, -1]])  # the last is padding
+    feats = model.event_features(torch.zeros(1, 5, 8), type_ids, log_hours)
+    time_part = feats[0, :, -8:]
+    angles = 2 * math.pi * hours[0, :4, None] / torch.tensor([1.0, 2.0, 4.0, 8.0])
+    torch.testing.assert_close(time_part[:4], torch.cat([angles.sin(), angles.cos()], -1), atol=1e-4, rtol=0)
+    assert (feats[0, 4] == 0).all()
+    # the same gap gives the same dot product wherever it lies in the stay: 0 -> 3 h and 27 -> 30 h
+    shifted = model.time_features((torch.log1p(torch.tensor([27.0, 30.0])) - time_mean) / time_std)
+    torch.testing.assert_close(time_part[0] @ time_part[2], shifted[0] @ shifted[1], atol=1e-4, rtol=0)
+    restored = small_model(time_periods=4)
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(restored.time_scaling, torch.tensor([time_mean, time_std]))
+    assert small_model().config.time_periods == 0 and not hasattr(small_model(), "time_scaling")
+    assert small_model(time_periods=4).input_proj.in_features == small_model().input_proj.in_features + 8
 
 
 def test_soft_counts_count_real_events_and_an_empty_stay_is_still_its_statics():
