@@ -242,6 +242,12 @@ def resumed_options(parser, args, saved) -> argparse.Namespace:
 # Preprocessor (fitted on training rows only)
 
 
+def hours_from_log_hours(log_hours, time_mean, time_std):
+    """Hours before the prediction time from the preprocessor's standardised log(1 + hours); the model keeps a copy
+    of time_mean and time_std for --time-periods."""
+    return torch.expm1(log_hours * time_std + time_mean).clamp_min(0)
+
+
 class EventPreprocessor:
     """One-hot static categories (unknown ignored), standardised age (median-imputed), event-type ids,
     and times scaled as standardised log(1 + hours before the prediction time)."""
@@ -330,7 +336,7 @@ class EventPreprocessor:
 
     def hours_from_log_hours(self, log_hours: torch.Tensor) -> torch.Tensor:
         """Invert the time scaling: hours before the prediction time."""
-        return torch.expm1(log_hours * self.time_std + self.time_mean).clamp_min(0)
+        return hours_from_log_hours(log_hours, self.time_mean, self.time_std)
 
     def state_dict(self) -> dict:
         ct = self.column_transformer.named_transformers_
@@ -1328,7 +1334,7 @@ class MortalityTransformer(nn.Module):
 
     def time_features(self, log_hours):
         """[sin | cos] of 2 pi hours / period for periods 1, 2, 4 ... 2^(time_periods - 1) hours."""
-        hours = torch.expm1(log_hours.float() * self.time_scaling[1] + self.time_scaling[0]).clamp_min(0)
+        hours = hours_from_log_hours(log_hours.float(), self.time_scaling[0], self.time_scaling[1])
         periods = 2.0 ** torch.arange(self.config.time_periods, device=log_hours.device, dtype=torch.float32)
         angles = 2 * math.pi * hours.unsqueeze(-1) / periods
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
